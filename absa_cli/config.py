@@ -1,0 +1,294 @@
+"""Run configuration: schema, presets, overrides, validation (layer 0: omegaconf + stdlib only).
+
+Precedence, lowest first: the schema defaults below < the preset's YAML (a delta: it names only what it
+changes) < ``KEY=VALUE`` overrides from the command line. The merged config is in struct mode, so an unknown key
+is an error; each section validates itself in ``__post_init__`` and raises ``ValueError`` naming the field.
+``load`` turns every such problem into one ``ConfigError`` line (exit code 2 at the CLI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from absa_cli import catalog
+from absa_cli.errors import UserError
+
+LR_SCALING_RULES = ("linear", "sqrt", "none")
+
+
+class ConfigError(UserError):
+    """A config key, type or value that cannot be used."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"
+    # Base directory holding the datasets' folders; "" means $ABSA_DATA, else ~/.cache/absa/data.
+    root: str = ""
+    download: bool = False  # let torchvision fetch CIFAR/SVHN into `root` when they are missing
+    train_split: str = "train"  # svhn also takes "extra" and "train+extra"
+    train_size: int = 0  # 0: the whole split (procedural sets: the catalogue's default size)
+    test_size: int = 0
+    seed: int = 0  # content of procedural datasets; independent of the training seed on purpose
+    augment: bool = True  # the dataset's standard augmentation on training batches
+
+    def __post_init__(self) -> None:
+        _require(self.name in catalog.DATASETS,
+                 f"data.name={self.name!r} is not a dataset; choose one of {', '.join(catalog.DATASETS)}")
+        _require(self.train_size >= 0 and self.test_size >= 0, "data.train_size/test_size must be >= 0")
+        splits = ("train", "extra", "train+extra") if self.name == "svhn" else ("train",)
+        _require(self.train_split in splits,
+                 f"data.train_split={self.train_split!r} is not valid for {self.name}; use one of {splits}")
+
+    def resolved_root(self) -> Path:
+        """The data directory: ``data.root``, else ``$ABSA_DATA``, else ``~/.cache/absa/data``."""
+        root = self.root or os.environ.get("ABSA_DATA") or "~/.cache/absa/data"
+        return Path(root).expanduser()
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    width: float = 1.0  # channel multiplier (SqueezeNext 1.0 / 2.0 in the paper)
+
+    def __post_init__(self) -> None:
+        _require(self.name in catalog.MODEL_NAMES,
+                 f"model.name={self.name!r} is not a model; choose one of {', '.join(catalog.MODEL_NAMES)}")
+        _require(self.width > 0, f"model.width must be > 0, got {self.width}")
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum. ``lr`` is stated at ``ref_batch_size`` and scaled to the global batch."""
+
+    lr: float = 0.1
+    ref_batch_size: int = 128
+    lr_scaling: str = "linear"  # linear | sqrt | none
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_epochs: list[int] = field(default_factory=lambda: [30, 60, 80])
+    decay_factor: float = 0.2
+    warmup_epochs: float = 0.0  # linear ramp of the LR over this many epochs at the start
+    warmup_start_factor: float = 0.1  # the ramp starts at this fraction of the LR
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _require(self.ref_batch_size > 0, f"optim.ref_batch_size must be > 0, got {self.ref_batch_size}")
+        _require(self.lr_scaling in LR_SCALING_RULES,
+                 f"optim.lr_scaling={self.lr_scaling!r}; choose one of {', '.join(LR_SCALING_RULES)}")
+        _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _require(0 < self.decay_factor <= 1, f"optim.decay_factor must be in (0, 1], got {self.decay_factor}")
+        _require(list(self.decay_epochs) == sorted(self.decay_epochs) and all(e > 0 for e in self.decay_epochs),
+                 f"optim.decay_epochs must be increasing positive epochs, got {list(self.decay_epochs)}")
+        _require(self.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _require(0 < self.warmup_start_factor <= 1,
+                 f"optim.warmup_start_factor must be in (0, 1], got {self.warmup_start_factor}")
+
+
+@dataclass
+class BatchConfig:
+    global_batch_size: int = 128  # samples per optimizer update, summed over workers and accumulation
+    per_worker_max: int = 128  # the largest micro-batch one worker runs in one forward/backward
+
+    def __post_init__(self) -> None:
+        _require(self.global_batch_size > 0, f"batch.global_batch_size must be > 0, got {self.global_batch_size}")
+        _require(self.per_worker_max > 0, f"batch.per_worker_max must be > 0, got {self.per_worker_max}")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 200  # the paper's test batch
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 1
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.every_epochs > 0, f"checkpoint.every_epochs must be > 0, got {self.every_epochs}")
+        _require(self.keep_last > 0, f"checkpoint.keep_last must be > 0, got {self.keep_last}")
+
+
+@dataclass
+class LoggingConfig:
+    chunk_steps: int = 10  # steps between progress reports (one driver round trip each)
+
+    def __post_init__(self) -> None:
+        _require(self.chunk_steps > 0, f"logging.chunk_steps must be > 0, got {self.chunk_steps}")
+
+
+@dataclass
+class RunConfig:
+    preset: str = ""  # the preset this config came from (set by `load`)
+    description: str = ""
+    seed: int = 0  # model init, sample order and augmentation
+    epochs: int = 90
+    threads: int = 0  # torch intra-op threads per worker; 0 = torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+def presets_dir() -> Path:
+    """Where the preset YAML files are: inside the installed wheel, else the source tree's ``presets/``."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "presets", package.parent / "presets"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no presets directory next to {package}")
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in presets_dir().glob("*.yaml"))
+
+
+def preset_summary(name: str) -> str:
+    """The one-line description of a preset: its ``description`` field."""
+    return str(OmegaConf.load(_preset_path(name)).get("description", ""))
+
+
+def _preset_path(name: str) -> Path:
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}{_did_you_mean(name, names)}; "
+                          f"list them with `absa presets list`")
+    return presets_dir() / f"{name}.yaml"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def load(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Schema defaults < preset YAML < ``KEY=VALUE`` overrides, validated; ``ConfigError`` on any problem."""
+    layers = [(OmegaConf.load(_preset_path(preset)), f"preset {preset}"),
+              (_parse_overrides(overrides), "the command line")]
+    config = from_layers(layers)
+    config.preset = preset
+    return config
+
+
+def from_yaml(text: str) -> RunConfig:
+    """Rebuild a saved (resolved) config, e.g. a run directory's ``config.yaml``."""
+    return from_layers([(OmegaConf.create(text), "the saved config")])
+
+
+def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
+    """Merge ``(layer, origin)`` pairs over the schema, lowest precedence first, and validate."""
+    merged: DictConfig = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(merged, True)
+    for layer, origin in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except ConfigKeyError as exc:
+            raise ConfigError(_unknown_key_message(exc, origin)) from None
+        except ValidationError as exc:
+            raise ConfigError(_type_message(exc, origin)) from None
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"invalid config (from {origin}): {_first_line(str(exc))}") from None
+    try:
+        return OmegaConf.to_object(merged)  # runs every section's __post_init__ validation
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
+
+
+def to_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    for item in overrides:
+        key = item.partition("=")[0]
+        if "=" not in item or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. optim.lr=0.05")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(str(exc))}") from None
+
+
+def _unknown_key_message(exc: ConfigKeyError, origin: str) -> str:
+    full_key = str(exc.full_key or exc.key or "")
+    parent, _, leaf = full_key.rpartition(".")
+    candidates = _keys_under(parent)
+    hint = _did_you_mean(leaf, candidates, prefix=f"{parent}." if parent else "")
+    if not hint:
+        hint = f"; valid keys here: {', '.join(candidates)}"
+    return f"unknown config key {full_key!r} (from {origin}){hint}"
+
+
+def _keys_under(parent: str) -> list[str]:
+    node = OmegaConf.structured(RunConfig)
+    for part in filter(None, parent.split(".")):
+        node = node.get(part)
+        if not isinstance(node, DictConfig):
+            return []
+    return [str(key) for key in node.keys()]
+
+
+def _type_message(exc: ValidationError, origin: str) -> str:
+    if not (exc.full_key or exc.key):  # a whole section given a scalar, e.g. optim=3
+        return f"invalid config (from {origin}): {_first_line(str(exc))}; set keys inside a section, e.g. optim.lr=0.1"
+    key = str(exc.full_key or exc.key)
+    expected = _expected_type(key)
+    value = _first_line(str(exc)).split("'")[1] if "'" in str(exc) else "?"
+    example = {"int": "3", "float": "0.1", "bool": "true", "str": "name", "list[int]": "[30,60]"}.get(expected)
+    hint_key = key
+    if "[" in key:  # a list element: show how to write the whole list
+        hint_key, example = key.split("[")[0], "[30,60]"
+    hint = f"; write e.g. {hint_key}={example}" if example else ""
+    return f"config key {key!r} expects {expected}, got {value!r} (from {origin}){hint}"
+
+
+def _expected_type(full_key: str) -> str:
+    """The schema's declared type for a dotted key, as written in this file (``int``, ``list[int]``, ...)."""
+    schema: Any = RunConfig
+    declared: Any = None
+    for part in full_key.split("."):
+        name = part.split("[")[0]
+        hints = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
+        declared = hints.get(name)
+        schema = declared
+    if declared is None:
+        return "a value of the schema's type"
+    if "[" in full_key.rsplit(".", 1)[-1]:
+        declared = typing.get_args(declared)[0]  # an element of a list
+    return declared.__name__ if isinstance(declared, type) and not typing.get_args(declared) else \
+        str(declared).replace("typing.", "")
+
+
+def _did_you_mean(word: str, candidates: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text

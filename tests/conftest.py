@@ -1,0 +1,16 @@
+"""Shared fixtures: a tiny, fast config for end-to-end tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from absa_cli import config as config_mod
+
+# Overrides that shrink the quickstart to a few seconds on 2 CPU cores while keeping every code path.
+TINY = ["epochs=2", "data.train_size=256", "data.test_size=128", "batch.global_batch_size=64",
+        "batch.per_worker_max=32", "logging.chunk_steps=2"]
+
+
+@pytest.fixture
+def tiny_config() -> config_mod.RunConfig:
+    return config_mod.load("quickstart", TINY)

@@ -1,0 +1,98 @@
+"""Config: precedence (schema < preset < command line), both user-error kinds, every preset validates.
+
+Reference: the schema defaults in absa_cli/config.py and the YAML files in presets/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from absa_cli import catalog
+from absa_cli import config as config_mod
+from absa_cli.config import ConfigError
+
+
+def test_precedence_schema_preset_override():
+    schema = config_mod.RunConfig()
+    preset = config_mod.load("c1-cifar10")
+    assert schema.optim.lr == 0.1 and schema.model.name == "resnet20"
+    assert preset.optim.lr == 0.02 and preset.model.name == "c1"  # the preset overrides the schema
+    assert preset.optim.momentum == schema.optim.momentum  # untouched keys keep the schema default
+    overridden = config_mod.load("c1-cifar10", ["optim.lr=0.5", "epochs=3", "optim.decay_epochs=[1,2]"])
+    assert overridden.optim.lr == 0.5 and overridden.epochs == 3 and overridden.optim.decay_epochs == [1, 2]
+    assert overridden.model.name == "c1"  # the preset still applies beneath the overrides
+    assert overridden.preset == "c1-cifar10"
+
+
+def test_unknown_key_names_it_and_suggests():
+    with pytest.raises(ConfigError) as info:
+        config_mod.load("c1-cifar10", ["optim.lrr=0.1"])
+    message = str(info.value)
+    assert "'optim.lrr'" in message and "did you mean 'optim.lr'" in message and "\n" not in message
+
+
+def test_unknown_top_level_section_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'data'"):
+        config_mod.load("c1-cifar10", ["datta.name=cifar10"])
+
+
+def test_wrong_type_names_key_expected_type_and_value():
+    with pytest.raises(ConfigError) as info:
+        config_mod.load("c1-cifar10", ["epochs=ten"])
+    message = str(info.value)
+    assert "'epochs'" in message and "expects int" in message and "'ten'" in message and "\n" not in message
+    with pytest.raises(ConfigError, match=r"'optim.lr' expects float, got 'fast'"):
+        config_mod.load("c1-cifar10", ["optim.lr=fast"])
+
+
+def test_invalid_values_are_config_errors():
+    with pytest.raises(ConfigError, match="optim.lr_scaling='cubic'"):
+        config_mod.load("c1-cifar10", ["optim.lr_scaling=cubic"])
+    with pytest.raises(ConfigError, match="data.name='mnist'"):
+        config_mod.load("c1-cifar10", ["data.name=mnist"])
+    with pytest.raises(ConfigError, match="model.name='vgg'"):
+        config_mod.load("c1-cifar10", ["model.name=vgg"])
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        config_mod.load("c1-cifar10", ["epochs"])
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'resnet20-cifar10'"):
+        config_mod.load("resnet20-cifar1")
+
+
+REQUIRED_PRESETS = {"quickstart", "c1-cifar10", "c2-cifar10", "resnet20-cifar10", "resnet18-cifar10",
+                    "squeezenext-cifar10", "resnet20-cifar100", "alexnet-svhn", "resnet18-tinyimagenet",
+                    "resnet18-imagenet"}
+
+
+def test_required_presets_exist():
+    assert REQUIRED_PRESETS <= set(config_mod.preset_names())
+
+
+@pytest.mark.parametrize("name", config_mod.preset_names())
+def test_every_preset_loads_validates_and_is_documented(name):
+    config = config_mod.load(name)
+    assert config.preset == name and config.description
+    first_line = (config_mod.presets_dir() / f"{name}.yaml").read_text().splitlines()[0]
+    assert first_line.startswith("# ") and len(first_line) > 20  # headed by what it reproduces
+    assert config.data.name in catalog.DATASETS and config.model.name in catalog.MODEL_NAMES
+    # round trip through the saved form used by run directories
+    assert config_mod.from_yaml(config_mod.to_yaml(config)) == config
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED_PRESETS - {"quickstart"}))
+def test_paper_presets_use_the_paper_hyperparameters(name):
+    config = config_mod.load(name)
+    assert config.batch.global_batch_size == 128 and config.optim.momentum == 0.9 and config.epochs == 90
+    assert config.optim.decay_epochs == [30, 60, 80]
+    expected_lr = 0.02 if config.model.name in ("c1", "c2", "alexnet") else 0.1
+    assert config.optim.lr == expected_lr
+
+
+def test_data_root_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("ABSA_DATA", raising=False)
+    assert str(config_mod.DataConfig().resolved_root()).endswith(".cache/absa/data")
+    monkeypatch.setenv("ABSA_DATA", str(tmp_path))
+    assert config_mod.DataConfig().resolved_root() == tmp_path
+    assert config_mod.DataConfig(root="/x").resolved_root().as_posix() == "/x"
