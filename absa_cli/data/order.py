@@ -1,0 +1,50 @@
+"""Exactly-once sample order (layer 1).
+
+Each epoch has one seeded global permutation of the training set and one augmentation seed per position. Step k
+of an epoch consumes positions ``[samples_seen, samples_seen + B)``, split over workers and micro-batches by the
+engine. Both tensors are functions of (seed, epoch) only, so the inputs of a step do not depend on how many workers
+run it, on how the epoch was chunked, or on whether the run was resumed in between.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (SplitMix64 finaliser over a running hash)."""
+    state = 0x9E3779B97F4A7C15
+    for part in parts:
+        state = (state ^ (part & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state ^= state >> 31
+        state = state * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 29
+    return state >> 1
+
+
+class EpochOrder:
+    """The permutation and per-position augmentation seeds of one epoch."""
+
+    def __init__(self, seed: int, epoch: int, num_samples: int) -> None:
+        generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0x5A17))
+        self.epoch = epoch
+        self.indices = torch.randperm(num_samples, generator=generator)
+        self.aug_seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def positions(self, start: int, size: int) -> slice:
+        """Positions of the global batch that starts at ``start`` (the last batch of an epoch may be short)."""
+        return slice(start, min(start + size, len(self.indices)))
+
+
+def steps_in_epoch(num_samples: int, global_batch_size: int) -> int:
+    """Optimizer steps in an epoch: every sample once, the last batch short when the size does not divide."""
+    return -(-num_samples // global_batch_size)
+
+
+def steps_remaining(num_samples: int, samples_seen: int, global_batch_size: int) -> int:
+    return steps_in_epoch(num_samples - samples_seen, global_batch_size)
