@@ -1,0 +1,28 @@
+# absa: `make demo` trains the quickstart preset; `make test` runs the test suite. Both install into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# Reinstall whenever the project's metadata changes. torch/torchvision are pinned to ranges that the
+# locally served 2.14.1 / 0.29.1 satisfy.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/absa train quickstart
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info runs .pytest_cache

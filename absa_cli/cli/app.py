@@ -1,0 +1,34 @@
+"""``absa``: the Typer application. Importing this module must stay cheap (no torch, no ray)."""
+
+from __future__ import annotations
+
+import typer
+
+from absa_cli import __version__
+from absa_cli.cli import presets, train
+
+app = typer.Typer(
+    name="absa",
+    help="Elastic, adaptive-batch-size training of image classifiers (ABSA: Hessian-guided batch growth + FGSM).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=True,
+)
+app.command("train")(train.train)
+app.add_typer(presets.app, name="presets")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"absa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Elastic, adaptive-batch-size training of image classifiers."""
+
+
+def main() -> None:
+    app()

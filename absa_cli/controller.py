@@ -1,0 +1,132 @@
+"""The epoch loop: the one place that acts (driver side).
+
+The controller talks to a worker *group* through a narrow interface (``train_chunk``, ``sync_buffers``,
+``evaluate``, ``state_dict``), so the in-process ``LocalGroup`` and the Ray worker group run the same loop.
+It imports neither torch nor ray at module load (checkpoint writing imports torch lazily).
+
+Each epoch: plan the geometry, run chunks of steps (progress after each), average BatchNorm statistics, evaluate,
+write the epoch record, checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from absa_cli.config import RunConfig
+from absa_cli.geometry import BatchGeometry
+from absa_cli.metrics import Console, JsonlSink
+from absa_cli.runs import RunDir
+from absa_cli.schedule import lr_at
+
+
+class WorkerGroup(Protocol):
+    num_workers: int
+    num_train_samples: int
+
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry) -> Any: ...
+    def sync_buffers(self) -> None: ...
+    def evaluate(self) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Progress:
+    """Where training stands, independent of the number of workers."""
+
+    epoch: int = 0  # the epoch in progress, 0-based (records show it 1-based)
+    samples_seen: int = 0  # position inside the epoch's permutation
+    updates: int = 0  # optimizer steps so far
+    best_test_acc: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # geometry changes
+
+
+class Controller:
+    def __init__(self, config: RunConfig, run: RunDir, group: WorkerGroup, console: Console,
+                 max_workers: int = 1) -> None:
+        self.config = config
+        self.run = run
+        self.group = group
+        self.console = console
+        self.max_workers = max_workers
+        self.sink = JsonlSink(run.metrics_path)
+        self.progress = Progress()
+        self.last_record: dict[str, Any] | None = None
+
+    def plan_geometry(self) -> BatchGeometry:
+        geometry = BatchGeometry.plan(self.config.batch.global_batch_size, self.max_workers,
+                                      self.config.batch.per_worker_max, available_workers=self.group.num_workers)
+        previous = self.progress.history[-1] if self.progress.history else None
+        current = {"epoch": self.progress.epoch + 1, "global_batch_size": geometry.global_batch_size,
+                   "num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
+                   "grad_accum_steps": geometry.grad_accum_steps}
+        if previous is None or {k: v for k, v in previous.items() if k != "epoch"} != \
+                {k: v for k, v in current.items() if k != "epoch"}:
+            self.progress.history.append(current)
+            self.sink.write({"kind": "geometry", **current})
+            self.console.line(f"[bold]geometry[/]: {geometry.describe()}")
+        return geometry
+
+    def run_all(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        while self.progress.epoch < self.config.epochs:
+            self.last_record = self.run_epoch()
+        return {"epochs": self.config.epochs, "updates": self.progress.updates,
+                "final_test_acc": self.last_record["test_acc"] if self.last_record else None,
+                "best_test_acc": self.progress.best_test_acc, "wall_s": time.perf_counter() - started}
+
+    def run_epoch(self) -> dict[str, Any]:
+        config, progress = self.config, self.progress
+        geometry = self.plan_geometry()
+        num_samples = self.group.num_train_samples
+        batch = geometry.global_batch_size
+        num_steps = -(-num_samples // batch)
+        epoch_started = time.perf_counter()
+        self.console.epoch_started(progress.epoch + 1, config.epochs, num_steps, geometry.describe())
+        loss_sum = num_correct = seen = 0.0
+        lr = 0.0
+        while progress.samples_seen < num_samples:
+            steps_left = -(-(num_samples - progress.samples_seen) // batch)
+            positions = [progress.samples_seen + i * batch for i in range(min(config.logging.chunk_steps, steps_left))]
+            lrs = [lr_at(config.optim, batch, progress.epoch + p / num_samples) for p in positions]
+            stats = self.group.train_chunk(progress.epoch, progress.samples_seen, lrs, geometry)
+            progress.samples_seen += stats.samples
+            progress.updates += stats.steps
+            loss_sum, num_correct, seen, lr = (loss_sum + stats.loss_sum, num_correct + stats.num_correct,
+                                               seen + stats.samples, lrs[-1])
+            steps_done = num_steps - -(-(num_samples - progress.samples_seen) // batch)
+            self.console.chunk_done(steps_done, num_steps, stats.samples / max(stats.seconds, 1e-9),
+                                    stats.loss_sum / max(stats.samples, 1))
+        self.group.sync_buffers()
+        evaluation = self.group.evaluate()
+        record = {
+            "kind": "epoch", "epoch": progress.epoch + 1, "updates": progress.updates,
+            "samples_seen": int(seen), "global_batch_size": batch, "num_workers": geometry.num_workers,
+            "grad_accum_steps": geometry.grad_accum_steps, "lr": lr,
+            "train_loss": loss_sum / max(seen, 1), "train_acc": num_correct / max(seen, 1),
+            "test_loss": evaluation.loss, "test_acc": evaluation.accuracy,
+            "epoch_s": time.perf_counter() - epoch_started,
+        }
+        progress.best_test_acc = max(progress.best_test_acc, evaluation.accuracy)
+        progress.epoch += 1
+        progress.samples_seen = 0
+        self.sink.write(record)
+        self.console.epoch_done(record)
+        if progress.epoch % config.checkpoint.every_epochs == 0 or progress.epoch == config.epochs:
+            self.save_checkpoint()
+        self.run.write_info(last_epoch=progress.epoch, updates=progress.updates,
+                            best_test_acc=progress.best_test_acc)
+        return record
+
+    def save_checkpoint(self) -> None:
+        from absa_cli import checkpoint  # torch import, only on the driver paths that write checkpoints
+
+        state = {**self.group.state_dict(), "epoch": self.progress.epoch,
+                 "samples_seen": self.progress.samples_seen, "updates": self.progress.updates,
+                 "best_test_acc": self.progress.best_test_acc, "history": self.progress.history,
+                 "preset": self.config.preset}
+        checkpoint.save(self.run.checkpoint_path(self.progress.epoch), state)
+        for old in self.run.checkpoints()[:-self.config.checkpoint.keep_last]:
+            old.unlink()

@@ -1,0 +1,168 @@
+"""Per-worker training and evaluation (layer 1: torch; never imports ray).
+
+One optimizer step consumes one global batch: ``EpochOrder`` positions ``[samples_seen, samples_seen + B)``. This
+worker takes its contiguous share (rank r of W), cuts it into ``grad_accum_steps`` micro-batches, and
+back-propagates ``sum(loss) × W / n`` for each, where n is the global batch's real size (the epoch's last batch may
+be short). After ``DistContext.all_reduce_mean`` every worker holds the gradient of the mean loss over the whole
+global batch, so W workers × b and 1 worker × W accumulation steps × b are the same computation on the same
+samples. The all-reduce precedes the optimizer step: a step that fails half-way was never applied.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from absa_cli.config import RunConfig
+from absa_cli.data import build_dataset
+from absa_cli.data.order import EpochOrder
+from absa_cli.dist import DistContext, LocalContext
+from absa_cli.geometry import BatchGeometry
+from absa_cli.models import build_model
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """What a run of consecutive steps did on all workers (already reduced)."""
+
+    steps: int
+    samples: int
+    loss_sum: float
+    num_correct: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    samples: int
+    loss: float
+    accuracy: float
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+class Engine:
+    """A worker's model, optimizer and data; the same object whether it runs alone or in a Ray actor."""
+
+    def __init__(self, config: RunConfig, ctx: DistContext | None = None, device: torch.device | None = None):
+        self.config = config
+        self.ctx = ctx or LocalContext()
+        self.device = device or pick_device()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        data = config.data
+        root = data.resolved_root()
+        self.train_set = build_dataset(data.name, data.train_split, root, seed=data.seed,
+                                       size=data.train_size, download=data.download)
+        self.test_set = build_dataset(data.name, "test", root, seed=data.seed, size=data.test_size,
+                                      download=data.download)
+        torch.manual_seed(config.seed)  # identical initial weights on every worker
+        spec = self.train_set.spec
+        self.model = build_model(config.model.name, spec.num_classes, spec.image_size,
+                                 width=config.model.width).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+            nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
+        self._order: EpochOrder | None = None
+
+    @property
+    def num_train_samples(self) -> int:
+        return len(self.train_set)
+
+    def epoch_order(self, epoch: int) -> EpochOrder:
+        if self._order is None or self._order.epoch != epoch:
+            self._order = EpochOrder(self.config.seed, epoch, len(self.train_set))
+        return self._order
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry) -> ChunkStats:
+        """Run ``len(lrs)`` optimizer steps from position ``samples_seen`` of ``epoch``, one LR per step."""
+        if geometry.num_workers != self.ctx.world_size:
+            raise ValueError(f"geometry is for {geometry.num_workers} workers but this group has "
+                             f"{self.ctx.world_size}")
+        started = time.perf_counter()
+        self.model.train()
+        order = self.epoch_order(epoch)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
+        position = samples_seen
+        for lr in lrs:
+            span = order.positions(position, geometry.global_batch_size)
+            if span.start >= span.stop:
+                raise ValueError(f"epoch {epoch} has no samples left at position {position}")
+            totals += self._step(order.indices[span], order.aug_seeds[span], lr, geometry)
+            position = span.stop
+        self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step
+        loss_sum, num_correct, num_samples = totals.tolist()
+        return ChunkStats(steps=len(lrs), samples=int(num_samples), loss_sum=loss_sum,
+                          num_correct=int(num_correct), seconds=time.perf_counter() - started)
+
+    def _step(self, indices: torch.Tensor, aug_seeds: torch.Tensor, lr: float,
+              geometry: BatchGeometry) -> torch.Tensor:
+        batch_size = len(indices)
+        world_size, rank = self.ctx.world_size, self.ctx.rank
+        mine = torch.tensor_split(torch.arange(batch_size), world_size)[rank]
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        augment = self.config.data.augment
+        for micro in torch.tensor_split(mine, geometry.grad_accum_steps):
+            if len(micro) == 0:  # only in an epoch's short last batch
+                continue
+            inputs, labels = self.train_set.get_batch(indices[micro], aug_seeds[micro] if augment else None)
+            inputs = inputs.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            logits = self.model(inputs)
+            loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+            (loss_sum * (world_size / batch_size)).backward()
+            with torch.no_grad():
+                totals[0] += loss_sum.detach()
+                totals[1] += (logits.argmax(dim=1) == labels).sum()
+                totals[2] += len(micro)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.ctx.all_reduce_mean(grads)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def sync_buffers(self) -> None:
+        """Average BatchNorm running statistics over workers (each saw only its own micro-batches)."""
+        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        self.ctx.all_reduce_mean(buffers)
+
+    # ---------------------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalStats:
+        """Loss and accuracy over the whole test set, sharded over workers (each sample counted once)."""
+        self.model.eval()
+        shard = torch.tensor_split(torch.arange(len(self.test_set)), self.ctx.world_size)[self.ctx.rank]
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for batch in torch.split(shard, self.config.eval.batch_size):
+            inputs, labels = self.test_set.get_batch(batch, None)
+            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            logits = self.model(inputs)
+            totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+            totals[1] += (logits.argmax(dim=1) == labels).sum()
+            totals[2] += len(batch)
+        self.ctx.all_reduce_sum([totals])
+        loss_sum, num_correct, num_samples = totals.tolist()
+        return EvalStats(samples=int(num_samples), loss=loss_sum / max(num_samples, 1),
+                         accuracy=num_correct / max(num_samples, 1))
+
+    # --------------------------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        """Model and optimizer state: world-size independent (every worker holds the same copy)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])

@@ -1,0 +1,39 @@
+"""A worker group of one, in this process (``--local``, tests, debugging).
+
+It has the interface of the Ray worker group, so the controller's epoch loop is the same code either way.
+"""
+
+from __future__ import annotations
+
+from absa_cli.config import RunConfig
+from absa_cli.engine import ChunkStats, Engine, EvalStats
+from absa_cli.geometry import BatchGeometry
+
+
+class LocalGroup:
+    num_workers = 1
+
+    def __init__(self, config: RunConfig) -> None:
+        self.engine = Engine(config)
+
+    @property
+    def num_train_samples(self) -> int:
+        return self.engine.num_train_samples
+
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry) -> ChunkStats:
+        return self.engine.train_chunk(epoch, samples_seen, lrs, geometry)
+
+    def sync_buffers(self) -> None:
+        self.engine.sync_buffers()
+
+    def evaluate(self) -> EvalStats:
+        return self.engine.evaluate()
+
+    def state_dict(self) -> dict:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.engine.load_state_dict(state)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,106 @@
+"""The command line through Typer's CliRunner: exit codes, output contract, run directory, user errors.
+
+User errors must print one line starting with "error:" and exit 2, with no traceback; `absa --help` must not
+import torch or ray.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from absa_cli.cli.app import app
+from absa_cli.metrics import EPOCH_FIELDS
+
+from conftest import TINY
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def _assert_user_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_train_quickstart_end_to_end(tmp_path):
+    result = _invoke("train", "quickstart", *TINY, "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("run: ")
+    assert lines[-1].startswith("summary: 2 epochs")
+    run_dir = tmp_path / lines[0].removeprefix("run: ")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["last_epoch"] == 2
+    assert "name: shapes" in (run_dir / "config.yaml").read_text()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for record in epochs:
+        assert set(EPOCH_FIELDS) <= set(record)
+        assert record["samples_seen"] == 256  # every training sample once per epoch
+        assert record["global_batch_size"] == 64 and record["num_workers"] == 1
+        assert record["grad_accum_steps"] == 2  # 64 = 1 worker × 32 × 2
+    assert epochs[-1]["updates"] == 2 * 4  # 256 / 64 steps per epoch
+    assert records[0]["kind"] == "geometry"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
+
+
+def test_non_tty_output_is_plain(tmp_path):
+    result = _invoke("train", "quickstart", *TINY, "epochs=1", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0
+    assert "\x1b[" not in result.output  # no escape codes when stdout is not a terminal
+
+
+def test_unknown_key_exit_2(tmp_path):
+    result = _invoke("train", "quickstart", "optim.lrr=0.1", "--runs-dir", str(tmp_path))
+    _assert_user_error(result, "'optim.lrr'", "did you mean 'optim.lr'")
+    assert not any(tmp_path.iterdir())  # nothing created for a bad command
+
+
+def test_wrong_type_exit_2(tmp_path):
+    _assert_user_error(_invoke("train", "quickstart", "epochs=many", "--runs-dir", str(tmp_path)),
+                       "'epochs'", "expects int", "'many'")
+
+
+def test_unknown_preset_exit_2():
+    _assert_user_error(_invoke("train", "quickstrat"), "unknown preset 'quickstrat'", "did you mean 'quickstart'")
+
+
+def test_missing_dataset_exit_2_and_no_run_dir(tmp_path):
+    data_root = tmp_path / "data"
+    result = _invoke("train", "c1-cifar10", f"data.root={data_root}", "--runs-dir", str(tmp_path / "runs"))
+    _assert_user_error(result, str(data_root / "cifar-10-batches-py"), "data.download=true")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_presets_list_and_show():
+    listed = _invoke("presets", "list")
+    assert listed.exit_code == 0 and "quickstart" in listed.stdout and "resnet18-imagenet" in listed.stdout
+    shown = _invoke("presets", "show", "c1-cifar10", "optim.lr=0.3")
+    assert shown.exit_code == 0 and "lr: 0.3" in shown.stdout and "name: c1" in shown.stdout
+    _assert_user_error(_invoke("presets", "show", "nope"), "unknown preset 'nope'")
+
+
+def test_help_is_fast_and_imports_neither_torch_nor_ray():
+    code = ("import sys, time; t = time.perf_counter(); from absa_cli.cli.app import app; "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import at CLI load'; "
+            "print(time.perf_counter() - t)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "absa_cli", "--help"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert done.returncode == 0 and "train" in done.stdout
+    assert elapsed < 1.0, f"absa --help took {elapsed:.2f} s"

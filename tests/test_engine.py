@@ -1,0 +1,98 @@
+"""The local engine: exactly-once sample order, accumulation arithmetic, chunking independence, learning.
+
+References: a BN-free model trained with one 64-sample micro-batch per step must match the same model trained
+with two 32-sample micro-batches per step (the gradient of the mean loss over the same 64 samples), and any
+split of an epoch into chunks must give bit-identical parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from absa_cli.data.order import EpochOrder, derive_seed, steps_in_epoch
+from absa_cli.engine import Engine
+from absa_cli.geometry import BatchGeometry
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    first, again, other_epoch = EpochOrder(7, 3, 1000), EpochOrder(7, 3, 1000), EpochOrder(7, 4, 1000)
+    assert torch.equal(first.indices, again.indices) and torch.equal(first.aug_seeds, again.aug_seeds)
+    assert not torch.equal(first.indices, other_epoch.indices)
+    assert torch.equal(first.indices.sort().values, torch.arange(1000))
+
+
+def test_positions_cover_every_sample_once_with_a_short_last_batch():
+    order = EpochOrder(0, 0, 1000)
+    seen, position = [], 0
+    for _ in range(steps_in_epoch(1000, 128)):
+        span = order.positions(position, 128)
+        seen.append(order.indices[span])
+        position = span.stop
+    assert steps_in_epoch(1000, 128) == 8 and len(seen[-1]) == 1000 - 7 * 128
+    assert torch.equal(torch.cat(seen).sort().values, torch.arange(1000))
+
+
+def test_derive_seed_mixes():
+    assert derive_seed(1, 2) != derive_seed(2, 1) and derive_seed(0) != derive_seed(0, 0)
+    assert 0 <= derive_seed(123, 456) < 2**63
+
+
+def _engine_without_batchnorm(config) -> Engine:
+    engine = Engine(config, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    engine.model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.Tanh(), nn.Linear(32, 10)).double()
+    engine.train_set.get_batch = _as_double(engine.train_set.get_batch)
+    engine.optimizer = torch.optim.SGD(engine.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    return engine
+
+
+def _as_double(get_batch):
+    def wrapped(indices, seeds):
+        inputs, labels = get_batch(indices, seeds)
+        return inputs.double(), labels
+    return wrapped
+
+
+def _params(engine: Engine) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in engine.model.parameters()])
+
+
+def test_accumulation_equals_one_big_micro_batch(tiny_config):
+    whole, accumulated = _engine_without_batchnorm(tiny_config), _engine_without_batchnorm(tiny_config)
+    lrs = [0.05] * 4
+    whole.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 64, 1))
+    accumulated.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2))
+    assert torch.allclose(_params(whole), _params(accumulated), atol=1e-10, rtol=0)
+    assert not torch.allclose(_params(whole), _params(_engine_without_batchnorm(tiny_config)))  # it trained
+
+
+def test_chunking_does_not_change_the_result(tiny_config):
+    geometry = BatchGeometry(64, 1, 32, 2)
+    one_go, in_pieces = Engine(tiny_config), Engine(tiny_config)
+    stats = one_go.train_chunk(0, 0, [0.05] * 4, geometry)
+    first = in_pieces.train_chunk(0, 0, [0.05] * 3, geometry)
+    second = in_pieces.train_chunk(0, 3 * 64, [0.05], geometry)
+    assert stats.samples == first.samples + second.samples == 256
+    for a, b in zip(one_go.model.state_dict().values(), in_pieces.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_engine_learns_and_evaluates(tiny_config):
+    engine = Engine(tiny_config)
+    before = engine.evaluate()
+    geometry = BatchGeometry(64, 1, 32, 2)
+    losses = [engine.train_chunk(epoch, 0, [0.05] * 4, geometry) for epoch in range(4)]
+    after = engine.evaluate()
+    assert before.samples == after.samples == 128
+    first, last = losses[0].loss_sum / losses[0].samples, losses[-1].loss_sum / losses[-1].samples
+    assert last < first, (first, last)
+
+
+def test_state_dict_round_trip(tiny_config):
+    source, target = Engine(tiny_config), Engine(tiny_config)
+    source.train_chunk(0, 0, [0.05] * 2, BatchGeometry(64, 1, 32, 2))
+    target.load_state_dict(source.state_dict())
+    for a, b in zip(source.model.state_dict().values(), target.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert source.optimizer.state_dict()["state"].keys() == target.optimizer.state_dict()["state"].keys()
