@@ -1,0 +1,125 @@
+"""TorchDistContext and the sharded curvature probe on a real two-process gloo group.
+
+References: for the collectives, the values each rank contributed (sum, mean, rank ``src``'s copy), over tensors of
+several dtypes and shapes, including a non-contiguous view; for the probe, the same computation in one process.
+Each rank holds its half of a 15-sample batch (8 and 7 samples, so the sample-count weighting matters) for a small
+conv net with BatchNorm in eval mode; its ``H·v`` through ``TorchDistContext`` must equal the single-process ``H·v``
+over the whole batch, and sharded Lanczos must find the single-process eigenvalues. The group has a 30 s timeout and
+the parent joins with a deadline, so a broken collective fails the test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from absa_cli.curvature import HessianOperator, lanczos
+from absa_cli.dist import LocalContext, TorchDistContext, init_process_group
+
+WORLD_SIZE = 2
+NUM_SAMPLES = 15
+DEADLINE_S = 60.0
+
+
+def make_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Model, inputs, labels and a probe vector: identical on every process (local generators only)."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        model.train()
+        model(torch.randn(32, 3, 6, 6, generator=gen) * 2 + 1)  # running statistics unlike the probe batch's
+    inputs = torch.randn(NUM_SAMPLES, 3, 6, 6, generator=gen)
+    labels = torch.randint(0, 3, (NUM_SAMPLES,), generator=gen)
+    dim = sum(p.numel() for p in model.parameters())
+    return model, inputs, labels, torch.randn(dim, generator=gen)
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    ctx = init_process_group("gloo", rank, WORLD_SIZE, f"file://{init_file}", timeout_s=30)
+    try:
+        results = {"rank": ctx.rank, "world_size": ctx.world_size, **_collectives(ctx)}
+        model, inputs, labels, v = make_problem()
+        mine = torch.tensor_split(torch.arange(NUM_SAMPLES), WORLD_SIZE)[rank]
+        op = HessianOperator(model, F.cross_entropy, [(inputs[mine], labels[mine])], ctx, bn_mode="eval")
+        results["hvp"] = op.matvec(v)
+        results["top2"] = lanczos(op, k=2, max_iter=40, tol=1e-6).eigenvalues
+        ctx.barrier()
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _collectives(ctx: TorchDistContext) -> dict:
+    """Every rank contributes ``rank + 1`` times a fixed pattern, so the expected results are closed-form."""
+    base = torch.arange(12, dtype=torch.float64).view(3, 4)
+    f32 = (base * (ctx.rank + 1)).float()
+    f64 = base * (ctx.rank + 1)
+    strided = f64.clone().t()  # non-contiguous: must be written back in place through the coalesced buffer
+    ints = torch.arange(5, dtype=torch.int64) * (ctx.rank + 1)
+    scalar = torch.tensor(float(ctx.rank + 1))
+    ctx.all_reduce_mean([f32, f64, strided, scalar])
+    ctx.all_reduce_sum([ints])
+    sent_ints = torch.full((4,), 10 * ctx.rank, dtype=torch.int64)
+    sent_float = torch.full((2, 2), 0.5 + ctx.rank, dtype=torch.float32)
+    ctx.broadcast([sent_ints, sent_float], src=1)
+    try:
+        ctx.all_reduce_mean([torch.zeros(2, dtype=torch.int64)])
+        integer_mean_error = ""
+    except TypeError as error:  # raised before any collective, so the ranks stay in step
+        integer_mean_error = str(error)
+    return {"integer_mean_error": integer_mean_error,"mean_f32": f32, "mean_f64": f64, "mean_strided": strided, "mean_scalar": scalar, "sum_i64": ints,
+            "bcast_i64": sent_ints, "bcast_f32": sent_float}
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist")
+    context = mp.start_processes(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD_SIZE, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the two gloo workers did not finish within {DEADLINE_S:.0f} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
+def test_collectives_reduce_and_broadcast(rank_results):
+    base = torch.arange(12, dtype=torch.float64).view(3, 4)
+    for results in rank_results:
+        assert results["world_size"] == WORLD_SIZE
+        torch.testing.assert_close(results["mean_f32"], (base * 1.5).float(), rtol=0, atol=0)
+        torch.testing.assert_close(results["mean_f64"], base * 1.5, rtol=0, atol=0)
+        torch.testing.assert_close(results["mean_strided"], (base * 1.5).t(), rtol=0, atol=0)
+        assert results["mean_scalar"].item() == 1.5
+        assert results["sum_i64"].tolist() == (torch.arange(5) * 3).tolist()
+        assert results["bcast_i64"].tolist() == [10] * 4
+        assert results["bcast_f32"].dtype == torch.float32 and bool((results["bcast_f32"] == 1.5).all())
+        assert "floating-point" in results["integer_mean_error"]
+    assert [r["rank"] for r in rank_results] == [0, 1]
+
+
+def test_sharded_hvp_equals_the_single_process_hvp(rank_results):
+    model, inputs, labels, v = make_problem()
+    op = HessianOperator(model, F.cross_entropy, [(inputs, labels)], LocalContext(), bn_mode="eval")
+    expected = op.matvec(v)
+    top2 = lanczos(op, k=2, max_iter=40, tol=1e-6).eigenvalues
+    for results in rank_results:
+        torch.testing.assert_close(results["hvp"], expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+        assert results["top2"] == pytest.approx(top2, rel=1e-4)
+    assert torch.equal(rank_results[0]["hvp"], rank_results[1]["hvp"])  # ranks hold identical products
+
