@@ -23,6 +23,9 @@ from absa_cli import catalog
 from absa_cli.errors import UserError
 
 LR_SCALING_RULES = ("linear", "sqrt", "none")
+POLICIES = ("absa", "abs", "fixed", "fixed-large")
+PROBE_METHODS = ("power", "lanczos")
+BN_MODES = ("eval", "train")
 
 
 class ConfigError(UserError):
@@ -112,11 +115,62 @@ class BatchConfig:
 
 
 @dataclass
+class PolicyConfig:
+    """How the global batch, the LR and the adversarial fraction evolve (docs/policy.md)."""
+
+    name: str = "absa"  # absa | abs (no adversarial) | fixed (small-batch SGD) | fixed-large (Goyal et al.)
+    growth: int = 2  # the batch is multiplied by this at each increase
+    eig_ratio: float = 2.0  # grow when λ ≤ λ_ref / eig_ratio
+    duration: int = 10  # grow anyway after this many epochs without an increase
+    confirm: int = 1  # consecutive probes that must show the drop (1 = the paper)
+    max_global_batch: int = 16384  # the cap (the paper's 128 × 128); fixed-large trains at this batch
+    lr_ramp_steps: int = 0  # after a growth, ramp the LR linearly to its new value over this many updates
+    adv_ratio: float = 0.2  # initial fraction of each micro-batch replaced by FGSM examples (absa only)
+    adv_eps: float = 0.005  # FGSM step in [0, 1] pixel units
+    adv_stop_frac: float = 0.5  # no adversarial training after this fraction of the epochs
+
+    def __post_init__(self) -> None:
+        _require(self.name in POLICIES, f"policy.name={self.name!r}; choose one of {', '.join(POLICIES)}")
+        _require(self.growth >= 2, f"policy.growth must be an integer >= 2, got {self.growth}")
+        _require(self.eig_ratio > 1, f"policy.eig_ratio must be > 1, got {self.eig_ratio}")
+        _require(self.duration >= 1, f"policy.duration must be >= 1, got {self.duration}")
+        _require(self.confirm >= 1, f"policy.confirm must be >= 1, got {self.confirm}")
+        _require(self.max_global_batch > 0, f"policy.max_global_batch must be > 0, got {self.max_global_batch}")
+        _require(self.lr_ramp_steps >= 0, f"policy.lr_ramp_steps must be >= 0, got {self.lr_ramp_steps}")
+        _require(0 <= self.adv_ratio < 1, f"policy.adv_ratio must be in [0, 1), got {self.adv_ratio}")
+        _require(self.adv_eps >= 0, f"policy.adv_eps must be >= 0, got {self.adv_eps}")
+        _require(0 <= self.adv_stop_frac <= 1, f"policy.adv_stop_frac must be in [0, 1], got {self.adv_stop_frac}")
+
+
+@dataclass
+class ProbeConfig:
+    """The curvature probe at each epoch boundary: top Hessian eigenvalue on a fixed, unaugmented probe set."""
+
+    batch_size: int = 128  # the paper: one batch of 128
+    num_batches: int = 1
+    method: str = "power"  # power (the paper) | lanczos
+    max_iter: int = 10  # the paper: at most 10 power iterations
+    tol: float = 1e-2  # relative tolerance (the paper: 1e-2)
+    bn_mode: str = "eval"  # BatchNorm in eval mode during the probe, as PyHessian and the paper do
+    seed: int = 0  # which samples form the probe set, and the starting vector
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, f"probe.batch_size must be > 0, got {self.batch_size}")
+        _require(self.num_batches > 0, f"probe.num_batches must be > 0, got {self.num_batches}")
+        _require(self.method in PROBE_METHODS, f"probe.method={self.method!r}; choose one of {PROBE_METHODS}")
+        _require(self.max_iter > 0, f"probe.max_iter must be > 0, got {self.max_iter}")
+        _require(self.tol > 0, f"probe.tol must be > 0, got {self.tol}")
+        _require(self.bn_mode in BN_MODES, f"probe.bn_mode={self.bn_mode!r}; choose one of {BN_MODES}")
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 200  # the paper's test batch
+    adversarial_eps: float = 0.0  # > 0: also report FGSM robust accuracy (test_acc_fgsm) at this ε (pixel units)
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
+        _require(self.adversarial_eps >= 0, f"eval.adversarial_eps must be >= 0, got {self.adversarial_eps}")
 
 
 @dataclass
@@ -148,6 +202,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -155,6 +211,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _require(self.policy.max_global_batch >= self.batch.global_batch_size,
+                 f"policy.max_global_batch={self.policy.max_global_batch} is below batch.global_batch_size="
+                 f"{self.batch.global_batch_size}; raise the cap or lower the starting batch")
 
 
 # ---------------------------------------------------------------------------------------------- presets

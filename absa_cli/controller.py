@@ -1,11 +1,12 @@
 """The epoch loop: the one place that acts (driver side).
 
 The controller talks to a worker *group* through a narrow interface (``train_chunk``, ``sync_buffers``,
-``evaluate``, ``state_dict``), so the in-process ``LocalGroup`` and the Ray worker group run the same loop.
-It imports neither torch nor ray at module load (checkpoint writing imports torch lazily).
+``evaluate``, ``probe``, ``state_dict``), so the in-process ``LocalGroup`` and the Ray worker group run the same
+loop. It imports neither torch nor ray at module load (checkpoint writing imports torch lazily).
 
-Each epoch: plan the geometry, run chunks of steps (progress after each), average BatchNorm statistics, evaluate,
-write the epoch record, checkpoint.
+Each epoch: plan the geometry for the policy's global batch, run chunks of steps (progress after each), average
+BatchNorm statistics, evaluate, probe the curvature if the policy asked for it, hand the measurements to the policy
+(its decision applies from the next epoch), write the epoch record, checkpoint.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from typing import Any, Protocol
 from absa_cli.config import RunConfig
 from absa_cli.geometry import BatchGeometry
 from absa_cli.metrics import Console, JsonlSink
+from absa_cli.policy import Decision, EpochMeasurements, make_policy
 from absa_cli.runs import RunDir
-from absa_cli.schedule import lr_at
 
 
 class WorkerGroup(Protocol):
     num_workers: int
     num_train_samples: int
 
-    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry) -> Any: ...
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
+                    adv_ratio: float = 0.0) -> Any: ...
     def sync_buffers(self) -> None: ...
     def evaluate(self) -> Any: ...
+    def probe(self) -> Any: ...
     def state_dict(self) -> dict: ...
     def close(self) -> None: ...
 
@@ -43,6 +46,14 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)  # geometry changes
 
 
+@dataclass
+class _EpochTotals:
+    loss_sum: float = 0.0
+    num_correct: int = 0
+    samples: int = 0
+    lr: float = 0.0
+
+
 class Controller:
     def __init__(self, config: RunConfig, run: RunDir, group: WorkerGroup, console: Console,
                  max_workers: int = 1) -> None:
@@ -53,10 +64,12 @@ class Controller:
         self.max_workers = max_workers
         self.sink = JsonlSink(run.metrics_path)
         self.progress = Progress()
+        self.policy = make_policy(config)
+        self.decision: Decision = self.policy.initial()
         self.last_record: dict[str, Any] | None = None
 
     def plan_geometry(self) -> BatchGeometry:
-        geometry = BatchGeometry.plan(self.config.batch.global_batch_size, self.max_workers,
+        geometry = BatchGeometry.plan(self.decision.global_batch_size, self.max_workers,
                                       self.config.batch.per_worker_max, available_workers=self.group.num_workers)
         previous = self.progress.history[-1] if self.progress.history else None
         current = {"epoch": self.progress.epoch + 1, "global_batch_size": geometry.global_batch_size,
@@ -71,44 +84,42 @@ class Controller:
 
     def run_all(self) -> dict[str, Any]:
         started = time.perf_counter()
+        self.console.line(f"[bold]policy[/] {self.config.policy.name}: {self.decision.reason}")
         while self.progress.epoch < self.config.epochs:
             self.last_record = self.run_epoch()
         return {"epochs": self.config.epochs, "updates": self.progress.updates,
                 "final_test_acc": self.last_record["test_acc"] if self.last_record else None,
-                "best_test_acc": self.progress.best_test_acc, "wall_s": time.perf_counter() - started}
+                "best_test_acc": self.progress.best_test_acc,
+                "final_global_batch_size": self.decision.global_batch_size,
+                "wall_s": time.perf_counter() - started}
 
     def run_epoch(self) -> dict[str, Any]:
-        config, progress = self.config, self.progress
+        config, progress, decision = self.config, self.progress, self.decision
         geometry = self.plan_geometry()
-        num_samples = self.group.num_train_samples
-        batch = geometry.global_batch_size
-        num_steps = -(-num_samples // batch)
         epoch_started = time.perf_counter()
-        self.console.epoch_started(progress.epoch + 1, config.epochs, num_steps, geometry.describe())
-        loss_sum = num_correct = seen = 0.0
-        lr = 0.0
-        while progress.samples_seen < num_samples:
-            steps_left = -(-(num_samples - progress.samples_seen) // batch)
-            positions = [progress.samples_seen + i * batch for i in range(min(config.logging.chunk_steps, steps_left))]
-            lrs = [lr_at(config.optim, batch, progress.epoch + p / num_samples) for p in positions]
-            stats = self.group.train_chunk(progress.epoch, progress.samples_seen, lrs, geometry)
-            progress.samples_seen += stats.samples
-            progress.updates += stats.steps
-            loss_sum, num_correct, seen, lr = (loss_sum + stats.loss_sum, num_correct + stats.num_correct,
-                                               seen + stats.samples, lrs[-1])
-            steps_done = num_steps - -(-(num_samples - progress.samples_seen) // batch)
-            self.console.chunk_done(steps_done, num_steps, stats.samples / max(stats.seconds, 1e-9),
-                                    stats.loss_sum / max(stats.samples, 1))
+        totals = self._train_epoch(geometry, decision.adv_ratio)
         self.group.sync_buffers()
         evaluation = self.group.evaluate()
+        probe = self.group.probe() if decision.probe_next else None
+        self.decision = self.policy.observe(EpochMeasurements(
+            epoch=progress.epoch + 1, num_epochs=config.epochs, eigenvalue=probe.eigenvalue if probe else None,
+            updates=progress.updates, train_loss=totals.loss_sum / max(totals.samples, 1),
+            test_acc=evaluation.accuracy))
         record = {
             "kind": "epoch", "epoch": progress.epoch + 1, "updates": progress.updates,
-            "samples_seen": int(seen), "global_batch_size": batch, "num_workers": geometry.num_workers,
-            "grad_accum_steps": geometry.grad_accum_steps, "lr": lr,
-            "train_loss": loss_sum / max(seen, 1), "train_acc": num_correct / max(seen, 1),
+            "samples_seen": totals.samples, "global_batch_size": geometry.global_batch_size,
+            "num_workers": geometry.num_workers, "grad_accum_steps": geometry.grad_accum_steps, "lr": totals.lr,
+            "adv_ratio": decision.adv_ratio,
+            "train_loss": totals.loss_sum / max(totals.samples, 1),
+            "train_acc": totals.num_correct / max(totals.samples, 1),
             "test_loss": evaluation.loss, "test_acc": evaluation.accuracy,
+            "eigenvalue": probe.eigenvalue if probe else None,
+            "probe_hvps": probe.hvp_count if probe else 0, "probe_s": probe.seconds if probe else 0.0,
+            "policy_reason": self.decision.reason,
             "epoch_s": time.perf_counter() - epoch_started,
         }
+        if evaluation.fgsm_accuracy is not None:
+            record["test_acc_fgsm"] = evaluation.fgsm_accuracy
         progress.best_test_acc = max(progress.best_test_acc, evaluation.accuracy)
         progress.epoch += 1
         progress.samples_seen = 0
@@ -120,13 +131,36 @@ class Controller:
                             best_test_acc=progress.best_test_acc)
         return record
 
+    def _train_epoch(self, geometry: BatchGeometry, adv_ratio: float) -> _EpochTotals:
+        """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the end of the epoch."""
+        progress, num_samples = self.progress, self.group.num_train_samples
+        batch = geometry.global_batch_size
+        num_steps = -(-num_samples // batch)
+        self.console.epoch_started(progress.epoch + 1, self.config.epochs, num_steps, geometry.describe())
+        totals = _EpochTotals()
+        while progress.samples_seen < num_samples:
+            steps_left = -(-(num_samples - progress.samples_seen) // batch)
+            count = min(self.config.logging.chunk_steps, steps_left)
+            lrs = [self.policy.lr(progress.epoch + (progress.samples_seen + i * batch) / num_samples,
+                                  progress.updates + i) for i in range(count)]
+            stats = self.group.train_chunk(progress.epoch, progress.samples_seen, lrs, geometry, adv_ratio)
+            progress.samples_seen += stats.samples
+            progress.updates += stats.steps
+            totals.loss_sum += stats.loss_sum
+            totals.num_correct += stats.num_correct
+            totals.samples += stats.samples
+            totals.lr = lrs[-1]
+            self.console.chunk_done(num_steps - (steps_left - count), num_steps,
+                                    stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1))
+        return totals
+
     def save_checkpoint(self) -> None:
         from absa_cli import checkpoint  # torch import, only on the driver paths that write checkpoints
 
         state = {**self.group.state_dict(), "epoch": self.progress.epoch,
                  "samples_seen": self.progress.samples_seen, "updates": self.progress.updates,
                  "best_test_acc": self.progress.best_test_acc, "history": self.progress.history,
-                 "preset": self.config.preset}
+                 "policy": self.policy.state_dict(), "preset": self.config.preset}
         checkpoint.save(self.run.checkpoint_path(self.progress.epoch), state)
         for old in self.run.checkpoints()[:-self.config.checkpoint.keep_last]:
             old.unlink()

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from absa_cli.config import RunConfig
+from absa_cli.adversarial import mix_adversarial, robust_accuracy
+from absa_cli.config import ProbeConfig, RunConfig
+from absa_cli.curvature import HessianOperator, lanczos, power_iteration
 from absa_cli.data import build_dataset
-from absa_cli.data.order import EpochOrder
+from absa_cli.data.order import EpochOrder, derive_seed
 from absa_cli.dist import DistContext, LocalContext
 from absa_cli.geometry import BatchGeometry
 from absa_cli.models import build_model
@@ -40,6 +42,15 @@ class EvalStats:
     samples: int
     loss: float
     accuracy: float
+    fgsm_accuracy: float | None = None  # robust accuracy at eval.adversarial_eps, when that is > 0
+
+
+@dataclass(frozen=True)
+class ProbeStats:
+    eigenvalue: float
+    hvp_count: int
+    converged: bool
+    seconds: float
 
 
 def pick_device() -> torch.device:
@@ -69,6 +80,7 @@ class Engine:
             self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
             nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
         self._order: EpochOrder | None = None
+        self._probe_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def num_train_samples(self) -> int:
@@ -81,8 +93,13 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ training
 
-    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry) -> ChunkStats:
-        """Run ``len(lrs)`` optimizer steps from position ``samples_seen`` of ``epoch``, one LR per step."""
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
+                    adv_ratio: float = 0.0) -> ChunkStats:
+        """Run ``len(lrs)`` optimizer steps from position ``samples_seen`` of ``epoch``, one LR per step.
+
+        ``adv_ratio`` > 0 replaces the first ``floor(adv_ratio × n)`` samples of every micro-batch by FGSM examples
+        at ``policy.adv_eps`` (ABSA's adversarial regulariser).
+        """
         if geometry.num_workers != self.ctx.world_size:
             raise ValueError(f"geometry is for {geometry.num_workers} workers but this group has "
                              f"{self.ctx.world_size}")
@@ -95,7 +112,7 @@ class Engine:
             span = order.positions(position, geometry.global_batch_size)
             if span.start >= span.stop:
                 raise ValueError(f"epoch {epoch} has no samples left at position {position}")
-            totals += self._step(order.indices[span], order.aug_seeds[span], lr, geometry)
+            totals += self._step(order.indices[span], order.aug_seeds[span], lr, geometry, adv_ratio)
             position = span.stop
         self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step
         loss_sum, num_correct, num_samples = totals.tolist()
@@ -103,7 +120,7 @@ class Engine:
                           num_correct=int(num_correct), seconds=time.perf_counter() - started)
 
     def _step(self, indices: torch.Tensor, aug_seeds: torch.Tensor, lr: float,
-              geometry: BatchGeometry) -> torch.Tensor:
+              geometry: BatchGeometry, adv_ratio: float) -> torch.Tensor:
         batch_size = len(indices)
         world_size, rank = self.ctx.world_size, self.ctx.rank
         mine = torch.tensor_split(torch.arange(batch_size), world_size)[rank]
@@ -115,6 +132,10 @@ class Engine:
             inputs, labels = self.train_set.get_batch(indices[micro], aug_seeds[micro] if augment else None)
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            if adv_ratio > 0:
+                spec = self.train_set.spec
+                inputs = mix_adversarial(self.model, inputs, labels, adv_ratio, self.config.policy.adv_eps,
+                                         spec.mean, spec.std)
             logits = self.model(inputs)
             loss_sum = F.cross_entropy(logits, labels, reduction="sum")
             (loss_sum * (world_size / batch_size)).backward()
@@ -137,23 +158,63 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
     def evaluate(self) -> EvalStats:
-        """Loss and accuracy over the whole test set, sharded over workers (each sample counted once)."""
+        """Loss and accuracy over the whole test set, sharded over workers (each sample counted once).
+
+        With ``eval.adversarial_eps`` > 0 also the accuracy on FGSM examples of the test set (robust accuracy).
+        """
         self.model.eval()
+        eps = self.config.eval.adversarial_eps
+        spec = self.test_set.spec
         shard = torch.tensor_split(torch.arange(len(self.test_set)), self.ctx.world_size)[self.ctx.rank]
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, samples, fgsm correct
         for batch in torch.split(shard, self.config.eval.batch_size):
             inputs, labels = self.test_set.get_batch(batch, None)
             inputs, labels = inputs.to(self.device), labels.to(self.device)
-            logits = self.model(inputs)
-            totals[0] += F.cross_entropy(logits, labels, reduction="sum")
-            totals[1] += (logits.argmax(dim=1) == labels).sum()
-            totals[2] += len(batch)
+            with torch.no_grad():
+                logits = self.model(inputs)
+                totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+                totals[1] += (logits.argmax(dim=1) == labels).sum()
+                totals[2] += len(batch)
+            if eps > 0:  # needs input gradients: outside no_grad
+                totals[3] += robust_accuracy(self.model, [(inputs, labels)], eps, spec.mean, spec.std) * len(batch)
         self.ctx.all_reduce_sum([totals])
-        loss_sum, num_correct, num_samples = totals.tolist()
-        return EvalStats(samples=int(num_samples), loss=loss_sum / max(num_samples, 1),
-                         accuracy=num_correct / max(num_samples, 1))
+        loss_sum, num_correct, num_samples, fgsm_correct = totals.tolist()
+        count = max(num_samples, 1)
+        return EvalStats(samples=int(num_samples), loss=loss_sum / count, accuracy=num_correct / count,
+                         fgsm_accuracy=fgsm_correct / count if eps > 0 else None)
+
+    # ------------------------------------------------------------------------------------------- probing
+
+    def probe_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This worker's shard of the fixed probe set: ``probe.num_batches`` × ``probe.batch_size`` training
+        samples drawn once from ``probe.seed``, unaugmented, so successive probes measure the same loss."""
+        if self._probe_batches is None:
+            probe = self.config.probe
+            generator = torch.Generator().manual_seed(derive_seed(probe.seed, 0xB10B))
+            count = min(probe.batch_size * probe.num_batches, len(self.train_set))
+            chosen = torch.randperm(len(self.train_set), generator=generator)[:count]
+            batches = []
+            for batch in torch.split(chosen, probe.batch_size):
+                mine = torch.tensor_split(batch, self.ctx.world_size)[self.ctx.rank]
+                inputs, labels = self.train_set.get_batch(mine, None)
+                batches.append((inputs.to(self.device), labels.to(self.device)))
+            self._probe_batches = batches
+        return self._probe_batches
+
+    def probe(self, probe: ProbeConfig | None = None) -> ProbeStats:
+        """Top Hessian eigenvalue of the mean training loss on the probe set (averaged over workers)."""
+        probe = probe or self.config.probe
+        started = time.perf_counter()
+        operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(), self.ctx, bn_mode=probe.bn_mode)
+        if probe.method == "lanczos":
+            result = lanczos(operator, k=1, max_iter=probe.max_iter, tol=probe.tol, seed=probe.seed)
+        else:
+            result = power_iteration(operator, max_iter=probe.max_iter, tol=probe.tol, seed=probe.seed)
+        operator.release()
+        self.model.zero_grad(set_to_none=True)
+        return ProbeStats(eigenvalue=result.eigenvalues[0], hvp_count=result.hvp_count,
+                          converged=result.converged, seconds=time.perf_counter() - started)
 
     # --------------------------------------------------------------------------------------------- state
 

@@ -6,7 +6,7 @@ It has the interface of the Ray worker group, so the controller's epoch loop is 
 from __future__ import annotations
 
 from absa_cli.config import RunConfig
-from absa_cli.engine import ChunkStats, Engine, EvalStats
+from absa_cli.engine import ChunkStats, Engine, EvalStats, ProbeStats
 from absa_cli.geometry import BatchGeometry
 
 
@@ -20,8 +20,12 @@ class LocalGroup:
     def num_train_samples(self) -> int:
         return self.engine.num_train_samples
 
-    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry) -> ChunkStats:
-        return self.engine.train_chunk(epoch, samples_seen, lrs, geometry)
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
+                    adv_ratio: float = 0.0) -> ChunkStats:
+        return self.engine.train_chunk(epoch, samples_seen, lrs, geometry, adv_ratio)
+
+    def probe(self) -> ProbeStats:
+        return self.engine.probe()
 
     def sync_buffers(self) -> None:
         self.engine.sync_buffers()

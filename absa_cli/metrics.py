@@ -19,6 +19,7 @@ from typing import Any, TextIO
 EPOCH_FIELDS = (
     "epoch", "updates", "samples_seen", "global_batch_size", "num_workers", "grad_accum_steps", "lr",
     "train_loss", "train_acc", "test_loss", "test_acc", "epoch_s",
+    "adv_ratio", "eigenvalue", "probe_hvps", "probe_s", "policy_reason",
 )
 
 
@@ -90,10 +91,15 @@ class Console:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        eigenvalue = record.get("eigenvalue")
+        curvature = f" | λ_max {eigenvalue:.4g} ({record['probe_s']:.1f}s)" if eigenvalue is not None else ""
         self.line(
             f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} | "
             f"test acc {record['test_acc']:.3f} | batch {record['global_batch_size']} "
-            f"lr {record['lr']:.4g} | updates {record['updates']} | {record['epoch_s']:.1f}s")
+            f"lr {record['lr']:.4g} adv {record.get('adv_ratio', 0):.3g}{curvature} | "
+            f"updates {record['updates']} | {record['epoch_s']:.1f}s")
+        if record.get("policy_reason"):
+            self.line(f"  [dim]policy:[/] {record['policy_reason']}")
 
     def close(self) -> None:
         if self._progress is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from absa_cli import __version__
-from absa_cli.cli import presets, train
+from absa_cli.cli import hessian, plan, presets, train
 
 app = typer.Typer(
     name="absa",
@@ -15,6 +15,8 @@ app = typer.Typer(
     add_completion=True,
 )
 app.command("train")(train.train)
+app.command("plan")(plan.plan)
+app.command("hessian")(hessian.hessian)
 app.add_typer(presets.app, name="presets")
 
 

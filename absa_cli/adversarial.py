@@ -1,0 +1,135 @@
+"""Adversarial examples: FGSM for ABSA's training mix, PGD for robustness evaluation (layer 1: torch).
+
+Inputs are *normalised* ((x − mean) / std per channel); ε is in [0, 1] *pixel* units, as in the paper
+(ε = 0.005). A pixel step ε·sign(g) is the normalised step (ε / std_c)·sign(g) — the sign is the same in both
+spaces since std > 0 — and the valid pixel range [0, 1] is the normalised box [(0 − mean)/std, (1 − mean)/std].
+
+Examples are generated with every module in eval mode (BatchNorm uses, and does not update, its running
+statistics), each module's previous mode is restored afterwards, and gradients are taken with respect to the
+inputs only (``torch.autograd.grad``), so no parameter's ``.grad`` is touched. The loss is summed over the batch
+so that each sample's gradient does not shrink with the batch size (the sign is what matters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Stats = Sequence[float] | torch.Tensor
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside the block; each module's own previous mode restored after it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _channel_view(values: Stats, like: torch.Tensor) -> torch.Tensor:
+    """Per-channel statistics shaped (1, C, 1, ...) to broadcast over ``like`` (N, C, ...)."""
+    tensor = torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(-1)
+    return tensor.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+
+def _bounds(inputs: torch.Tensor, mean: Stats, std: Stats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(std, lower, upper) in normalised space for pixel range [0, 1]."""
+    mean_t, std_t = _channel_view(mean, inputs), _channel_view(std, inputs)
+    if bool((std_t <= 0).any()):
+        raise ValueError(f"std must be positive per channel, got {std_t.flatten().tolist()}")
+    return std_t, (0.0 - mean_t) / std_t, (1.0 - mean_t) / std_t
+
+
+def _clamp(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(torch.minimum(x, upper), lower)
+
+
+def input_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """∇ₓ of the summed cross-entropy at ``inputs``, without touching parameter gradients. Call in eval mode."""
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def fgsm(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps_pixels: float,
+         mean: Stats, std: Stats) -> torch.Tensor:
+    """One signed-gradient step of ``eps_pixels`` in pixel space, clamped to [0, 1]; detached, normalised."""
+    if eps_pixels < 0:
+        raise ValueError(f"FGSM ε must be >= 0 (pixel units), got {eps_pixels}")
+    if eps_pixels == 0 or inputs.shape[0] == 0:
+        return inputs.detach().clone()
+    std_t, lower, upper = _bounds(inputs, mean, std)
+    with eval_mode(model):
+        grad = input_gradient(model, inputs, labels)
+    with torch.no_grad():
+        return _clamp(inputs.detach() + (eps_pixels / std_t) * grad.sign(), lower, upper)
+
+
+def pgd(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps_pixels: float, step_pixels: float,
+        num_steps: int, mean: Stats, std: Stats, seed: int | None = None) -> torch.Tensor:
+    """Projected gradient ascent in the L∞ ball of radius ``eps_pixels`` (pixel units), clamped to [0, 1].
+
+    ``seed=None`` starts at the clean inputs (deterministic); a seed starts at a uniform random point of the
+    ball drawn from a private generator (the global RNG is not touched).
+    """
+    if eps_pixels < 0 or step_pixels < 0 or num_steps < 0:
+        raise ValueError(f"PGD needs ε, step >= 0 and num_steps >= 0; got {eps_pixels}, {step_pixels}, {num_steps}")
+    clean = inputs.detach()
+    if eps_pixels == 0 or (num_steps == 0 and seed is None) or clean.shape[0] == 0:
+        return clean.clone()
+    std_t, lower, upper = _bounds(clean, mean, std)
+    radius = eps_pixels / std_t
+    ball_lower, ball_upper = torch.maximum(clean - radius, lower), torch.minimum(clean + radius, upper)
+    x = clean.clone()
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.rand(clean.shape, generator=generator, dtype=clean.dtype) * 2 - 1
+        x = _clamp(clean + noise.to(clean.device) * radius, ball_lower, ball_upper)
+    with eval_mode(model):
+        for _ in range(num_steps):
+            grad = input_gradient(model, x, labels)
+            with torch.no_grad():
+                x = _clamp(x + (step_pixels / std_t) * grad.sign(), ball_lower, ball_upper)
+    return x.detach()
+
+
+def num_adversarial(adv_ratio: float, batch_size: int) -> int:
+    """floor(adv_ratio × batch_size), guarded against 0.29 × 100 = 28.999999999999996."""
+    return min(batch_size, max(0, math.floor(adv_ratio * batch_size + 1e-9)))
+
+
+def mix_adversarial(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, adv_ratio: float,
+                    eps_pixels: float, mean: Stats, std: Stats) -> torch.Tensor:
+    """The micro-batch with its first floor(adv_ratio × n) samples replaced by their FGSM versions.
+
+    With the model in eval mode each sample's gradient depends on that sample only, so attacking the first k
+    alone equals attacking the whole batch and keeping the first k. Returns ``inputs`` itself when nothing changes.
+    """
+    k = num_adversarial(adv_ratio, inputs.shape[0])
+    if k == 0 or eps_pixels == 0:
+        return inputs
+    adversarial = fgsm(model, inputs[:k], labels[:k], eps_pixels, mean, std)
+    return torch.cat([adversarial, inputs[k:].detach()], dim=0)
+
+
+def robust_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], eps_pixels: float,
+                    mean: Stats, std: Stats) -> float:
+    """Accuracy on FGSM examples (ε in pixel units) over ``batches`` of (normalised inputs, labels)."""
+    num_correct = num_seen = 0
+    for inputs, labels in batches:
+        adversarial = fgsm(model, inputs, labels, eps_pixels, mean, std)
+        with eval_mode(model), torch.no_grad():
+            num_correct += int((model(adversarial).argmax(dim=1) == labels).sum())
+        num_seen += labels.shape[0]
+    return num_correct / max(num_seen, 1)

@@ -1,0 +1,106 @@
+"""``absa hessian CHECKPOINT``: top eigenvalues, trace, per-layer trace and eigenvalue density of a saved model."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from absa_cli.cli.common import user_errors
+
+
+class Method(str, Enum):
+    lanczos = "lanczos"
+    power = "power"
+
+
+class BNMode(str, Enum):
+    eval = "eval"
+    train = "train"
+
+
+def hessian(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pt file from a run's checkpoints/ folder.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many top eigenvalues.")] = 1,
+    method: Annotated[Method, typer.Option(help="lanczos (top-k, fewer HVPs) or power (top-1, the paper's).")] =
+    Method.lanczos,
+    trace: Annotated[bool, typer.Option("--trace", help="Hutchinson trace with its standard error.")] = False,
+    density: Annotated[bool, typer.Option("--density", help="Eigenvalue density (stochastic Lanczos quadrature).")] =
+    False,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="Trace per layer (implies --trace).")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the density (implies --density).")] =
+    None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per probe batch.")] = 128,
+    num_batches: Annotated[int, typer.Option("--num-batches", min=1, help="Probe batches (HVPs average).")] = 1,
+    bn_mode: Annotated[BNMode, typer.Option("--bn-mode", help="BatchNorm during HVPs: running stats or batch.")] =
+    BNMode.eval,
+    seed: Annotated[int, typer.Option("--seed", help="Probe samples and random vectors.")] = 0,
+    trace_samples: Annotated[int, typer.Option("--trace-samples", min=2, help="Hutchinson probes (HVPs).")] = 50,
+    density_steps: Annotated[int, typer.Option("--density-steps", min=2,
+                                               help="Lanczos steps per density run (3 runs).")] = 40,
+    max_iter: Annotated[int, typer.Option("--max-iter", min=1, help="Most Lanczos/power iterations.")] = 100,
+    tol: Annotated[float, typer.Option("--tol", min=0.0, help="Relative tolerance of the eigenvalues.")] = 1e-4,
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", help="Rebuild model and data from this preset (for a checkpoint outside a run directory).")] =
+    None,
+) -> None:
+    """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config)."""
+    from absa_cli import checkpoint as checkpoint_mod
+    from absa_cli import config as config_mod
+    from absa_cli import hessian as hessian_mod
+    from absa_cli.errors import UserError
+
+    options = hessian_mod.HessianOptions(
+        top_k=top_k, method=method.value, max_iter=max_iter, tol=tol, trace=trace or per_layer,
+        trace_samples=trace_samples, density_steps=density_steps,
+        density=density or plot is not None, per_layer=per_layer, batch_size=batch_size, num_batches=num_batches,
+        bn_mode=bn_mode.value, seed=seed)
+    with user_errors():
+        state = checkpoint_mod.load(checkpoint)
+        if preset is not None:
+            config = config_mod.load(preset)
+        else:
+            saved = checkpoint.resolve().parent.parent / "config.yaml"
+            if not saved.is_file():
+                raise UserError(f"no run config at {saved} for checkpoint {checkpoint}; "
+                                f"pass the preset it was trained with: --preset NAME")
+            config = config_mod.from_yaml(saved.read_text())
+        model = hessian_mod.rebuild_model(config, state)
+        result = hessian_mod.analyse(model, hessian_mod.probe_batches(config, options), options)
+        if plot is not None:
+            hessian_mod.plot_density(result, str(plot), f"{config.model.name} on {config.data.name}: "
+                                                        f"{checkpoint.name}")
+    result.pop("_density_full", None)
+    result["checkpoint"] = str(checkpoint)
+    if plot is not None:
+        result["plot"] = str(plot)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _print(result)
+
+
+def _print(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    table = Table("quantity", "value", title=f"Hessian of the training loss: {result['checkpoint']}",
+                  title_justify="left")
+    for rank, value in enumerate(result["top_eigenvalues"], start=1):
+        table.add_row(f"λ_{rank}", f"{value:.6g}")
+    if result["trace"] is not None:
+        table.add_row("trace", f"{result['trace']:.6g} ± {result['trace_std_error']:.2g}")
+    for layer, value in (result.get("per_layer_trace") or {}).items():
+        table.add_row(f"  trace {layer}", f"{value:.4g}")
+    if "density" in result:
+        table.add_row("density", f"{len(result['density']['grid'])} points, σ = {result['density']['sigma']:.3g}"
+                      + (f" → {result['plot']}" if "plot" in result else ""))
+    table.add_row("parameters / samples", f"{result['num_parameters']:,} / {result['num_samples']:,}")
+    table.add_row("HVPs", str(result["hvp_count"]))
+    table.add_row("seconds", f"{result['seconds']:.2f}")
+    console.print(table)

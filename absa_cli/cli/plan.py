@@ -1,0 +1,102 @@
+"""``absa plan PRESET [KEY=VALUE ...] [--max-gpus N] [--json]``: what a run will do, before it spends GPU hours.
+
+A dry run: no torch, no data opened (the training-set size comes from the catalogue). For the two bounding cases
+of the ABS rule — growth at every probe from the first possible epoch, and growth only by the ``policy.duration``
+fallback — it prints each batch phase (epochs, global batch, workers × per-worker batch × accumulation, LR at the
+phase start, SGD updates) and the total update count beside the ``fixed`` small-batch baseline's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+
+from absa_cli.cli.common import user_errors
+
+
+def plan(
+    preset: Annotated[str, typer.Argument(help="Preset recipe (see `absa presets list`).")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE config overrides.",
+                                                             show_default=False)] = None,
+    max_gpus: Annotated[int, typer.Option("--max-gpus", min=1,
+                                          help="Most workers the run may use (GPUs; CPU workers on a CPU cluster).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Dry-run a preset: batch phases, worker geometry, LR and SGD-update counts (no torch, no data)."""
+    from absa_cli import config as config_mod
+    from absa_cli.errors import UserError
+
+    with user_errors():
+        config = config_mod.load(preset, overrides or [])
+        try:
+            result = build_plan(config, max_gpus)
+        except ValueError as exc:  # an impossible geometry, e.g. per_worker_max against the cap
+            raise UserError(f"cannot plan {preset}: {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _print(result)
+
+
+def build_plan(config, max_workers: int) -> dict[str, Any]:
+    from absa_cli import catalog
+    from absa_cli.policy import schedule_bounds, steps_per_epoch
+
+    spec = catalog.dataset_spec(config.data.name)
+    num_samples = config.data.train_size or spec.num_train
+    bounds = schedule_bounds(config)
+    base_updates = config.epochs * steps_per_epoch(num_samples, config.batch.global_batch_size)
+    cases = {"fastest": _phases(config, bounds.fastest, num_samples, max_workers),
+             "slowest": _phases(config, bounds.slowest, num_samples, max_workers)}
+    return {
+        "preset": config.preset, "policy": config.policy.name, "dataset": spec.name,
+        "num_train_samples": num_samples, "epochs": config.epochs, "max_workers": max_workers,
+        "cases": cases,
+        "updates": {name: sum(p["updates"] for p in phases) for name, phases in cases.items()},
+        "fixed_updates": base_updates,
+    }
+
+
+def _phases(config, batches: list[int], num_samples: int, max_workers: int) -> list[dict[str, Any]]:
+    from absa_cli.geometry import BatchGeometry
+    from absa_cli.policy import steps_per_epoch
+    from absa_cli.schedule import lr_at
+
+    phases: list[dict[str, Any]] = []
+    for epoch, batch in enumerate(batches, start=1):
+        if phases and phases[-1]["global_batch_size"] == batch:
+            phases[-1]["last_epoch"] = epoch
+            phases[-1]["updates"] += steps_per_epoch(num_samples, batch)
+            continue
+        geometry = BatchGeometry.plan(batch, max_workers, config.batch.per_worker_max)
+        phases.append({"first_epoch": epoch, "last_epoch": epoch, "global_batch_size": batch,
+                       "num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
+                       "grad_accum_steps": geometry.grad_accum_steps,
+                       "lr": lr_at(config.optim, batch, epoch - 1), "updates": steps_per_epoch(num_samples, batch)})
+    return phases
+
+
+def _print(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"{result['preset']}: policy {result['policy']}, {result['dataset']} "
+                  f"({result['num_train_samples']:,} training samples), {result['epochs']} epochs, "
+                  f"up to {result['max_workers']} worker(s)")
+    titles = {"fastest": "growth at every probe (fastest)", "slowest": "growth only by policy.duration (slowest)"}
+    for name, phases in result["cases"].items():
+        table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR at start", "updates",
+                      title=titles[name], title_justify="left")
+        for p in phases:
+            span = f"{p['first_epoch']}" if p["first_epoch"] == p["last_epoch"] else \
+                f"{p['first_epoch']}–{p['last_epoch']}"
+            table.add_row(span, f"{p['global_batch_size']:,}", str(p["num_workers"]), str(p["per_worker_batch_size"]),
+                          str(p["grad_accum_steps"]), f"{p['lr']:.4g}", f"{p['updates']:,}")
+        console.print(table)
+    fixed = result["fixed_updates"]
+    for name, updates in result["updates"].items():
+        console.print(f"SGD updates, {titles[name]}: {updates:,} ({fixed / max(updates, 1):.1f}× fewer than fixed)")
+    console.print(f"SGD updates, fixed small-batch baseline: {fixed:,}")

@@ -1,0 +1,136 @@
+"""Curvature of a saved model: what ``absa hessian`` computes (layer 1: torch).
+
+The model and the probe data are rebuilt from a run's config (or a preset), the weights come from a checkpoint
+loaded with ``weights_only=True``, and every quantity is computed by ``absa_cli.curvature`` on one
+``HessianOperator`` over ``num_batches`` unaugmented training batches drawn from ``seed``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from absa_cli.config import RunConfig
+from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
+from absa_cli.data import build_dataset
+from absa_cli.data.order import derive_seed
+from absa_cli.errors import UserError
+from absa_cli.models import build_model
+
+
+@dataclass(frozen=True)
+class HessianOptions:
+    top_k: int = 1
+    method: str = "lanczos"  # lanczos | power (power gives only the top eigenvalue)
+    max_iter: int = 100
+    tol: float = 1e-4
+    trace: bool = False
+    trace_samples: int = 50
+    density: bool = False
+    density_runs: int = 3
+    density_steps: int = 40
+    per_layer: bool = False
+    batch_size: int = 128
+    num_batches: int = 1
+    bn_mode: str = "eval"
+    seed: int = 0
+
+
+def rebuild_model(config: RunConfig, state: dict[str, Any]) -> torch.nn.Module:
+    from absa_cli.catalog import dataset_spec
+
+    spec = dataset_spec(config.data.name)
+    model = build_model(config.model.name, spec.num_classes, spec.image_size, width=config.model.width)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"the checkpoint's weights do not fit {config.model.name} for {config.data.name} ({first}); "
+                        f"pass the preset it was trained with (--preset NAME)") from None
+    return model
+
+
+def probe_batches(config: RunConfig, options: HessianOptions) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    data = config.data
+    train_set = build_dataset(data.name, data.train_split, data.resolved_root(), seed=data.seed,
+                              size=data.train_size, download=data.download)
+    generator = torch.Generator().manual_seed(derive_seed(options.seed, 0xB10B))
+    count = min(options.batch_size * options.num_batches, len(train_set))
+    chosen = torch.randperm(len(train_set), generator=generator)[:count]
+    return [train_set.get_batch(batch, None) for batch in torch.split(chosen, options.batch_size)]
+
+
+def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+            options: HessianOptions) -> dict[str, Any]:
+    """Top eigenvalues, and optionally trace (± standard error), per-layer traces and the spectral density."""
+    started = time.perf_counter()
+    operator = HessianOperator(model, F.cross_entropy, batches, bn_mode=options.bn_mode)
+    if options.method == "power":
+        if options.top_k != 1:
+            raise UserError(f"--method power finds only the top eigenvalue; use --method lanczos for --top-k "
+                            f"{options.top_k}")
+        eigen = power_iteration(operator, max_iter=options.max_iter, tol=options.tol, seed=options.seed)
+    else:
+        eigen = lanczos(operator, k=options.top_k, max_iter=max(options.max_iter, options.top_k + 2),
+                        tol=options.tol, seed=options.seed)
+    result: dict[str, Any] = {
+        "top_eigenvalues": sorted(eigen.eigenvalues, reverse=True), "method": options.method,
+        "eigen_converged": eigen.converged, "trace": None, "trace_std_error": None,
+        "num_parameters": operator.dim, "num_samples": sum(len(labels) for _, labels in batches),
+        "bn_mode": options.bn_mode, "seed": options.seed,
+    }
+    if options.trace or options.per_layer:
+        trace = hutchinson_trace(operator, num_samples=options.trace_samples, seed=options.seed)
+        result["trace"], result["trace_std_error"] = trace.trace, trace.std_error
+        if options.per_layer:
+            result["per_layer_trace"] = _by_layer(trace.block_traces)
+    if options.density:
+        density = spectral_density(operator, num_runs=options.density_runs, num_steps=options.density_steps,
+                                   seed=options.seed)
+        step = max(1, len(density.grid) // 400)  # enough points to redraw the curve, few enough to print
+        result["density"] = {"grid": density.grid[::step].tolist(), "values": density.density[::step].tolist(),
+                             "sigma": density.sigma}
+        result["_density_full"] = (density.grid, density.density)
+    operator.release()
+    result["hvp_count"] = operator.hvp_count
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _by_layer(block_traces: dict[str, float]) -> dict[str, float]:
+    """Per-parameter traces summed per module (``layer1.0.conv1.weight`` → ``layer1.0.conv1``)."""
+    layers: dict[str, float] = {}
+    for name, value in block_traces.items():
+        layer = name.rsplit(".", 1)[0] if "." in name else name
+        layers[layer] = layers.get(layer, 0.0) + value
+    return layers
+
+
+def plot_density(result: dict[str, Any], path: str, title: str) -> None:
+    """A PNG of the eigenvalue density (log-scale y) with the top eigenvalues marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib; install it with `pip install 'absa-train[plot]'`") from None
+    grid, density = result["_density_full"]
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    floor = max(float(density.max()) * 1e-8, 1e-12)
+    axes.semilogy(grid.numpy(), density.clamp_min(floor).numpy(), color="tab:blue", lw=1.5, label="density (SLQ)")
+    for rank, value in enumerate(result["top_eigenvalues"]):
+        axes.axvline(value, color="tab:red", ls="--", lw=1, label="top eigenvalues" if rank == 0 else None)
+    axes.set_xlabel("eigenvalue")
+    axes.set_ylabel("density (log scale)")
+    axes.set_ylim(bottom=floor)
+    axes.set_title(title)
+    axes.legend(loc="upper right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

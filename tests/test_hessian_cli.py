@@ -1,0 +1,71 @@
+"""`absa hessian` on a checkpoint written by `absa train`: table, --json, --plot, and its user errors.
+
+The numbers themselves are checked against exact references in test_curvature.py; here the command must agree
+with the library on the same model and batch, and produce a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from absa_cli.cli.app import app
+
+from conftest import TINY
+
+runner = CliRunner()
+FAST = ["--batch-size", "16", "--seed", "1", "--trace-samples", "10", "--density-steps", "12"]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=1", "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    (path,) = runs.glob("*/checkpoints/epoch-0001.pt")
+    return path
+
+
+def test_json_is_one_object_with_the_contract_fields(trained_checkpoint):
+    result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--json", "--top-k", "3", "--trace", *FAST])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)  # exactly one JSON document on stdout
+    eigenvalues = payload["top_eigenvalues"]
+    assert len(eigenvalues) == 3 and eigenvalues == sorted(eigenvalues, reverse=True) and eigenvalues[0] > 0
+    assert isinstance(payload["trace"], float) and payload["trace_std_error"] > 0
+    assert payload["hvp_count"] > 0 and payload["seconds"] > 0
+    power = json.loads(runner.invoke(app, ["hessian", str(trained_checkpoint), "--json", "--method", "power",
+                                           "--tol", "1e-5", "--max-iter", "60", *FAST]).stdout)
+    # Two methods, one Hessian: power iteration's answer is a Rayleigh quotient, which never exceeds λ_max. (It
+    # need not be close: early in training a negative eigenvalue of similar magnitude makes it stall in between.)
+    assert len(power["top_eigenvalues"]) == 1 and power["hvp_count"] <= 60
+    assert power["top_eigenvalues"][0] <= eigenvalues[0] * (1 + 1e-6), (power["top_eigenvalues"], eigenvalues)
+
+
+def test_table_and_plot(trained_checkpoint, tmp_path):
+    png = tmp_path / "density.png"
+    result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--plot", str(png), "--per-layer", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "λ_1" in result.stdout and "trace" in result.stdout and "HVPs" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_bare_checkpoint_needs_a_preset(trained_checkpoint, tmp_path):
+    bare = tmp_path / "bare.pt"
+    bare.write_bytes(trained_checkpoint.read_bytes())
+    result = runner.invoke(app, ["hessian", str(bare), "--json", *FAST])
+    assert result.exit_code == 2 and "--preset" in result.stderr and "Traceback" not in result.output
+    with_preset = runner.invoke(app, ["hessian", str(bare), "--json", "--preset", "quickstart", *FAST])
+    assert with_preset.exit_code == 0, with_preset.output
+
+
+def test_missing_and_corrupt_checkpoints_exit_2(tmp_path):
+    missing = runner.invoke(app, ["hessian", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    corrupt = tmp_path / "epoch-0001.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    result = runner.invoke(app, ["hessian", str(corrupt)])
+    assert result.exit_code == 2 and "cannot be loaded safely" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,60 @@
+"""`absa plan`: a dry run that imports no torch, answers fast, and whose numbers follow from the policy rules.
+
+Reference: update counts computed by hand from the catalogue's ImageNet size (1,281,167) and ceil division.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+
+from typer.testing import CliRunner
+
+from absa_cli.cli.app import app
+
+runner = CliRunner()
+IMAGENET = 1_281_167
+
+
+def test_plan_resnet18_imagenet_json():
+    result = runner.invoke(app, ["plan", "resnet18-imagenet", "--max-gpus", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["num_train_samples"] == IMAGENET and plan["max_workers"] == 64
+    assert plan["fixed_updates"] == 90 * math.ceil(IMAGENET / 128)
+    fastest, slowest = plan["cases"]["fastest"], plan["cases"]["slowest"]
+    # fastest: λ_ref at epoch 1, a growth at every probe from epoch 2, up to the cap 16384 = 128 × 2^7
+    assert [p["global_batch_size"] for p in fastest] == [128 * 2**k for k in range(8)]
+    assert fastest[0]["first_epoch"] == 1 and fastest[0]["last_epoch"] == 2 and fastest[-1]["last_epoch"] == 90
+    assert fastest[-1]["num_workers"] == 64 and fastest[-1]["per_worker_batch_size"] == 256
+    # slowest: growth only every policy.duration = 10 epochs
+    assert [p["first_epoch"] for p in slowest] == [1, 11, 21, 31, 41, 51, 61, 71]
+    expected = sum(math.ceil(IMAGENET / p["global_batch_size"]) * (p["last_epoch"] - p["first_epoch"] + 1)
+                   for p in fastest)
+    assert plan["updates"]["fastest"] == expected < plan["updates"]["slowest"] < plan["fixed_updates"]
+
+
+def test_plan_fixed_policy_is_flat():
+    plan = json.loads(runner.invoke(app, ["plan", "resnet20-cifar10", "policy.name=fixed", "--json"]).stdout)
+    assert len(plan["cases"]["fastest"]) == len(plan["cases"]["slowest"]) == 1
+    assert plan["updates"]["fastest"] == plan["fixed_updates"] == 90 * math.ceil(50_000 / 128)
+
+
+def test_plan_table_is_fast_and_imports_no_torch():
+    code = ("import sys; from absa_cli.cli.app import main; sys.argv = ['absa', 'plan', 'resnet18-imagenet', "
+            "'--max-gpus', '64']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'plan imported torch'")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    assert "fewer than fixed" in done.stdout and "16,384" in done.stdout
+    assert elapsed < 2.0, f"absa plan took {elapsed:.2f} s"
+
+
+def test_plan_bad_input_exit_2():
+    result = runner.invoke(app, ["plan", "resnet18-imagenet", "policy.growht=2"])
+    assert result.exit_code == 2 and "did you mean 'policy.growth'" in result.stderr
