@@ -186,9 +186,23 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     chunk_steps: int = 10  # steps between progress reports (one driver round trip each)
+    sample_log_dir: str = ""  # non-empty: each worker appends the sample ids of every applied step here (audit)
 
     def __post_init__(self) -> None:
         _require(self.chunk_steps > 0, f"logging.chunk_steps must be > 0, got {self.chunk_steps}")
+
+
+@dataclass
+class ClusterConfig:
+    max_workers: int = 1  # most workers the group may grow to (`--max-gpus` overrides it)
+    collective_timeout_s: float = 60.0  # a collective with a dead peer fails after this long: never a hang
+    start_timeout_s: float = 300.0  # a worker that cannot be placed within this long counts as unavailable
+
+    def __post_init__(self) -> None:
+        _require(self.max_workers >= 1, f"cluster.max_workers must be >= 1, got {self.max_workers}")
+        _require(self.start_timeout_s > 0, f"cluster.start_timeout_s must be > 0, got {self.start_timeout_s}")
+        _require(self.collective_timeout_s > 0,
+                 f"cluster.collective_timeout_s must be > 0, got {self.collective_timeout_s}")
 
 
 @dataclass
@@ -207,6 +221,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")

@@ -22,10 +22,24 @@ from absa_cli.policy import Decision, EpochMeasurements, make_policy
 from absa_cli.runs import RunDir
 
 
+class WorkerFailure(Exception):
+    """Workers were lost mid-chunk. The group has already re-formed with the survivors (and replacements);
+    ``samples_seen`` is where the last applied step left the epoch and ``steps_done`` how many steps of the failed
+    chunk were applied."""
+
+    def __init__(self, record: dict[str, Any], samples_seen: int, steps_done: int) -> None:
+        super().__init__(record["error"])
+        self.record = record
+        self.samples_seen = samples_seen
+        self.steps_done = steps_done
+
+
 class WorkerGroup(Protocol):
     num_workers: int
     num_train_samples: int
 
+    def capacity(self) -> int: ...
+    def resize(self, num_workers: int) -> dict[str, Any] | None: ...
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> Any: ...
     def sync_buffers(self) -> None: ...
@@ -68,9 +82,11 @@ class Controller:
         self.decision: Decision = self.policy.initial()
         self.last_record: dict[str, Any] | None = None
 
-    def plan_geometry(self) -> BatchGeometry:
+    def plan_geometry(self, available: int | None = None) -> BatchGeometry:
+        """The geometry for the policy's batch on the workers available (the group's capacity by default)."""
+        available = self.group.capacity() if available is None else available
         geometry = BatchGeometry.plan(self.decision.global_batch_size, self.max_workers,
-                                      self.config.batch.per_worker_max, available_workers=self.group.num_workers)
+                                      self.config.batch.per_worker_max, available_workers=available)
         previous = self.progress.history[-1] if self.progress.history else None
         current = {"epoch": self.progress.epoch + 1, "global_batch_size": geometry.global_batch_size,
                    "num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
@@ -95,9 +111,9 @@ class Controller:
 
     def run_epoch(self) -> dict[str, Any]:
         config, progress, decision = self.config, self.progress, self.decision
-        geometry = self.plan_geometry()
         epoch_started = time.perf_counter()
-        totals = self._train_epoch(geometry, decision.adv_ratio)
+        geometry, resize = self._resize_for(self.plan_geometry())
+        totals = self._train_epoch(geometry, decision.adv_ratio, resize)
         self.group.sync_buffers()
         evaluation = self.group.evaluate()
         probe = self.group.probe() if decision.probe_next else None
@@ -107,7 +123,7 @@ class Controller:
             test_acc=evaluation.accuracy))
         record = {
             "kind": "epoch", "epoch": progress.epoch + 1, "updates": progress.updates,
-            "samples_seen": totals.samples, "global_batch_size": geometry.global_batch_size,
+            "samples_seen": progress.samples_seen, "global_batch_size": geometry.global_batch_size,
             "num_workers": geometry.num_workers, "grad_accum_steps": geometry.grad_accum_steps, "lr": totals.lr,
             "adv_ratio": decision.adv_ratio,
             "train_loss": totals.loss_sum / max(totals.samples, 1),
@@ -115,7 +131,7 @@ class Controller:
             "test_loss": evaluation.loss, "test_acc": evaluation.accuracy,
             "eigenvalue": probe.eigenvalue if probe else None,
             "probe_hvps": probe.hvp_count if probe else 0, "probe_s": probe.seconds if probe else 0.0,
-            "policy_reason": self.decision.reason,
+            "policy_reason": self.decision.reason, "resize_s": resize["resize_s"] if resize else 0.0,
             "epoch_s": time.perf_counter() - epoch_started,
         }
         if evaluation.fgsm_accuracy is not None:
@@ -131,19 +147,51 @@ class Controller:
                             best_test_acc=progress.best_test_acc)
         return record
 
-    def _train_epoch(self, geometry: BatchGeometry, adv_ratio: float) -> _EpochTotals:
-        """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the end of the epoch."""
+    def _resize_for(self, geometry: BatchGeometry) -> tuple[BatchGeometry, dict[str, Any] | None]:
+        """Bring the group to the geometry's worker count (live); re-plan if the cluster gave fewer."""
+        resize = self.group.resize(geometry.num_workers)
+        if self.group.num_workers != geometry.num_workers:
+            self.console.line(f"[yellow]cluster[/]: asked for {geometry.num_workers} workers, have "
+                              f"{self.group.num_workers}; accumulation keeps the global batch exact")
+            geometry = self.plan_geometry(available=self.group.num_workers)
+        return geometry, resize
+
+    def _train_epoch(self, geometry: BatchGeometry, adv_ratio: float,
+                     resize: dict[str, Any] | None) -> _EpochTotals:
+        """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the end of the epoch.
+
+        After a resize the first chunk is a single step, timed into the resize record (``first_step_s``). A lost
+        worker ends a chunk early: the group has re-formed, the failure is recorded, and the epoch continues from
+        the exact sample where the last applied step stopped.
+        """
         progress, num_samples = self.progress, self.group.num_train_samples
-        batch = geometry.global_batch_size
-        num_steps = -(-num_samples // batch)
-        self.console.epoch_started(progress.epoch + 1, self.config.epochs, num_steps, geometry.describe())
         totals = _EpochTotals()
+        self.console.epoch_started(progress.epoch + 1, self.config.epochs,
+                                   -(-num_samples // geometry.global_batch_size), geometry.describe())
         while progress.samples_seen < num_samples:
+            batch = geometry.global_batch_size
+            num_steps = -(-num_samples // batch)
             steps_left = -(-(num_samples - progress.samples_seen) // batch)
-            count = min(self.config.logging.chunk_steps, steps_left)
+            count = 1 if resize is not None else min(self.config.logging.chunk_steps, steps_left)
             lrs = [self.policy.lr(progress.epoch + (progress.samples_seen + i * batch) / num_samples,
                                   progress.updates + i) for i in range(count)]
-            stats = self.group.train_chunk(progress.epoch, progress.samples_seen, lrs, geometry, adv_ratio)
+            try:
+                stats = self.group.train_chunk(progress.epoch, progress.samples_seen, lrs, geometry, adv_ratio)
+            except WorkerFailure as failure:
+                progress.samples_seen = failure.samples_seen
+                progress.updates += failure.steps_done
+                self.sink.write(failure.record)
+                self.console.line(f"[red]failure[/]: lost {failure.record['lost_workers']} worker(s) "
+                                  f"({failure.record['error']}); continuing on {self.group.num_workers} from "
+                                  f"sample {failure.samples_seen} of epoch {progress.epoch + 1}")
+                geometry = self.plan_geometry(available=self.group.num_workers)
+                continue
+            if resize is not None:
+                resize = {**resize, "epoch": progress.epoch + 1, "first_step_s": stats.seconds}
+                self.sink.write(resize)
+                self.console.line(f"[bold]resize[/]: {resize['from_workers']} → {resize['to_workers']} workers "
+                                  f"live in {resize['resize_s']:.2f} s (first step {stats.seconds:.2f} s)")
+                resize = None
             progress.samples_seen += stats.samples
             progress.updates += stats.steps
             totals.loss_sum += stats.loss_sum

@@ -80,6 +80,11 @@ class Engine:
             self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
             nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
         self._order: EpochOrder | None = None
+        # Where the last *completed* step left this worker: after a peer dies mid-chunk, the driver reads it
+        # from a survivor and resumes at exactly that sample.
+        self.position: tuple[int, int] = (0, 0)  # (epoch, samples_seen)
+        self.chunk_steps_done = 0
+        self.sample_log = None  # open file: the global sample indices of every applied step (exactly-once audit)
         self._probe_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
@@ -105,6 +110,8 @@ class Engine:
                              f"{self.ctx.world_size}")
         started = time.perf_counter()
         self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)  # a step that failed half-way may have left gradients
+        self.chunk_steps_done = 0
         order = self.epoch_order(epoch)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
         position = samples_seen
@@ -114,6 +121,10 @@ class Engine:
                 raise ValueError(f"epoch {epoch} has no samples left at position {position}")
             totals += self._step(order.indices[span], order.aug_seeds[span], lr, geometry, adv_ratio)
             position = span.stop
+            self.position = (epoch, position)
+            self.chunk_steps_done += 1
+            if self.sample_log is not None:
+                self._log_samples(epoch, order.indices[span])
         self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step
         loss_sum, num_correct, num_samples = totals.tolist()
         return ChunkStats(steps=len(lrs), samples=int(num_samples), loss_sum=loss_sum,
@@ -150,6 +161,12 @@ class Engine:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return totals
+
+    def _log_samples(self, epoch: int, indices: torch.Tensor) -> None:
+        """Record the samples this worker consumed in an applied step (its share of the global batch)."""
+        mine = torch.tensor_split(indices, self.ctx.world_size)[self.ctx.rank]
+        self.sample_log.write(f'{{"epoch": {epoch}, "samples": {mine.tolist()}}}\n')
+        self.sample_log.flush()
 
     def sync_buffers(self) -> None:
         """Average BatchNorm running statistics over workers (each saw only its own micro-batches)."""

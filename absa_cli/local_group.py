@@ -16,6 +16,14 @@ class LocalGroup:
     def __init__(self, config: RunConfig) -> None:
         self.engine = Engine(config)
 
+    def capacity(self) -> int:
+        return 1
+
+    def resize(self, num_workers: int) -> None:
+        if num_workers != 1:
+            raise ValueError(f"a local run has exactly one worker, not {num_workers}")
+        return None
+
     @property
     def num_train_samples(self) -> int:
         return self.engine.num_train_samples

@@ -14,3 +14,15 @@ TINY = ["epochs=2", "data.train_size=256", "data.test_size=128", "batch.global_b
 @pytest.fixture
 def tiny_config() -> config_mod.RunConfig:
     return config_mod.load("quickstart", TINY)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole test session (starting one costs ~5 s). Four logical CPU slots let
+    single-threaded workers of two groups, or a replacement beside survivors, share this 2-core machine."""
+    from absa_cli.cluster.runtime import connect
+
+    connect(num_cpus=4)
+    import ray
+
+    yield ray.get_runtime_context().gcs_address

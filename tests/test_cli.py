@@ -35,8 +35,8 @@ def _assert_user_error(result, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
-def test_train_quickstart_end_to_end(tmp_path):
-    result = _invoke("train", "quickstart", *TINY, "--runs-dir", str(tmp_path))
+def test_train_quickstart_end_to_end(tmp_path, ray_cluster):
+    result = _invoke("train", "quickstart", *TINY, "--runs-dir", str(tmp_path))  # Ray is the default path
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("run: ")
@@ -51,16 +51,17 @@ def test_train_quickstart_end_to_end(tmp_path):
     for record in epochs:
         assert set(EPOCH_FIELDS) <= set(record)
         assert record["samples_seen"] == 256  # every training sample once per epoch
-        assert record["global_batch_size"] == 64 and record["num_workers"] == 1
-        assert record["grad_accum_steps"] == 2  # 64 = 1 worker × 32 × 2
+        # 64 = 2 workers × 32 (batch.per_worker_max) × 1: the quickstart allows 2 workers (cluster.max_workers)
+        assert record["global_batch_size"] == 64 and record["num_workers"] == 2
+        assert record["grad_accum_steps"] == 1
     assert epochs[-1]["updates"] == 2 * 4  # 256 / 64 steps per epoch
     assert records[0]["kind"] == "geometry"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
 
 
 def test_non_tty_output_is_plain(tmp_path):
-    result = _invoke("train", "quickstart", *TINY, "epochs=1", "--runs-dir", str(tmp_path))
-    assert result.exit_code == 0
+    result = _invoke("train", "quickstart", *TINY, "epochs=1", "--local", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
     assert "\x1b[" not in result.output  # no escape codes when stdout is not a terminal
 
 
@@ -73,6 +74,15 @@ def test_unknown_key_exit_2(tmp_path):
 def test_wrong_type_exit_2(tmp_path):
     _assert_user_error(_invoke("train", "quickstart", "epochs=many", "--runs-dir", str(tmp_path)),
                        "'epochs'", "expects int", "'many'")
+
+
+def test_local_run_has_one_worker_and_accumulates(tmp_path):
+    result = _invoke("train", "quickstart", *TINY, "epochs=1", "--local", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (metrics,) = tmp_path.glob("*/metrics.jsonl")
+    (epoch,) = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "epoch"]
+    assert (epoch["num_workers"], epoch["grad_accum_steps"]) == (1, 2)  # 64 = 1 worker × 32 × 2
+    _assert_user_error(_invoke("train", "quickstart", "--local", "--max-gpus", "2"), "--local")
 
 
 def test_unknown_preset_exit_2():

@@ -22,7 +22,7 @@ FAST = ["--batch-size", "16", "--seed", "1", "--trace-samples", "10", "--density
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=1", "--runs-dir", str(runs)])
+    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=1", "--local", "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output
     (path,) = runs.glob("*/checkpoints/epoch-0001.pt")
     return path

@@ -25,7 +25,7 @@ def _records(runs: Path) -> list[dict]:
 
 
 def test_fixed_policy_never_changes_the_batch_and_never_probes(tmp_path):
-    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=3", "policy.name=fixed",
+    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=3", "policy.name=fixed", "--local",
                                  "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     epochs = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
@@ -38,7 +38,7 @@ def test_absa_grows_on_a_forced_drop_and_says_why(tmp_path):
     # policy.eig_ratio barely above 1 makes any probe that does not rise count as a drop: growth is then driven
     # by the measured curvature, and each growth record must carry its reason.
     result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=4", "policy.eig_ratio=1.0001",
-                                 "policy.duration=50", "--runs-dir", str(tmp_path)])
+                                 "policy.duration=50", "--local", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     epochs = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
     assert all(r["eigenvalue"] is not None and r["probe_s"] > 0 for r in epochs)
@@ -54,7 +54,7 @@ def test_absa_grows_on_a_forced_drop_and_says_why(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_demo_learns_grows_and_fits_the_budget(tmp_path):
+def test_quickstart_demo_learns_grows_and_fits_the_budget(tmp_path, ray_cluster):
     started = time.perf_counter()
     result = runner.invoke(app, ["train", "quickstart", "--runs-dir", str(tmp_path)])
     elapsed = time.perf_counter() - started
@@ -65,4 +65,6 @@ def test_quickstart_demo_learns_grows_and_fits_the_budget(tmp_path):
           f"{[r['global_batch_size'] for r in epochs]}, reasons {[r['policy_reason'] for r in growths]}")
     assert epochs[-1]["test_acc"] > 0.6  # chance is 0.1
     assert len(growths) >= 2 and epochs[-1]["global_batch_size"] >= 4 * epochs[0]["global_batch_size"]
+    resizes = [r for r in _records(tmp_path) if r["kind"] == "resize"]
+    assert [(r["from_workers"], r["to_workers"]) for r in resizes] == [(1, 2)]  # grown live on this machine
     assert elapsed < 180, f"quickstart took {elapsed:.0f} s"

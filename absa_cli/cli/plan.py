@@ -20,8 +20,9 @@ def plan(
     preset: Annotated[str, typer.Argument(help="Preset recipe (see `absa presets list`).")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE config overrides.",
                                                              show_default=False)] = None,
-    max_gpus: Annotated[int, typer.Option("--max-gpus", min=1,
-                                          help="Most workers the run may use (GPUs; CPU workers on a CPU cluster).")] = 1,
+    max_gpus: Annotated[Optional[int], typer.Option(
+        "--max-gpus", min=1, help="Most workers the run may use (GPUs; CPU workers on a CPU cluster).",
+        show_default="the preset's cluster.max_workers")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Dry-run a preset: batch phases, worker geometry, LR and SGD-update counts (no torch, no data)."""
@@ -31,7 +32,7 @@ def plan(
     with user_errors():
         config = config_mod.load(preset, overrides or [])
         try:
-            result = build_plan(config, max_gpus)
+            result = build_plan(config, max_gpus or config.cluster.max_workers)
         except ValueError as exc:  # an impossible geometry, e.g. per_worker_max against the cap
             raise UserError(f"cannot plan {preset}: {exc}") from None
     if as_json:

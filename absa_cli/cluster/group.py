@@ -1,0 +1,215 @@
+"""The Ray worker group: live resize and failure recovery without a restart from disk.
+
+Grow: start the newcomers, re-form the process group under a new generation (fresh port), and send rank 0's
+in-memory TrainState to the newcomers through the object store. Shrink: retire the extra actors and re-form.
+Survivors keep their model, optimizer and data. Every phase is timed into the ``resize`` record.
+
+Failure: a collective with a dead peer fails within ``cluster.collective_timeout_s`` (never hangs). The group
+finds the survivors, reads from them where the last applied step left the epoch, starts replacements when the
+cluster has room, re-forms, and raises ``WorkerFailure`` so that the controller continues from that exact sample.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from absa_cli import config as config_mod
+from absa_cli.cluster.worker import WorkerActor
+from absa_cli.config import RunConfig
+from absa_cli.controller import WorkerFailure
+from absa_cli.geometry import BatchGeometry
+
+
+class GroupLost(RuntimeError):
+    """No worker survived: the run must restart from its last checkpoint."""
+
+
+class RayWorkerGroup:
+    def __init__(self, config: RunConfig, max_workers: int) -> None:
+        self.config = config
+        self.max_workers = max_workers
+        self.config_yaml = config_mod.to_yaml(config)
+        self.resource = "GPU" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPU"
+        self.actors: list[Any] = []
+        self.generation = 0
+        self._num_train_samples: int | None = None
+        self.sample_log_dir = config.logging.sample_log_dir
+
+    # ------------------------------------------------------------------------------------------ membership
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.actors)
+
+    @property
+    def num_train_samples(self) -> int:
+        if self._num_train_samples is None:
+            self._num_train_samples = ray.get(self.actors[0].num_train_samples.remote())
+        return self._num_train_samples
+
+    def capacity(self) -> int:
+        """Workers this group could have now: its own plus the free slots, at most ``max_workers``."""
+        free = int(ray.available_resources().get(self.resource, 0))
+        return max(1, min(self.max_workers, len(self.actors) + free))
+
+    def _start(self, count: int) -> list[Any]:
+        per_worker = {"num_gpus": 1} if self.resource == "GPU" else {"num_cpus": 1}
+        threads = self.config.threads or (0 if self.resource == "GPU" else 1)
+        actors = [WorkerActor.options(**per_worker).remote(self.config_yaml, threads) for _ in range(count)]
+        ready, pending = ray.wait([actor.ready.remote() for actor in actors], num_returns=count,
+                                  timeout=self.config.cluster.start_timeout_s)
+        if pending:  # the cluster could not place them in time: never wait forever for capacity
+            for actor in actors:
+                ray.kill(actor)
+            raise TimeoutError(f"{len(pending)} of {count} worker(s) could not start within "
+                               f"cluster.start_timeout_s={self.config.cluster.start_timeout_s}")
+        ray.get(ready)  # surfaces an error raised while a worker was starting
+        return actors
+
+    def start(self, num_workers: int, state: dict | None = None) -> None:
+        """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``."""
+        self.actors = self._start(num_workers)
+        self._rendezvous()
+        if state is not None:
+            ref = ray.put(state)
+            ray.get([actor.load_state_dict.remote(ref) for actor in self.actors])
+
+    def resize(self, num_workers: int) -> dict[str, Any] | None:
+        """Live re-form to ``num_workers``; a ``resize`` record with each phase's seconds, or None if unchanged."""
+        old = len(self.actors)
+        if num_workers == old:
+            return None
+        if old == 0:  # the first generation: nothing to keep, nothing to report
+            self.start(num_workers)
+            return None
+        started = time.perf_counter()
+        try:
+            newcomers = self._start(num_workers - old) if num_workers > old else []
+        except TimeoutError:  # no room for them: keep the current group, accumulation covers the difference
+            return None
+        for actor in self.actors[num_workers:]:
+            self._retire(actor)
+        state_ref = ray.put(ray.get(self.actors[0].state_dict.remote())) if newcomers else None
+        actor_start_s = time.perf_counter() - started
+        self.actors = self.actors[:num_workers] + newcomers
+        mark = time.perf_counter()
+        self._rendezvous()
+        rendezvous_s = time.perf_counter() - mark
+        mark = time.perf_counter()
+        if newcomers:
+            ray.get([actor.load_state_dict.remote(state_ref) for actor in newcomers])
+        transfer_s = time.perf_counter() - mark
+        return {"kind": "resize", "from_workers": old, "to_workers": num_workers, "actor_start_s": actor_start_s,
+                "rendezvous_s": rendezvous_s, "state_transfer_s": transfer_s,
+                "resize_s": time.perf_counter() - started}
+
+    def _retire(self, actor: Any) -> None:
+        try:
+            ray.get(actor.leave.remote(), timeout=10)
+        except (RayActorError, GetTimeoutError):
+            pass
+        ray.kill(actor)
+
+    def _rendezvous(self) -> None:
+        """Every member leaves its old process group and joins a new one on a fresh port of rank 0's node."""
+        self.generation += 1
+        address = ray.get(self.actors[0].ready.remote())["node_ip"]
+        port = ray.get(self.actors[0].free_port.remote())
+        timeout = self.config.cluster.collective_timeout_s
+        ray.get([actor.join.remote(self.generation, rank, len(self.actors), address, port, timeout,
+                                   self.sample_log_dir)
+                 for rank, actor in enumerate(self.actors)])
+
+    # ---------------------------------------------------------------------------------------------- work
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        return ray.get([getattr(actor, method).remote(*args) for actor in self.actors])
+
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
+                    adv_ratio: float = 0.0) -> Any:
+        futures = [actor.train_chunk.remote(epoch, samples_seen, lrs, geometry, adv_ratio) for actor in self.actors]
+        errors = self._wait_all(futures)
+        if not errors:
+            return ray.get(futures[0])  # every rank returns the same all-reduced statistics
+        raise self._recover(errors)
+
+    def _wait_all(self, futures: list[Any]) -> list[BaseException]:
+        """Wait for every rank; once one fails, the others get the collective timeout (plus a margin) to fail too."""
+        errors: list[BaseException] = []
+        pending = list(futures)
+        deadline = None
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+            if not done:  # survivors stuck past the collective timeout: treat them as lost too
+                errors.append(TimeoutError(f"{len(pending)} worker(s) did not finish after a peer failed"))
+                for future in pending:
+                    ray.cancel(future, force=True)
+                break
+            try:
+                ray.get(done[0])
+            except Exception as exc:  # RayActorError for a dead actor, RayTaskError for a failed collective
+                errors.append(exc)
+                if deadline is None:
+                    deadline = time.monotonic() + self.config.cluster.collective_timeout_s + 10
+        return errors
+
+    def _recover(self, errors: list[BaseException]) -> WorkerFailure:
+        started = time.perf_counter()
+        alive, lost = [], []
+        for actor in self.actors:
+            try:
+                position = ray.get(actor.position.remote(), timeout=30)
+                alive.append((position, actor))
+            except (RayActorError, GetTimeoutError):
+                lost.append(actor)
+        if not lost:  # every worker is alive: the error is a bug or a bad input, not a failure to recover from
+            raise errors[0]
+        if not alive:
+            raise GroupLost(f"all {len(self.actors)} workers were lost: {_first_line(errors[0])}")
+        old = len(self.actors)
+        # The furthest survivor becomes rank 0 and its state is the truth (all agree unless the peer died inside
+        # the last all-reduce, after which some ranks may have applied one more step than others).
+        alive.sort(key=lambda item: item[0][1], reverse=True)
+        (epoch, samples_seen, steps_done), leader = alive[0]
+        behind = [actor for position, actor in alive[1:] if position[1] != samples_seen]
+        for actor in lost:
+            ray.kill(actor)
+        free = int(ray.available_resources().get(self.resource, 0))
+        replacements = self._start(min(len(lost), free, self.max_workers - len(alive))) if free else []
+        self.actors = [actor for _, actor in alive] + replacements
+        self._rendezvous()
+        receivers = behind + replacements
+        if receivers:
+            state_ref = ray.put(ray.get(leader.state_dict.remote()))
+            ray.get([actor.load_state_dict.remote(state_ref) for actor in receivers])
+        record = {"kind": "failure", "epoch": epoch + 1, "samples_seen": samples_seen, "from_workers": old,
+                  "lost_workers": len(lost), "replacements": len(replacements), "to_workers": len(self.actors),
+                  "error": _first_line(errors[0]), "recovery_s": time.perf_counter() - started}
+        return WorkerFailure(record, samples_seen, steps_done)
+
+    def sync_buffers(self) -> None:
+        self._all("sync_buffers")
+
+    def evaluate(self) -> Any:
+        return self._all("evaluate")[0]
+
+    def probe(self) -> Any:
+        return self._all("probe")[0]
+
+    def state_dict(self) -> dict:
+        return ray.get(self.actors[0].state_dict.remote())
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]

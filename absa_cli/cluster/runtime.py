@@ -1,0 +1,25 @@
+"""Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``, e.g. under ``ray job submit``) or a
+local one started here and bound to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Initialise Ray once per process; returns a one-line description of the cluster."""
+    if ray.is_initialized():
+        return "ray: already connected"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        where = f"ray: connected to {address}"
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+        where = "ray: started a local cluster on 127.0.0.1"
+    resources = ray.cluster_resources()
+    return f"{where} ({int(resources.get('CPU', 0))} CPU, {int(resources.get('GPU', 0))} GPU)"

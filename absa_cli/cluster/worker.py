@@ -1,0 +1,93 @@
+"""One training worker as a Ray actor: an ``Engine`` plus membership in a re-formable process group.
+
+The actor keeps its model, optimizer and data in memory across resizes: joining a new generation of the group
+only destroys the old torch.distributed process group and creates a new one (gloo on CPU, NCCL on GPU) with a
+collective timeout, so a dead peer turns into an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import ray
+
+
+@ray.remote
+class WorkerActor:
+    def __init__(self, config_yaml: str, threads: int) -> None:
+        import torch
+
+        from absa_cli import config as config_mod
+        from absa_cli.engine import Engine, pick_device
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.config = config_mod.from_yaml(config_yaml)
+        self.engine = Engine(self.config, device=pick_device())
+        self.generation = -1
+
+    def ready(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address()}
+
+    def free_port(self) -> int:
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            return probe.getsockname()[1]
+
+    def join(self, generation: int, rank: int, world_size: int, address: str, port: int, timeout_s: float,
+             sample_log_dir: str = "") -> None:
+        """Leave the previous process group (if any) and join generation ``generation`` as ``rank``."""
+        import torch
+        import torch.distributed as dist
+
+        from absa_cli.dist import TorchDistContext
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, init_method=f"tcp://{address}:{port}", rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        self.engine.ctx = TorchDistContext()
+        self.engine._probe_batches = None  # the probe shard depends on rank and world size
+        self.generation = generation
+        if sample_log_dir and self.engine.sample_log is None:
+            path = Path(sample_log_dir) / f"samples-pid{os.getpid()}.jsonl"
+            self.engine.sample_log = path.open("a")
+
+    def train_chunk(self, *args: Any) -> Any:
+        return self.engine.train_chunk(*args)
+
+    def position(self) -> tuple[int, int, int]:
+        """(epoch, samples_seen, steps completed in the last chunk) after the last applied step."""
+        return (*self.engine.position, self.engine.chunk_steps_done)
+
+    def sync_buffers(self) -> None:
+        self.engine.sync_buffers()
+
+    def evaluate(self) -> Any:
+        return self.engine.evaluate()
+
+    def probe(self) -> Any:
+        return self.engine.probe()
+
+    def state_dict(self) -> dict:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.engine.load_state_dict(state)
+
+    def set_position(self, epoch: int, samples_seen: int) -> None:
+        self.engine.position = (epoch, samples_seen)
+
+    def num_train_samples(self) -> int:
+        return self.engine.num_train_samples
+
+    def leave(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
