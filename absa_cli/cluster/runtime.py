@@ -1,5 +1,10 @@
 """Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``, e.g. under ``ray job submit``) or a
-local one started here and bound to 127.0.0.1 only."""
+local one started here.
+
+The local cluster uses 127.0.0.1 as its node address and starts no dashboard. Ray 2.60's own gRPC servers (GCS,
+raylet, workers) nevertheless listen on all interfaces, protected by Ray's token authentication; binding them to
+loopback only is not possible through ``ray.init`` in this version (see docs/cluster.md).
+"""
 
 from __future__ import annotations
 
