@@ -113,6 +113,7 @@ class Controller:
         config, progress, decision = self.config, self.progress, self.decision
         epoch_started = time.perf_counter()
         geometry, resize = self._resize_for(self.plan_geometry())
+        self._prepare_next_growth()
         totals = self._train_epoch(geometry, decision.adv_ratio, resize)
         self.group.sync_buffers()
         evaluation = self.group.evaluate()
@@ -146,6 +147,15 @@ class Controller:
         self.run.write_info(last_epoch=progress.epoch, updates=progress.updates,
                             best_test_acc=progress.best_test_acc)
         return record
+
+    def _prepare_next_growth(self) -> None:
+        """If the policy may grow the batch at this epoch's end, let the group start the workers it would need."""
+        prepare = getattr(self.group, "prepare", None)
+        if prepare is None or self.config.policy.name not in ("absa", "abs"):
+            return
+        batch = min(self.decision.global_batch_size * self.config.policy.growth, self.config.policy.max_global_batch)
+        if batch > self.decision.global_batch_size:
+            prepare(BatchGeometry.plan(batch, self.max_workers, self.config.batch.per_worker_max).num_workers)
 
     def _resize_for(self, geometry: BatchGeometry) -> tuple[BatchGeometry, dict[str, Any] | None]:
         """Bring the group to the geometry's worker count (live); re-plan if the cluster gave fewer."""

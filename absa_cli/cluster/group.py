@@ -35,6 +35,7 @@ class RayWorkerGroup:
         self.config_yaml = config_mod.to_yaml(config)
         self.resource = "GPU" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPU"
         self.actors: list[Any] = []
+        self.spares: list[Any] = []  # started ahead of a likely grow: importing torch overlaps training
         self.generation = 0
         self._num_train_samples: int | None = None
         self.sample_log_dir = config.logging.sample_log_dir
@@ -56,10 +57,25 @@ class RayWorkerGroup:
         free = int(ray.available_resources().get(self.resource, 0))
         return max(1, min(self.max_workers, len(self.actors) + free))
 
-    def _start(self, count: int) -> list[Any]:
+    def _launch(self, count: int) -> list[Any]:
         per_worker = {"num_gpus": 1} if self.resource == "GPU" else {"num_cpus": 1}
         threads = self.config.threads or (0 if self.resource == "GPU" else 1)
-        actors = [WorkerActor.options(**per_worker).remote(self.config_yaml, threads) for _ in range(count)]
+        return [WorkerActor.options(**per_worker).remote(self.config_yaml, threads) for _ in range(count)]
+
+    def prepare(self, num_workers: int) -> None:
+        """Start spare actors now for a group of ``num_workers`` later, if the cluster has room (non-blocking).
+
+        Actor start-up (imports, data, model) is the whole cost of a grow; started during the epoch before, it is
+        paid while training runs, and the grow itself is only the rendezvous and the state transfer.
+        """
+        free = int(ray.available_resources().get(self.resource, 0))
+        wanted = min(num_workers, self.max_workers) - len(self.actors) - len(self.spares)
+        if wanted > 0 and free > 0:
+            self.spares += self._launch(min(wanted, free))
+
+    def _start(self, count: int) -> list[Any]:
+        reused, self.spares = self.spares[:count], self.spares[count:]
+        actors = reused + self._launch(count - len(reused))
         ready, pending = ray.wait([actor.ready.remote() for actor in actors], num_returns=count,
                                   timeout=self.config.cluster.start_timeout_s)
         if pending:  # the cluster could not place them in time: never wait forever for capacity
@@ -179,7 +195,7 @@ class RayWorkerGroup:
         behind = [actor for position, actor in alive[1:] if position[1] != samples_seen]
         for actor in lost:
             ray.kill(actor)
-        free = int(ray.available_resources().get(self.resource, 0))
+        free = int(ray.available_resources().get(self.resource, 0)) + len(self.spares)
         replacements = self._start(min(len(lost), free, self.max_workers - len(alive))) if free else []
         self.actors = [actor for _, actor in alive] + replacements
         self._rendezvous()
@@ -205,9 +221,9 @@ class RayWorkerGroup:
         return ray.get(self.actors[0].state_dict.remote())
 
     def close(self) -> None:
-        for actor in self.actors:
+        for actor in self.actors + self.spares:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self.spares = [], []
 
 
 def _first_line(exc: BaseException) -> str:
