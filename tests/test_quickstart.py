@@ -68,3 +68,12 @@ def test_quickstart_demo_learns_grows_and_fits_the_budget(tmp_path, ray_cluster)
     resizes = [r for r in _records(tmp_path) if r["kind"] == "resize"]
     assert [(r["from_workers"], r["to_workers"]) for r in resizes] == [(1, 2)]  # grown live on this machine
     assert elapsed < 180, f"quickstart took {elapsed:.0f} s"
+
+
+def test_robust_accuracy_is_reported_when_asked(tmp_path):
+    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=1", "eval.adversarial_eps=0.03", "--local",
+                                 "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (epoch,) = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
+    assert 0.0 <= epoch["test_acc_fgsm"] <= 1.0
+    assert epoch["test_acc_fgsm"] <= epoch["test_acc"] + 0.05  # an attack does not make the model better
