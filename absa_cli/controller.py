@@ -34,6 +34,10 @@ class WorkerFailure(Exception):
         self.steps_done = steps_done
 
 
+class GroupLost(RuntimeError):
+    """The group cannot continue live (every worker lost, or a re-form failed): restart from the last checkpoint."""
+
+
 class WorkerGroup(Protocol):
     num_workers: int
     num_train_samples: int
@@ -102,7 +106,10 @@ class Controller:
         started = time.perf_counter()
         self.console.line(f"[bold]policy[/] {self.config.policy.name}: {self.decision.reason}")
         while self.progress.epoch < self.config.epochs:
-            self.last_record = self.run_epoch()
+            try:
+                self.last_record = self.run_epoch()
+            except GroupLost as lost:
+                self.restart_from_checkpoint(str(lost))
         return {"epochs": self.config.epochs, "updates": self.progress.updates,
                 "final_test_acc": self.last_record["test_acc"] if self.last_record else None,
                 "best_test_acc": self.progress.best_test_acc,
@@ -211,6 +218,29 @@ class Controller:
             self.console.chunk_done(num_steps - (steps_left - count), num_steps,
                                     stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1))
         return totals
+
+    def restart_from_checkpoint(self, why: str) -> None:
+        """The fallback when a live re-form is impossible: a new group from the newest checkpoint on disk."""
+        from absa_cli import checkpoint  # torch import, only on this rare path
+
+        saved = self.run.checkpoints()
+        if not saved:
+            raise RuntimeError(f"the worker group was lost ({why}) before any checkpoint was written")
+        state = checkpoint.load(saved[-1])
+        self.progress = Progress(epoch=state["epoch"], samples_seen=state["samples_seen"], updates=state["updates"],
+                                 best_test_acc=state["best_test_acc"], history=list(state["history"]))
+        self.policy.load_state_dict(state["policy"])
+        restored = self.policy.state
+        self.decision = Decision(global_batch_size=restored.global_batch_size, adv_ratio=restored.adv_ratio,
+                                 probe_next=restored.probe_next, grew=False,
+                                 reason=f"restored from {saved[-1].name}")
+        geometry = self.plan_geometry()
+        self.group.restart(geometry.num_workers, state)
+        record = {"kind": "restart", "epoch": self.progress.epoch + 1, "checkpoint": saved[-1].name,
+                  "num_workers": self.group.num_workers, "reason": why}
+        self.sink.write(record)
+        self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
+                          f"{self.group.num_workers} worker(s) from {saved[-1].name}")
 
     def save_checkpoint(self) -> None:
         from absa_cli import checkpoint  # torch import, only on the driver paths that write checkpoints

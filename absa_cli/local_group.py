@@ -47,5 +47,8 @@ class LocalGroup:
     def load_state_dict(self, state: dict) -> None:
         self.engine.load_state_dict(state)
 
+    def restart(self, num_workers: int, state: dict) -> None:
+        self.engine.load_state_dict(state)
+
     def close(self) -> None:
         pass

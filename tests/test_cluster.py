@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -130,48 +129,54 @@ def test_train_grows_live_from_one_to_two_workers(cluster, tmp_path):
     assert epochs[1]["resize_s"] == resize["resize_s"] and "policy.duration=1" in epochs[0]["policy_reason"]
 
 
-def _worker_pids() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"WorkerActor" in (entry / "cmdline").read_bytes():
-                    pids.add(int(entry.name))
-            except OSError:
-                pass
-    return pids
+def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]:
+    """Run `absa train` against the shared cluster; once epoch 1 is done, SIGKILL one worker (or all of them).
 
-
-def test_run_survives_a_sigkilled_worker(cluster, tmp_path):
-    before = _worker_pids()
+    The run's own workers are found through their sample-audit files (``samples-pid<PID>.jsonl``), so workers of
+    other runs on the same machine are never touched."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
     command = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=3", "data.train_size=1024",
                "policy.name=fixed", "batch.global_batch_size=32", "batch.per_worker_max=16", "--max-gpus", "2",
-               f"cluster.collective_timeout_s={COLLECTIVE_TIMEOUT_S}", "--address", cluster,
-               "--runs-dir", str(tmp_path)]
-    started = time.perf_counter()
+               f"cluster.collective_timeout_s={COLLECTIVE_TIMEOUT_S}", f"logging.sample_log_dir={audit}",
+               "--address", cluster, "--runs-dir", str(tmp_path / "runs")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (_worker_pids() - before) and time.monotonic() < deadline:
-            time.sleep(0.2)
         metrics = None
-        while time.monotonic() < deadline:  # wait until training is under way, then kill one worker
-            metrics = next(tmp_path.glob("*/metrics.jsonl"), None)
+        while time.monotonic() < deadline:  # wait until epoch 1 is recorded (and checkpointed), then kill
+            metrics = next(tmp_path.glob("runs/*/metrics.jsonl"), None)
             if metrics and '"kind": "epoch"' in metrics.read_text():
                 break
             time.sleep(0.2)
-        victims = sorted(_worker_pids() - before)
+        victims = sorted(int(p.stem.removeprefix("samples-pid")) for p in audit.glob("samples-pid*.jsonl"))
         assert len(victims) == 2, victims
-        os.kill(victims[-1], signal.SIGKILL)
+        for pid in victims if kill_all else victims[-1:]:
+            os.kill(pid, signal.SIGKILL)
         output, _ = process.communicate(timeout=240)
     finally:
         process.kill()
     assert process.returncode == 0, output
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert json.loads(next(tmp_path.glob("runs/*/run.json")).read_text())["status"] == "finished"
+    return output, [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
+def test_run_survives_a_sigkilled_worker(cluster, tmp_path):
+    started = time.perf_counter()
+    output, records = _train_and_kill(cluster, tmp_path, kill_all=False)
     failures = [r for r in records if r["kind"] == "failure"]
     assert len(failures) == 1 and failures[0]["lost_workers"] == 1, output
     assert failures[0]["recovery_s"] < COLLECTIVE_TIMEOUT_S
+    assert not [r for r in records if r["kind"] == "restart"]  # recovered live, not from disk
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["samples_seen"] == 1024 for r in epochs)
-    assert json.loads(next(tmp_path.glob("*/run.json")).read_text())["status"] == "finished"
     assert time.perf_counter() - started < 240
+
+
+def test_losing_every_worker_falls_back_to_the_last_checkpoint(cluster, tmp_path):
+    output, records = _train_and_kill(cluster, tmp_path, kill_all=True)
+    (restart,) = [r for r in records if r["kind"] == "restart"]
+    assert restart["checkpoint"] == "epoch-0001.pt" and restart["epoch"] == 2, output
+    assert "restart" in output and "epoch-0001.pt" in output  # the log says so
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["samples_seen"] == 1024 for r in epochs)

@@ -20,12 +20,8 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from absa_cli import config as config_mod
 from absa_cli.cluster.worker import WorkerActor
 from absa_cli.config import RunConfig
-from absa_cli.controller import WorkerFailure
+from absa_cli.controller import GroupLost, WorkerFailure
 from absa_cli.geometry import BatchGeometry
-
-
-class GroupLost(RuntimeError):
-    """No worker survived: the run must restart from its last checkpoint."""
 
 
 class RayWorkerGroup:
@@ -113,7 +109,7 @@ class RayWorkerGroup:
         actor_start_s = time.perf_counter() - started
         self.actors = self.actors[:num_workers] + newcomers
         mark = time.perf_counter()
-        self._rendezvous()
+        self._reform()
         rendezvous_s = time.perf_counter() - mark
         mark = time.perf_counter()
         if newcomers:
@@ -129,6 +125,18 @@ class RayWorkerGroup:
         except (RayActorError, GetTimeoutError):
             pass
         ray.kill(actor)
+
+    def _reform(self) -> None:
+        """Re-form live; any failure to do so means the group is lost (the controller restarts from disk)."""
+        try:
+            self._rendezvous()
+        except (RayActorError, GetTimeoutError, ray.exceptions.RayTaskError) as exc:
+            raise GroupLost(f"re-forming the process group failed: {_first_line(exc)}") from exc
+
+    def restart(self, num_workers: int, state: dict) -> None:
+        """Tear everything down and start a fresh group loaded with ``state`` (the checkpoint fallback)."""
+        self.close()
+        self.start(num_workers, state)
 
     def _rendezvous(self) -> None:
         """Every member leaves its old process group and joins a new one on a fresh port of rank 0's node."""
@@ -198,7 +206,7 @@ class RayWorkerGroup:
         free = int(ray.available_resources().get(self.resource, 0)) + len(self.spares)
         replacements = self._start(min(len(lost), free, self.max_workers - len(alive))) if free else []
         self.actors = [actor for _, actor in alive] + replacements
-        self._rendezvous()
+        self._reform()
         receivers = behind + replacements
         if receivers:
             state_ref = ray.put(ray.get(leader.state_dict.remote()))
