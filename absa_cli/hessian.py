@@ -18,6 +18,7 @@ from absa_cli.config import RunConfig
 from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
 from absa_cli.data import build_dataset
 from absa_cli.data.order import derive_seed
+from absa_cli.dist import DistContext
 from absa_cli.errors import UserError
 from absa_cli.models import build_model
 
@@ -54,21 +55,28 @@ def rebuild_model(config: RunConfig, state: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-def probe_batches(config: RunConfig, options: HessianOptions) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def probe_batches(config: RunConfig, options: HessianOptions, rank: int = 0,
+                  world_size: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Rank ``rank``'s shard of each probe batch: the same samples whatever the number of workers."""
     data = config.data
     train_set = build_dataset(data.name, data.train_split, data.resolved_root(), seed=data.seed,
                               size=data.train_size, download=data.download)
     generator = torch.Generator().manual_seed(derive_seed(options.seed, 0xB10B))
     count = min(options.batch_size * options.num_batches, len(train_set))
     chosen = torch.randperm(len(train_set), generator=generator)[:count]
-    return [train_set.get_batch(batch, None) for batch in torch.split(chosen, options.batch_size)]
+    return [train_set.get_batch(torch.tensor_split(batch, world_size)[rank], None)
+            for batch in torch.split(chosen, options.batch_size)]
 
 
 def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
-            options: HessianOptions) -> dict[str, Any]:
-    """Top eigenvalues, and optionally trace (± standard error), per-layer traces and the spectral density."""
+            options: HessianOptions, ctx: DistContext | None = None) -> dict[str, Any]:
+    """Top eigenvalues, and optionally trace (± standard error), per-layer traces and the spectral density.
+
+    With a distributed ``ctx`` every rank passes its shard and every HVP is averaged over the ranks: the same
+    numbers as one process over all the samples.
+    """
     started = time.perf_counter()
-    operator = HessianOperator(model, F.cross_entropy, batches, bn_mode=options.bn_mode)
+    operator = HessianOperator(model, F.cross_entropy, batches, ctx, bn_mode=options.bn_mode)
     if options.method == "power":
         if options.top_k != 1:
             raise UserError(f"--method power finds only the top eigenvalue; use --method lanczos for --top-k "
@@ -80,7 +88,7 @@ def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     result: dict[str, Any] = {
         "top_eigenvalues": sorted(eigen.eigenvalues, reverse=True), "method": options.method,
         "eigen_converged": eigen.converged, "trace": None, "trace_std_error": None,
-        "num_parameters": operator.dim, "num_samples": sum(len(labels) for _, labels in batches),
+        "num_parameters": operator.dim, "num_samples": _total_samples(batches, ctx),
         "bn_mode": options.bn_mode, "seed": options.seed,
     }
     if options.trace or options.per_layer:
@@ -99,6 +107,13 @@ def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     result["hvp_count"] = operator.hvp_count
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _total_samples(batches: list[tuple[torch.Tensor, torch.Tensor]], ctx: DistContext | None) -> int:
+    count = torch.tensor([float(sum(len(labels) for _, labels in batches))])
+    if ctx is not None:
+        ctx.all_reduce_sum([count])
+    return int(count.item())
 
 
 def _by_layer(block_traces: dict[str, float]) -> dict[str, float]:

@@ -180,3 +180,23 @@ def test_losing_every_worker_falls_back_to_the_last_checkpoint(cluster, tmp_path
     assert "restart" in output and "epoch-0001.pt" in output  # the log says so
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["samples_seen"] == 1024 for r in epochs)
+
+
+def test_hessian_sharded_over_two_workers_matches_one_process(cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from absa_cli.cli.app import app
+
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=1", "--local", "--runs-dir", str(tmp_path)])
+    assert trained.exit_code == 0, trained.output
+    (checkpoint,) = tmp_path.glob("*/checkpoints/epoch-0001.pt")
+    common = [str(checkpoint), "--json", "--top-k", "2", "--batch-size", "32", "--trace", "--trace-samples", "4"]
+    one = json.loads(runner.invoke(app, ["hessian", *common]).stdout)
+    two = runner.invoke(app, ["hessian", *common, "--max-gpus", "2"])
+    assert two.exit_code == 0, two.output
+    two = json.loads(two.stdout)
+    assert two["num_samples"] == one["num_samples"] == 32
+    for a, b in zip(one["top_eigenvalues"], two["top_eigenvalues"]):
+        assert b == pytest.approx(a, rel=1e-4)
+    assert two["trace"] == pytest.approx(one["trace"], rel=1e-4)

@@ -44,6 +44,10 @@ def hessian(
                                                help="Lanczos steps per density run (3 runs).")] = 40,
     max_iter: Annotated[int, typer.Option("--max-iter", min=1, help="Most Lanczos/power iterations.")] = 100,
     tol: Annotated[float, typer.Option("--tol", min=0.0, help="Relative tolerance of the eigenvalues.")] = 1e-4,
+    max_gpus: Annotated[int, typer.Option(
+        "--max-gpus", min=1, help="Shard the probe batches over this many Ray workers (HVPs averaged over them).")] = 1,
+    address: Annotated[Optional[str], typer.Option(
+        "--address", help="Ray cluster for --max-gpus > 1 (default: $RAY_ADDRESS, else a local one).")] = None,
     preset: Annotated[Optional[str], typer.Option(
         "--preset", help="Rebuild model and data from this preset (for a checkpoint outside a run directory).")] =
     None,
@@ -69,8 +73,11 @@ def hessian(
                 raise UserError(f"no run config at {saved} for checkpoint {checkpoint}; "
                                 f"pass the preset it was trained with: --preset NAME")
             config = config_mod.from_yaml(saved.read_text())
-        model = hessian_mod.rebuild_model(config, state)
-        result = hessian_mod.analyse(model, hessian_mod.probe_batches(config, options), options)
+        model = hessian_mod.rebuild_model(config, state)  # checks that the weights fit, in one clear line
+        if max_gpus > 1:
+            result = _distributed(config, options, state, max_gpus, address)
+        else:
+            result = hessian_mod.analyse(model, hessian_mod.probe_batches(config, options), options)
         if plot is not None:
             hessian_mod.plot_density(result, str(plot), f"{config.model.name} on {config.data.name}: "
                                                         f"{checkpoint.name}")
@@ -82,6 +89,21 @@ def hessian(
         typer.echo(json.dumps(result))
     else:
         _print(result)
+
+
+def _distributed(config, options, state: dict, num_workers: int, address: str | None) -> dict:
+    """The same analysis on ``num_workers`` Ray workers, each holding a shard of every probe batch."""
+    from absa_cli.cluster.group import RayWorkerGroup
+    from absa_cli.cluster.runtime import connect
+
+    connect(address)
+    config.cluster.max_workers = num_workers
+    group = RayWorkerGroup(config, num_workers)
+    try:
+        group.start(num_workers)
+        return group.hessian(options, state)
+    finally:
+        group.close()
 
 
 def _print(result: dict) -> None:

@@ -228,6 +228,9 @@ class RayWorkerGroup:
     def state_dict(self) -> dict:
         return ray.get(self.actors[0].state_dict.remote())
 
+    def hessian(self, options: Any, state: dict) -> dict:
+        return self._all("hessian", options, ray.put(state))[0]
+
     def close(self) -> None:
         for actor in self.actors + self.spares:
             ray.kill(actor)

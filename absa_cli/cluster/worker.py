@@ -86,6 +86,16 @@ class WorkerActor:
     def num_train_samples(self) -> int:
         return self.engine.num_train_samples
 
+    def hessian(self, options: Any, state: dict) -> dict:
+        """``absa hessian`` on this worker's shard; every rank returns the same (all-reduced) result."""
+        from absa_cli import hessian as hessian_mod
+
+        self.engine.model.load_state_dict(state["model"])
+        batches = hessian_mod.probe_batches(self.config, options, self.engine.ctx.rank, self.engine.ctx.world_size)
+        device = self.engine.device
+        batches = [(inputs.to(device), labels.to(device)) for inputs, labels in batches]
+        return hessian_mod.analyse(self.engine.model, batches, options, self.engine.ctx)
+
     def leave(self) -> None:
         import torch.distributed as dist
 
