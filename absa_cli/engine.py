@@ -20,7 +20,7 @@ from absa_cli.adversarial import mix_adversarial, robust_accuracy
 from absa_cli.config import ProbeConfig, RunConfig
 from absa_cli.curvature import HessianOperator, lanczos, power_iteration
 from absa_cli.data import build_dataset
-from absa_cli.data.order import EpochOrder, derive_seed
+from absa_cli.data.order import EpochOrder, probe_indices
 from absa_cli.dist import DistContext, LocalContext
 from absa_cli.geometry import BatchGeometry
 from absa_cli.models import build_model
@@ -208,11 +208,8 @@ class Engine:
         samples drawn once from ``probe.seed``, unaugmented, so successive probes measure the same loss."""
         if self._probe_batches is None:
             probe = self.config.probe
-            generator = torch.Generator().manual_seed(derive_seed(probe.seed, 0xB10B))
-            count = min(probe.batch_size * probe.num_batches, len(self.train_set))
-            chosen = torch.randperm(len(self.train_set), generator=generator)[:count]
             batches = []
-            for batch in torch.split(chosen, probe.batch_size):
+            for batch in probe_indices(len(self.train_set), probe.batch_size, probe.num_batches, probe.seed):
                 mine = torch.tensor_split(batch, self.ctx.world_size)[self.ctx.rank]
                 inputs, labels = self.train_set.get_batch(mine, None)
                 batches.append((inputs.to(self.device), labels.to(self.device)))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from absa_cli.config import RunConfig
 from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
 from absa_cli.data import build_dataset
-from absa_cli.data.order import derive_seed
+from absa_cli.data.order import probe_indices
 from absa_cli.dist import DistContext
 from absa_cli.errors import UserError
 from absa_cli.models import build_model
@@ -61,11 +61,8 @@ def probe_batches(config: RunConfig, options: HessianOptions, rank: int = 0,
     data = config.data
     train_set = build_dataset(data.name, data.train_split, data.resolved_root(), seed=data.seed,
                               size=data.train_size, download=data.download)
-    generator = torch.Generator().manual_seed(derive_seed(options.seed, 0xB10B))
-    count = min(options.batch_size * options.num_batches, len(train_set))
-    chosen = torch.randperm(len(train_set), generator=generator)[:count]
     return [train_set.get_batch(torch.tensor_split(batch, world_size)[rank], None)
-            for batch in torch.split(chosen, options.batch_size)]
+            for batch in probe_indices(len(train_set), options.batch_size, options.num_batches, options.seed)]
 
 
 def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],

@@ -48,3 +48,13 @@ def steps_in_epoch(num_samples: int, global_batch_size: int) -> int:
 
 def steps_remaining(num_samples: int, samples_seen: int, global_batch_size: int) -> int:
     return steps_in_epoch(num_samples - samples_seen, global_batch_size)
+
+
+def probe_indices(num_samples: int, batch_size: int, num_batches: int, seed: int) -> list[torch.Tensor]:
+    """The fixed curvature-probe set: ``num_batches`` batches of training-set indices drawn once from ``seed``.
+
+    Successive probes (and ``absa hessian`` with the same seed) measure the loss on the very same samples; each
+    worker then takes its contiguous shard of every batch."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, 0xB10B))
+    count = min(batch_size * num_batches, num_samples)
+    return list(torch.split(torch.randperm(num_samples, generator=generator)[:count], batch_size))
