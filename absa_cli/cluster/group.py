@@ -49,9 +49,9 @@ class RayWorkerGroup:
         return self._num_train_samples
 
     def capacity(self) -> int:
-        """Workers this group could have now: its own plus the free slots, at most ``max_workers``."""
+        """Workers this group could have now: its own, its spares and the free slots, at most ``max_workers``."""
         free = int(ray.available_resources().get(self.resource, 0))
-        return max(1, min(self.max_workers, len(self.actors) + free))
+        return max(1, min(self.max_workers, len(self.actors) + len(self.spares) + free))
 
     def _launch(self, count: int) -> list[Any]:
         per_worker = {"num_gpus": 1} if self.resource == "GPU" else {"num_cpus": 1}
