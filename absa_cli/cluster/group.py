@@ -105,8 +105,8 @@ class RayWorkerGroup:
             return None
         for actor in self.actors[num_workers:]:
             self._retire(actor)
-        state_ref = ray.put(ray.get(self.actors[0].state_dict.remote())) if newcomers else None
-        actor_start_s = time.perf_counter() - started
+        actor_start_s = time.perf_counter() - started  # on a shrink: retiring the extra actors
+        state_ref = self.actors[0].state_dict.remote() if newcomers else None  # actor to actor, not via the driver
         self.actors = self.actors[:num_workers] + newcomers
         mark = time.perf_counter()
         self._reform()
@@ -209,7 +209,7 @@ class RayWorkerGroup:
         self._reform()
         receivers = behind + replacements
         if receivers:
-            state_ref = ray.put(ray.get(leader.state_dict.remote()))
+            state_ref = leader.state_dict.remote()
             ray.get([actor.load_state_dict.remote(state_ref) for actor in receivers])
         record = {"kind": "failure", "epoch": epoch + 1, "samples_seen": samples_seen, "from_workers": old,
                   "lost_workers": len(lost), "replacements": len(replacements), "to_workers": len(self.actors),

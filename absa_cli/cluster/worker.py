@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import ray
+
+
+def _wait_for_listener(address: str, port: int, timeout_s: float) -> None:
+    """Wait until rank 0's store listens: a client that connects too early backs off for ~0.7 s in TCPStore,
+    which would otherwise be most of a live grow (measured in benchmarks/resize_overhead.py)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.005)
 
 
 @ray.remote
@@ -48,6 +61,8 @@ class WorkerActor:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        if rank != 0:
+            _wait_for_listener(address, port, timeout_s)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend, init_method=f"tcp://{address}:{port}", rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s))
