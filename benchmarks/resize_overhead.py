@@ -19,8 +19,7 @@ total − steady step, i.e. what the transition costs beyond the step it also tr
 run in one fixed cycle, ``--repeats`` times, so machine load hits them alike; the table gives medians.
 
 Phases: for a live resize they are the fields of the group's own ``resize`` record (``actor_start_s``,
-``rendezvous_s``, ``state_transfer_s``; note that the record counts fetching rank 0's state into the object store,
-and retiring actors on a shrink, under ``actor_start_s``). For a restart: shutdown + actor start (the group's
+``rendezvous_s``, ``state_transfer_s``; retiring actors on a shrink counts under ``actor_start_s``). For a restart: shutdown + actor start (the group's
 ``_start``, timed by a wrapper), rendezvous (``_rendezvous``, wrapped likewise), and state = fetch from rank 0 +
 checkpoint write + checkpoint read + loading it into the new actors.
 
@@ -29,8 +28,7 @@ share of its wall time spent in live resizes = Σ ``resize_s`` of its ``resize``
 time is ``ended_at − started_at`` of its ``run.json`` (which excludes ``ray.init``; the subprocess's own wall time
 is printed too). ``first_step_s`` is shown apart: that step trains, so only its excess over a steady step is
 overhead. ``--run-cpus N`` makes the run join a local cluster with N CPU slots started by this script, instead of
-the one absa starts with one slot per core: with 3 slots on 2 cores the pre-started spare does not use up the
-slot that the grow itself needs (``RayWorkerGroup.capacity`` does not count spares; see docs/benchmarks.md).
+the one absa starts with one slot per core.
 
 Run it on an otherwise idle machine: on 2 cores every other process slows the actors' start-up.
 
