@@ -11,6 +11,17 @@ TINY = ["epochs=2", "data.train_size=256", "data.test_size=128", "batch.global_b
         "batch.per_worker_max=32", "logging.chunk_steps=2"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-waits, which cost seconds on a loaded 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_config() -> config_mod.RunConfig:
     return config_mod.load("quickstart", TINY)

@@ -28,13 +28,7 @@ from absa_cli.curvature import (HessianOperator, hutchinson_trace, lanczos, powe
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: a second thread only adds synchronisation, which is slow on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _generator(seed: int) -> torch.Generator:
