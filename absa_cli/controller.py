@@ -122,9 +122,9 @@ class Controller:
         geometry, resize = self._resize_for(self.plan_geometry())
         self._prepare_next_growth()
         totals = self._train_epoch(geometry, decision.adv_ratio, resize)
-        self.group.sync_buffers()
-        evaluation = self.group.evaluate()
-        probe = self.group.probe() if decision.probe_next else None
+        self._recovering(self.group.sync_buffers)
+        evaluation = self._recovering(self.group.evaluate)
+        probe = self._recovering(self.group.probe) if decision.probe_next else None
         self.decision = self.policy.observe(EpochMeasurements(
             epoch=progress.epoch + 1, num_epochs=config.epochs, eigenvalue=probe.eigenvalue if probe else None,
             updates=progress.updates, train_loss=totals.loss_sum / max(totals.samples, 1),
@@ -197,10 +197,7 @@ class Controller:
             except WorkerFailure as failure:
                 progress.samples_seen = failure.samples_seen
                 progress.updates += failure.steps_done
-                self.sink.write(failure.record)
-                self.console.line(f"[red]failure[/]: lost {failure.record['lost_workers']} worker(s) "
-                                  f"({failure.record['error']}); continuing on {self.group.num_workers} from "
-                                  f"sample {failure.samples_seen} of epoch {progress.epoch + 1}")
+                self._report(failure)
                 geometry = self.plan_geometry(available=self.group.num_workers)
                 continue
             if resize is not None:
@@ -218,6 +215,22 @@ class Controller:
             self.console.chunk_done(num_steps - (steps_left - count), num_steps,
                                     stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1))
         return totals
+
+    def _report(self, failure: WorkerFailure) -> None:
+        self.sink.write(failure.record)
+        self.console.line(f"[red]failure[/]: lost {failure.record['lost_workers']} worker(s) "
+                          f"({failure.record['error']}); continuing on {self.group.num_workers} from "
+                          f"sample {failure.samples_seen} of epoch {self.progress.epoch + 1}")
+
+    def _recovering(self, call: Any, attempts: int = 3) -> Any:
+        """An epoch-boundary call (BN sync, evaluation, probe, state) retried on the re-formed group if a worker
+        is lost during it; nothing of the epoch's training is lost, since every step was already applied."""
+        for _ in range(attempts - 1):
+            try:
+                return call()
+            except WorkerFailure as failure:
+                self._report(failure)
+        return call()
 
     def restart_from_checkpoint(self, why: str) -> None:
         """The fallback when a live re-form is impossible: a new group from the newest checkpoint on disk."""
@@ -245,7 +258,7 @@ class Controller:
     def save_checkpoint(self) -> None:
         from absa_cli import checkpoint  # torch import, only on the driver paths that write checkpoints
 
-        state = {**self.group.state_dict(), "epoch": self.progress.epoch,
+        state = {**self._recovering(self.group.state_dict), "epoch": self.progress.epoch,
                  "samples_seen": self.progress.samples_seen, "updates": self.progress.updates,
                  "best_test_acc": self.progress.best_test_acc, "history": self.progress.history,
                  "policy": self.policy.state_dict(), "preset": self.config.preset}

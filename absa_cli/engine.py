@@ -87,6 +87,11 @@ class Engine:
         self.sample_log = None  # open file: the global sample indices of every applied step (exactly-once audit)
         self._probe_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    def set_context(self, ctx: DistContext) -> None:
+        """Join a (re-formed) group: collectives go through ``ctx`` from now on; the probe shard is re-cut."""
+        self.ctx = ctx
+        self._probe_batches = None
+
     @property
     def num_train_samples(self) -> int:
         return len(self.train_set)

@@ -144,9 +144,9 @@ def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]
     try:
         deadline = time.monotonic() + 120
         metrics = None
-        while time.monotonic() < deadline:  # wait until epoch 1 is recorded (and checkpointed), then kill
+        while time.monotonic() < deadline:  # wait until epoch 1 is recorded and checkpointed, then kill
             metrics = next(tmp_path.glob("runs/*/metrics.jsonl"), None)
-            if metrics and '"kind": "epoch"' in metrics.read_text():
+            if next(tmp_path.glob("runs/*/checkpoints/epoch-0001.pt"), None) and metrics:
                 break
             time.sleep(0.2)
         victims = sorted(int(p.stem.removeprefix("samples-pid")) for p in audit.glob("samples-pid*.jsonl"))

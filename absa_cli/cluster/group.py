@@ -151,15 +151,17 @@ class RayWorkerGroup:
     # ---------------------------------------------------------------------------------------------- work
 
     def _all(self, method: str, *args: Any) -> list[Any]:
-        return ray.get([getattr(actor, method).remote(*args) for actor in self.actors])
+        """Call ``method`` on every worker; a lost worker turns into recovery and ``WorkerFailure``."""
+        futures = [getattr(actor, method).remote(*args) for actor in self.actors]
+        errors = self._wait_all(futures)
+        if errors:
+            raise self._recover(errors)
+        return ray.get(futures)
 
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> Any:
-        futures = [actor.train_chunk.remote(epoch, samples_seen, lrs, geometry, adv_ratio) for actor in self.actors]
-        errors = self._wait_all(futures)
-        if not errors:
-            return ray.get(futures[0])  # every rank returns the same all-reduced statistics
-        raise self._recover(errors)
+        # every rank returns the same all-reduced statistics
+        return self._all("train_chunk", epoch, samples_seen, lrs, geometry, adv_ratio)[0]
 
     def _wait_all(self, futures: list[Any]) -> list[BaseException]:
         """Wait for every rank; once one fails, the others get the collective timeout (plus a margin) to fail too."""
@@ -226,7 +228,11 @@ class RayWorkerGroup:
         return self._all("probe")[0]
 
     def state_dict(self) -> dict:
-        return ray.get(self.actors[0].state_dict.remote())
+        future = self.actors[0].state_dict.remote()
+        errors = self._wait_all([future])
+        if errors:
+            raise self._recover(errors)
+        return ray.get(future)
 
     def hessian(self, options: Any, state: dict) -> dict:
         return self._all("hessian", options, ray.put(state))[0]

@@ -66,8 +66,7 @@ class WorkerActor:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend, init_method=f"tcp://{address}:{port}", rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s))
-        self.engine.ctx = TorchDistContext()
-        self.engine._probe_batches = None  # the probe shard depends on rank and world size
+        self.engine.set_context(TorchDistContext())
         self.generation = generation
         if sample_log_dir and self.engine.sample_log is None:
             path = Path(sample_log_dir) / f"samples-pid{os.getpid()}.jsonl"
