@@ -10,6 +10,7 @@ samples. The all-reduce precedes the optimizer step: a step that fails half-way 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -129,7 +130,7 @@ class Engine:
             self.position = (epoch, position)
             self.chunk_steps_done += 1
             if self.sample_log is not None:
-                self._log_samples(epoch, order.indices[span])
+                self._log_samples(epoch, span.start, order.indices[span])
         self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step
         loss_sum, num_correct, num_samples = totals.tolist()
         return ChunkStats(steps=len(lrs), samples=int(num_samples), loss_sum=loss_sum,
@@ -167,10 +168,13 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         return totals
 
-    def _log_samples(self, epoch: int, indices: torch.Tensor) -> None:
-        """Record the samples this worker consumed in an applied step (its share of the global batch)."""
+    def _log_samples(self, epoch: int, start: int, indices: torch.Tensor) -> None:
+        """Record an applied step: this worker's share and the whole global batch. A peer killed after the
+        all-reduce but before its own write still contributed to the step; the survivors' lines cover it."""
         mine = torch.tensor_split(indices, self.ctx.world_size)[self.ctx.rank]
-        self.sample_log.write(f'{{"epoch": {epoch}, "samples": {mine.tolist()}}}\n')
+        record = {"epoch": epoch, "start": start, "rank": self.ctx.rank, "world_size": self.ctx.world_size,
+                  "samples": mine.tolist(), "batch": indices.tolist()}
+        self.sample_log.write(json.dumps(record) + "\n")
         self.sample_log.flush()
 
     def sync_buffers(self) -> None:
