@@ -34,6 +34,9 @@ class WorkerFailure(Exception):
         self.steps_done = steps_done
 
 
+MAX_RESTARTS = 3  # restarts from a checkpoint per run before giving up (a deterministic failure must not loop)
+
+
 class GroupLost(RuntimeError):
     """The group cannot continue live (every worker lost, or a re-form failed): restart from the last checkpoint."""
 
@@ -105,10 +108,14 @@ class Controller:
     def run_all(self) -> dict[str, Any]:
         started = time.perf_counter()
         self.console.line(f"[bold]policy[/] {self.config.policy.name}: {self.decision.reason}")
+        restarts = 0
         while self.progress.epoch < self.config.epochs:
             try:
                 self.last_record = self.run_epoch()
             except GroupLost as lost:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise RuntimeError(f"the worker group was lost {restarts} times; last: {lost}") from lost
                 self.restart_from_checkpoint(str(lost))
         return {"epochs": self.config.epochs, "updates": self.progress.updates,
                 "final_test_acc": self.last_record["test_acc"] if self.last_record else None,
@@ -170,8 +177,15 @@ class Controller:
         if self.group.num_workers != geometry.num_workers:
             self.console.line(f"[yellow]cluster[/]: asked for {geometry.num_workers} workers, have "
                               f"{self.group.num_workers}; accumulation keeps the global batch exact")
-            geometry = self.plan_geometry(available=self.group.num_workers)
+            geometry, shrink = self._fit_group()
+            resize = shrink or resize
         return geometry, resize
+
+    def _fit_group(self) -> tuple[BatchGeometry, dict[str, Any] | None]:
+        """Re-plan for the workers the group has; the plan may use fewer (a divisor of the global batch), and
+        then the group shrinks to it — never a grow, so it needs no new actors."""
+        geometry = self.plan_geometry(available=self.group.num_workers)
+        return geometry, self.group.resize(geometry.num_workers)
 
     def _train_epoch(self, geometry: BatchGeometry, adv_ratio: float,
                      resize: dict[str, Any] | None) -> _EpochTotals:
@@ -198,7 +212,7 @@ class Controller:
                 progress.samples_seen = failure.samples_seen
                 progress.updates += failure.steps_done
                 self._report(failure)
-                geometry = self.plan_geometry(available=self.group.num_workers)
+                geometry, _ = self._fit_group()
                 continue
             if resize is not None:
                 resize = {**resize, "epoch": progress.epoch + 1, "first_step_s": stats.seconds}

@@ -118,6 +118,7 @@ class Engine:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)  # a step that failed half-way may have left gradients
         self.chunk_steps_done = 0
+        self.position = (epoch, samples_seen)  # so a failure in this chunk's first step reports this epoch
         order = self.epoch_order(epoch)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
         position = samples_seen
@@ -160,8 +161,10 @@ class Engine:
                 totals[0] += loss_sum.detach()
                 totals[1] += (logits.argmax(dim=1) == labels).sum()
                 totals[2] += len(micro)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self.ctx.all_reduce_mean(grads)
+        for param in self.model.parameters():  # a rank with an empty share must still join the same all-reduce
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+        self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None])
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -242,11 +245,22 @@ class Engine:
     # --------------------------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        """Model and optimizer state: world-size independent (every worker holds the same copy)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+        """Model and optimizer state: world-size independent (every worker holds the same copy), on the CPU so
+        that a driver without a GPU can hold it and a checkpoint loads anywhere."""
+        return _to_cpu({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state()})
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value

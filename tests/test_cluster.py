@@ -208,3 +208,21 @@ def test_hessian_sharded_over_two_workers_matches_one_process(cluster, tmp_path)
     for a, b in zip(one["top_eigenvalues"], two["top_eigenvalues"]):
         assert b == pytest.approx(a, rel=1e-4)
     assert two["trace"] == pytest.approx(one["trace"], rel=1e-4)
+
+
+def test_a_failure_in_the_first_step_of_an_epoch_resumes_that_epoch_at_its_start(cluster):
+    """Survivors report the position of the chunk they were asked to run, not the end of the previous epoch."""
+    from absa_cli.cluster.group import RayWorkerGroup
+
+    group = RayWorkerGroup(_config(), 2)
+    try:
+        group.resize(2)
+        geometry = BatchGeometry(64, 2, 32, 1)
+        assert group.train_chunk(0, 0, [0.02] * 4, geometry).samples == 256  # the whole of epoch 0
+        os.kill(ray.get(group.actors[-1].ready.remote())["pid"], signal.SIGKILL)
+        with pytest.raises(WorkerFailure) as info:
+            group.train_chunk(1, 0, [0.02] * 4, geometry)
+        assert (info.value.record["epoch"], info.value.samples_seen, info.value.steps_done) == (2, 0, 0)
+    finally:
+        group.close()
+

@@ -72,14 +72,17 @@ class RayWorkerGroup:
     def _start(self, count: int) -> list[Any]:
         reused, self.spares = self.spares[:count], self.spares[count:]
         actors = reused + self._launch(count - len(reused))
-        ready, pending = ray.wait([actor.ready.remote() for actor in actors], num_returns=count,
-                                  timeout=self.config.cluster.start_timeout_s)
-        if pending:  # the cluster could not place them in time: never wait forever for capacity
+        try:
+            ready, pending = ray.wait([actor.ready.remote() for actor in actors], num_returns=count,
+                                      timeout=self.config.cluster.start_timeout_s)
+            if pending:  # the cluster could not place them in time: never wait forever for capacity
+                raise TimeoutError(f"{len(pending)} of {count} worker(s) could not start within "
+                                   f"cluster.start_timeout_s={self.config.cluster.start_timeout_s}")
+            ray.get(ready)  # surfaces an error raised while a worker was starting
+        except Exception:
             for actor in actors:
                 ray.kill(actor)
-            raise TimeoutError(f"{len(pending)} of {count} worker(s) could not start within "
-                               f"cluster.start_timeout_s={self.config.cluster.start_timeout_s}")
-        ray.get(ready)  # surfaces an error raised while a worker was starting
+            raise
         return actors
 
     def start(self, num_workers: int, state: dict | None = None) -> None:
@@ -101,7 +104,7 @@ class RayWorkerGroup:
         started = time.perf_counter()
         try:
             newcomers = self._start(num_workers - old) if num_workers > old else []
-        except TimeoutError:  # no room for them: keep the current group, accumulation covers the difference
+        except Exception:  # no room for them, or they died starting: keep the group, accumulation covers it
             return None
         for actor in self.actors[num_workers:]:
             self._retire(actor)
@@ -113,7 +116,10 @@ class RayWorkerGroup:
         rendezvous_s = time.perf_counter() - mark
         mark = time.perf_counter()
         if newcomers:
-            ray.get([actor.load_state_dict.remote(state_ref) for actor in newcomers])
+            try:
+                ray.get([actor.load_state_dict.remote(state_ref) for actor in newcomers])
+            except (RayActorError, ray.exceptions.RayTaskError) as exc:
+                raise GroupLost(f"sending the state to new workers failed: {_first_line(exc)}") from exc
         transfer_s = time.perf_counter() - mark
         return {"kind": "resize", "from_workers": old, "to_workers": num_workers, "actor_start_s": actor_start_s,
                 "rendezvous_s": rendezvous_s, "state_transfer_s": transfer_s,
@@ -171,10 +177,8 @@ class RayWorkerGroup:
         while pending:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, pending = ray.wait(pending, num_returns=1, timeout=timeout)
-            if not done:  # survivors stuck past the collective timeout: treat them as lost too
+            if not done:  # survivors stuck past the collective timeout: _recover's position probe finds them
                 errors.append(TimeoutError(f"{len(pending)} worker(s) did not finish after a peer failed"))
-                for future in pending:
-                    ray.cancel(future, force=True)
                 break
             try:
                 ray.get(done[0])
@@ -200,13 +204,16 @@ class RayWorkerGroup:
         old = len(self.actors)
         # The furthest survivor becomes rank 0 and its state is the truth (all agree unless the peer died inside
         # the last all-reduce, after which some ranks may have applied one more step than others).
-        alive.sort(key=lambda item: item[0][1], reverse=True)
+        alive.sort(key=lambda item: item[0][:2], reverse=True)  # (epoch, samples_seen): the furthest first
         (epoch, samples_seen, steps_done), leader = alive[0]
-        behind = [actor for position, actor in alive[1:] if position[1] != samples_seen]
+        behind = [actor for position, actor in alive[1:] if position[:2] != (epoch, samples_seen)]
         for actor in lost:
             ray.kill(actor)
         free = int(ray.available_resources().get(self.resource, 0)) + len(self.spares)
-        replacements = self._start(min(len(lost), free, self.max_workers - len(alive))) if free else []
+        try:
+            replacements = self._start(min(len(lost), free, self.max_workers - len(alive))) if free else []
+        except Exception:  # no replacement now: continue with the survivors
+            replacements = []
         self.actors = [actor for _, actor in alive] + replacements
         self._reform()
         receivers = behind + replacements

@@ -13,6 +13,8 @@ import os
 
 import ray
 
+from absa_cli.errors import UserError
+
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Initialise Ray once per process; returns a one-line description of the cluster."""
@@ -20,7 +22,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         return "ray: already connected"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot connect to the Ray cluster at {address} ({first[:200]}); check --address or "
+                            f"RAY_ADDRESS, or leave both unset to start a local cluster") from None
         where = f"ray: connected to {address}"
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
