@@ -41,6 +41,13 @@ class HessianOptions:
     seed: int = 0
 
 
+def check_options(options: HessianOptions) -> None:
+    """User errors in the options, found before any model, data or worker is built."""
+    if options.method == "power" and options.top_k != 1:
+        raise UserError(f"--method power finds only the top eigenvalue; use --method lanczos for --top-k "
+                        f"{options.top_k}")
+
+
 def rebuild_model(config: RunConfig, state: dict[str, Any]) -> torch.nn.Module:
     from absa_cli.catalog import dataset_spec
 
@@ -74,10 +81,8 @@ def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     """
     started = time.perf_counter()
     operator = HessianOperator(model, F.cross_entropy, batches, ctx, bn_mode=options.bn_mode)
+    check_options(options)
     if options.method == "power":
-        if options.top_k != 1:
-            raise UserError(f"--method power finds only the top eigenvalue; use --method lanczos for --top-k "
-                            f"{options.top_k}")
         eigen = power_iteration(operator, max_iter=options.max_iter, tol=options.tol, seed=options.seed)
     else:
         eigen = lanczos(operator, k=options.top_k, max_iter=max(options.max_iter, options.top_k + 2),

@@ -69,3 +69,9 @@ def test_missing_and_corrupt_checkpoints_exit_2(tmp_path):
     result = runner.invoke(app, ["hessian", str(corrupt)])
     assert result.exit_code == 2 and "cannot be loaded safely" in result.stderr
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_power_with_top_k_is_refused_before_any_work(tmp_path):
+    result = runner.invoke(app, ["hessian", str(tmp_path / "missing.pt"), "--method", "power", "--top-k", "2"])
+    assert result.exit_code == 2 and "use --method lanczos" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -64,6 +64,7 @@ def hessian(
         density=density or plot is not None, per_layer=per_layer, batch_size=batch_size, num_batches=num_batches,
         bn_mode=bn_mode.value, seed=seed)
     with user_errors():
+        hessian_mod.check_options(options)
         state = checkpoint_mod.load(checkpoint)
         if preset is not None:
             config = config_mod.load(preset)
@@ -75,6 +76,7 @@ def hessian(
             config = config_mod.from_yaml(saved.read_text())
         model = hessian_mod.rebuild_model(config, state)  # checks that the weights fit, in one clear line
         if max_gpus > 1:
+            hessian_mod.probe_batches(config, options)  # a missing dataset fails here, in one line
             result = _distributed(config, options, state, max_gpus, address)
         else:
             result = hessian_mod.analyse(model, hessian_mod.probe_batches(config, options), options)
