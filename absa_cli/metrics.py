@@ -30,20 +30,20 @@ class JsonlSink:
         self.path = Path(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, allow_nan=False, default=_jsonable)
+        """A diverged run's NaN or infinite loss is written as null (strict JSON), never a crash of the run."""
+        line = json.dumps(_finite(record), allow_nan=False)
         with self.path.open("a") as handle:
             handle.write(line + "\n")
 
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-
-def _jsonable(value: Any) -> Any:
+def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    raise TypeError(f"not JSON serialisable: {value!r}")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 class Console:

@@ -114,3 +114,14 @@ def test_help_is_fast_and_imports_neither_torch_nor_ray():
     elapsed = time.perf_counter() - started
     assert done.returncode == 0 and "train" in done.stdout
     assert elapsed < 1.0, f"absa --help took {elapsed:.2f} s"
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+    """A diverged run must not crash on its own metrics: NaN/inf become null, and the file stays strict JSON."""
+    from absa_cli.metrics import JsonlSink
+
+    sink = JsonlSink(tmp_path / "metrics.jsonl")
+    sink.write({"kind": "epoch", "train_loss": float("nan"), "nested": {"x": [float("inf"), 1.5]}, "lr": 0.1})
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line) == {"kind": "epoch", "train_loss": None, "nested": {"x": [None, 1.5]}, "lr": 0.1}
+    assert "NaN" not in line and "Infinity" not in line
