@@ -11,12 +11,13 @@ BatchNorm statistics, evaluate, probe the curvature if the policy asked for it, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from absa_cli.config import RunConfig
-from absa_cli.geometry import BatchGeometry
+from absa_cli.geometry import BatchGeometry, steps_in_epoch
 from absa_cli.metrics import Console, JsonlSink
 from absa_cli.policy import Decision, EpochMeasurements, make_policy
 from absa_cli.runs import RunDir
@@ -94,12 +95,10 @@ class Controller:
         available = self.group.capacity() if available is None else available
         geometry = BatchGeometry.plan(self.decision.global_batch_size, self.max_workers,
                                       self.config.batch.per_worker_max, available_workers=available)
-        previous = self.progress.history[-1] if self.progress.history else None
-        current = {"epoch": self.progress.epoch + 1, "global_batch_size": geometry.global_batch_size,
-                   "num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
-                   "grad_accum_steps": geometry.grad_accum_steps}
-        if previous is None or {k: v for k, v in previous.items() if k != "epoch"} != \
-                {k: v for k, v in current.items() if k != "epoch"}:
+        shape = dataclasses.asdict(geometry)  # global batch, workers, per-worker batch, accumulation
+        last = self.progress.history[-1] if self.progress.history else {}
+        if {key: last.get(key) for key in shape} != shape:  # log at the start and on every change
+            current = {"epoch": self.progress.epoch + 1, **shape}
             self.progress.history.append(current)
             self.sink.write({"kind": "geometry", **current})
             self.console.line(f"[bold]geometry[/]: {geometry.describe()}")
@@ -198,11 +197,11 @@ class Controller:
         progress, num_samples = self.progress, self.group.num_train_samples
         totals = _EpochTotals()
         self.console.epoch_started(progress.epoch + 1, self.config.epochs,
-                                   -(-num_samples // geometry.global_batch_size), geometry.describe())
+                                   steps_in_epoch(num_samples, geometry.global_batch_size), geometry.describe())
         while progress.samples_seen < num_samples:
             batch = geometry.global_batch_size
-            num_steps = -(-num_samples // batch)
-            steps_left = -(-(num_samples - progress.samples_seen) // batch)
+            num_steps = steps_in_epoch(num_samples, batch)
+            steps_left = steps_in_epoch(num_samples - progress.samples_seen, batch)
             count = 1 if resize is not None else min(self.config.logging.chunk_steps, steps_left)
             lrs = [self.policy.lr(progress.epoch + (progress.samples_seen + i * batch) / num_samples,
                                   progress.updates + i) for i in range(count)]

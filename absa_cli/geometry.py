@@ -62,6 +62,11 @@ class BatchGeometry:
                 f"{self.per_worker_batch_size} per worker × {self.grad_accum_steps} accumulation step(s)")
 
 
+def steps_in_epoch(num_samples: int, global_batch_size: int) -> int:
+    """Optimizer steps in an epoch: every sample once, the last batch short when the size does not divide."""
+    return -(-num_samples // global_batch_size)
+
+
 def scale_lr(lr: float, ref_batch_size: int, global_batch_size: int, rule: str) -> float:
     """``lr`` is stated at ``ref_batch_size``; return it at ``global_batch_size`` under ``rule``."""
     ratio = global_batch_size / ref_batch_size

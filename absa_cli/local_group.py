@@ -44,9 +44,6 @@ class LocalGroup:
     def state_dict(self) -> dict:
         return self.engine.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
-        self.engine.load_state_dict(state)
-
     def restart(self, num_workers: int, state: dict) -> None:
         self.engine.load_state_dict(state)
 

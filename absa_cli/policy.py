@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from absa_cli.config import OptimConfig, RunConfig
-from absa_cli.geometry import scale_lr
+from absa_cli.geometry import scale_lr, steps_in_epoch
 from absa_cli.schedule import lr_at
 
 GOYAL_WARMUP_EPOCHS = 5.0  # fixed-large when optim.warmup_epochs is 0: Goyal et al. warm up over 5 epochs
@@ -341,11 +341,6 @@ def _scale_ratio(optim: OptimConfig, old_batch: int, new_batch: int) -> float:
 
 # ---------------------------------------------------------------------------------------------- replay
 
-def steps_per_epoch(num_train_samples: int, global_batch_size: int) -> int:
-    """Optimizer steps in one epoch: the last step takes the remainder (the controller's rule)."""
-    return -(-num_train_samples // global_batch_size)
-
-
 def trajectory(config: RunConfig, eigenvalues: list[float | None],
                num_train_samples: int | None = None) -> list[Decision]:
     """Replay a scripted run: ``[initial(), decision after epoch 1, ...]`` (one more than ``eigenvalues``).
@@ -360,7 +355,7 @@ def trajectory(config: RunConfig, eigenvalues: list[float | None],
     for epoch, eig in enumerate(eigenvalues, start=1):
         previous = decisions[-1]
         if num_train_samples is not None:
-            updates += steps_per_epoch(num_train_samples, previous.global_batch_size)
+            updates += steps_in_epoch(num_train_samples, previous.global_batch_size)
         m = EpochMeasurements(epoch, config.epochs, eig if previous.probe_next else None,
                               updates if num_train_samples is not None else None)
         decisions.append(policy.observe(m))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from absa_cli.data.order import EpochOrder, derive_seed, steps_in_epoch
+from absa_cli.data.order import EpochOrder, derive_seed
 from absa_cli.engine import Engine
-from absa_cli.geometry import BatchGeometry
+from absa_cli.geometry import BatchGeometry, steps_in_epoch
 
 
 def test_epoch_order_is_a_seeded_permutation():

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from absa_cli import config as config_mod
+from absa_cli.geometry import steps_in_epoch
 from absa_cli.policy import (Decision, EpochMeasurements, adv_stop_epoch, make_policy, schedule_bounds,
-                             steps_per_epoch, trajectory)
+                             trajectory)
 
 
 def make_config(policy: dict | None = None, optim: dict | None = None, epochs: int = 90,
@@ -274,7 +275,7 @@ def test_trajectory_counts_updates_for_the_ramp():
     config = make_config({"name": "abs", "lr_ramp_steps": 4})
     decisions = trajectory(config, [8.0, 4.0], num_train_samples=1000)  # would raise without update counts
     assert batches(decisions) == [128, 128, 256]
-    assert steps_per_epoch(1000, 128) == 8  # the last step takes the remaining 104 samples
+    assert steps_in_epoch(1000, 128) == 8  # the last step takes the remaining 104 samples
 
 
 # --------------------------------------------------------------------------------------------- state

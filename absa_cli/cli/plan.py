@@ -43,12 +43,13 @@ def plan(
 
 def build_plan(config, max_workers: int) -> dict[str, Any]:
     from absa_cli import catalog
-    from absa_cli.policy import schedule_bounds, steps_per_epoch
+    from absa_cli.geometry import steps_in_epoch
+    from absa_cli.policy import schedule_bounds
 
     spec = catalog.dataset_spec(config.data.name)
     num_samples = config.data.train_size or spec.num_train
     bounds = schedule_bounds(config)
-    base_updates = config.epochs * steps_per_epoch(num_samples, config.batch.global_batch_size)
+    base_updates = config.epochs * steps_in_epoch(num_samples, config.batch.global_batch_size)
     cases = {"fastest": _phases(config, bounds.fastest, num_samples, max_workers),
              "slowest": _phases(config, bounds.slowest, num_samples, max_workers)}
     return {
@@ -61,21 +62,20 @@ def build_plan(config, max_workers: int) -> dict[str, Any]:
 
 
 def _phases(config, batches: list[int], num_samples: int, max_workers: int) -> list[dict[str, Any]]:
-    from absa_cli.geometry import BatchGeometry
-    from absa_cli.policy import steps_per_epoch
+    from absa_cli.geometry import BatchGeometry, steps_in_epoch
     from absa_cli.schedule import lr_at
 
     phases: list[dict[str, Any]] = []
     for epoch, batch in enumerate(batches, start=1):
         if phases and phases[-1]["global_batch_size"] == batch:
             phases[-1]["last_epoch"] = epoch
-            phases[-1]["updates"] += steps_per_epoch(num_samples, batch)
+            phases[-1]["updates"] += steps_in_epoch(num_samples, batch)
             continue
         geometry = BatchGeometry.plan(batch, max_workers, config.batch.per_worker_max)
         phases.append({"first_epoch": epoch, "last_epoch": epoch, "global_batch_size": batch,
                        "num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
                        "grad_accum_steps": geometry.grad_accum_steps,
-                       "lr": lr_at(config.optim, batch, epoch - 1), "updates": steps_per_epoch(num_samples, batch)})
+                       "lr": lr_at(config.optim, batch, epoch - 1), "updates": steps_in_epoch(num_samples, batch)})
     return phases
 
 

@@ -94,9 +94,6 @@ class WorkerActor:
     def load_state_dict(self, state: dict) -> None:
         self.engine.load_state_dict(state)
 
-    def set_position(self, epoch: int, samples_seen: int) -> None:
-        self.engine.position = (epoch, samples_seen)
-
     def num_train_samples(self) -> int:
         return self.engine.num_train_samples
 

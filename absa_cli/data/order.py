@@ -41,15 +41,6 @@ class EpochOrder:
         return slice(start, min(start + size, len(self.indices)))
 
 
-def steps_in_epoch(num_samples: int, global_batch_size: int) -> int:
-    """Optimizer steps in an epoch: every sample once, the last batch short when the size does not divide."""
-    return -(-num_samples // global_batch_size)
-
-
-def steps_remaining(num_samples: int, samples_seen: int, global_batch_size: int) -> int:
-    return steps_in_epoch(num_samples - samples_seen, global_batch_size)
-
-
 def probe_indices(num_samples: int, batch_size: int, num_batches: int, seed: int) -> list[torch.Tensor]:
     """The fixed curvature-probe set: ``num_batches`` batches of training-set indices drawn once from ``seed``.
 
