@@ -1,37 +1,65 @@
-"""TrainState files: atomic writes, safe loads (layer 1).
+"""TrainState files: atomic writes, a sha256 manifest, safe loads (layer 1).
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)``: a file carrying a pickled object that would run code is refused.
 Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the target, so a crash leaves
 either the old file or the new one, never half of one.
+
+``CheckpointStore`` keeps a run's ``checkpoints/`` folder: ``manifest.json`` lists every checkpoint in the order
+written, with its size and sha256, so a truncated or corrupted file is caught before ``torch.load`` sees it, and
+the newest *good* checkpoint is the one a resume or a restart uses.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Callable
 
 from absa_cli.errors import UserError
 
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, corrupted or not an absa checkpoint."""
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
+class _HashingWriter:
+    """A file wrapper that hashes what torch.save writes, so the sha256 costs no second read."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def save(path: Path, state: dict[str, Any]) -> tuple[str, int]:
+    """Write ``state`` atomically; returns the file's (sha256, size in bytes)."""
+    import torch  # here, not at module level: reading a manifest (`absa runs show`) needs no torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            writer = _HashingWriter(handle)
+            torch.save(payload, writer)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -39,13 +67,26 @@ def save(path: Path, state: dict[str, Any]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    return writer.sha256.hexdigest(), writer.size
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Load safely on the CPU; ``CheckpointError`` (one line) for anything that is not a good checkpoint."""
+    """Load safely on the CPU; ``CheckpointError`` (one line) for anything that is not a good checkpoint.
+
+    If the folder has a manifest that lists the file, its size and sha256 are checked first.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file from a run's checkpoints/ folder")
+    entry = CheckpointStore(path.parent).entry(path.name)
+    if entry is not None:
+        verify(path, entry)
+    return _load_unverified(path)
+
+
+def _load_unverified(path: Path) -> dict[str, Any]:
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -55,6 +96,104 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not an absa checkpoint (format {FORMAT_VERSION})")
     return state
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest line: where training stood when the file was written, and what the file must hash to."""
+
+    file: str
+    sha256: str
+    bytes: int
+    epoch: int  # epochs completed
+    samples_seen: int  # position inside the next epoch (0 at an epoch boundary)
+    updates: int
+    written_at: str
+
+
+def verify(path: Path, entry: Entry) -> None:
+    """Size, then sha256: a truncated file and a corrupted one each get their own one-line reason."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.name} is missing")
+    size = path.stat().st_size
+    if size != entry.bytes:
+        raise CheckpointError(f"checkpoint {path.name} is truncated ({size} of {entry.bytes} bytes)")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry.sha256:
+        raise CheckpointError(f"checkpoint {path.name} is corrupted (sha256 differs from {MANIFEST})")
+
+
+class CheckpointStore:
+    """A run's ``checkpoints/`` folder and its manifest (oldest entry first)."""
+
+    def __init__(self, directory: Path, keep_last: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    def entries(self) -> list[Entry]:
+        if not self.manifest_path.is_file():
+            return []
+        try:
+            data = json.loads(self.manifest_path.read_text())
+            return [Entry(**item) for item in data["checkpoints"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{self.manifest_path} is damaged ({type(exc).__name__}: {exc}); "
+                                  f"move it aside to load checkpoints without verification") from None
+
+    def entry(self, name: str) -> Entry | None:
+        return next((e for e in self.entries() if e.file == name), None) if self.manifest_path.is_file() else None
+
+    def save(self, name: str, state: dict[str, Any]) -> Entry:
+        """Write the file, then the manifest (a crash in between leaves an unlisted file, never a bad entry);
+        then drop the oldest beyond ``keep_last``."""
+        sha256, size = save(self.directory / name, state)
+        entry = Entry(file=name, sha256=sha256, bytes=size, epoch=int(state["epoch"]),
+                      samples_seen=int(state["samples_seen"]), updates=int(state["updates"]),
+                      written_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        entries = [e for e in self.entries() if e.file != name] + [entry]
+        kept, dropped = entries[-self.keep_last:], entries[:-self.keep_last]
+        self._write_manifest(kept)
+        for old in dropped:
+            (self.directory / old.file).unlink(missing_ok=True)
+        return entry
+
+    def latest(self, report: Callable[[str], None]) -> tuple[Entry, dict[str, Any]] | None:
+        """The newest checkpoint that verifies and loads; each bad one is reported in one line and skipped.
+
+        None when no checkpoint was ever written; ``CheckpointError`` when some were but none is usable.
+        """
+        entries = self.entries()
+        problems = []
+        for entry in reversed(entries):
+            try:
+                verify(self.directory / entry.file, entry)
+                return entry, _load_unverified(self.directory / entry.file)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                older = "falling back to the previous one" if entry is not entries[0] else "no older checkpoint"
+                report(f"{exc}; {older}")
+        if problems:
+            raise CheckpointError(f"no usable checkpoint in {self.directory} ({len(problems)} checked; newest: "
+                                  f"{problems[0]})")
+        return None
+
+    def _write_manifest(self, entries: list[Entry]) -> None:
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        with tmp.open("w") as handle:
+            json.dump({"format_version": FORMAT_VERSION, "checkpoints": [asdict(e) for e in entries]}, handle,
+                      indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.manifest_path)
+        _fsync_dir(self.directory)
 
 
 def _fsync_dir(directory: Path) -> None:

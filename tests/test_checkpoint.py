@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pytest
@@ -71,3 +73,74 @@ def test_broken_checkpoints_give_one_clear_line(tmp_path, damage):
     with pytest.raises(CheckpointError) as info:
         checkpoint.load(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def _store_state(epoch: int, samples_seen: int = 0):
+    return {**_state(), "epoch": epoch, "samples_seen": samples_seen, "updates": 10 * epoch + samples_seen}
+
+
+def test_store_keeps_the_last_n_with_a_sha256_manifest(tmp_path):
+    store = checkpoint.CheckpointStore(tmp_path, keep_last=2)
+    for epoch in (1, 2, 3):
+        store.save(f"epoch-{epoch:04d}.pt", _store_state(epoch))
+    assert [e.file for e in store.entries()] == ["epoch-0002.pt", "epoch-0003.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002.pt", "epoch-0003.pt", "manifest.json"]
+    for entry in store.entries():
+        data = (tmp_path / entry.file).read_bytes()
+        assert entry.sha256 == hashlib.sha256(data).hexdigest() and entry.bytes == len(data)
+    entry, state = store.latest(report=pytest.fail)
+    assert entry.file == "epoch-0003.pt" and state["epoch"] == 3
+
+
+def _damage(path, how: str) -> None:
+    if how == "corrupted":  # same size, one byte flipped in the middle: only the sha256 can tell
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["corrupted", "truncated", "missing"])
+def test_a_damaged_newest_checkpoint_is_reported_in_one_line_and_the_previous_one_used(tmp_path, how):
+    store = checkpoint.CheckpointStore(tmp_path, keep_last=3)
+    for epoch in (1, 2):
+        store.save(f"epoch-{epoch:04d}.pt", _store_state(epoch))
+    _damage(tmp_path / "epoch-0002.pt", how)
+    lines = []
+    entry, state = store.latest(report=lines.append)
+    assert entry.file == "epoch-0001.pt" and state["epoch"] == 1
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert f"epoch-0002.pt is {how}" in lines[0] and "falling back to the previous one" in lines[0]
+    if how != "missing":  # loading the damaged file directly is refused too, with the same reason
+        with pytest.raises(CheckpointError, match=how):
+            checkpoint.load(tmp_path / "epoch-0002.pt")
+
+
+def test_no_usable_checkpoint_is_an_error_and_none_written_is_none(tmp_path):
+    store = checkpoint.CheckpointStore(tmp_path)
+    assert store.latest(report=pytest.fail) is None
+    store.save("epoch-0001.pt", _store_state(1))
+    _damage(tmp_path / "epoch-0001.pt", "truncated")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        store.latest(report=lambda line: None)
+
+
+def test_a_listed_checkpoint_carrying_code_is_refused_and_the_code_does_not_run(tmp_path):
+    """Even with a matching sha256 (an attacker can rewrite the manifest), the payload never runs."""
+    store = checkpoint.CheckpointStore(tmp_path)
+    store.save("epoch-0001.pt", _store_state(1))
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "epoch-0002.pt"
+    torch.save({"format_version": 1, "model": {}, "payload": _Exploit(str(marker))}, evil, pickle_protocol=2)
+    data = evil.read_bytes()
+    manifest = json.loads(store.manifest_path.read_text())
+    manifest["checkpoints"].append({**manifest["checkpoints"][0], "file": evil.name, "bytes": len(data),
+                                    "sha256": hashlib.sha256(data).hexdigest(), "epoch": 2})
+    store.manifest_path.write_text(json.dumps(manifest))
+    lines = []
+    entry, _ = store.latest(report=lines.append)
+    assert entry.file == "epoch-0001.pt"
+    assert "cannot be loaded safely" in lines[0] and not marker.exists()
