@@ -1,0 +1,130 @@
+"""One driver per run: a lock file with host, pid and a heartbeat (layer 0: stdlib only).
+
+``runs/<id>/lock.json`` is created with O_EXCL, so two drivers cannot both create it. A lock is *stale* when its
+driver is gone: on this host, the pid no longer runs (or now belongs to another process, told apart by its start
+time); on another host, the heartbeat is older than ``STALE_AFTER_S``. A stale lock is taken over; a live one is
+refused with one line naming the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from absa_cli.errors import UserError
+
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 60.0
+
+
+class RunLocked(UserError):
+    """Another live driver holds the run."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (Linux), None when it does not run or is a zombie."""
+    if not Path("/proc/self/stat").exists():  # not Linux: whether the pid runs is all we can tell
+        return "?" if _pid_runs(pid) else None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(holder: dict[str, Any]) -> str:
+    age = time.time() - float(holder.get("heartbeat", 0))
+    return f"pid {holder.get('pid')} on {holder.get('host')} (heartbeat {age:.0f} s ago)"
+
+
+def is_stale(holder: dict[str, Any], now: float | None = None) -> bool:
+    if holder.get("host") == socket.gethostname():
+        start = _process_start(int(holder.get("pid", -1)))
+        return start is None or start != holder.get("pid_start", start)
+    return (now or time.time()) - float(holder.get("heartbeat", 0)) > STALE_AFTER_S
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a driver killed while writing its first heartbeat: an empty or partial file
+        return {"host": None, "pid": -1, "heartbeat": 0}
+
+
+class RunLock:
+    """Held from ``acquire`` to ``release``; a daemon thread refreshes the heartbeat meanwhile."""
+
+    def __init__(self, path: Path, run_id: str) -> None:
+        self.path = Path(path)
+        self.run_id = run_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
+
+    def acquire(self) -> "RunLock":
+        for _ in range(3):  # lose a takeover race at most twice before giving up
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = read(self.path)
+                if holder is None:
+                    continue  # released meanwhile
+                if not is_stale(holder):
+                    raise RunLocked(f"run {self.run_id} is being driven by {describe(holder)}; stop that driver "
+                                    f"first (Ctrl-C), or wait for it to finish")
+                self._take_over(holder)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump({**self._me, "heartbeat": time.time()}, handle)
+            self._thread = threading.Thread(target=self._beat, name="absa-run-lock", daemon=True)
+            self._thread.start()
+            return self
+        raise RunLocked(f"run {self.run_id}: another driver took its stale lock at the same time; try again")
+
+    def _take_over(self, holder: dict[str, Any]) -> None:
+        """Rename the stale lock aside; of two drivers racing, only one rename succeeds."""
+        try:
+            os.replace(self.path, self.path.with_name(f"lock.stale-{os.getpid()}.json"))
+        except FileNotFoundError:
+            return
+        self.path.with_name(f"lock.stale-{os.getpid()}.json").unlink(missing_ok=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            holder = read(self.path)
+            if holder is None or holder.get("pid") != self._me["pid"] or holder.get("host") != self._me["host"]:
+                return  # taken over (we looked dead from another host): never overwrite the new holder
+            tmp = self.path.with_name(f".lock.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**self._me, "heartbeat": time.time()}))
+            os.replace(tmp, self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        holder = read(self.path)
+        if holder is not None and holder.get("pid") == self._me["pid"] and holder.get("host") == self._me["host"]:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
