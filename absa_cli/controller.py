@@ -1,17 +1,22 @@
 """The epoch loop: the one place that acts (driver side).
 
-The controller talks to a worker *group* through a narrow interface (``train_chunk``, ``sync_buffers``,
-``evaluate``, ``probe``, ``state_dict``), so the in-process ``LocalGroup`` and the Ray worker group run the same
-loop. It imports neither torch nor ray at module load (checkpoint writing imports torch lazily).
+The controller talks to a worker *group* through a narrow interface (``train_chunk``, ``evaluate``, ``probe``,
+``state_dict``, ``restart``), so the in-process ``LocalGroup`` and the Ray worker group run the same loop. It
+imports neither torch nor ray at module load (checkpoint writing imports torch lazily).
 
-Each epoch: plan the geometry for the policy's global batch, run chunks of steps (progress after each), average
-BatchNorm statistics, evaluate, probe the curvature if the policy asked for it, hand the measurements to the policy
-(its decision applies from the next epoch), write the epoch record, checkpoint.
+Each epoch: plan the geometry for the policy's global batch, run chunks of steps (progress after each), evaluate,
+probe the curvature if the policy asked for it, hand the measurements to the policy (its decision applies from the
+next epoch), write the epoch record, checkpoint.
+
+Everything that decides what happens next lives in ``Progress`` and the policy state, and both go into every
+checkpoint with the model, so ``resume`` continues from any checkpoint — at an epoch boundary or mid-epoch after a
+stop request — exactly as if the run had never stopped, on any number of workers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,7 +25,7 @@ from absa_cli.config import RunConfig
 from absa_cli.geometry import BatchGeometry, steps_in_epoch
 from absa_cli.metrics import Console, JsonlSink
 from absa_cli.policy import Decision, EpochMeasurements, make_policy
-from absa_cli.runs import RunDir
+from absa_cli.runs import RunDir, checkpoint_name
 
 
 class WorkerFailure(Exception):
@@ -42,6 +47,15 @@ class GroupLost(RuntimeError):
     """The group cannot continue live (every worker lost, or a re-form failed): restart from the last checkpoint."""
 
 
+class StopRequested(Exception):
+    """SIGINT or SIGTERM: the step in progress finished, a checkpoint was written, the run stops resumable."""
+
+    def __init__(self, signum: int, checkpoint: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at {checkpoint}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
 class WorkerGroup(Protocol):
     num_workers: int
     num_train_samples: int
@@ -50,11 +64,22 @@ class WorkerGroup(Protocol):
     def resize(self, num_workers: int) -> dict[str, Any] | None: ...
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> Any: ...
-    def sync_buffers(self) -> None: ...
     def evaluate(self) -> Any: ...
     def probe(self) -> Any: ...
     def state_dict(self) -> dict: ...
+    def restart(self, num_workers: int, state: dict) -> None: ...
+    def request_stop(self) -> None: ...
     def close(self) -> None: ...
+
+
+@dataclass
+class EpochTotals:
+    """The epoch in progress so far (mid-epoch checkpoints carry it, so a resumed epoch's record is whole)."""
+
+    loss_sum: float = 0.0
+    num_correct: int = 0
+    samples: int = 0
+    lr: float = 0.0
 
 
 @dataclass
@@ -66,14 +91,17 @@ class Progress:
     updates: int = 0  # optimizer steps so far
     best_test_acc: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)  # geometry changes
+    resizes: list[dict[str, Any]] = field(default_factory=list)  # live resizes and failures, as recorded
+    totals: EpochTotals = field(default_factory=EpochTotals)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-@dataclass
-class _EpochTotals:
-    loss_sum: float = 0.0
-    num_correct: int = 0
-    samples: int = 0
-    lr: float = 0.0
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Progress":
+        return cls(epoch=int(data["epoch"]), samples_seen=int(data["samples_seen"]), updates=int(data["updates"]),
+                   best_test_acc=float(data["best_test_acc"]), history=list(data["history"]),
+                   resizes=list(data.get("resizes", [])), totals=EpochTotals(**data.get("totals", {})))
 
 
 class Controller:
@@ -89,6 +117,20 @@ class Controller:
         self.policy = make_policy(config)
         self.decision: Decision = self.policy.initial()
         self.last_record: dict[str, Any] | None = None
+        self.stop_signal: int | None = None
+        self._saved_at: int | None = None  # `updates` at the last checkpoint this controller wrote
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def request_stop(self, signum: int) -> None:
+        """Called from a signal handler: flags only; the loop stops after the step in progress."""
+        self.stop_signal = signum
+        self.group.request_stop()
+
+    def _check_stop(self) -> None:
+        if self.stop_signal is not None:
+            raise StopRequested(self.stop_signal, self.save_checkpoint())
 
     def plan_geometry(self, available: int | None = None) -> BatchGeometry:
         """The geometry for the policy's batch on the workers available (the group's capacity by default)."""
@@ -110,6 +152,7 @@ class Controller:
         restarts = 0
         while self.progress.epoch < self.config.epochs:
             try:
+                self._check_stop()
                 self.last_record = self.run_epoch()
             except GroupLost as lost:
                 restarts += 1
@@ -128,7 +171,6 @@ class Controller:
         geometry, resize = self._resize_for(self.plan_geometry())
         self._prepare_next_growth()
         totals = self._train_epoch(geometry, decision.adv_ratio, resize)
-        self._recovering(self.group.sync_buffers)
         evaluation = self._recovering(self.group.evaluate)
         probe = self._recovering(self.group.probe) if decision.probe_next else None
         self.decision = self.policy.observe(EpochMeasurements(
@@ -153,12 +195,14 @@ class Controller:
         progress.best_test_acc = max(progress.best_test_acc, evaluation.accuracy)
         progress.epoch += 1
         progress.samples_seen = 0
+        progress.totals = EpochTotals()
         self.sink.write(record)
         self.console.epoch_done(record)
         if progress.epoch % config.checkpoint.every_epochs == 0 or progress.epoch == config.epochs:
             self.save_checkpoint()
-        self.run.write_info(last_epoch=progress.epoch, updates=progress.updates,
-                            best_test_acc=progress.best_test_acc)
+        self.run.write_info(last_epoch=progress.epoch, updates=progress.updates, best_test_acc=progress.best_test_acc,
+                            test_acc=evaluation.accuracy, global_batch_size=geometry.global_batch_size,
+                            num_workers=geometry.num_workers)
         return record
 
     def _prepare_next_growth(self) -> None:
@@ -187,7 +231,7 @@ class Controller:
         return geometry, self.group.resize(geometry.num_workers)
 
     def _train_epoch(self, geometry: BatchGeometry, adv_ratio: float,
-                     resize: dict[str, Any] | None) -> _EpochTotals:
+                     resize: dict[str, Any] | None) -> EpochTotals:
         """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the end of the epoch.
 
         After a resize the first chunk is a single step, timed into the resize record (``first_step_s``). A lost
@@ -195,7 +239,7 @@ class Controller:
         the exact sample where the last applied step stopped.
         """
         progress, num_samples = self.progress, self.group.num_train_samples
-        totals = _EpochTotals()
+        totals = progress.totals  # not empty when resumed mid-epoch
         self.console.epoch_started(progress.epoch + 1, self.config.epochs,
                                    steps_in_epoch(num_samples, geometry.global_batch_size), geometry.describe())
         while progress.samples_seen < num_samples:
@@ -212,9 +256,11 @@ class Controller:
                 progress.updates += failure.steps_done
                 self._report(failure)
                 geometry, _ = self._fit_group()
+                self._check_stop()
                 continue
             if resize is not None:
                 resize = {**resize, "epoch": progress.epoch + 1, "first_step_s": stats.seconds}
+                progress.resizes.append(resize)
                 self.sink.write(resize)
                 self.console.line(f"[bold]resize[/]: {resize['from_workers']} → {resize['to_workers']} workers "
                                   f"live in {resize['resize_s']:.2f} s (first step {stats.seconds:.2f} s)")
@@ -224,12 +270,15 @@ class Controller:
             totals.loss_sum += stats.loss_sum
             totals.num_correct += stats.num_correct
             totals.samples += stats.samples
-            totals.lr = lrs[-1]
-            self.console.chunk_done(num_steps - (steps_left - count), num_steps,
+            totals.lr = lrs[stats.steps - 1]  # a stop request may have cut the chunk short
+            self.console.chunk_done(num_steps - (steps_left - stats.steps), num_steps,
                                     stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1))
+            if progress.samples_seen < num_samples:  # a stop at the epoch's end finishes the epoch first
+                self._check_stop()
         return totals
 
     def _report(self, failure: WorkerFailure) -> None:
+        self.progress.resizes.append(failure.record)
         self.sink.write(failure.record)
         self.console.line(f"[red]failure[/]: lost {failure.record['lost_workers']} worker(s) "
                           f"({failure.record['error']}); continuing on {self.group.num_workers} from "
@@ -246,35 +295,62 @@ class Controller:
         return call()
 
     def restart_from_checkpoint(self, why: str) -> None:
-        """The fallback when a live re-form is impossible: a new group from the newest checkpoint on disk."""
-        from absa_cli import checkpoint  # torch import, only on this rare path
-
-        saved = self.run.checkpoints()
-        if not saved:
+        """The fallback when a live re-form is impossible: a new group from the newest good checkpoint."""
+        source = self._restore_latest()
+        if source is None:
             raise RuntimeError(f"the worker group was lost ({why}) before any checkpoint was written")
-        state = checkpoint.load(saved[-1])
-        self.progress = Progress(epoch=state["epoch"], samples_seen=state["samples_seen"], updates=state["updates"],
-                                 best_test_acc=state["best_test_acc"], history=list(state["history"]))
+        record = {"kind": "restart", "epoch": self.progress.epoch + 1, "samples_seen": self.progress.samples_seen,
+                  "checkpoint": source, "num_workers": self.group.num_workers, "reason": why}
+        self.sink.write(record)
+        self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
+                          f"{self.group.num_workers} worker(s) from {source}")
+
+    def resume(self) -> str | None:
+        """Continue the run from its newest good checkpoint (None: none was written, so from the start)."""
+        source = self._restore_latest()
+        if source is None:
+            moved = self.run.rewind_metrics(0)
+            self.console.line(f"[yellow]resume[/]: no checkpoint was written yet; starting over from epoch 1"
+                              + (f" ({moved} records moved to {self.run.superseded_path.name})" if moved else ""))
+        self.sink.write({"kind": "resume", "epoch": self.progress.epoch + 1,
+                         "samples_seen": self.progress.samples_seen, "checkpoint": source,
+                         "max_workers": self.max_workers})
+        return source
+
+    def _restore_latest(self) -> str | None:
+        """Load the newest checkpoint that verifies, into the controller and a fresh group; its file name."""
+        from absa_cli.checkpoint import CheckpointStore  # torch import, only on these rare paths
+
+        store = CheckpointStore(self.run.checkpoints_dir, self.config.checkpoint.keep_last)
+        found = store.latest(report=lambda problem: self.console.line(f"[red]checkpoint[/]: {problem}"))
+        if found is None:
+            return None
+        entry, state = found
+        self.progress = Progress.from_dict(state["progress"])
+        self._saved_at = self.progress.updates
         self.policy.load_state_dict(state["policy"])
         restored = self.policy.state
         self.decision = Decision(global_batch_size=restored.global_batch_size, adv_ratio=restored.adv_ratio,
-                                 probe_next=restored.probe_next, grew=False,
-                                 reason=f"restored from {saved[-1].name}")
+                                 probe_next=restored.probe_next, grew=False, reason=f"restored from {entry.file}")
+        moved = self.run.rewind_metrics(int(state["metrics_bytes"]))
+        if moved:
+            self.console.line(f"[yellow]resume[/]: {moved} record(s) written after {entry.file} moved to "
+                              f"{self.run.superseded_path.name}")
         geometry = self.plan_geometry()
         self.group.restart(geometry.num_workers, state)
-        record = {"kind": "restart", "epoch": self.progress.epoch + 1, "checkpoint": saved[-1].name,
-                  "num_workers": self.group.num_workers, "reason": why}
-        self.sink.write(record)
-        self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
-                          f"{self.group.num_workers} worker(s) from {saved[-1].name}")
+        return entry.file
 
-    def save_checkpoint(self) -> None:
-        from absa_cli import checkpoint  # torch import, only on the driver paths that write checkpoints
+    def save_checkpoint(self) -> str:
+        """Checkpoint where training stands (an epoch boundary, or mid-epoch on a stop request); its file name."""
+        from absa_cli.checkpoint import CheckpointStore  # torch import, only on the driver paths that write them
 
+        name = checkpoint_name(self.progress.epoch, self.progress.samples_seen)
+        if self._saved_at == self.progress.updates:
+            return name  # e.g. a stop requested right after the boundary checkpoint
         state = {**self._recovering(self.group.state_dict), "epoch": self.progress.epoch,
                  "samples_seen": self.progress.samples_seen, "updates": self.progress.updates,
-                 "best_test_acc": self.progress.best_test_acc, "history": self.progress.history,
-                 "policy": self.policy.state_dict(), "preset": self.config.preset}
-        checkpoint.save(self.run.checkpoint_path(self.progress.epoch), state)
-        for old in self.run.checkpoints()[:-self.config.checkpoint.keep_last]:
-            old.unlink()
+                 "progress": self.progress.to_dict(), "policy": self.policy.state_dict(),
+                 "metrics_bytes": self.run.metrics_size(), "preset": self.config.preset}
+        CheckpointStore(self.run.checkpoints_dir, self.config.checkpoint.keep_last).save(name, state)
+        self._saved_at = self.progress.updates
+        return name

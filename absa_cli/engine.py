@@ -6,6 +6,15 @@ back-propagates ``sum(loss) × W / n`` for each, where n is the global batch's r
 be short). After ``DistContext.all_reduce_mean`` every worker holds the gradient of the mean loss over the whole
 global batch, so W workers × b and 1 worker × W accumulation steps × b are the same computation on the same
 samples. The all-reduce precedes the optimizer step: a step that fails half-way was never applied.
+
+BatchNorm running statistics follow the same rule, so they too are independent of the worker count: each
+micro-batch's update starts from the step's starting statistics, the updated values are averaged over every
+micro-batch of the global batch (in the same all-reduce as the gradients), and the step moves the statistics once.
+With one worker and no accumulation that is exactly PyTorch's own update. Every worker therefore holds the same
+statistics after every step, and a checkpoint taken mid-epoch is the same whoever wrote it.
+
+A stop request (the driver got SIGINT/SIGTERM) rides in that all-reduce too: every rank learns of it after the same
+step and stops there, so a graceful stop never leaves ranks one step apart.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from absa_cli.adversarial import mix_adversarial, robust_accuracy
 from absa_cli.config import ProbeConfig, RunConfig
@@ -87,6 +97,9 @@ class Engine:
         self.chunk_steps_done = 0
         self.sample_log = None  # open file: the global sample indices of every applied step (exactly-once audit)
         self._probe_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._norms = [m for m in self.model.modules()
+                       if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None]
+        self.stop_requested = False  # set from another thread (the actor's control lane) or a signal handler
 
     def set_context(self, ctx: DistContext) -> None:
         """Join a (re-formed) group: collectives go through ``ctx`` from now on; the probe shard is re-cut."""
@@ -126,27 +139,33 @@ class Engine:
             span = order.positions(position, geometry.global_batch_size)
             if span.start >= span.stop:
                 raise ValueError(f"epoch {epoch} has no samples left at position {position}")
-            totals += self._step(order.indices[span], order.aug_seeds[span], lr, geometry, adv_ratio)
+            step_totals, stop = self._step(order.indices[span], order.aug_seeds[span], lr, geometry, adv_ratio)
+            totals += step_totals
             position = span.stop
             self.position = (epoch, position)
             self.chunk_steps_done += 1
             if self.sample_log is not None:
                 self._log_samples(epoch, span.start, order.indices[span])
+            if stop:  # agreed by every rank in the step's all-reduce: all stop after this same step
+                break
         self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step
         loss_sum, num_correct, num_samples = totals.tolist()
-        return ChunkStats(steps=len(lrs), samples=int(num_samples), loss_sum=loss_sum,
+        return ChunkStats(steps=self.chunk_steps_done, samples=int(num_samples), loss_sum=loss_sum,
                           num_correct=int(num_correct), seconds=time.perf_counter() - started)
 
     def _step(self, indices: torch.Tensor, aug_seeds: torch.Tensor, lr: float,
-              geometry: BatchGeometry, adv_ratio: float) -> torch.Tensor:
+              geometry: BatchGeometry, adv_ratio: float) -> tuple[torch.Tensor, bool]:
+        """One optimizer step on the global batch ``indices``; (this rank's loss/correct/samples, stop agreed)."""
         batch_size = len(indices)
         world_size, rank = self.ctx.world_size, self.ctx.rank
         mine = torch.tensor_split(torch.arange(batch_size), world_size)[rank]
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         augment = self.config.data.augment
+        norms = _NormStats(self._norms)
         for micro in torch.tensor_split(mine, geometry.grad_accum_steps):
             if len(micro) == 0:  # only in an epoch's short last batch
                 continue
+            norms.before_forward()
             inputs, labels = self.train_set.get_batch(indices[micro], aug_seeds[micro] if augment else None)
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -155,6 +174,7 @@ class Engine:
                 inputs = mix_adversarial(self.model, inputs, labels, adv_ratio, self.config.policy.adv_eps,
                                          spec.mean, spec.std)
             logits = self.model(inputs)
+            norms.after_forward()
             loss_sum = F.cross_entropy(logits, labels, reduction="sum")
             (loss_sum * (world_size / batch_size)).backward()
             with torch.no_grad():
@@ -164,12 +184,15 @@ class Engine:
         for param in self.model.parameters():  # a rank with an empty share must still join the same all-reduce
             if param.requires_grad and param.grad is None:
                 param.grad = torch.zeros_like(param)
-        self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None])
+        control = torch.tensor([float(self.stop_requested), float(norms.count)], device=self.device)
+        self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None]
+                                 + norms.sums + [control])
+        norms.apply(control[1])
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return totals
+        return totals, bool(control[0] > 0)
 
     def _log_samples(self, epoch: int, start: int, indices: torch.Tensor) -> None:
         """Record an applied step: this worker's share and the whole global batch. A peer killed after the
@@ -179,11 +202,6 @@ class Engine:
                   "samples": mine.tolist(), "batch": indices.tolist()}
         self.sample_log.write(json.dumps(record) + "\n")
         self.sample_log.flush()
-
-    def sync_buffers(self) -> None:
-        """Average BatchNorm running statistics over workers (each saw only its own micro-batches)."""
-        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
-        self.ctx.all_reduce_mean(buffers)
 
     # ---------------------------------------------------------------------------------------- evaluation
 
@@ -247,13 +265,58 @@ class Engine:
     def state_dict(self) -> dict:
         """Model and optimizer state: world-size independent (every worker holds the same copy), on the CPU so
         that a driver without a GPU can hold it and a checkpoint loads anywhere."""
-        return _to_cpu({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state()})
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return _to_cpu(state)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+
+class _NormStats:
+    """One step's BatchNorm running-statistics rule (see the module docstring): every micro-batch updates from
+    the step's starting values; ``sums`` collects the updated values for the all-reduce; ``apply`` sets the mean."""
+
+    def __init__(self, norms: list[_BatchNorm]) -> None:
+        self.norms = norms
+        self.start = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+        self.sums = [torch.zeros_like(t) for m in norms for t in (m.running_mean, m.running_var)]
+        self.count = 0
+
+    @torch.no_grad()
+    def before_forward(self) -> None:
+        if self.count:  # the first micro-batch starts from the starting values already
+            self._restore()
+
+    @torch.no_grad()
+    def after_forward(self) -> None:
+        for total, value in zip(self.sums, (t for m in self.norms for t in (m.running_mean, m.running_var))):
+            total += value
+        self.count += 1
+
+    @torch.no_grad()
+    def apply(self, mean_count: torch.Tensor) -> None:
+        """``sums`` and the count were both averaged over ranks: their ratio is the mean over micro-batches."""
+        if not self.norms:
+            return
+        self._restore()
+        buffers = (t for m in self.norms for t in (m.running_mean, m.running_var))
+        for buffer, total in zip(buffers, self.sums):
+            buffer.copy_(total / mean_count)
+        for module in self.norms:
+            module.num_batches_tracked += 1
+
+    def _restore(self) -> None:
+        for module, (mean, var, tracked) in zip(self.norms, self.start):
+            module.running_mean.copy_(mean)
+            module.running_var.copy_(var)
+            module.num_batches_tracked.copy_(tracked)
 
 
 def _to_cpu(value):

@@ -35,14 +35,15 @@ class LocalGroup:
     def probe(self) -> ProbeStats:
         return self.engine.probe()
 
-    def sync_buffers(self) -> None:
-        self.engine.sync_buffers()
-
     def evaluate(self) -> EvalStats:
         return self.engine.evaluate()
 
     def state_dict(self) -> dict:
         return self.engine.state_dict()
+
+    def request_stop(self) -> None:
+        """From a signal handler: the engine stops after the step in progress."""
+        self.engine.stop_requested = True
 
     def restart(self, num_workers: int, state: dict) -> None:
         self.engine.load_state_dict(state)

@@ -36,6 +36,10 @@ class JsonlSink:
             handle.write(line + "\n")
 
 
+    def close(self) -> None:
+        """Nothing stays open: each record opens and closes the file."""
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

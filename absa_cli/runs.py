@@ -1,7 +1,10 @@
 """Run directories: ids, layout, status (layer 3).
 
-``runs/<run-id>/`` holds ``config.yaml`` (the resolved config), ``run.json`` (status and timestamps),
-``metrics.jsonl`` (one JSON record per line) and ``checkpoints/epoch-NNNN.pt``.
+``runs/<run-id>/`` holds ``config.yaml`` (the resolved config), ``run.json`` (status, driver, timestamps, latest
+figures), ``metrics.jsonl`` (one JSON record per line), ``lock.json`` while a driver runs it, and ``checkpoints/``
+(``epoch-NNNN.pt`` after N epochs, ``epoch-NNNN-sample-SSSSSSSSS.pt`` when interrupted S samples into the next,
+and ``manifest.json``). Records written after the checkpoint a resume starts from are moved to
+``metrics.superseded.jsonl``, so ``metrics.jsonl`` holds one history.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from absa_cli import config as config_mod
 from absa_cli.errors import UserError
+from absa_cli.lock import RunLock
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -41,10 +45,32 @@ def new_run_id(preset: str) -> str:
     return f"{preset}-{stamp}-{secrets.token_hex(2)}"
 
 
+def checkpoint_name(epoch: int, samples_seen: int) -> str:
+    """``epoch``: epochs completed; ``samples_seen``: position inside the next one (0 at a boundary)."""
+    return f"epoch-{epoch:04d}.pt" if samples_seen == 0 else f"epoch-{epoch:04d}-sample-{samples_seen:09d}.pt"
+
+
+def list_runs(root: Path) -> list["RunDir"]:
+    """Every run under ``root``, oldest first (by the start time in ``run.json``)."""
+    if not root.is_dir():
+        return []
+    runs = [RunDir(path) for path in root.iterdir() if (path / "run.json").is_file()]
+    return sorted(runs, key=lambda run: (run.info().get("started_at", ""), run.id))
+
+
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.id = self.path.name
+
+    @classmethod
+    def open(cls, runs_dir: Path, run_id: str) -> "RunDir":
+        """An existing run; one line naming the problem otherwise."""
+        path = Path(runs_dir) / check_run_id(run_id)
+        if not (path / "run.json").is_file() or not (path / "config.yaml").is_file():
+            raise UserError(f"no run {run_id!r} in {runs_dir}; list runs with `absa runs list` "
+                            f"(or pass --runs-dir / set ABSA_RUNS_DIR)")
+        return cls(path)
 
     @classmethod
     def create(cls, runs_dir: Path, config: config_mod.RunConfig) -> "RunDir":
@@ -60,8 +86,15 @@ class RunDir:
         run.checkpoints_dir.mkdir()
         run.config_path.write_text(config_mod.to_yaml(config))
         run.write_info(status="running", preset=config.preset, host=socket.gethostname(), pid=os.getpid(),
-                       started_at=_now(), last_epoch=0)
+                       started_at=_now(), last_epoch=0, epochs=config.epochs)
         return run
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path / "lock.json", self.id)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "lock.json"
 
     @property
     def config_path(self) -> Path:
@@ -79,11 +112,34 @@ class RunDir:
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.checkpoints_dir / f"epoch-{epoch:04d}.pt"
+    @property
+    def superseded_path(self) -> Path:
+        return self.path / "metrics.superseded.jsonl"
 
-    def checkpoints(self) -> list[Path]:
-        return sorted(self.checkpoints_dir.glob("epoch-*.pt"))
+    def metrics_size(self) -> int:
+        return self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+
+    def rewind_metrics(self, size: int) -> int:
+        """Cut ``metrics.jsonl`` back to ``size`` bytes (its size when a checkpoint was written), appending the
+        cut records to ``metrics.superseded.jsonl``; returns how many records were moved."""
+        current = self.metrics_size()
+        if current <= size:
+            return 0
+        with self.metrics_path.open("r+b") as handle:
+            handle.seek(size)
+            tail = handle.read()
+            with self.superseded_path.open("ab") as superseded:
+                superseded.write(tail)
+                superseded.flush()
+                os.fsync(superseded.fileno())
+            handle.truncate(size)
+        return tail.count(b"\n")
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return [r for r in records if kind is None or r.get("kind") == kind]
 
     def load_config(self) -> config_mod.RunConfig:
         return config_mod.from_yaml(self.config_path.read_text())

@@ -60,6 +60,14 @@ def test_two_workers_equal_one_worker_with_accumulation(cluster):
         assert a.keys() == b.keys()
         for name in a:
             assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+        # BatchNorm statistics too: the same on every rank after every step, and the same as with accumulation
+        rank0, rank1 = (ray.get(actor.state_dict.remote())["model"] for actor in two.actors)
+        alone = one.state_dict()["model"]
+        buffers = [name for name in rank0 if "running" in name or "num_batches" in name]
+        assert buffers
+        for name in buffers:
+            assert torch.equal(rank0[name], rank1[name]), name
+            assert torch.allclose(rank0[name], alone[name], atol=1e-5, rtol=1e-4), name
     finally:
         two.close()
         one.close()

@@ -7,6 +7,8 @@ split of an epoch into chunks must give bit-identical parameters.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -96,3 +98,55 @@ def test_state_dict_round_trip(tiny_config):
     for a, b in zip(source.model.state_dict().values(), target.model.state_dict().values()):
         assert torch.equal(a, b)
     assert source.optimizer.state_dict()["state"].keys() == target.optimizer.state_dict()["state"].keys()
+
+
+def _norm_buffers(engine: Engine) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in engine.model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_batchnorm_statistics_without_accumulation_are_pytorchs_own(tiny_config):
+    """One worker, one micro-batch per step: the rule reduces to PyTorch's momentum update."""
+    engine = Engine(tiny_config)
+    reference = copy.deepcopy(engine.model)
+    geometry = BatchGeometry(64, 1, 64, 1)
+    engine.train_chunk(0, 0, [0.0], geometry)  # LR 0: only the statistics move
+    order = engine.epoch_order(0)
+    inputs, _ = engine.train_set.get_batch(order.indices[:64], order.aug_seeds[:64])
+    reference.train()
+    with torch.no_grad():
+        reference(inputs)
+    expected = {k: v for k, v in reference.state_dict().items() if "running" in k or "num_batches" in k}
+    assert expected and expected.keys() == _norm_buffers(engine).keys()
+    for name, value in _norm_buffers(engine).items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_batchnorm_statistics_move_once_per_step_with_the_micro_batch_mean(tiny_config):
+    """With accumulation, every micro-batch updates from the step's start and the step keeps the mean, so the
+    statistics do not depend on how the global batch is cut (workers × accumulation)."""
+    engine = Engine(tiny_config)
+    start = copy.deepcopy(engine.model)
+    engine.train_chunk(0, 0, [0.0], BatchGeometry(64, 1, 32, 2))
+    order = engine.epoch_order(0)
+    updated = []
+    for part in (slice(0, 32), slice(32, 64)):
+        model = copy.deepcopy(start).train()
+        inputs, _ = engine.train_set.get_batch(order.indices[part], order.aug_seeds[part])
+        with torch.no_grad():
+            model(inputs)
+        updated.append(model.state_dict())
+    for name, value in _norm_buffers(engine).items():
+        if "num_batches" in name:
+            assert int(value) == 1, name  # one step, one update
+        else:
+            assert torch.allclose(value, (updated[0][name] + updated[1][name]) / 2, atol=1e-7, rtol=1e-6), name
+
+
+def test_a_stop_request_ends_the_chunk_after_the_step_in_progress(tiny_config):
+    engine = Engine(tiny_config)
+    geometry = BatchGeometry(64, 1, 32, 2)
+    first = engine.train_chunk(0, 0, [0.05] * 2, geometry)
+    engine.stop_requested = True
+    cut = engine.train_chunk(0, 128, [0.05] * 2, geometry)
+    assert (first.steps, first.samples) == (2, 128)
+    assert (cut.steps, cut.samples) == (1, 64) and engine.position == (0, 192)

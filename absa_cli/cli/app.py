@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from absa_cli import __version__
-from absa_cli.cli import hessian, plan, presets, train
+from absa_cli.cli import hessian, plan, presets, runs, train
 
 app = typer.Typer(
     name="absa",
@@ -15,9 +15,11 @@ app = typer.Typer(
     add_completion=True,
 )
 app.command("train")(train.train)
+app.command("resume")(train.resume)
 app.command("plan")(plan.plan)
 app.command("hessian")(hessian.hessian)
 app.add_typer(presets.app, name="presets")
+app.add_typer(runs.app, name="runs")
 
 
 def _version(value: bool) -> None:

@@ -23,6 +23,8 @@ from absa_cli.config import RunConfig
 from absa_cli.controller import GroupLost, WorkerFailure
 from absa_cli.geometry import BatchGeometry
 
+_STOP_POLL_S = 0.25  # how soon a stop request reaches workers busy in a chunk
+
 
 class RayWorkerGroup:
     def __init__(self, config: RunConfig, max_workers: int) -> None:
@@ -35,6 +37,7 @@ class RayWorkerGroup:
         self.generation = 0
         self._num_train_samples: int | None = None
         self.sample_log_dir = config.logging.sample_log_dir
+        self._stop = "none"  # "requested" by a signal handler, then "sent" to the workers by the main thread
 
     # ------------------------------------------------------------------------------------------ membership
 
@@ -175,9 +178,16 @@ class RayWorkerGroup:
         pending = list(futures)
         deadline = None
         while pending:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, pending = ray.wait(pending, num_returns=1, timeout=timeout)
-            if not done:  # survivors stuck past the collective timeout: _recover's position probe finds them
+            if self._stop == "requested":  # sent from here, not from the signal handler (no ray calls there)
+                self._stop = "sent"
+                for actor in self.actors:
+                    actor.request_stop.remote()
+            poll = _STOP_POLL_S if deadline is None else max(0.0, min(_STOP_POLL_S, deadline - time.monotonic()))
+            done, pending = ray.wait(pending, num_returns=1, timeout=poll)
+            if not done:
+                if deadline is None or time.monotonic() < deadline:
+                    continue
+                # survivors stuck past the collective timeout: _recover's position probe finds them
                 errors.append(TimeoutError(f"{len(pending)} worker(s) did not finish after a peer failed"))
                 break
             try:
@@ -225,9 +235,6 @@ class RayWorkerGroup:
                   "error": _first_line(errors[0]), "recovery_s": time.perf_counter() - started}
         return WorkerFailure(record, samples_seen, steps_done)
 
-    def sync_buffers(self) -> None:
-        self._all("sync_buffers")
-
     def evaluate(self) -> Any:
         return self._all("evaluate")[0]
 
@@ -243,6 +250,11 @@ class RayWorkerGroup:
 
     def hessian(self, options: Any, state: dict) -> dict:
         return self._all("hessian", options, ray.put(state))[0]
+
+    def request_stop(self) -> None:
+        """From a signal handler: only a flag; the wait loop tells the workers, which stop after the same step."""
+        if self._stop == "none":
+            self._stop = "requested"
 
     def close(self) -> None:
         for actor in self.actors + self.spares:

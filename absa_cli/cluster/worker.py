@@ -29,8 +29,11 @@ def _wait_for_listener(address: str, port: int, timeout_s: float) -> None:
             time.sleep(0.005)
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"control": 1})
 class WorkerActor:
+    """Work runs one call at a time in the default lane; ``request_stop`` has a lane of its own, so it lands
+    while a ``train_chunk`` runs (the engine reads the flag between steps)."""
+
     def __init__(self, config_yaml: str, threads: int) -> None:
         import torch
 
@@ -75,12 +78,13 @@ class WorkerActor:
     def train_chunk(self, *args: Any) -> Any:
         return self.engine.train_chunk(*args)
 
+    @ray.method(concurrency_group="control")
+    def request_stop(self) -> None:
+        self.engine.stop_requested = True
+
     def position(self) -> tuple[int, int, int]:
         """(epoch, samples_seen, steps completed in the last chunk) after the last applied step."""
         return (*self.engine.position, self.engine.chunk_steps_done)
-
-    def sync_buffers(self) -> None:
-        self.engine.sync_buffers()
 
     def evaluate(self) -> Any:
         return self.engine.evaluate()

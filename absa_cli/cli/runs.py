@@ -1,0 +1,136 @@
+"""``absa runs list|show``: the run registry under --runs-dir (no torch, no ray: instant)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from absa_cli.cli.common import user_errors
+
+app = typer.Typer(help="List runs and show one in detail.", no_args_is_help=True)
+
+RunsDir = Annotated[Optional[Path], typer.Option(
+    "--runs-dir", help="Where run directories are (default: $ABSA_RUNS_DIR, else ./runs).")]
+
+
+def _status(run) -> str:
+    """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``."""
+    from absa_cli import lock
+
+    status = run.info().get("status", "?")
+    if status == "running":
+        holder = lock.read(run.lock_path)
+        if holder is None or lock.is_stale(holder):
+            return "running (driver gone)"
+    return status
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@app.command("list")
+def list_runs(runs_dir: RunsDir = None) -> None:
+    """One line per run, oldest first: status, progress, current batch and workers, best test accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from absa_cli.runs import list_runs as find_runs, runs_root
+
+    root = runs_root(runs_dir)
+    runs = find_runs(root)
+    if not runs:
+        typer.echo(f"no runs in {root}; start one with `absa train quickstart`")
+        return
+    table = Table("run", "preset", "status", "epoch", "batch", "workers", "best test acc", box=None,
+                  pad_edge=False)
+    for run in runs:
+        info = run.info()
+        table.add_row(run.id, info.get("preset") or "-", _status(run),
+                      f"{info.get('last_epoch', 0)}/{_fmt(info.get('epochs'))}", _fmt(info.get("global_batch_size")),
+                      _fmt(info.get("num_workers")), _fmt(info.get("best_test_acc"), ".4f"))
+    Console(width=200).print(table)
+
+
+@app.command("show")
+def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs list`).")],
+         runs_dir: RunsDir = None) -> None:
+    """A run's config summary, batch and worker history, last metrics and checkpoints (each verified)."""
+    from rich.console import Console
+
+    from absa_cli.runs import RunDir, runs_root
+
+    with user_errors():
+        run = RunDir.open(runs_root(runs_dir), run_id)
+        config = run.load_config()
+        info = run.info()
+        records = run.records()
+    console = Console(width=200, highlight=False)
+    console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}  [bold]driver[/] "
+                  f"pid {info.get('pid')} on {info.get('host')}  [bold]started[/] {info.get('started_at')}  "
+                  f"[bold]ended[/] {info.get('ended_at') or '-'}  [bold]resumes[/] {info.get('resumes', 0)}")
+    if info.get("error"):
+        console.print(f"[red]error[/]: {info['error']}")
+    console.print(
+        f"[bold]config[/] preset {config.preset}; data {config.data.name} ({config.data.train_size or 'all'} train); "
+        f"model {config.model.name} (width {config.model.width}); {config.epochs} epochs; policy "
+        f"{config.policy.name}; SGD lr {config.optim.lr} momentum {config.optim.momentum} weight decay "
+        f"{config.optim.weight_decay}; batch {config.batch.global_batch_size} → at most "
+        f"{config.policy.max_global_batch}; at most {config.cluster.max_workers} worker(s)")
+    console.print(_history_table(records))
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    if epochs:
+        last = epochs[-1]
+        console.print(
+            f"[bold]last epoch[/] {last['epoch']}: updates {last['updates']}, train loss "
+            f"{_fmt(last.get('train_loss'), '.4f')} acc {_fmt(last.get('train_acc'), '.4f')}, test acc "
+            f"{_fmt(last.get('test_acc'), '.4f')}, λ_max {_fmt(last.get('eigenvalue'), '.4g')}, lr "
+            f"{_fmt(last.get('lr'), '.4g')}, policy: {last.get('policy_reason') or '-'}")
+    console.print(_checkpoint_table(run))
+
+
+def _history_table(records: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table("epoch", "event", "global batch", "workers × batch × accum", "detail", title="history",
+                  title_justify="left", box=None, pad_edge=False)
+    for r in records:
+        kind = r.get("kind")
+        if kind == "geometry":
+            table.add_row(str(r["epoch"]), "geometry", str(r["global_batch_size"]),
+                          f"{r['num_workers']} × {r['per_worker_batch_size']} × {r['grad_accum_steps']}", "")
+        elif kind == "resize":
+            table.add_row(str(r.get("epoch")), "resize", "", f"{r['from_workers']} → {r['to_workers']}",
+                          f"live in {r['resize_s']:.2f} s")
+        elif kind == "failure":
+            table.add_row(str(r["epoch"]), "failure", "", f"{r['from_workers']} → {r['to_workers']}",
+                          f"lost {r['lost_workers']} at sample {r['samples_seen']}: {r['error']}")
+        elif kind in ("restart", "resume"):
+            table.add_row(str(r["epoch"]), kind, "", str(r.get("num_workers") or r.get("max_workers") or ""),
+                          f"from {r.get('checkpoint') or 'the start'}")
+    return table
+
+
+def _checkpoint_table(run):
+    from rich.table import Table
+
+    from absa_cli.checkpoint import CheckpointError, CheckpointStore, verify
+
+    table = Table("checkpoint", "epochs done", "+samples", "updates", "bytes", "written", "check",
+                  title="checkpoints (newest last)", title_justify="left", box=None, pad_edge=False)
+    try:
+        entries = CheckpointStore(run.checkpoints_dir).entries()
+    except CheckpointError as exc:
+        table.add_row("-", "", "", "", "", "", str(exc))
+        return table
+    for entry in entries:
+        try:
+            verify(run.checkpoints_dir / entry.file, entry)
+            check = "ok (sha256)"
+        except CheckpointError as exc:
+            check = f"[red]{str(exc).removeprefix(f'checkpoint {entry.file} ')}[/]"
+        table.add_row(entry.file, str(entry.epoch), str(entry.samples_seen), str(entry.updates), str(entry.bytes),
+                      entry.written_at, check)
+    return table

@@ -1,0 +1,131 @@
+"""Exact resume, in-process (fast): a damaged newest checkpoint falls back to the previous one, the epochs after
+it are re-run, and the run ends bit-identical to the uninterrupted one with one epoch record per epoch.
+
+The distributed cases (a SIGKILLed driver, SIGINT mid-epoch, another worker count, the lock) are in
+test_resume_cluster.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from absa_cli import config as config_mod
+from absa_cli.cli.app import app
+from absa_cli.controller import Controller
+from absa_cli.local_group import LocalGroup
+from absa_cli.metrics import Console
+from absa_cli.runs import RunDir
+
+from conftest import TINY
+
+TIMINGS = {"epoch_s", "probe_s", "resize_s"}
+
+
+def _config() -> config_mod.RunConfig:
+    # policy.duration=1: the batch grows every epoch, so a resume must take it from the policy state
+    return config_mod.load("quickstart", [*TINY, "epochs=3", "checkpoint.keep_last=3", "policy.duration=1",
+                                          "cluster.max_workers=1"])
+
+
+def _controller(config, run) -> tuple[Controller, io.StringIO]:
+    out = io.StringIO()
+    return Controller(config, run, LocalGroup(config), Console(stream=out, force_plain=True)), out
+
+
+def epoch_records(run: RunDir) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in run.records("epoch")]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, one_thread):
+    """An uninterrupted 3-epoch run: its final model and its epoch records."""
+    config = _config()
+    run = RunDir.create(tmp_path_factory.mktemp("runs"), config)
+    controller, _ = _controller(config, run)
+    controller.run_all()
+    run.finish("finished")
+    return run, controller.group.state_dict()["model"], epoch_records(run)
+
+
+def _copy_run(source: RunDir, root) -> RunDir:
+    import shutil
+
+    target = root / f"{source.id}-copy"
+    shutil.copytree(source.path, target)
+    return RunDir(target)
+
+
+@pytest.mark.parametrize("how", ["corrupted", "truncated", "missing"])
+def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_bit_identical(finished, tmp_path, how, one_thread):
+    source, final_model, records = finished
+    run = _copy_run(source, tmp_path)
+    newest = run.checkpoints_dir / "epoch-0003.pt"
+    if how == "corrupted":
+        data = bytearray(newest.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        newest.write_bytes(bytes(data))
+    elif how == "truncated":
+        newest.write_bytes(newest.read_bytes()[:1000])
+    else:
+        newest.unlink()
+    controller, out = _controller(_config(), run)
+    assert controller.resume() == "epoch-0002.pt"
+    controller.run_all()
+    lines = [line for line in out.getvalue().splitlines() if "epoch-0003.pt is" in line]
+    assert len(lines) == 1 and how in lines[0] and "falling back" in lines[0]
+    for name, value in controller.group.state_dict()["model"].items():
+        assert torch.equal(value, final_model[name]), name  # same process, same order of every reduction
+    assert epoch_records(run) == records  # one record per epoch: epoch 3's first record was superseded
+    superseded = [json.loads(line) for line in run.superseded_path.read_text().splitlines()]
+    assert [r["epoch"] for r in superseded if r["kind"] == "epoch"] == [3]
+    resume = run.records("resume")
+    assert len(resume) == 1 and resume[0]["checkpoint"] == "epoch-0002.pt" and resume[0]["epoch"] == 3
+
+
+def test_resume_with_no_checkpoint_yet_starts_over(finished, tmp_path, one_thread):
+    source, final_model, records = finished
+    run = _copy_run(source, tmp_path)
+    for path in run.checkpoints_dir.iterdir():
+        path.unlink()
+    controller, out = _controller(_config(), run)
+    assert controller.resume() is None
+    assert "no checkpoint was written yet; starting over from epoch 1" in out.getvalue()
+    controller.run_all()
+    for name, value in controller.group.state_dict()["model"].items():
+        assert torch.equal(value, final_model[name]), name
+    assert epoch_records(run) == records
+
+
+runner = CliRunner()
+
+
+def test_runs_list_and_show(finished):
+    run = finished[0]
+    listing = runner.invoke(app, ["runs", "list", "--runs-dir", str(run.path.parent)])
+    assert listing.exit_code == 0, listing.output
+    row = next(line for line in listing.output.splitlines() if line.startswith(run.id))
+    last = finished[2][-1]
+    assert row.split()[1:] == ["quickstart", "finished", "3/3", str(last["global_batch_size"]), "1",
+                               f"{max(r['test_acc'] for r in finished[2]):.4f}"]
+    shown = runner.invoke(app, ["runs", "show", run.id, "--runs-dir", str(run.path.parent)])
+    assert shown.exit_code == 0, shown.output
+    for expected in (f"run {run.id}", "status finished", "policy absa", "geometry", "last epoch 3",
+                     "epoch-0003.pt", "ok (sha256)"):
+        assert expected in shown.output, expected
+    assert shown.output.count("geometry") >= 3  # 64 → 128 → 256: one geometry row per change
+
+
+def test_resume_refuses_a_finished_run_and_ids_that_are_not_plain_names(finished):
+    run = finished[0]
+    result = runner.invoke(app, ["resume", run.id, "--runs-dir", str(run.path.parent)])
+    assert result.exit_code == 2 and "already finished" in result.output and "Traceback" not in result.output
+    for bad in ("../x", "/etc", "..", "a/b"):
+        result = runner.invoke(app, ["resume", bad, "--runs-dir", str(run.path.parent)])
+        assert result.exit_code == 2 and "not a plain name" in result.output, bad
+    result = runner.invoke(app, ["resume", "no-such-run", "--runs-dir", str(run.path.parent)])
+    assert result.exit_code == 2 and "no run 'no-such-run'" in result.output

@@ -1,0 +1,74 @@
+"""Signals to the driver (a real `absa train --local` process): SIGTERM stops after the step in progress with a
+checkpoint and exit code 143; a second SIGINT aborts at once with 130 and the last checkpoint still stands."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from absa_cli import checkpoint
+from absa_cli.runs import RunDir
+
+from conftest import TINY
+
+# Two epochs of 32 steps: plenty of time to signal mid-epoch.
+RUN = [*TINY, "epochs=2", "data.train_size=2048", "logging.chunk_steps=1"]
+
+
+def _start(tmp_path, *extra: str, mark: str = "step 3/32") -> tuple[subprocess.Popen, list[str]]:
+    process = subprocess.Popen([sys.executable, "-m", "absa_cli", "train", "quickstart", *RUN, *extra, "--local",
+                                "--runs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in process.stdout), daemon=True).start()
+    _wait_for(process, lines, mark)  # mid-epoch 1
+    return process, lines
+
+
+def _wait_for(process, lines: list[str], text: str) -> None:
+    deadline = time.monotonic() + 120
+    while not any(text in line for line in lines):
+        assert process.poll() is None and time.monotonic() < deadline, "\n".join(lines)
+        time.sleep(0.01)
+
+
+def _run(tmp_path) -> RunDir:
+    (path,) = tmp_path.iterdir()
+    return RunDir(path)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_143(tmp_path):
+    process, lines = _start(tmp_path)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    time.sleep(0.2)
+    run = _run(tmp_path)
+    output = "\n".join(lines)
+    assert "SIGTERM: stopping after the current step" in output
+    assert f"resume with: absa resume {run.id} --runs-dir {tmp_path}" in output
+    info = run.info()
+    (entry,) = checkpoint.CheckpointStore(run.checkpoints_dir).entries()
+    assert info["status"] == "interrupted" and info["checkpoint"] == entry.file
+    assert entry.epoch == 0 and 0 < entry.samples_seen < 2048 and entry.samples_seen % 64 == 0
+    assert entry.file == f"epoch-0000-sample-{entry.samples_seen:09d}.pt"
+    assert checkpoint.load(run.checkpoints_dir / entry.file)["updates"] == entry.samples_seen // 64
+    assert not run.lock_path.exists()  # released
+
+
+def test_a_second_sigint_aborts_at_once(tmp_path):
+    """Steps of 512 samples (about a second here): the second signal lands inside the step the first one waits
+    for, and the process leaves without finishing it and without the stop checkpoint."""
+    process, lines = _start(tmp_path, "batch.global_batch_size=512", "batch.per_worker_max=512", mark="step 1/4")
+    process.send_signal(signal.SIGINT)
+    _wait_for(process, lines, "SIGINT: stopping after the current step")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    time.sleep(0.2)
+    run = _run(tmp_path)
+    output = "\n".join(lines)
+    assert "aborted; the last checkpoint stands" in output and "Traceback" not in output
+    assert run.info()["status"] == "interrupted"
+    assert not checkpoint.CheckpointStore(run.checkpoints_dir).entries()  # no stop checkpoint was written
