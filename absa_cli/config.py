@@ -187,6 +187,7 @@ class CheckpointConfig:
 class LoggingConfig:
     chunk_steps: int = 10  # steps between progress reports (one driver round trip each)
     sample_log_dir: str = ""  # non-empty: each worker appends the sample ids of every applied step here (audit)
+    tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard extra; docs/metrics.md)
 
     def __post_init__(self) -> None:
         _require(self.chunk_steps > 0, f"logging.chunk_steps must be > 0, got {self.chunk_steps}")

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from absa_cli.config import RunConfig
 from absa_cli.geometry import BatchGeometry, steps_in_epoch
-from absa_cli.metrics import Console, JsonlSink
+from absa_cli.metrics import Console, FanOut, JsonlSink
 from absa_cli.policy import Decision, EpochMeasurements, make_policy
 from absa_cli.runs import RunDir, checkpoint_name
 
@@ -113,6 +113,10 @@ class Controller:
         self.console = console
         self.max_workers = max_workers
         self.sink = JsonlSink(run.metrics_path)
+        if config.logging.tensorboard:
+            from absa_cli.tensorboard import TensorBoardSink  # torch import: only when asked for
+
+            self.sink = FanOut(self.sink, TensorBoardSink(run.path / "tensorboard"))
         self.progress = Progress()
         self.policy = make_policy(config)
         self.decision: Decision = self.policy.initial()

@@ -40,6 +40,21 @@ class JsonlSink:
         """Nothing stays open: each record opens and closes the file."""
 
 
+class FanOut:
+    """The same records to several sinks (``metrics.jsonl`` first; TensorBoard when configured)."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    def write(self, record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from absa_cli import __version__
-from absa_cli.cli import hessian, plan, presets, runs, train
+from absa_cli.cli import hessian, plan, plot, presets, runs, train
 
 app = typer.Typer(
     name="absa",
@@ -18,6 +18,7 @@ app.command("train")(train.train)
 app.command("resume")(train.resume)
 app.command("plan")(plan.plan)
 app.command("hessian")(hessian.hessian)
+app.command("plot")(plot.plot)
 app.add_typer(presets.app, name="presets")
 app.add_typer(runs.app, name="runs")
 

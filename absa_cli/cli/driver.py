@@ -21,6 +21,10 @@ from absa_cli.errors import UserError
 def make_group(config, max_workers: int, address: str | None, local: bool) -> tuple[Any, str]:
     """The worker group and a line saying where it runs. The dataset is opened here first, so a missing one fails
     in one line before a Ray cluster starts (and, for `absa train`, before a run directory exists)."""
+    if config.logging.tensorboard:
+        from absa_cli.tensorboard import check_available
+
+        check_available()  # before any run directory or cluster exists
     if local:
         from absa_cli.local_group import LocalGroup  # torch import: only once the config is known good
 

@@ -1,0 +1,61 @@
+"""TensorBoard event files beside ``metrics.jsonl`` when ``logging.tensorboard=true`` (layer 1: torch, lazily).
+
+``metrics.jsonl`` stays the record of a run; this sink only mirrors its numbers so TensorBoard can show runs live
+and side by side. Steps are cumulative SGD updates, the axis on which ABSA's saving shows (as in `absa plot`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from absa_cli.errors import UserError
+
+_MISSING = ("logging.tensorboard=true needs tensorboard; install it with pip install 'absa-train[tensorboard]' "
+            "or set logging.tensorboard=false")
+
+
+def check_available() -> None:
+    """Fail before training starts, not at the end of the first epoch, when the tensorboard package is missing."""
+    _summary_writer()
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(_MISSING) from None
+    return SummaryWriter
+
+
+class TensorBoardSink:
+    """Takes the records ``JsonlSink`` takes: epoch → ``epoch/<field>``, resize → ``resize/<field>_s``,
+    failure → ``failure/recovery_s``; other kinds and non-numeric fields are not scalars and are left out."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._writer = _summary_writer()(log_dir=str(log_dir))
+        self._updates = 0  # a resize or failure has no update count of its own: it happens after the last epoch's
+
+    def write(self, record: dict[str, Any]) -> None:
+        kind = record.get("kind")
+        if kind == "epoch":
+            self._updates = record["updates"]
+            scalars = {f"epoch/{key}": value for key, value in record.items()}
+        elif kind == "resize":
+            scalars = {f"resize/{key}": value for key, value in record.items() if key.endswith("_s")}
+        elif kind == "failure":
+            scalars = {"failure/recovery_s": record.get("recovery_s")}
+        else:
+            return
+        for tag, value in scalars.items():
+            if _is_number(value):
+                self._writer.add_scalar(tag, value, global_step=self._updates)
+        self._writer.flush()  # a few records per epoch: TensorBoard shows each now, not flush_secs later
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
