@@ -153,6 +153,7 @@ class Controller:
     def run_all(self) -> dict[str, Any]:
         started = time.perf_counter()
         self.console.line(f"[bold]policy[/] {self.config.policy.name}: {self.decision.reason}")
+        self.console.status(policy=self.decision.reason, updates=self.progress.updates)
         restarts = 0
         while self.progress.epoch < self.config.epochs:
             try:
@@ -244,8 +245,11 @@ class Controller:
         """
         progress, num_samples = self.progress, self.group.num_train_samples
         totals = progress.totals  # not empty when resumed mid-epoch
-        self.console.epoch_started(progress.epoch + 1, self.config.epochs,
-                                   steps_in_epoch(num_samples, geometry.global_batch_size), geometry.describe())
+        num_steps = steps_in_epoch(num_samples, geometry.global_batch_size)
+        self.console.status(adv_ratio=adv_ratio)
+        self.console.epoch_started(progress.epoch + 1, self.config.epochs, num_steps, geometry.describe(),
+                                   steps_done=num_steps - steps_in_epoch(num_samples - progress.samples_seen,
+                                                                         geometry.global_batch_size))
         while progress.samples_seen < num_samples:
             batch = geometry.global_batch_size
             num_steps = steps_in_epoch(num_samples, batch)
@@ -276,7 +280,9 @@ class Controller:
             totals.samples += stats.samples
             totals.lr = lrs[stats.steps - 1]  # a stop request may have cut the chunk short
             self.console.chunk_done(num_steps - (steps_left - stats.steps), num_steps,
-                                    stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1))
+                                    stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1),
+                                    lr=totals.lr, updates=progress.updates,
+                                    train_acc=totals.num_correct / max(totals.samples, 1))
             if progress.samples_seen < num_samples:  # a stop at the epoch's end finishes the epoch first
                 self._check_stop()
         return totals

@@ -1,4 +1,4 @@
-"""Metrics records and where they go (layer 0: stdlib + rich).
+"""Metrics records and where they go, and the console a human watches (layer 0: stdlib + rich).
 
 Every record is one JSON object on one line of ``metrics.jsonl`` with a ``kind``:
 - ``geometry``: the batch geometry at the start and at every change;
@@ -65,8 +65,17 @@ def _finite(value: Any) -> Any:
     return value
 
 
+SPARK = "▁▂▃▄▅▆▇█"
+
+
 class Console:
-    """Progress for humans: a rich bar on a terminal, plain timestamped lines elsewhere."""
+    """Progress for humans.
+
+    On a terminal: a live view (rich) that stays at the bottom — the epoch's progress bar with samples/s and ETA,
+    and a status panel (epoch, geometry, LR, λ_max with its trend, adversarial fraction, train and test figures,
+    updates, the last policy decision) — while events (resize, failure, epoch summaries) scroll above it.
+    Elsewhere (CI, ``ray job logs``, a pipe): plain timestamped lines, one per chunk and per event, no escape codes.
+    """
 
     def __init__(self, stream: TextIO | None = None, force_plain: bool = False) -> None:
         from rich.console import Console as RichConsole
@@ -74,32 +83,41 @@ class Console:
         self.stream = stream or sys.stdout
         self.rich = RichConsole(file=self.stream, highlight=False)
         self.interactive = self.rich.is_terminal and not force_plain
+        self.state: dict[str, Any] = {}  # what the status panel shows
+        self.eigenvalues: list[float] = []
+        self._live = None
         self._progress = None
         self._task = None
 
+    # ------------------------------------------------------------------------------------------------ events
+
     def line(self, text: str) -> None:
-        """An event line (geometry change, summary): rich markup on a terminal, plain text otherwise."""
+        """An event line (geometry change, resize, failure, summary): above the live view, or a plain line."""
         if self.interactive:
             self.rich.print(text)
         else:
             self.stream.write(f"{time.strftime('%H:%M:%S')} {_strip_markup(text)}\n")
             self.stream.flush()
 
-    def epoch_started(self, epoch: int, num_epochs: int, num_steps: int, description: str) -> None:
+    def status(self, **fields: Any) -> None:
+        """Update the panel's fields (policy decision, geometry, LR, ...); redrawn at the next refresh."""
+        self.state.update(fields)
+
+    def epoch_started(self, epoch: int, num_epochs: int, num_steps: int, description: str,
+                      steps_done: int = 0) -> None:
+        self.status(epoch=epoch, num_epochs=num_epochs, geometry=description)
         if not self.interactive:
             self.line(f"epoch {epoch}/{num_epochs}: {num_steps} steps, {description}")
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        self._start_live()
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(f"epoch {epoch}/{num_epochs}", total=num_steps, completed=steps_done,
+                                             rate="")
 
-        self._progress = Progress(
-            TextColumn(f"epoch {epoch}/{num_epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=self.rich, transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=num_steps, rate="")
-
-    def chunk_done(self, steps_done: int, num_steps: int, samples_per_s: float, loss: float) -> None:
+    def chunk_done(self, steps_done: int, num_steps: int, samples_per_s: float, loss: float, **fields: Any) -> None:
+        """After each chunk of steps; ``fields`` (lr, updates, train_acc, ...) go to the panel."""
+        self.status(samples_per_s=samples_per_s, train_loss=loss, **fields)
         rate = f"{samples_per_s:,.0f} samples/s  loss {loss:.3f}"
         if self.interactive and self._progress is not None:
             self._progress.update(self._task, completed=steps_done, rate=rate)
@@ -107,10 +125,12 @@ class Console:
             self.line(f"  step {steps_done}/{num_steps}  {rate}")
 
     def epoch_done(self, record: dict[str, Any]) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
         eigenvalue = record.get("eigenvalue")
+        if eigenvalue is not None:
+            self.eigenvalues.append(eigenvalue)
+        self.status(lr=record["lr"], updates=record["updates"], train_loss=record["train_loss"],
+                    train_acc=record["train_acc"], test_acc=record["test_acc"], adv_ratio=record.get("adv_ratio"),
+                    policy=record.get("policy_reason"))
         curvature = f" | λ_max {eigenvalue:.4g} ({record['probe_s']:.1f}s)" if eigenvalue is not None else ""
         self.line(
             f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} | "
@@ -121,9 +141,77 @@ class Console:
             self.line(f"  [dim]policy:[/] {record['policy_reason']}")
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self._progress = self._task = None
+
+    # ------------------------------------------------------------------------------------------- live view
+
+    def _start_live(self) -> None:
+        if self._live is not None:
+            return
+        from rich.live import Live
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.rich)
+        self._live = Live(_LiveView(self), console=self.rich, refresh_per_second=4)  # the last frame stays
+        self._live.start()
+
+    def panel(self):
+        """The status panel as a rich renderable (also what the tests inspect)."""
+        from rich.panel import Panel
+        from rich.table import Table
+
+        s = self.state
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        grid.add_column(style="bold")
+        grid.add_column()
+        grid.add_row("epoch", f"{s.get('epoch', '-')}/{s.get('num_epochs', '-')}", "updates", _num(s.get("updates")))
+        grid.add_row("geometry", str(s.get("geometry", "-")), "LR", _num(s.get("lr"), ".4g"))
+        grid.add_row("λ_max", self._curvature(), "adversarial", _num(s.get("adv_ratio"), ".3g"))
+        grid.add_row("train", f"loss {_num(s.get('train_loss'), '.4f')}  acc {_num(s.get('train_acc'), '.3f')}",
+                     "test acc", _num(s.get("test_acc"), ".3f"))
+        grid.add_row("speed", f"{_num(s.get('samples_per_s'), ',.0f')} samples/s", "", "")
+        grid.add_row("policy", str(s.get("policy", "-")), "", "")
+        return Panel(grid, title="absa", title_align="left", border_style="blue")
+
+    def _curvature(self) -> str:
+        """The last λ_max, an arrow against the one before, and a sparkline of the whole history (log scale)."""
+        values = self.eigenvalues
+        if not values:
+            return "not probed yet"
+        trend = ""
+        if len(values) > 1:
+            trend = " ↓" if values[-1] < values[-2] else " ↑" if values[-1] > values[-2] else " →"
+        logs = [math.log(max(v, 1e-12)) for v in values[-24:]]
+        low, high = min(logs), max(logs)
+        spark = "".join(SPARK[int((v - low) / (high - low) * (len(SPARK) - 1)) if high > low else 0] for v in logs)
+        return f"{values[-1]:.4g}{trend}  {spark}"
+
+
+class _LiveView:
+    """Redrawn by rich at every refresh: the progress bar over the status panel."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def __rich__(self):
+        from rich.console import Group
+
+        parts = [self.console.panel()]
+        if self.console._progress is not None:
+            parts.insert(0, self.console._progress)
+        return Group(*parts)
+
+
+def _num(value: Any, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _strip_markup(text: str) -> str:

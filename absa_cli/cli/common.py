@@ -19,3 +19,17 @@ def user_errors() -> Iterator[None]:
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(exc.exit_code) from None
+
+
+def complete_preset(incomplete: str) -> list[str]:
+    """Shell completion of preset names (`absa --install-completion` installs the hook)."""
+    from absa_cli.config import preset_names
+
+    return [name for name in preset_names() if name.startswith(incomplete)]
+
+
+def complete_run_id(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of run ids under --runs-dir (when already typed), else $ABSA_RUNS_DIR or ./runs."""
+    from absa_cli.runs import list_runs, runs_root
+
+    return [run.id for run in list_runs(runs_root(ctx.params.get("runs_dir"))) if run.id.startswith(incomplete)]

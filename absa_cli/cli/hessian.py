@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import user_errors
+from absa_cli.cli.common import complete_preset, user_errors
 
 
 class Method(str, Enum):
@@ -49,8 +49,8 @@ def hessian(
     address: Annotated[Optional[str], typer.Option(
         "--address", help="Ray cluster for --max-gpus > 1 (default: $RAY_ADDRESS, else a local one).")] = None,
     preset: Annotated[Optional[str], typer.Option(
-        "--preset", help="Rebuild model and data from this preset (for a checkpoint outside a run directory).")] =
-    None,
+        "--preset", help="Rebuild model and data from this preset (for a checkpoint outside a run directory).",
+        autocompletion=complete_preset)] = None,
 ) -> None:
     """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config)."""
     from absa_cli import checkpoint as checkpoint_mod

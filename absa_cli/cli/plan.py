@@ -13,11 +13,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import user_errors
+from absa_cli.cli.common import complete_preset, user_errors
 
 
 def plan(
-    preset: Annotated[str, typer.Argument(help="Preset recipe (see `absa presets list`).")],
+    preset: Annotated[str, typer.Argument(help="Preset recipe (see `absa presets list`).",
+                                          autocompletion=complete_preset)],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE config overrides.",
                                                              show_default=False)] = None,
     max_gpus: Annotated[Optional[int], typer.Option(

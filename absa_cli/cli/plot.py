@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import user_errors
+from absa_cli.cli.common import complete_run_id, user_errors
 
 
 class XAxis(str, Enum):
@@ -19,7 +19,8 @@ class XAxis(str, Enum):
 
 def plot(
     run_ids: Annotated[list[str], typer.Argument(help="Runs to draw, overlaid in one figure (one colour each).",
-                                                 metavar="RUN_ID", show_default=False)],
+                                                 metavar="RUN_ID", show_default=False,
+                                                 autocompletion=complete_run_id)],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="The PNG to write.",
         show_default="runs/<first run id>/plot.png, or plot-<x>.png for --x epoch|time")] = None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from absa_cli.cli.common import user_errors
+from absa_cli.cli.common import complete_preset, user_errors
 
 app = typer.Typer(help="List and show the preset recipes.", no_args_is_help=True)
 
@@ -26,7 +26,8 @@ def list_presets() -> None:
 
 
 @app.command("show")
-def show(name: Annotated[str, typer.Argument(help="Preset name (see `absa presets list`).")],
+def show(name: Annotated[str, typer.Argument(help="Preset name (see `absa presets list`).",
+                                             autocompletion=complete_preset)],
          overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides.")] = None) -> None:
     """The fully resolved config of a preset (schema defaults < preset < overrides), as YAML."""
     from absa_cli import config

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import user_errors
+from absa_cli.cli.common import complete_run_id, user_errors
 
 app = typer.Typer(help="List runs and show one in detail.", no_args_is_help=True)
 
@@ -55,7 +55,8 @@ def list_runs(runs_dir: RunsDir = None) -> None:
 
 
 @app.command("show")
-def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs list`).")],
+def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs list`).",
+                                               autocompletion=complete_run_id)],
          runs_dir: RunsDir = None) -> None:
     """A run's config summary, batch and worker history, last metrics and checkpoints (each verified)."""
     from rich.console import Console

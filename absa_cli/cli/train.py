@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import user_errors
+from absa_cli.cli.common import complete_preset, complete_run_id, user_errors
 
 MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU slot on a cluster without GPUs "
                  "(so on a laptop --max-gpus bounds CPU workers).")
@@ -20,7 +20,8 @@ RUNS_DIR_HELP = "Where run directories are (default: $ABSA_RUNS_DIR, else ./runs
 
 
 def train(
-    preset: Annotated[str, typer.Argument(help="Preset recipe (see `absa presets list`).")],
+    preset: Annotated[str, typer.Argument(help="Preset recipe (see `absa presets list`).",
+                                          autocompletion=complete_preset)],
     overrides: Annotated[Optional[list[str]], typer.Argument(
         help="KEY=VALUE config overrides, e.g. epochs=5 optim.lr=0.05.", show_default=False)] = None,
     max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=1, help=MAX_GPUS_HELP,
@@ -46,7 +47,8 @@ def train(
 
 
 def resume(
-    run_id: Annotated[str, typer.Argument(help="The run to continue (see `absa runs list`).")],
+    run_id: Annotated[str, typer.Argument(help="The run to continue (see `absa runs list`).",
+                                          autocompletion=complete_run_id)],
     max_gpus: Annotated[Optional[int], typer.Option(
         "--max-gpus", min=1, help=MAX_GPUS_HELP + " The global batch and LR come from the run's policy state, "
         "so any worker count continues the same run.", show_default="the run's cluster.max_workers")] = None,

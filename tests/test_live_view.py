@@ -1,0 +1,70 @@
+"""The console a human watches: a live view in a real (pseudo-)terminal, plain lines without escape codes elsewhere.
+
+`absa train` runs as a real process; under a pty, rich sees a terminal exactly as it would in a user's shell.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+
+from conftest import TINY
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+COMMAND = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "--local"]
+PANEL_FIELDS = ("epoch", "geometry", "global batch 64 = 1 worker(s) × 32 per worker × 2 accumulation step(s)",
+                "updates", "LR", "λ_max", "adversarial", "train", "loss", "acc", "test acc", "samples/s", "policy",
+                "ETA")
+
+
+def _run_in_terminal(tmp_path, columns: int = 140) -> str:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)}
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen([*COMMAND, "--runs-dir", str(tmp_path)], stdin=slave, stdout=slave, stderr=slave,
+                               env=env, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert process.wait(timeout=120) == 0
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def test_a_terminal_gets_the_live_view_with_every_status_field(tmp_path):
+    raw = _run_in_terminal(tmp_path)
+    assert "\x1b[" in raw  # rich drew with cursor control: it saw a terminal
+    screen = ANSI.sub("", raw)
+    panel = screen[screen.index("╭─ absa"):]
+    for field in PANEL_FIELDS:
+        assert field in panel, f"{field!r} missing from the live view"
+    assert re.search(r"λ_max\s+\d[\d.]*( [↑↓→])?\s+[▁▂▃▄▅▆▇█]+", panel), "λ_max with its trend sparkline"
+    assert "epoch 2/2" in panel and "━" in panel  # the progress bar
+    assert "summary: 2 epochs" in screen
+
+
+def test_a_pipe_gets_plain_timestamped_lines_without_escape_codes(tmp_path):
+    result = subprocess.run([*COMMAND, "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TERM": "xterm-256color"})
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("run: ") and lines[-1].startswith("summary: ")
+    body = lines[1:-1]
+    assert body and all(re.match(r"\d\d:\d\d:\d\d ", line) for line in body), body
+    assert sum(" step " in line for line in body) >= 2 and sum(re.match(r"\S+ epoch \d+:", line) is not None
+                                                               for line in body) == 2
