@@ -25,6 +25,7 @@ class DatasetSpec:
     layout: str  # the expected on-disk layout, quoted in "data not found" errors
     downloadable: bool = False  # torchvision can fetch it when ``data.download=true``
     procedural: bool = False  # generated in memory from a seed; sizes come from the config
+    streamed: bool = False  # decoded from image files batch by batch (too large to hold); the rest live in memory
 
 
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -58,11 +59,13 @@ DATASETS: dict[str, DatasetSpec] = {
             folder="tiny-imagenet-200",
             layout="tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
             "val/val_annotations.txt} (the official zip, unpacked)",
+            streamed=True,
         ),
         DatasetSpec(
             "imagenet", 1000, 224, 1_281_167, 50_000, _IMAGENET_MEAN, _IMAGENET_STD,
             folder="imagenet",
             layout="imagenet/{train,val}/<wnid>/*.JPEG (torchvision ImageFolder layout)",
+            streamed=True,
         ),
         DatasetSpec(
             "shapes", 10, 32, 20_000, 2_000, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),

@@ -26,6 +26,9 @@ LR_SCALING_RULES = ("linear", "sqrt", "none")
 POLICIES = ("absa", "abs", "fixed", "fixed-large")
 PROBE_METHODS = ("power", "lanczos")
 BN_MODES = ("eval", "train")
+AUTO_ON_OFF = ("auto", "on", "off")
+AMP_MODES = ("auto", "bf16", "off")
+PROBE_AMP_MODES = ("off", "bf16")
 
 
 class ConfigError(UserError):
@@ -35,6 +38,11 @@ class ConfigError(UserError):
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _switch(value: str) -> str:
+    """YAML 1.1 reads on/off (and yes/no) as booleans, which reach a ``str`` field as "True"/"False"."""
+    return {"True": "on", "False": "off"}.get(value, value)
 
 
 @dataclass
@@ -48,14 +56,27 @@ class DataConfig:
     test_size: int = 0
     seed: int = 0  # content of procedural datasets; independent of the training seed on purpose
     augment: bool = True  # the dataset's standard augmentation on training batches
+    # In-memory sets (all but tinyimagenet/imagenet) held on the GPU, batches gathered and augmented there.
+    # auto: on CUDA when the pixels take at most a quarter of the card's memory; off on the CPU.
+    on_device: str = "auto"
+    # Processes decoding file-backed sets (tinyimagenet, imagenet) ahead of the step; -1: 4 on CUDA, 0 on the CPU.
+    loader_workers: int = -1
 
     def __post_init__(self) -> None:
+        self.on_device = _switch(self.on_device)
         _require(self.name in catalog.DATASETS,
                  f"data.name={self.name!r} is not a dataset; choose one of {', '.join(catalog.DATASETS)}")
         _require(self.train_size >= 0 and self.test_size >= 0, "data.train_size/test_size must be >= 0")
         splits = ("train", "extra", "train+extra") if self.name == "svhn" else ("train",)
         _require(self.train_split in splits,
                  f"data.train_split={self.train_split!r} is not valid for {self.name}; use one of {splits}")
+        _require(self.on_device in AUTO_ON_OFF,
+                 f"data.on_device={self.on_device!r}; choose one of {', '.join(AUTO_ON_OFF)}")
+        _require(self.on_device != "on" or not catalog.DATASETS[self.name].streamed,
+                 f"data.on_device=on: {self.name} is decoded from files batch by batch and cannot live on the "
+                 f"device; use data.on_device=auto (and data.loader_workers to decode ahead)")
+        _require(self.loader_workers >= -1,
+                 f"data.loader_workers must be >= 0, or -1 for auto, got {self.loader_workers}")
 
     def resolved_root(self) -> Path:
         """The data directory: ``data.root``, else ``$ABSA_DATA``, else ``~/.cache/absa/data``."""
@@ -153,14 +174,35 @@ class ProbeConfig:
     tol: float = 1e-2  # relative tolerance (the paper: 1e-2)
     bn_mode: str = "eval"  # BatchNorm in eval mode during the probe, as PyHessian and the paper do
     seed: int = 0  # which samples form the probe set, and the starting vector
+    amp: str = "off"  # off: fp32 HVPs whatever device.amp says (λ_max steers the batch size) | bf16
 
     def __post_init__(self) -> None:
+        self.amp = _switch(self.amp)
         _require(self.batch_size > 0, f"probe.batch_size must be > 0, got {self.batch_size}")
         _require(self.num_batches > 0, f"probe.num_batches must be > 0, got {self.num_batches}")
         _require(self.method in PROBE_METHODS, f"probe.method={self.method!r}; choose one of {PROBE_METHODS}")
         _require(self.max_iter > 0, f"probe.max_iter must be > 0, got {self.max_iter}")
         _require(self.tol > 0, f"probe.tol must be > 0, got {self.tol}")
         _require(self.bn_mode in BN_MODES, f"probe.bn_mode={self.bn_mode!r}; choose one of {BN_MODES}")
+        _require(self.amp in PROBE_AMP_MODES,
+                 f"probe.amp={self.amp!r}; choose one of {', '.join(PROBE_AMP_MODES)}")
+
+
+@dataclass
+class DeviceConfig:
+    """How a worker uses its accelerator. ``auto`` means the fast choice on CUDA and today's exact path on the CPU,
+    so CPU runs (and their tests) do not change; every switch can be forced either way."""
+
+    amp: str = "auto"  # autocast of forward passes: auto (bf16 on CUDA when supported, else off) | bf16 | off
+    channels_last: str = "auto"  # NHWC model and inputs: auto (on with CUDA) | on | off
+    cudnn_benchmark: bool = True  # let cuDNN time its kernels per input shape (CUDA only)
+    compile: bool = False  # torch.compile the training forward (first steps of each new shape pay the compile)
+
+    def __post_init__(self) -> None:
+        self.amp, self.channels_last = _switch(self.amp), _switch(self.channels_last)
+        _require(self.amp in AMP_MODES, f"device.amp={self.amp!r}; choose one of {', '.join(AMP_MODES)}")
+        _require(self.channels_last in AUTO_ON_OFF,
+                 f"device.channels_last={self.channels_last!r}; choose one of {', '.join(AUTO_ON_OFF)}")
 
 
 @dataclass
@@ -219,6 +261,7 @@ class RunConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

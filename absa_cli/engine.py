@@ -15,22 +15,30 @@ statistics after every step, and a checkpoint taken mid-epoch is the same whoeve
 
 A stop request (the driver got SIGINT/SIGTERM) rides in that all-reduce too: every rank learns of it after the same
 step and stops there, so a graceful stop never leaves ranks one step apart.
+
+On a GPU (``absa_cli.accel``): forward passes under bf16 autocast, model and inputs in channels_last, in-memory
+datasets on the device, file-backed ones decoded ahead by worker processes, optionally a compiled forward. The
+curvature probe always runs the uncompiled module (``self.model``), in fp32 unless ``probe.amp`` says otherwise:
+λ_max steers the batch size. ``self.model`` is also what state dicts hold, so their keys never change.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from absa_cli.accel import Accel, place_datasets
 from absa_cli.adversarial import mix_adversarial, robust_accuracy
 from absa_cli.config import ProbeConfig, RunConfig
 from absa_cli.curvature import HessianOperator, lanczos, power_iteration
-from absa_cli.data import build_dataset
+from absa_cli.data import ImageDataset, build_dataset
+from absa_cli.data.loader import PrefetchLoader, Request
 from absa_cli.data.order import EpochOrder, probe_indices
 from absa_cli.dist import DistContext, LocalContext
 from absa_cli.geometry import BatchGeometry
@@ -71,22 +79,33 @@ def pick_device() -> torch.device:
 class Engine:
     """A worker's model, optimizer and data; the same object whether it runs alone or in a Ray actor."""
 
-    def __init__(self, config: RunConfig, ctx: DistContext | None = None, device: torch.device | None = None):
+    def __init__(self, config: RunConfig, ctx: DistContext | None = None, device: torch.device | None = None,
+                 datasets: tuple[ImageDataset, ImageDataset] | None = None):
+        """``datasets``: (train, test) to use instead of building them from ``config.data``: benchmarks need sets
+        the catalogue cannot name (224-px synthetic images; random CIFAR-shaped pixels with CIFAR's augmentation)."""
         self.config = config
         self.ctx = ctx or LocalContext()
         self.device = device or pick_device()
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.accel = Accel.resolve(config, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.device.cudnn_benchmark
         data = config.data
         root = data.resolved_root()
-        self.train_set = build_dataset(data.name, data.train_split, root, seed=data.seed,
-                                       size=data.train_size, download=data.download)
-        self.test_set = build_dataset(data.name, "test", root, seed=data.seed, size=data.test_size,
-                                      download=data.download)
+        train_set, test_set = datasets or (
+            build_dataset(data.name, data.train_split, root, seed=data.seed, size=data.train_size,
+                          download=data.download),
+            build_dataset(data.name, "test", root, seed=data.seed, size=data.test_size, download=data.download))
+        (self.train_set, self.test_set), self.data_on_device = place_datasets(data.on_device, [train_set, test_set],
+                                                                              self.device)
         torch.manual_seed(config.seed)  # identical initial weights on every worker
         spec = self.train_set.spec
-        self.model = build_model(config.model.name, spec.num_classes, spec.image_size,
-                                 width=config.model.width).to(self.device)
+        self.model = self.accel.prepare_model(build_model(config.model.name, spec.num_classes, spec.image_size,
+                                                          width=config.model.width).to(self.device))
+        self._compiled: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (source module, compiled)
+        self._loader: PrefetchLoader | None = None
+        self._device_order: tuple[EpochOrder, torch.Tensor, torch.Tensor] | None = None  # the order, on the device
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
             nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
@@ -134,15 +153,18 @@ class Engine:
         self.position = (epoch, samples_seen)  # so a failure in this chunk's first step reports this epoch
         order = self.epoch_order(epoch)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
-        position = samples_seen
-        for lr in lrs:
-            span = order.positions(position, geometry.global_batch_size)
+        spans, position = [], samples_seen
+        for _ in lrs:  # the chunk's steps are known up front, so a loader can decode ahead across steps
+            spans.append(order.positions(position, geometry.global_batch_size))
+            position = spans[-1].stop
+        plans = [self._micro_batches(span.stop - span.start, geometry) for span in spans]
+        batches = self._training_batches(order, spans, plans)
+        for lr, span, plan in zip(lrs, spans, plans):
             if span.start >= span.stop:
-                raise ValueError(f"epoch {epoch} has no samples left at position {position}")
-            step_totals, stop = self._step(order.indices[span], order.aug_seeds[span], lr, geometry, adv_ratio)
+                raise ValueError(f"epoch {epoch} has no samples left at position {span.start}")
+            step_totals, stop = self._step(batches, len(plan), span.stop - span.start, lr, adv_ratio)
             totals += step_totals
-            position = span.stop
-            self.position = (epoch, position)
+            self.position = (epoch, span.stop)
             self.chunk_steps_done += 1
             if self.sample_log is not None:
                 self._log_samples(epoch, span.start, order.indices[span])
@@ -153,38 +175,82 @@ class Engine:
         return ChunkStats(steps=self.chunk_steps_done, samples=int(num_samples), loss_sum=loss_sum,
                           num_correct=int(num_correct), seconds=time.perf_counter() - started)
 
-    def _step(self, indices: torch.Tensor, aug_seeds: torch.Tensor, lr: float,
-              geometry: BatchGeometry, adv_ratio: float) -> tuple[torch.Tensor, bool]:
-        """One optimizer step on the global batch ``indices``; (this rank's loss/correct/samples, stop agreed)."""
-        batch_size = len(indices)
-        world_size, rank = self.ctx.world_size, self.ctx.rank
-        mine = torch.tensor_split(torch.arange(batch_size), world_size)[rank]
+    def _micro_batches(self, batch_size: int, geometry: BatchGeometry) -> list[slice]:
+        """This rank's micro-batches of a global batch of ``batch_size``, as ranges of positions within it (contiguous
+        by construction); empty ones, which occur only in an epoch's short last batch, dropped."""
+        mine = torch.tensor_split(torch.arange(batch_size), self.ctx.world_size)[self.ctx.rank]
+        return [slice(int(m[0]), int(m[-1]) + 1) for m in torch.tensor_split(mine, geometry.grad_accum_steps) if len(m)]
+
+    def _training_batches(self, order: EpochOrder, spans: list[slice],
+                          plans: list[list[slice]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The chunk's micro-batches in order: from the prefetching loader when one is configured, else made
+        one at a time just before their step."""
+        all_indices, all_seeds = order.indices, order.aug_seeds
+        if self.data_on_device:  # slices of device tensors: no blocking host-to-device copy per micro-batch
+            if self._device_order is None or self._device_order[0] is not order:
+                self._device_order = (order, order.indices.to(self.device), order.aug_seeds.to(self.device))
+            _, all_indices, all_seeds = self._device_order
+        if not self.config.data.augment:
+            all_seeds = None
+        requests: list[Request] = []
+        for span, plan in zip(spans, plans):
+            indices, seeds = all_indices[span], None if all_seeds is None else all_seeds[span]
+            requests += [(indices[micro], None if seeds is None else seeds[micro]) for micro in plan]
+        if self.accel.loader_workers > 0 and not self.data_on_device:
+            if self._loader is None:
+                self._loader = PrefetchLoader(self.train_set, self.accel.loader_workers,
+                                              pin_memory=self.device.type == "cuda")
+            return self._loader.batches(requests)
+        return (self.train_set.get_batch(indices, seeds) for indices, seeds in requests)
+
+    def _forward_model(self) -> torch.nn.Module:
+        """The module training calls: ``self.model``, or its compiled wrapper (sharing its parameters)."""
+        if not self.accel.compile:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1]
+
+    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], num_micro: int,
+              batch_size: int, lr: float, adv_ratio: float) -> tuple[torch.Tensor, bool]:
+        """One optimizer step on a global batch of ``batch_size``: this rank's ``num_micro`` micro-batches, taken
+        from ``batches``; (this rank's loss/correct/samples, stop agreed)."""
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        augment = self.config.data.augment
         norms = _NormStats(self._norms)
-        for micro in torch.tensor_split(mine, geometry.grad_accum_steps):
-            if len(micro) == 0:  # only in an epoch's short last batch
-                continue
+        try:
+            return self._accumulate_and_apply(batches, num_micro, batch_size, lr, adv_ratio, totals, norms)
+        except BaseException:  # a failed step (a dead peer in the all-reduce) leaves the statistics untouched too
+            norms.restore()
+            raise
+
+    def _accumulate_and_apply(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], num_micro: int,
+                              batch_size: int, lr: float, adv_ratio: float, totals: torch.Tensor,
+                              norms: "_NormStats") -> tuple[torch.Tensor, bool]:
+        world_size = self.ctx.world_size
+        model = self._forward_model()
+        for _ in range(num_micro):
             norms.before_forward()
-            inputs, labels = self.train_set.get_batch(indices[micro], aug_seeds[micro] if augment else None)
-            inputs = inputs.to(self.device, non_blocking=True)
+            inputs, labels = next(batches)
+            inputs = self.accel.inputs(inputs.to(self.device, non_blocking=True))
             labels = labels.to(self.device, non_blocking=True)
-            if adv_ratio > 0:
-                spec = self.train_set.spec
-                inputs = mix_adversarial(self.model, inputs, labels, adv_ratio, self.config.policy.adv_eps,
-                                         spec.mean, spec.std)
-            logits = self.model(inputs)
-            norms.after_forward()
-            loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+            with self.accel.autocast(self.accel.amp_dtype):
+                if adv_ratio > 0:
+                    spec = self.train_set.spec
+                    inputs = mix_adversarial(self.model, inputs, labels, adv_ratio, self.config.policy.adv_eps,
+                                             spec.mean, spec.std)
+                logits = model(inputs)
+                norms.after_forward()
+                loss_sum = F.cross_entropy(logits, labels, reduction="sum")
             (loss_sum * (world_size / batch_size)).backward()
             with torch.no_grad():
                 totals[0] += loss_sum.detach()
                 totals[1] += (logits.argmax(dim=1) == labels).sum()
-                totals[2] += len(micro)
+                totals[2] += len(labels)
         for param in self.model.parameters():  # a rank with an empty share must still join the same all-reduce
             if param.requires_grad and param.grad is None:
                 param.grad = torch.zeros_like(param)
-        control = torch.tensor([float(self.stop_requested), float(norms.count)], device=self.device)
+        control = torch.zeros(2, device=self.device)  # filled from scalars: torch.tensor(list) on a GPU would sync
+        control[0], control[1] = float(self.stop_requested), float(norms.count)
         self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None]
                                  + norms.sums + [control])
         norms.apply(control[1])
@@ -217,14 +283,16 @@ class Engine:
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, samples, fgsm correct
         for batch in torch.split(shard, self.config.eval.batch_size):
             inputs, labels = self.test_set.get_batch(batch, None)
-            inputs, labels = inputs.to(self.device), labels.to(self.device)
-            with torch.no_grad():
+            inputs, labels = self.accel.inputs(inputs.to(self.device)), labels.to(self.device)
+            with torch.no_grad(), self.accel.autocast(self.accel.amp_dtype):
                 logits = self.model(inputs)
                 totals[0] += F.cross_entropy(logits, labels, reduction="sum")
                 totals[1] += (logits.argmax(dim=1) == labels).sum()
                 totals[2] += len(batch)
             if eps > 0:  # needs input gradients: outside no_grad
-                totals[3] += robust_accuracy(self.model, [(inputs, labels)], eps, spec.mean, spec.std) * len(batch)
+                with self.accel.autocast(self.accel.amp_dtype):
+                    accuracy = robust_accuracy(self.model, [(inputs, labels)], eps, spec.mean, spec.std)
+                totals[3] += accuracy * len(batch)
         self.ctx.all_reduce_sum([totals])
         loss_sum, num_correct, num_samples, fgsm_correct = totals.tolist()
         count = max(num_samples, 1)
@@ -242,7 +310,7 @@ class Engine:
             for batch in probe_indices(len(self.train_set), probe.batch_size, probe.num_batches, probe.seed):
                 mine = torch.tensor_split(batch, self.ctx.world_size)[self.ctx.rank]
                 inputs, labels = self.train_set.get_batch(mine, None)
-                batches.append((inputs.to(self.device), labels.to(self.device)))
+                batches.append((self.accel.inputs(inputs.to(self.device)), labels.to(self.device)))
             self._probe_batches = batches
         return self._probe_batches
 
@@ -250,7 +318,8 @@ class Engine:
         """Top Hessian eigenvalue of the mean training loss on the probe set (averaged over workers)."""
         probe = probe or self.config.probe
         started = time.perf_counter()
-        operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(), self.ctx, bn_mode=probe.bn_mode)
+        operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(), self.ctx, bn_mode=probe.bn_mode,
+                                   amp_dtype=torch.bfloat16 if probe.amp == "bf16" else None)
         if probe.method == "lanczos":
             result = lanczos(operator, k=1, max_iter=probe.max_iter, tol=probe.tol, seed=probe.seed)
         else:
@@ -292,7 +361,7 @@ class _NormStats:
     @torch.no_grad()
     def before_forward(self) -> None:
         if self.count:  # the first micro-batch starts from the starting values already
-            self._restore()
+            self.restore()
 
     @torch.no_grad()
     def after_forward(self) -> None:
@@ -305,14 +374,15 @@ class _NormStats:
         """``sums`` and the count were both averaged over ranks: their ratio is the mean over micro-batches."""
         if not self.norms:
             return
-        self._restore()
+        self.restore()
         buffers = (t for m in self.norms for t in (m.running_mean, m.running_var))
         for buffer, total in zip(buffers, self.sums):
             buffer.copy_(total / mean_count)
         for module in self.norms:
             module.num_batches_tracked += 1
 
-    def _restore(self) -> None:
+    @torch.no_grad()
+    def restore(self) -> None:
         for module, (mean, var, tracked) in zip(self.norms, self.start):
             module.running_mean.copy_(mean)
             module.running_var.copy_(var)

@@ -37,3 +37,16 @@ def ray_cluster():
     import ray
 
     yield ray.get_runtime_context().gcs_address
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests need CUDA: without it they are skipped, saying why (torch is imported only when
+    such a test was collected)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))

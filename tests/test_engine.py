@@ -150,3 +150,28 @@ def test_a_stop_request_ends_the_chunk_after_the_step_in_progress(tiny_config):
     cut = engine.train_chunk(0, 128, [0.05] * 2, geometry)
     assert (first.steps, first.samples) == (2, 128)
     assert (cut.steps, cut.samples) == (1, 64) and engine.position == (0, 192)
+
+
+class _DeadPeer:
+    """A group whose all-reduce fails, as gloo's does when a peer dies mid-step."""
+
+    world_size, rank = 2, 0
+
+    def all_reduce_mean(self, tensors):
+        raise RuntimeError("Connection closed by peer")
+
+    all_reduce_sum = all_reduce_mean
+
+
+def test_a_step_that_fails_in_the_all_reduce_leaves_weights_and_statistics_untouched(tiny_config):
+    engine = Engine(tiny_config)
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    engine.set_context(_DeadPeer())
+    try:
+        engine.train_chunk(0, 0, [0.05], BatchGeometry(64, 2, 16, 2))
+    except RuntimeError as exc:
+        assert "peer" in str(exc)
+    else:
+        raise AssertionError("the step should have failed")
+    for name, value in engine.model.state_dict().items():
+        assert torch.equal(value, before[name]), name  # BatchNorm buffers included

@@ -8,7 +8,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "absa_cli"
 
 LAYER_0 = {"errors", "catalog", "config", "geometry", "schedule", "metrics", "policy", "lock"}
-LAYER_1 = {"data", "models", "curvature", "dist", "engine", "checkpoint", "adversarial", "hessian", "tensorboard"}
+LAYER_1 = {"data", "models", "curvature", "dist", "engine", "checkpoint", "adversarial", "hessian", "tensorboard",
+           "accel"}
 LAYER_2 = {"controller", "local_group", "cluster"}
 HEAVY = {"torch", "torchvision", "ray", "numpy", "scipy", "PIL"}
 

@@ -93,11 +93,15 @@ class HessianOperator:
     exact, not an approximation: the graph is that of the same weights and batch. The price is memory: one retained
     double-backward graph per batch (several times the activations). Default (``None``): reuse when there is a
     single batch — the in-training probe — and recompute when there are many, where the memory would add up.
+
+    ``amp_dtype``: run the forward passes (and so the graphs differentiated twice) under autocast to this dtype,
+    e.g. bf16 on a GPU (ANCHORS.md: up to 2.6× faster HVPs). Only the model's forward is autocast; vectors,
+    products and the eigen-solvers' arithmetic stay in the parameters' dtype. Default: no autocast.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], ctx: DistContext | None = None,
                  *, bn_mode: str = "eval", params: Sequence[torch.Tensor] | None = None,
-                 reuse_graph: bool | None = None) -> None:
+                 reuse_graph: bool | None = None, amp_dtype: torch.dtype | None = None) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         if len(batches) == 0:
@@ -117,6 +121,7 @@ class HessianOperator:
         self.numels = [p.numel() for p in self.params]
         self.dim = sum(self.numels)
         self.reuse_graph = len(self.batches) == 1 if reuse_graph is None else reuse_graph
+        self.amp_dtype = amp_dtype
         self.hvp_count = 0
         self._graphs: dict[int, list[torch.Tensor]] = {}
         self._weights = self._batch_weights()
@@ -173,7 +178,8 @@ class HessianOperator:
         if index in self._graphs:
             return self._graphs[index]
         inputs, targets = self.batches[index]
-        loss = self.loss_fn(self.model(inputs), targets)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss_fn(self.model(inputs), targets)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
         if self.reuse_graph:

@@ -43,7 +43,8 @@ def seed_streams(seeds: torch.Tensor, num_streams: int) -> list[torch.Tensor]:
 class CropFlip:
     """Random crop of the original size from a zero-padded image, plus an optional horizontal flip.
 
-    The standard CIFAR recipe (pad 4, crop 32, flip), applied to a uint8 batch by one gather.
+    The standard CIFAR recipe (pad 4, crop 32, flip), applied to a uint8 batch by one gather, on whatever device
+    the images are: integer hashing and a gather give the same bytes on a GPU as on the CPU.
     """
 
     padding: int
@@ -52,19 +53,20 @@ class CropFlip:
     def __call__(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         num_images, num_channels, height, width = images.shape
         pad = self.padding
-        offset_y_raw, offset_x_raw, flip_raw = seed_streams(seeds, 3)
+        device = images.device
+        offset_y_raw, offset_x_raw, flip_raw = seed_streams(seeds.to(device), 3)
         offset_y = offset_y_raw % (2 * pad + 1)
         offset_x = offset_x_raw % (2 * pad + 1)
         padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-        rows = offset_y[:, None] + torch.arange(height)  # N×H
-        cols_plain = torch.arange(width)
+        rows = offset_y[:, None] + torch.arange(height, device=device)  # N×H
+        cols_plain = torch.arange(width, device=device)
         if self.flip:
             flipped = (flip_raw & 1).bool()[:, None]
             cols = offset_x[:, None] + torch.where(flipped, width - 1 - cols_plain, cols_plain)  # N×W
         else:
             cols = offset_x[:, None] + cols_plain
-        batch_index = torch.arange(num_images)[:, None, None, None]
-        channel_index = torch.arange(num_channels)[None, :, None, None]
+        batch_index = torch.arange(num_images, device=device)[:, None, None, None]
+        channel_index = torch.arange(num_channels, device=device)[None, :, None, None]
         return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
 
 

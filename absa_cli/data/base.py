@@ -7,6 +7,7 @@ rather than a global RNG so that the same global step yields bit-identical input
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 
 import torch
@@ -57,15 +58,26 @@ def check_batch_args(indices: torch.Tensor, aug_seeds: torch.Tensor | None) -> t
 
 def normalize(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     """uint8 ``N×3×S×S`` → float32 ``(x/255 − mean)/std`` with the spec's per-channel statistics."""
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
     # One fused multiply-add instead of divide-subtract-divide: this runs on every training batch.
-    scale = 1.0 / (255.0 * std)
-    return torch.addcmul(-mean / std, images.to(torch.float32), scale)
+    shift, scale = _affine(spec.mean, spec.std, images.device)
+    return torch.addcmul(shift, images.to(torch.float32), scale)
+
+
+@functools.lru_cache(maxsize=32)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(−mean/std, 1/(255·std))`` as ``1×3×1×1`` tensors on ``device``, made once: building them from Python
+    lists on a GPU is a blocking host-to-device copy, which would stall every batch."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    return -mean_t / std_t, 1.0 / (255.0 * std_t)
 
 
 class TensorImageDataset(ImageDataset):
-    """All pixels held as one uint8 ``N×3×S×S`` tensor (CIFAR, SVHN, procedural sets): gather, augment, normalise."""
+    """All pixels held as one uint8 ``N×3×S×S`` tensor (CIFAR, SVHN, procedural sets): gather, augment, normalise.
+
+    The tensor may live on a GPU (``to``): a batch is then gathered, augmented and normalised there, with the same
+    result as on the CPU, and only the indices cross the bus.
+    """
 
     def __init__(
         self,
@@ -88,8 +100,16 @@ class TensorImageDataset(ImageDataset):
     def get_batch(
         self, indices: torch.Tensor, aug_seeds: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        indices = check_batch_args(indices, aug_seeds)
+        indices = check_batch_args(indices, aug_seeds).to(self.images.device)
         images = self.images[indices]
         if aug_seeds is not None and self.augment is not None:
             images = self.augment(images, aug_seeds)
         return normalize(images, self.spec), self.labels[indices]
+
+    @property
+    def num_bytes(self) -> int:
+        return self.images.nbytes + self.labels.nbytes
+
+    def to(self, device: torch.device | str) -> TensorImageDataset:
+        """The same samples with pixels and labels on ``device`` (one copy, made once)."""
+        return TensorImageDataset(self.spec, self.split, self.images.to(device), self.labels.to(device), self.augment)
