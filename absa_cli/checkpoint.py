@@ -144,8 +144,8 @@ class CheckpointStore:
             data = json.loads(self.manifest_path.read_text())
             return [Entry(**item) for item in data["checkpoints"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{self.manifest_path} is damaged ({type(exc).__name__}: {exc}); "
-                                  f"move it aside to load checkpoints without verification") from None
+            raise CheckpointError(f"{self.manifest_path} is damaged ({type(exc).__name__}: {exc}); without it no "
+                                  f"checkpoint can be verified: restore it, or start a new run") from None
 
     def entry(self, name: str) -> Entry | None:
         return next((e for e in self.entries() if e.file == name), None) if self.manifest_path.is_file() else None
@@ -170,6 +170,9 @@ class CheckpointStore:
         None when no checkpoint was ever written; ``CheckpointError`` when some were but none is usable.
         """
         entries = self.entries()
+        if not entries and any(self.directory.glob("epoch-*.pt")):
+            raise CheckpointError(f"{self.directory} holds checkpoints but no {MANIFEST} to verify them against; "
+                                  f"restore it, or start a new run (absa never loads an unverified checkpoint)")
         problems = []
         for entry in reversed(entries):
             try:

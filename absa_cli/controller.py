@@ -122,7 +122,8 @@ class Controller:
         self.decision: Decision = self.policy.initial()
         self.last_record: dict[str, Any] | None = None
         self.stop_signal: int | None = None
-        self._saved_at: int | None = None  # `updates` at the last checkpoint this controller wrote
+        # `updates` at the last checkpoint written or restored; 0: the start needs none (a resume starts over)
+        self._saved_at = 0
 
     def close(self) -> None:
         self.sink.close()
@@ -164,6 +165,9 @@ class Controller:
                 if restarts > MAX_RESTARTS:
                     raise RuntimeError(f"the worker group was lost {restarts} times; last: {lost}") from lost
                 self.restart_from_checkpoint(str(lost))
+        if self.last_record is None:  # resumed from the last epoch's checkpoint: nothing was left to train
+            epochs = self.run.records("epoch")
+            self.last_record = epochs[-1] if epochs else None
         return {"epochs": self.config.epochs, "updates": self.progress.updates,
                 "final_test_acc": self.last_record["test_acc"] if self.last_record else None,
                 "best_test_acc": self.progress.best_test_acc,

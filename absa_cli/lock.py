@@ -1,20 +1,24 @@
 """One driver per run: a lock file with host, pid and a heartbeat (layer 0: stdlib only).
 
-``runs/<id>/lock.json`` is created with O_EXCL, so two drivers cannot both create it. A lock is *stale* when its
+``runs/<id>/lock.json`` is written whole to a temporary file and hard-linked into place, which fails if the lock
+exists: two drivers cannot both create it, and nobody ever reads a half-written lock. A lock is *stale* when its
 driver is gone: on this host, the pid no longer runs (or now belongs to another process, told apart by its start
 time); on another host, the heartbeat is older than ``STALE_AFTER_S``. A stale lock is taken over; a live one is
-refused with one line naming the driver.
+refused with one line naming the driver. Deciding and taking over happen under an flock on ``lock.guard``, so two
+drivers that both find the same stale lock cannot both take it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from absa_cli.errors import UserError
 
@@ -64,8 +68,8 @@ def read(path: Path) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
-    except ValueError:  # a driver killed while writing its first heartbeat: an empty or partial file
-        return {"host": None, "pid": -1, "heartbeat": 0}
+    except ValueError:  # not written by this version (locks are linked in whole): judge it by its age
+        return {"host": None, "pid": -1, "heartbeat": Path(path).stat().st_mtime}
 
 
 class RunLock:
@@ -79,49 +83,53 @@ class RunLock:
         self._me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
 
     def acquire(self) -> "RunLock":
-        for _ in range(3):  # lose a takeover race at most twice before giving up
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = read(self.path)
-                if holder is None:
-                    continue  # released meanwhile
+        with self._guard():
+            holder = read(self.path)
+            if holder is not None:
                 if not is_stale(holder):
                     raise RunLocked(f"run {self.run_id} is being driven by {describe(holder)}; stop that driver "
                                     f"first (Ctrl-C), or wait for it to finish")
-                self._take_over(holder)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump({**self._me, "heartbeat": time.time()}, handle)
-            self._thread = threading.Thread(target=self._beat, name="absa-run-lock", daemon=True)
-            self._thread.start()
-            return self
-        raise RunLocked(f"run {self.run_id}: another driver took its stale lock at the same time; try again")
+                self.path.unlink(missing_ok=True)  # a stale lock: take it over
+            tmp = self._write_tmp()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:  # a driver that does not take the guard (another version) got in first
+                raise RunLocked(f"run {self.run_id}: another driver took it at the same time; try again") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        self._thread = threading.Thread(target=self._beat, name="absa-run-lock", daemon=True)
+        self._thread.start()
+        return self
 
-    def _take_over(self, holder: dict[str, Any]) -> None:
-        """Rename the stale lock aside; of two drivers racing, only one rename succeeds."""
-        try:
-            os.replace(self.path, self.path.with_name(f"lock.stale-{os.getpid()}.json"))
-        except FileNotFoundError:
-            return
-        self.path.with_name(f"lock.stale-{os.getpid()}.json").unlink(missing_ok=True)
+    def _write_tmp(self) -> Path:
+        tmp = self.path.with_name(f".lock.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**self._me, "heartbeat": time.time()}))
+        return tmp
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            holder = read(self.path)
-            if holder is None or holder.get("pid") != self._me["pid"] or holder.get("host") != self._me["host"]:
-                return  # taken over (we looked dead from another host): never overwrite the new holder
-            tmp = self.path.with_name(f".lock.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**self._me, "heartbeat": time.time()}))
-            os.replace(tmp, self.path)
+            with self._guard():
+                if not self._mine():
+                    return  # taken over (we looked dead from another host): never overwrite the new holder
+                os.replace(self._write_tmp(), self.path)
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        with self._guard():
+            if self._mine():
+                self.path.unlink(missing_ok=True)
+
+    def _mine(self) -> bool:
         holder = read(self.path)
-        if holder is not None and holder.get("pid") == self._me["pid"] and holder.get("host") == self._me["host"]:
-            self.path.unlink(missing_ok=True)
+        return holder is not None and holder.get("pid") == self._me["pid"] and holder.get("host") == self._me["host"]
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        with self.path.with_name("lock.guard").open("a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

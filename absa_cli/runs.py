@@ -138,14 +138,23 @@ class RunDir:
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line cut by a crash mid-write: the records before it stand
+                continue
         return [r for r in records if kind is None or r.get("kind") == kind]
 
     def load_config(self) -> config_mod.RunConfig:
         return config_mod.from_yaml(self.config_path.read_text())
 
     def info(self) -> dict[str, Any]:
-        return json.loads(self.info_path.read_text()) if self.info_path.exists() else {}
+        """``run.json``; a damaged one reads as status ``damaged`` (listed, never a traceback)."""
+        try:
+            return json.loads(self.info_path.read_text()) if self.info_path.exists() else {}
+        except ValueError:
+            return {"status": "damaged", "error": f"{self.info_path} is not valid JSON"}
 
     def write_info(self, **fields: Any) -> None:
         """Update ``run.json`` atomically with ``fields``."""
@@ -153,7 +162,10 @@ class RunDir:
             raise ValueError(f"unknown run status {fields['status']!r}")
         info = {**self.info(), **fields, "updated_at": _now()}
         tmp = self.info_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        with tmp.open("w") as handle:
+            handle.write(json.dumps(info, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, self.info_path)
 
     def finish(self, status: str, **fields: Any) -> None:

@@ -67,3 +67,15 @@ def test_the_heartbeat_advances_while_held(tmp_path, monkeypatch):
         while json.loads(path.read_text())["heartbeat"] == first and time.time() < deadline:
             time.sleep(0.02)
         assert json.loads(path.read_text())["heartbeat"] > first
+
+
+def test_of_drivers_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
+    path = tmp_path / "lock.json"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "heartbeat": 0}))  # no such pid
+    script = ("import sys, time\nfrom absa_cli.lock import RunLock, RunLocked\n"
+              "try:\n    lock = RunLock(sys.argv[1], 'run-e').acquire()\nexcept RunLocked:\n    print('refused')\n"
+              "else:\n    print('won'); time.sleep(2); lock.release()\n")
+    racers = [subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+              for _ in range(4)]
+    outcomes = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
+    assert outcomes == ["refused", "refused", "refused", "won"]

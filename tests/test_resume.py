@@ -129,3 +129,30 @@ def test_resume_refuses_a_finished_run_and_ids_that_are_not_plain_names(finished
         assert result.exit_code == 2 and "not a plain name" in result.output, bad
     result = runner.invoke(app, ["resume", "no-such-run", "--runs-dir", str(run.path.parent)])
     assert result.exit_code == 2 and "no run 'no-such-run'" in result.output
+
+
+def test_resuming_a_run_whose_last_checkpoint_is_the_final_epoch_just_finishes(finished, tmp_path):
+    """The driver died after the last checkpoint but before marking the run finished."""
+    source = finished[0]
+    run = _copy_run(source, tmp_path)
+    run.write_info(status="running")
+    result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
+    assert result.exit_code == 0, result.output
+    assert "summary: 3 epochs" in result.output and run.info()["status"] == "finished"
+    assert epoch_records(run) == finished[2]
+
+
+def test_checkpoints_without_their_manifest_are_refused_not_restarted(finished, tmp_path):
+    run = _copy_run(finished[0], tmp_path)
+    (run.checkpoints_dir / "manifest.json").unlink()
+    run.write_info(status="interrupted")
+    result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
+    assert result.exit_code == 2 and "no manifest.json to verify them against" in result.output
+    assert epoch_records(run) == finished[2] and not run.superseded_path.exists()  # nothing was moved or lost
+
+
+def test_a_damaged_run_json_is_listed_not_a_traceback(finished, tmp_path):
+    run = _copy_run(finished[0], tmp_path)
+    run.info_path.write_text("{not json")
+    listing = runner.invoke(app, ["runs", "list", "--runs-dir", str(run.path.parent)])
+    assert listing.exit_code == 0 and "damaged" in listing.output

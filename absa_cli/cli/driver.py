@@ -51,7 +51,11 @@ def resume_command(run) -> str:
 
 
 def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
-    """Run (or resume) to the end; always closes the group and releases the lock."""
+    """Run (or resume) to the end; always writes the run's status, closes the group and releases the lock.
+
+    The signal handlers stay installed until all of that is done; once the outcome is decided, further signals are
+    ignored, so a late Ctrl-C can neither leave `run.json` saying `running` nor skip the lock's release.
+    """
     from absa_cli.controller import Controller, StopRequested
     from absa_cli.metrics import Console
 
@@ -59,42 +63,57 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
     console.line(where)
     controller = Controller(config, run, group, console, max_workers=config.cluster.max_workers)
     signals = _Signals(controller)
-    try:
-        with signals.installed():
-            if resume:
-                controller.resume()
-            summary = controller.run_all()
-    except StopRequested as stop:
-        console.close()
-        run.finish("interrupted", last_epoch=controller.progress.epoch, updates=controller.progress.updates,
-                   checkpoint=stop.checkpoint)
-        typer.echo(f"interrupted by {signal.Signals(stop.signum).name} after update {controller.progress.updates}; "
-                   f"checkpoint {stop.checkpoint}; resume with: {resume_command(run)}", err=True)
-        raise typer.Exit(128 + stop.signum) from None
-    except KeyboardInterrupt:  # the second signal: abort now, the last checkpoint stands
-        console.close()
-        run.finish("interrupted", last_epoch=controller.progress.epoch)
-        typer.echo(f"aborted; the last checkpoint stands; resume with: {resume_command(run)}", err=True)
-        raise typer.Exit(128 + (signals.last or signal.SIGINT)) from None
-    except UserError as exc:  # e.g. no usable checkpoint: one line, and the run stays resumable
-        console.close()
-        run.finish("failed", error=str(exc))
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(exc.exit_code) from None
-    except BaseException as exc:
-        console.close()
-        run.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        controller.close()
-        group.close()
-        lock.release()
-    run.finish("finished", last_epoch=summary["epochs"], updates=summary["updates"],
-               final_test_acc=summary["final_test_acc"], best_test_acc=summary["best_test_acc"])
+    with signals.installed():
+        try:
+            try:
+                if resume:
+                    controller.resume()
+                summary = controller.run_all()
+            except StopRequested as stop:
+                signals.ignore = True
+                console.close()
+                run.finish("interrupted", last_epoch=controller.progress.epoch, updates=controller.progress.updates,
+                           checkpoint=stop.checkpoint)
+                typer.echo(f"interrupted by {signal.Signals(stop.signum).name} after update "
+                           f"{controller.progress.updates}; checkpoint {stop.checkpoint}; resume with: "
+                           f"{resume_command(run)}", err=True)
+                raise typer.Exit(128 + stop.signum) from None
+            except KeyboardInterrupt:  # the second signal: abort now, the last checkpoint stands
+                signals.ignore = True
+                console.close()
+                run.finish("interrupted", last_epoch=controller.progress.epoch)
+                typer.echo(f"aborted; the last checkpoint stands; resume with: {resume_command(run)}", err=True)
+                raise typer.Exit(128 + (signals.last or signal.SIGINT)) from None
+            except UserError as exc:  # e.g. no usable checkpoint: one line, and the run stays resumable
+                signals.ignore = True
+                console.close()
+                run.finish("failed", error=str(exc))
+                sys.stderr.write(f"error: {exc}\n")
+                raise typer.Exit(exc.exit_code) from None
+            except BaseException as exc:
+                signals.ignore = True
+                console.close()
+                if not isinstance(exc, typer.Exit):
+                    run.finish("failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+            signals.ignore = True
+            run.finish("finished", last_epoch=summary["epochs"], updates=summary["updates"],
+                       final_test_acc=summary["final_test_acc"], best_test_acc=summary["best_test_acc"])
+        finally:
+            signals.ignore = True
+            try:
+                controller.close()
+                group.close()
+            finally:
+                lock.release()
     typer.echo(
         f"summary: {summary['epochs']} epochs, {summary['updates']} updates, final batch "
-        f"{summary['final_global_batch_size']}, final test acc {summary['final_test_acc']:.4f} "
-        f"(best {summary['best_test_acc']:.4f}), {summary['wall_s']:.1f} s; run directory {run.path}")
+        f"{summary['final_global_batch_size']}, final test acc {_fmt(summary['final_test_acc'])} "
+        f"(best {_fmt(summary['best_test_acc'])}), {summary['wall_s']:.1f} s; run directory {run.path}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 class _Signals:
@@ -103,8 +122,11 @@ class _Signals:
     def __init__(self, controller) -> None:
         self.controller = controller
         self.last: int | None = None
+        self.ignore = False  # set once the run's outcome is decided: only bookkeeping is left
 
     def handle(self, signum: int, frame: Any) -> None:
+        if self.ignore:
+            return
         first = self.last is None
         self.last = signum
         if not first:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -36,7 +37,7 @@ def train(
     from absa_cli.cli.driver import drive, make_group
     from absa_cli.runs import RunDir, runs_root
 
-    with user_errors():
+    with user_errors(), _interrupted_before_training():
         config = config_mod.load(preset, overrides or [])
         _apply_workers(config, max_gpus, local)
         group, where = make_group(config, config.cluster.max_workers, address, local)
@@ -58,17 +59,15 @@ def resume(
 ) -> None:
     """Continue an interrupted, failed or killed run exactly where its newest good checkpoint stands."""
     from absa_cli.cli.driver import drive, make_group
-    from absa_cli.errors import UserError
     from absa_cli.runs import RunDir, runs_root
 
-    with user_errors():
+    with user_errors(), _interrupted_before_training():
         run = RunDir.open(runs_root(runs_dir), run_id)
-        info = run.info()
-        if info.get("status") == "finished":
-            raise UserError(f"run {run.id} already finished ({info.get('last_epoch')} of {info.get('epochs')} "
-                            f"epochs); start a new one with `absa train {info.get('preset') or 'PRESET'}`")
+        _refuse_finished(run)
         lock = run.lock().acquire()
         try:
+            info = run.info()
+            _refuse_finished(run)  # again, under the lock: a driver may have finished it meanwhile
             config = run.load_config()
             _apply_workers(config, max_gpus, local)
             group, where = make_group(config, config.cluster.max_workers, address, local)
@@ -80,6 +79,25 @@ def resume(
                    resumes=int(info.get("resumes", 0)) + 1, max_workers=config.cluster.max_workers)
     typer.echo(f"run: {run.id} (resumed)")
     drive(config, run, group, lock, where, resume=True)
+
+
+def _refuse_finished(run) -> None:
+    from absa_cli.errors import UserError
+
+    info = run.info()
+    if info.get("status") == "finished":
+        raise UserError(f"run {run.id} already finished ({info.get('last_epoch')} of {info.get('epochs')} "
+                        f"epochs); start a new one with `absa train {info.get('preset') or 'PRESET'}`")
+
+
+@contextmanager
+def _interrupted_before_training() -> Iterator[None]:
+    """Ctrl-C while Ray starts or workers load: one line and exit 130, not a traceback (nothing to save yet)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("interrupted before training started; nothing to save", err=True)
+        raise typer.Exit(130) from None
 
 
 def _apply_workers(config, max_gpus: int | None, local: bool) -> None:
