@@ -1,0 +1,350 @@
+"""SGD updates to accuracy: absa against small-batch SGD, large-batch SGD with warm-up, and abs, same epochs.
+
+The paper's claim under test (PAPER.md): ABSA needs at least 5× fewer SGD updates than small-batch SGD at equal or
+better accuracy. Contenders (``policy.name``, docs/policy.md), everything else the preset's:
+
+- **absa**: the paper's method: the batch grows as the curvature drops, FGSM on a fraction of each micro-batch.
+- **fixed**: small-batch SGD at ``batch.global_batch_size`` throughout: the paper's baseline.
+- **fixed-large**: ``policy.max_global_batch`` from the start, linear LR scaling and Goyal et al.'s warm-up.
+- **abs**: absa without the adversarial examples.
+
+Each (policy, seed) pair is one whole run, in this process: ``Controller`` + ``LocalGroup``, the loop `absa train
+--local` runs, with ``threads`` torch threads. The worker count is left out: W workers and one worker with W×
+gradient accumulation compute the same updates on the same samples (engine.py), up to floating-point summation
+order, so one worker measures what a cluster would (the order can still move a growth whose λ_max lies near the
+threshold). ``seed=S`` varies model init, sample order and augmentation; ``data.seed`` (the procedural dataset's
+content) and ``probe.seed`` (the probe set) stay the preset's, so every run sees the same dataset. The runs are
+interleaved (seed by seed, every policy in turn) so that machine load hits the policies alike. Updates and accuracy
+are deterministic for a given thread count (the same seed gives the same epoch records in another process); wall
+time is not.
+
+Reported per policy: final test accuracy (after the last epoch), SGD updates, final global batch (the batch the
+last epoch trained at), wall time (``Controller.run_all``: training, evaluation, probes, checkpoints; not building
+the data and model); mean ± sample std over seeds. The accuracy difference to ``fixed`` is paired by seed (same
+init, same order). For absa and abs the envelope ``absa plan`` computes is printed too: the fewest and the most
+updates the ABS rule allows on this config (growth at every probe vs growth only by the ``policy.duration``
+fallback), which bounds the update ratio whatever the curvature does.
+
+CIFAR-10: with ``--data-root DIR`` holding ``cifar-10-batches-py/`` the same comparison also runs on
+``--cifar-preset`` (default ``c1-cifar10``, the paper's C1 recipe) with ``data.root=DIR``; without it, or when the
+files are missing, it is skipped with a message. ``--epochs`` and the overrides apply to every preset run.
+
+    .venv/bin/python benchmarks/iterations.py [KEY=VALUE ...] [--preset quickstart] [--policies absa fixed ...]
+        [--seeds 0 1 2] [--epochs N] [--threads 1] [--data-root DIR] [--out results.json]
+
+Arguments of the form ``key.path=value`` are config overrides, wherever they stand on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+POLICIES = ("absa", "fixed", "fixed-large", "abs")
+ADAPTIVE = ("absa", "abs")
+BASELINE = "fixed"
+CLAIMED_RATIO = 5.0  # PAPER.md: "ABSA cuts SGD iterations up to 5×"
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="KEY=VALUE arguments anywhere are config overrides for every run.")
+    p.add_argument("--preset", default="quickstart")
+    p.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (config key `seed`)")
+    p.add_argument("--epochs", type=int, help="epochs of every run (default: the preset's)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (config key `threads`)")
+    p.add_argument("--data-root", type=Path, help="a folder holding cifar-10-batches-py/: also run --cifar-preset")
+    p.add_argument("--cifar-preset", default="c1-cifar10")
+    p.add_argument("--runs-dir", type=Path, help="keep the run directories here (default: a temporary folder)")
+    p.add_argument("--out", type=Path, help="write every number measured here (JSON)")
+    p.add_argument("--tables-from", type=Path, metavar="JSON", help="only print the tables of a saved --out file")
+    args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    args.overrides = overrides
+    return args
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.is_available(), "load_avg_1min_start": round(os.getloadavg()[0], 2),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def missing_data(config: Any) -> str | None:
+    """Why the config's dataset cannot be read here, or None (procedural sets are always there)."""
+    from absa_cli.catalog import dataset_spec
+
+    spec = dataset_spec(config.data.name)
+    if spec.procedural:
+        return None
+    folder = config.data.resolved_root() / spec.folder
+    expected = [folder / name for name in CIFAR10_FILES] if spec.name == "cifar10" else [folder]
+    absent = [path for path in expected if not path.exists()]
+    return f"{absent[0]} is missing (layout: {spec.layout})" if absent else None
+
+
+def update_envelope(config: Any) -> dict[str, int]:
+    """The fewest and most updates the ABS rule allows on this config, and the fixed baseline's (`absa plan`)."""
+    import dataclasses
+
+    from absa_cli.cli.plan import build_plan
+
+    adaptive = dataclasses.replace(config, policy=dataclasses.replace(config.policy, name="absa"))
+    plan = build_plan(adaptive, max_workers=1)
+    return {"fastest": plan["updates"]["fastest"], "slowest": plan["updates"]["slowest"],
+            "fixed": plan["fixed_updates"]}
+
+
+def run_one(config: Any, runs_root: Path) -> dict[str, Any]:
+    """One whole in-process run; its summary figures and epoch records."""
+    from absa_cli.controller import Controller
+    from absa_cli.local_group import LocalGroup
+    from absa_cli.metrics import Console
+    from absa_cli.runs import RunDir
+
+    started = time.perf_counter()
+    group = LocalGroup(config)
+    run = RunDir.create(runs_root, config)
+    with (run.path / "console.log").open("w") as log:
+        controller = Controller(config, run, group, Console(stream=log, force_plain=True))
+        try:
+            summary = controller.run_all()
+        finally:
+            controller.close()
+            group.close()
+    run.finish("finished", last_epoch=summary["epochs"], updates=summary["updates"],
+               final_test_acc=summary["final_test_acc"], best_test_acc=summary["best_test_acc"])
+    epochs = run.records("epoch")
+    return {"policy": config.policy.name, "seed": config.seed, "final_test_acc": epochs[-1]["test_acc"],
+            "best_test_acc": summary["best_test_acc"], "updates": summary["updates"],
+            "final_global_batch": epochs[-1]["global_batch_size"],
+            "batches": [r["global_batch_size"] for r in epochs], "wall_s": summary["wall_s"],
+            "setup_and_run_s": time.perf_counter() - started, "probe_s": sum(r["probe_s"] for r in epochs),
+            "run_id": run.id, "epochs": epochs}
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict[str, Any]], policies: list[str]) -> list[dict[str, Any]]:
+    """Per policy: mean and sample std over seeds, and the comparison with the fixed baseline, paired by seed."""
+    baseline = {r["seed"]: r for r in runs if r["policy"] == BASELINE}
+    rows = []
+    for policy in policies:
+        mine = [r for r in runs if r["policy"] == policy]
+        if not mine:
+            continue
+        accs, updates, walls = ([r[k] for r in mine] for k in ("final_test_acc", "updates", "wall_s"))
+        row: dict[str, Any] = {
+            "policy": policy, "seeds": [r["seed"] for r in mine],
+            "final_test_acc_mean": statistics.mean(accs), "final_test_acc_std": _std(accs),
+            "updates_mean": statistics.mean(updates), "updates_std": _std(updates),
+            "final_global_batch": sorted({r["final_global_batch"] for r in mine}),
+            "wall_s_mean": statistics.mean(walls), "wall_s_std": _std(walls),
+        }
+        paired = [r for r in mine if r["seed"] in baseline]
+        if paired:
+            deltas = [r["final_test_acc"] - baseline[r["seed"]]["final_test_acc"] for r in paired]
+            row["acc_delta_vs_fixed_mean"], row["acc_delta_vs_fixed_std"] = statistics.mean(deltas), _std(deltas)
+            row["updates_ratio_vs_fixed"] = (statistics.mean(baseline[r["seed"]]["updates"] for r in paired)
+                                             / statistics.mean(r["updates"] for r in paired))
+        rows.append(row)
+    return rows
+
+
+def schedule(batches: list[int]) -> str:
+    """[128, 128, 256] → '128×2, 256'."""
+    parts: list[list[int]] = []
+    for batch in batches:
+        if parts and parts[-1][0] == batch:
+            parts[-1][1] += 1
+        else:
+            parts.append([batch, 1])
+    return ", ".join(f"{b}×{n}" if n > 1 else f"{b}" for b, n in parts)
+
+
+def _pm(mean: float, std: float, digits: int, scale: float = 1.0) -> str:
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| policy | seeds | final test acc % (mean ± std) | Δ acc vs fixed, paired (pp) | SGD updates "
+             "(mean ± std) | fixed ÷ this (updates) | final global batch | wall time s (mean ± std) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = _pm(r["acc_delta_vs_fixed_mean"], r["acc_delta_vs_fixed_std"], 2, 100) \
+            if "acc_delta_vs_fixed_mean" in r and r["policy"] != BASELINE else "—"
+        ratio = f"{r['updates_ratio_vs_fixed']:.2f}×" if "updates_ratio_vs_fixed" in r else "—"
+        acc = _pm(r["final_test_acc_mean"], r["final_test_acc_std"], 2, 100)
+        lines.append(f"| {r['policy']} | {len(r['seeds'])} | {acc} | {delta} "
+                     f"| {_pm(r['updates_mean'], r['updates_std'], 0)} | {ratio} "
+                     f"| {', '.join(str(b) for b in r['final_global_batch'])} "
+                     f"| {_pm(r['wall_s_mean'], r['wall_s_std'], 0)} |")
+    return "\n".join(lines)
+
+
+def growth_causes(epochs: list[dict[str, Any]]) -> tuple[int, int]:
+    """(growths a curvature drop caused, growths the policy.duration fallback caused), from the policy reasons."""
+    grows = [r["policy_reason"].split(";")[0] for r in epochs if "→" in r["policy_reason"].split(";")[0]]
+    by_curvature = sum("λ_max" in reason for reason in grows)
+    return by_curvature, len(grows) - by_curvature
+
+
+def _loss(value: float | None) -> str:
+    return "nan (diverged)" if value is None or value != value or value == float("inf") else f"{value:.3g}"
+
+
+def seeds_table(runs: list[dict[str, Any]], policies: list[str]) -> str:
+    lines = ["| policy | seed | final test acc % | best test acc % | final train loss | SGD updates | final global "
+             "batch | batch per epoch | growths: λ drop / fallback | wall time s | probe s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for policy in policies:
+        for r in sorted((r for r in runs if r["policy"] == policy), key=lambda r: r["seed"]):
+            causes = "{} / {}".format(*growth_causes(r["epochs"])) if policy in ADAPTIVE else "—"
+            lines.append(f"| {policy} | {r['seed']} | {100 * r['final_test_acc']:.2f} | {100 * r['best_test_acc']:.2f} "
+                         f"| {_loss(r['epochs'][-1]['train_loss'])} | {r['updates']} | {r['final_global_batch']} "
+                         f"| {schedule(r['batches'])} | {causes} | {r['wall_s']:.0f} | {r['probe_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[str]:
+    """The paper's claim against the measurement, for each adaptive policy measured beside the baseline."""
+    by_policy = {r["policy"]: r for r in rows}
+    out = []
+    for policy in ADAPTIVE:
+        r = by_policy.get(policy)
+        if r is None or "updates_ratio_vs_fixed" not in r:
+            continue
+        ratio = r["updates_ratio_vs_fixed"]
+        verdict = "meets" if ratio >= CLAIMED_RATIO else "below"
+        delta = _pm(r["acc_delta_vs_fixed_mean"], r["acc_delta_vs_fixed_std"], 2, 100)
+        fixed, fewest, most = envelope["fixed"], envelope["fastest"], envelope["slowest"]
+        out.append(f"- {policy}: {ratio:.2f}× fewer updates than fixed ({verdict} the claimed "
+                   f"≥ {CLAIMED_RATIO:g}×), "
+                   f"final test accuracy {delta} pp vs fixed (paired by seed); the ABS rule allows {fewest}–{most} "
+                   f"updates here ({fixed / most:.1f}×–{fixed / fewest:.1f}× fewer than fixed's {fixed})")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_root: Path) -> dict[str, Any]:
+    """Every (seed, policy) run of one preset, interleaved; the tables printed; everything returned."""
+    from absa_cli import config as config_mod
+
+    common = [*overrides, f"threads={args.threads}", "cluster.max_workers=1"]
+    if args.epochs is not None:
+        common.append(f"epochs={args.epochs}")
+    probe = config_mod.load(preset, common)  # fails in one line on a bad override, before anything runs
+    envelope = update_envelope(probe)
+    header = (f"## {preset}: {probe.data.name}, {probe.model.name} ×{probe.model.width:g}, {probe.epochs} epochs, "
+              f"batch {probe.batch.global_batch_size} → cap {probe.policy.max_global_batch}; "
+              f"overrides: {' '.join(overrides) or 'none'}")
+    print(f"\n{header}", flush=True)
+    runs = []
+    total = len(args.seeds) * len(args.policies)
+    for seed in args.seeds:
+        for policy in args.policies:
+            config = config_mod.load(preset, [*common, f"seed={seed}", f"policy.name={policy}"])
+            result = run_one(config, runs_root)
+            runs.append(result)
+            print(f"[{len(runs)}/{total}] {policy} seed {seed}: final test acc {100 * result['final_test_acc']:.2f}%, "
+                  f"{result['updates']} updates, batches {schedule(result['batches'])}, {result['wall_s']:.0f} s",
+                  flush=True)
+    measured = {"preset": preset, "header": header, "overrides": overrides, "config": config_mod.to_yaml(probe),
+                "envelope": envelope, "policies": list(args.policies), "summary": summarize(runs, args.policies),
+                "runs": runs}
+    print(f"\n{report(measured)}")
+    return measured
+
+
+def report(measured: dict[str, Any]) -> str:
+    """The tables and the claim check of one preset's comparison (also from a saved JSON: --tables-from)."""
+    policies = measured.get("policies") or [row["policy"] for row in measured["summary"]]
+    rows = summarize(measured["runs"], policies)
+    text = f"{summary_table(rows)}\n\nPer seed:\n\n{seeds_table(measured['runs'], policies)}\n"
+    claims = claim_lines(rows, measured["envelope"])
+    if claims:
+        text += ("\nClaim (PAPER.md): ABSA needs ≥ 5× fewer SGD updates than small-batch SGD at equal or better "
+                 "accuracy.\n" + "\n".join(claims) + "\n")
+    return text
+
+
+def print_saved(path: Path) -> int:
+    saved = json.loads(path.read_text())
+    print(json.dumps(saved["machine"]))
+    for measured in saved["results"]:
+        print(f"\n{measured.get('header', '## ' + measured['preset'])}\n\n{report(measured)}")
+    for skipped in saved["skipped"]:
+        print(f"{skipped['preset']}: skipped: {skipped['reason']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from absa_cli.config import ConfigError
+
+    args = parse_args(argv)
+    if args.tables_from:
+        return print_saved(args.tables_from)
+    about = {"machine": machine(), "argv": sys.argv if argv is None else argv}
+    print(json.dumps(about["machine"]), flush=True)
+    targets = [args.preset]
+    overrides = list(args.overrides)
+    if args.data_root is None:
+        print(f"CIFAR-10 ({args.cifar_preset}): skipped: no --data-root (a folder holding cifar-10-batches-py/)")
+    else:
+        overrides.append(f"data.root={args.data_root}")
+        if args.cifar_preset != args.preset:
+            targets.append(args.cifar_preset)
+    results, skipped = [], []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="absa-iterations-") as tmp:
+        runs_root = args.runs_dir or Path(tmp)
+        for preset in targets:
+            try:
+                from absa_cli import config as config_mod
+
+                missing = missing_data(config_mod.load(preset, overrides))
+                if missing:
+                    print(f"{preset}: skipped: {missing}")
+                    skipped.append({"preset": preset, "reason": missing})
+                    continue
+                results.append(compare(preset, overrides, args, runs_root))
+            except ConfigError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+    about["machine"]["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+    about["total_s"] = time.perf_counter() - started
+    print(f"\ntotal {about['total_s']:.0f} s; load average {about['machine']['load_avg_1min_start']} at the start, "
+          f"{about['machine']['load_avg_1min_end']} at the end")
+    if args.out:
+        args.out.write_text(json.dumps({**about, "results": results, "skipped": skipped}, indent=1) + "\n")
+        print(f"raw results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
