@@ -17,22 +17,13 @@ from typer.testing import CliRunner
 from absa_cli.cli.app import app
 from absa_cli.metrics import EPOCH_FIELDS
 
-from conftest import TINY
+from conftest import TINY, assert_user_error
 
 runner = CliRunner()
 
 
 def _invoke(*args: str):
     return runner.invoke(app, list(args))
-
-
-def _assert_user_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_train_quickstart_end_to_end(tmp_path, ray_cluster):
@@ -67,12 +58,12 @@ def test_non_tty_output_is_plain(tmp_path):
 
 def test_unknown_key_exit_2(tmp_path):
     result = _invoke("train", "quickstart", "optim.lrr=0.1", "--runs-dir", str(tmp_path))
-    _assert_user_error(result, "'optim.lrr'", "did you mean 'optim.lr'")
+    assert_user_error(result, "'optim.lrr'", "did you mean 'optim.lr'")
     assert not any(tmp_path.iterdir())  # nothing created for a bad command
 
 
 def test_wrong_type_exit_2(tmp_path):
-    _assert_user_error(_invoke("train", "quickstart", "epochs=many", "--runs-dir", str(tmp_path)),
+    assert_user_error(_invoke("train", "quickstart", "epochs=many", "--runs-dir", str(tmp_path)),
                        "'epochs'", "expects int", "'many'")
 
 
@@ -82,17 +73,17 @@ def test_local_run_has_one_worker_and_accumulates(tmp_path):
     (metrics,) = tmp_path.glob("*/metrics.jsonl")
     (epoch,) = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "epoch"]
     assert (epoch["num_workers"], epoch["grad_accum_steps"]) == (1, 2)  # 64 = 1 worker × 32 × 2
-    _assert_user_error(_invoke("train", "quickstart", "--local", "--max-gpus", "2"), "--local")
+    assert_user_error(_invoke("train", "quickstart", "--local", "--max-gpus", "2"), "--local")
 
 
 def test_unknown_preset_exit_2():
-    _assert_user_error(_invoke("train", "quickstrat"), "unknown preset 'quickstrat'", "did you mean 'quickstart'")
+    assert_user_error(_invoke("train", "quickstrat"), "unknown preset 'quickstrat'", "did you mean 'quickstart'")
 
 
 def test_missing_dataset_exit_2_and_no_run_dir(tmp_path):
     data_root = tmp_path / "data"
     result = _invoke("train", "c1-cifar10", f"data.root={data_root}", "--runs-dir", str(tmp_path / "runs"))
-    _assert_user_error(result, str(data_root / "cifar-10-batches-py"), "data.download=true")
+    assert_user_error(result, str(data_root / "cifar-10-batches-py"), "data.download=true")
     assert not (tmp_path / "runs").exists()
 
 
@@ -101,7 +92,7 @@ def test_presets_list_and_show():
     assert listed.exit_code == 0 and "quickstart" in listed.stdout and "resnet18-imagenet" in listed.stdout
     shown = _invoke("presets", "show", "c1-cifar10", "optim.lr=0.3")
     assert shown.exit_code == 0 and "lr: 0.3" in shown.stdout and "name: c1" in shown.stdout
-    _assert_user_error(_invoke("presets", "show", "nope"), "unknown preset 'nope'")
+    assert_user_error(_invoke("presets", "show", "nope"), "unknown preset 'nope'")
 
 
 def test_help_is_fast_and_imports_neither_torch_nor_ray():

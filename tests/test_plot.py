@@ -20,6 +20,8 @@ from absa_cli import plots
 from absa_cli.cli.app import app
 from absa_cli.metrics import EPOCH_FIELDS
 
+from conftest import assert_user_error
+
 runner = CliRunner()
 NUM_TRAIN = 8000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -74,15 +76,6 @@ def _assert_png(path: Path, width: int = 1430, height: int = 880) -> None:
     assert data[:8] == PNG_MAGIC
     assert struct.unpack(">II", data[16:24]) == (width, height)  # the IHDR chunk: 13 × 8 inches at 110 dpi
     assert len(data) > 30_000  # four panels of curves, not an empty canvas
-
-
-def _assert_user_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_series_by_updates_epoch_and_wall_time(runs):
@@ -164,34 +157,34 @@ def test_plot_by_epoch_default_name_and_a_run_without_probes(runs):
 
 
 def test_unknown_run(runs):
-    _assert_user_error(runner.invoke(app, ["plot", "absa-run", "nope", "--runs-dir", str(runs)]), "no run 'nope'")
+    assert_user_error(runner.invoke(app, ["plot", "absa-run", "nope", "--runs-dir", str(runs)]), "no run 'nope'")
 
 
 def test_run_id_that_is_not_a_plain_name(runs):
-    _assert_user_error(runner.invoke(app, ["plot", "../absa-run", "--runs-dir", str(runs)]), "not a plain name")
+    assert_user_error(runner.invoke(app, ["plot", "../absa-run", "--runs-dir", str(runs)]), "not a plain name")
 
 
 def test_run_without_metrics(runs):
     (runs / "empty").mkdir()
-    _assert_user_error(runner.invoke(app, ["plot", "empty", "--runs-dir", str(runs)]), "has no metrics file")
+    assert_user_error(runner.invoke(app, ["plot", "empty", "--runs-dir", str(runs)]), "has no metrics file")
 
 
 def test_run_without_a_completed_epoch(runs):
     (runs / "starting").mkdir()
     (runs / "starting" / "metrics.jsonl").write_text(json.dumps({"kind": "geometry", "epoch": 1}) + "\n")
-    _assert_user_error(runner.invoke(app, ["plot", "starting", "--runs-dir", str(runs)]), "no completed epoch yet")
+    assert_user_error(runner.invoke(app, ["plot", "starting", "--runs-dir", str(runs)]), "no completed epoch yet")
 
 
 def test_damaged_metrics_line(runs):
     path = runs / "absa-run" / "metrics.jsonl"
     path.write_text("garbage\n" + path.read_text())
-    _assert_user_error(runner.invoke(app, ["plot", "absa-run", "--runs-dir", str(runs)]), "metrics.jsonl:1 ")
+    assert_user_error(runner.invoke(app, ["plot", "absa-run", "--runs-dir", str(runs)]), "metrics.jsonl:1 ")
 
 
 def test_missing_matplotlib(runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     result = runner.invoke(app, ["plot", "absa-run", "--runs-dir", str(runs)])
-    _assert_user_error(result)
+    assert_user_error(result)
     assert result.stderr.strip() == ("error: absa plot needs matplotlib; "
                                      "install it with pip install 'absa-train[plot]'")
 
