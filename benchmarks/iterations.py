@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
@@ -251,8 +251,10 @@ def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[st
 
 # ---------------------------------------------------------------------------------------------- main
 
-def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_root: Path) -> dict[str, Any]:
-    """Every (seed, policy) run of one preset, interleaved; the tables printed; everything returned."""
+def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_root: Path,
+            save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every (seed, policy) run of one preset, interleaved; ``save`` gets the runs so far after each; the tables
+    printed; everything returned."""
     from absa_cli import config as config_mod
 
     common = [*overrides, f"threads={args.threads}", "cluster.max_workers=1"]
@@ -264,7 +266,9 @@ def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_ro
               f"batch {probe.batch.global_batch_size} → cap {probe.policy.max_global_batch}; "
               f"overrides: {' '.join(overrides) or 'none'}")
     print(f"\n{header}", flush=True)
-    runs = []
+    measured = {"preset": preset, "header": header, "overrides": overrides, "config": config_mod.to_yaml(probe),
+                "envelope": envelope, "policies": list(args.policies), "runs": []}
+    runs = measured["runs"]
     total = len(args.seeds) * len(args.policies)
     for seed in args.seeds:
         for policy in args.policies:
@@ -274,16 +278,15 @@ def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_ro
             print(f"[{len(runs)}/{total}] {policy} seed {seed}: final test acc {100 * result['final_test_acc']:.2f}%, "
                   f"{result['updates']} updates, batches {schedule(result['batches'])}, {result['wall_s']:.0f} s",
                   flush=True)
-    measured = {"preset": preset, "header": header, "overrides": overrides, "config": config_mod.to_yaml(probe),
-                "envelope": envelope, "policies": list(args.policies), "summary": summarize(runs, args.policies),
-                "runs": runs}
+            save(measured)
+    measured["summary"] = summarize(runs, args.policies)
     print(f"\n{report(measured)}")
     return measured
 
 
 def report(measured: dict[str, Any]) -> str:
     """The tables and the claim check of one preset's comparison (also from a saved JSON: --tables-from)."""
-    policies = measured.get("policies") or [row["policy"] for row in measured["summary"]]
+    policies = measured.get("policies") or sorted({r["policy"] for r in measured["runs"]})
     rows = summarize(measured["runs"], policies)
     text = f"{summary_table(rows)}\n\nPer seed:\n\n{seeds_table(measured['runs'], policies)}\n"
     claims = claim_lines(rows, measured["envelope"])
@@ -296,6 +299,8 @@ def report(measured: dict[str, Any]) -> str:
 def print_saved(path: Path) -> int:
     saved = json.loads(path.read_text())
     print(json.dumps(saved["machine"]))
+    if not saved.get("complete", True):
+        print("incomplete: the benchmark stopped before its last run; these are the runs it finished")
     for measured in saved["results"]:
         print(f"\n{measured.get('header', '## ' + measured['preset'])}\n\n{report(measured)}")
     for skipped in saved["skipped"]:
@@ -332,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{preset}: skipped: {missing}")
                     skipped.append({"preset": preset, "reason": missing})
                     continue
-                results.append(compare(preset, overrides, args, runs_root))
+                results.append(compare(preset, overrides, args, runs_root,
+                                       lambda partial: write_json(args.out, about, [*results, partial], skipped,
+                                                                  complete=False)))
             except ConfigError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
@@ -341,9 +348,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal {about['total_s']:.0f} s; load average {about['machine']['load_avg_1min_start']} at the start, "
           f"{about['machine']['load_avg_1min_end']} at the end")
     if args.out:
-        args.out.write_text(json.dumps({**about, "results": results, "skipped": skipped}, indent=1) + "\n")
+        write_json(args.out, about, results, skipped, complete=True)
         print(f"raw results: {args.out}")
     return 0
+
+
+def write_json(path: Path | None, about: dict[str, Any], results: list[dict[str, Any]],
+               skipped: list[dict[str, Any]], complete: bool) -> None:
+    """All runs so far (after each run, so that a killed benchmark keeps its finished runs), atomically."""
+    if path is None:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**about, "complete": complete, "results": results, "skipped": skipped}, indent=1)
+                   + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
