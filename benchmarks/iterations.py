@@ -30,9 +30,12 @@ CIFAR-10: with ``--data-root DIR`` holding ``cifar-10-batches-py/`` the same com
 files are missing, it is skipped with a message. ``--epochs`` and the overrides apply to every preset run.
 
     .venv/bin/python benchmarks/iterations.py [KEY=VALUE ...] [--preset quickstart] [--policies absa fixed ...]
-        [--seeds 0 1 2] [--epochs N] [--threads 1] [--data-root DIR] [--out results.json]
+        [--seeds 0 1 2] [--epochs N] [--threads 1] [--data-root DIR] [--out results.json [--resume]]
+    .venv/bin/python benchmarks/iterations.py --tables-from results.json
 
-Arguments of the form ``key.path=value`` are config overrides, wherever they stand on the command line.
+Arguments of the form ``key.path=value`` are config overrides, wherever they stand on the command line. ``--out``
+is rewritten after every run, so a benchmark that is stopped keeps its finished runs; the same command with
+``--resume`` keeps those (same preset, same config) and runs the rest.
 """
 
 from __future__ import annotations
@@ -65,15 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     overrides = [a for a in argv if OVERRIDE.match(a)]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="KEY=VALUE arguments anywhere are config overrides for every run.")
-    p.add_argument("--preset", default="quickstart")
+    p.add_argument("--preset", default="quickstart", help="the preset every policy trains (default: quickstart)")
     p.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (config key `seed`)")
     p.add_argument("--epochs", type=int, help="epochs of every run (default: the preset's)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (config key `threads`)")
     p.add_argument("--data-root", type=Path, help="a folder holding cifar-10-batches-py/: also run --cifar-preset")
-    p.add_argument("--cifar-preset", default="c1-cifar10")
+    p.add_argument("--cifar-preset", default="c1-cifar10", help="the CIFAR-10 preset --data-root runs")
     p.add_argument("--runs-dir", type=Path, help="keep the run directories here (default: a temporary folder)")
     p.add_argument("--out", type=Path, help="write every number measured here (JSON)")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs of the --out file a stopped "
+                   "benchmark left (same preset and config) and run only the rest")
     p.add_argument("--tables-from", type=Path, metavar="JSON", help="only print the tables of a saved --out file")
     args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
     args.overrides = overrides
@@ -252,9 +257,9 @@ def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[st
 # ---------------------------------------------------------------------------------------------- main
 
 def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_root: Path,
-            save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+            save: Callable[[dict[str, Any]], None], prior: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Every (seed, policy) run of one preset, interleaved; ``save`` gets the runs so far after each; the tables
-    printed; everything returned."""
+    printed; everything returned. ``prior``: finished runs by config (``--resume``), kept instead of rerun."""
     from absa_cli import config as config_mod
 
     common = [*overrides, f"threads={args.threads}", "cluster.max_workers=1"]
@@ -272,12 +277,17 @@ def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_ro
     total = len(args.seeds) * len(args.policies)
     for seed in args.seeds:
         for policy in args.policies:
-            config = config_mod.load(preset, [*common, f"seed={seed}", f"policy.name={policy}"])
-            result = run_one(config, runs_root)
+            done = [r for r in prior.get(measured["config"], []) if (r["policy"], r["seed"]) == (policy, seed)]
+            if done:
+                result = {**done[0], "reused": True}
+            else:
+                config = config_mod.load(preset, [*common, f"seed={seed}", f"policy.name={policy}"])
+                result = run_one(config, runs_root)
             runs.append(result)
-            print(f"[{len(runs)}/{total}] {policy} seed {seed}: final test acc {100 * result['final_test_acc']:.2f}%, "
-                  f"{result['updates']} updates, batches {schedule(result['batches'])}, {result['wall_s']:.0f} s",
-                  flush=True)
+            kept = " (kept from --out)" if done else ""
+            print(f"[{len(runs)}/{total}] {policy} seed {seed}{kept}: final test acc "
+                  f"{100 * result['final_test_acc']:.2f}%, {result['updates']} updates, "
+                  f"batches {schedule(result['batches'])}, {result['wall_s']:.0f} s", flush=True)
             save(measured)
     measured["summary"] = summarize(runs, args.policies)
     print(f"\n{report(measured)}")
@@ -286,7 +296,7 @@ def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_ro
 
 def report(measured: dict[str, Any]) -> str:
     """The tables and the claim check of one preset's comparison (also from a saved JSON: --tables-from)."""
-    policies = measured.get("policies") or sorted({r["policy"] for r in measured["runs"]})
+    policies = measured.get("policies") or list(dict.fromkeys(r["policy"] for r in measured["runs"]))
     rows = summarize(measured["runs"], policies)
     text = f"{summary_table(rows)}\n\nPer seed:\n\n{seeds_table(measured['runs'], policies)}\n"
     claims = claim_lines(rows, measured["envelope"])
@@ -314,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.tables_from:
         return print_saved(args.tables_from)
+    prior: dict[str, list[dict[str, Any]]] = {}
+    if args.resume:
+        if args.out is None or not args.out.exists():
+            print("error: --resume continues the file --out names, and there is none", file=sys.stderr)
+            return 2
+        prior = {m["config"]: m["runs"] for m in json.loads(args.out.read_text())["results"]}
     about = {"machine": machine(), "argv": sys.argv if argv is None else argv}
     print(json.dumps(about["machine"]), flush=True)
     targets = [args.preset]
@@ -339,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 results.append(compare(preset, overrides, args, runs_root,
                                        lambda partial: write_json(args.out, about, [*results, partial], skipped,
-                                                                  complete=False)))
+                                                                  complete=False), prior))
             except ConfigError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2

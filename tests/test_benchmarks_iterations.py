@@ -49,9 +49,9 @@ def test_summary_pairs_by_seed_and_divides_the_baseline_updates(iterations):
 
 def test_tiny_comparison_end_to_end(iterations, tmp_path, capsys, one_thread):
     out = tmp_path / "results.json"
-    code = iterations.main([*TINY, "epochs=1", "probe.max_iter=3", "--policies", "absa", "fixed", "--seeds", "0",
-                            "--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
-    assert code == 0
+    argv = [*TINY, "epochs=1", "probe.max_iter=3", "--policies", "absa", "fixed", "--seeds", "0",
+            "--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    assert iterations.main(argv) == 0
     printed = capsys.readouterr().out
     assert "c1-cifar10: skipped:" in printed and "cifar-10-batches-py" in printed
     result = json.loads(out.read_text())
@@ -64,3 +64,11 @@ def test_tiny_comparison_end_to_end(iterations, tmp_path, capsys, one_thread):
         assert r["updates"] == sum(math.ceil(256 / b) for b in r["batches"])
         assert f"| {r['policy']} | 0 | {100 * r['final_test_acc']:.2f} |" in printed
     assert quickstart["envelope"]["fixed"] == 4
+
+    # --resume keeps the runs the file holds for the same config: nothing trains again
+    saved = out.read_text()
+    assert iterations.main([*argv, "--resume"]) == 0
+    assert "(kept from --out)" in capsys.readouterr().out
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    assert json.loads(out.read_text())["results"][0]["runs"][0]["updates"] == json.loads(saved)["results"][0][
+        "runs"][0]["updates"]
