@@ -172,12 +172,12 @@ class Console:
         grid.add_column()
         grid.add_column(style="bold")
         grid.add_column()
-        grid.add_row("epoch", f"{s.get('epoch', '-')}/{s.get('num_epochs', '-')}", "updates", _num(s.get("updates")))
-        grid.add_row("geometry", str(s.get("geometry", "-")), "LR", _num(s.get("lr"), ".4g"))
-        grid.add_row("λ_max", self._curvature(), "adversarial", _num(s.get("adv_ratio"), ".3g"))
-        grid.add_row("train", f"loss {_num(s.get('train_loss'), '.4f')}  acc {_num(s.get('train_acc'), '.3f')}",
-                     "test acc", _num(s.get("test_acc"), ".3f"))
-        grid.add_row("speed", f"{_num(s.get('samples_per_s'), ',.0f')} samples/s", "", "")
+        grid.add_row("epoch", f"{s.get('epoch', '-')}/{s.get('num_epochs', '-')}", "updates", fmt(s.get("updates")))
+        grid.add_row("geometry", str(s.get("geometry", "-")), "LR", fmt(s.get("lr"), ".4g"))
+        grid.add_row("λ_max", self._curvature(), "adversarial", fmt(s.get("adv_ratio"), ".3g"))
+        grid.add_row("train", f"loss {fmt(s.get('train_loss'), '.4f')}  acc {fmt(s.get('train_acc'), '.3f')}",
+                     "test acc", fmt(s.get("test_acc"), ".3f"))
+        grid.add_row("speed", f"{fmt(s.get('samples_per_s'), ',.0f')} samples/s", "", "")
         grid.add_row("policy", str(s.get("policy", "-")), "", "")
         return Panel(grid, title="absa", title_align="left", border_style="blue")
 
@@ -210,7 +210,8 @@ class _LiveView:
         return Group(*parts)
 
 
-def _num(value: Any, spec: str = "") -> str:
+def fmt(value: Any, spec: str = "") -> str:
+    """``value`` formatted with ``spec``, or "-" when it is missing (an unprobed λ, a run with no epoch yet)."""
     return "-" if value is None else format(value, spec)
 
 

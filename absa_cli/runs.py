@@ -90,7 +90,7 @@ class RunDir:
         return run
 
     def lock(self) -> RunLock:
-        return RunLock(self.path / "lock.json", self.id)
+        return RunLock(self.lock_path, self.id)
 
     @property
     def lock_path(self) -> Path:

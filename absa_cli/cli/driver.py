@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import typer
 
 from absa_cli.errors import UserError
+from absa_cli.metrics import fmt
 
 
 def make_group(config, max_workers: int, address: str | None, local: bool) -> tuple[Any, str]:
@@ -108,12 +109,8 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
                 lock.release()
     typer.echo(
         f"summary: {summary['epochs']} epochs, {summary['updates']} updates, final batch "
-        f"{summary['final_global_batch_size']}, final test acc {_fmt(summary['final_test_acc'])} "
-        f"(best {_fmt(summary['best_test_acc'])}), {summary['wall_s']:.1f} s; run directory {run.path}")
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+        f"{summary['final_global_batch_size']}, final test acc {fmt(summary['final_test_acc'], '.4f')} "
+        f"(best {fmt(summary['best_test_acc'], '.4f')}), {summary['wall_s']:.1f} s; run directory {run.path}")
 
 
 class _Signals:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from absa_cli.cli.common import complete_run_id, user_errors
+from absa_cli.metrics import fmt
 
 app = typer.Typer(help="List runs and show one in detail.", no_args_is_help=True)
 
@@ -25,10 +26,6 @@ def _status(run) -> str:
         if holder is None or lock.is_stale(holder):
             return "running (driver gone)"
     return status
-
-
-def _fmt(value: Any, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 @app.command("list")
@@ -49,8 +46,8 @@ def list_runs(runs_dir: RunsDir = None) -> None:
     for run in runs:
         info = run.info()
         table.add_row(run.id, info.get("preset") or "-", _status(run),
-                      f"{info.get('last_epoch', 0)}/{_fmt(info.get('epochs'))}", _fmt(info.get("global_batch_size")),
-                      _fmt(info.get("num_workers")), _fmt(info.get("best_test_acc"), ".4f"))
+                      f"{info.get('last_epoch', 0)}/{fmt(info.get('epochs'))}", fmt(info.get("global_batch_size")),
+                      fmt(info.get("num_workers")), fmt(info.get("best_test_acc"), ".4f"))
     Console(width=200).print(table)
 
 
@@ -86,9 +83,9 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
         last = epochs[-1]
         console.print(
             f"[bold]last epoch[/] {last['epoch']}: updates {last['updates']}, train loss "
-            f"{_fmt(last.get('train_loss'), '.4f')} acc {_fmt(last.get('train_acc'), '.4f')}, test acc "
-            f"{_fmt(last.get('test_acc'), '.4f')}, λ_max {_fmt(last.get('eigenvalue'), '.4g')}, lr "
-            f"{_fmt(last.get('lr'), '.4g')}, policy: {last.get('policy_reason') or '-'}")
+            f"{fmt(last.get('train_loss'), '.4f')} acc {fmt(last.get('train_acc'), '.4f')}, test acc "
+            f"{fmt(last.get('test_acc'), '.4f')}, λ_max {fmt(last.get('eigenvalue'), '.4g')}, lr "
+            f"{fmt(last.get('lr'), '.4g')}, policy: {last.get('policy_reason') or '-'}")
     console.print(_checkpoint_table(run))
 
 
