@@ -259,3 +259,32 @@ def test_batchnorm_modes_differ_and_leave_the_model_as_found():
 def test_unknown_bn_mode_is_rejected():
     with pytest.raises(ValueError, match="bn_mode"):
         HessianOperator(make_convnet(), F.cross_entropy, [DUMMY_BATCH], bn_mode="frozen")
+
+
+# ----------------------------------------------------------------------------------------------- warm starts
+
+def test_a_start_at_the_top_eigenvector_converges_at_once(quadratic_matrix):
+    """From the exact top eigenvector Lanczos stops after one product (its residual is zero) and power iteration
+    after the two its stopping rule needs; from a Gaussian both take several."""
+    top = torch.linalg.eigh(quadratic_matrix).eigenvectors[:, -1]
+    cold = lanczos(quadratic_operator(quadratic_matrix), k=1, max_iter=20, tol=1e-6)
+    warm = lanczos(quadratic_operator(quadratic_matrix), k=1, max_iter=20, tol=1e-6, start=top)
+    assert warm.hvp_count == 1 < cold.hvp_count and warm.eigenvalues[0] == pytest.approx(TOP[0], rel=1e-10)
+    power = power_iteration(quadratic_operator(quadratic_matrix), max_iter=20, tol=1e-6, start=top)
+    assert power.hvp_count == 2 and power.eigenvalues[0] == pytest.approx(TOP[0], rel=1e-10)
+
+
+def test_a_warm_start_near_a_lower_eigenvector_still_finds_the_top(quadratic_matrix):
+    """A start mostly along the second eigenvector (a previous probe's, after the spectrum's top changed) but with
+    some top component: Lanczos still reports λ_max; the start is a hint, not a constraint."""
+    vectors = torch.linalg.eigh(quadratic_matrix).eigenvectors
+    start = vectors[:, -2] + 0.05 * vectors[:, -1] + 0.01 * vectors[:, 0]
+    result = lanczos(quadratic_operator(quadratic_matrix), k=1, max_iter=20, tol=1e-8, start=start)
+    assert result.eigenvalues[0] == pytest.approx(TOP[0], rel=1e-6)
+
+
+def test_a_start_of_the_wrong_length_is_refused(quadratic_matrix):
+    with pytest.raises(ValueError, match=r"shape \(19,\).*\(20,\)"):
+        lanczos(quadratic_operator(quadratic_matrix), start=torch.ones(19, dtype=DTYPE))
+    with pytest.raises(ValueError, match="start vector"):
+        power_iteration(quadratic_operator(quadratic_matrix), start=torch.ones(21, dtype=DTYPE))

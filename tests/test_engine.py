@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -98,6 +99,46 @@ def test_state_dict_round_trip(tiny_config):
     for a, b in zip(source.model.state_dict().values(), target.model.state_dict().values()):
         assert torch.equal(a, b)
     assert source.optimizer.state_dict()["state"].keys() == target.optimizer.state_dict()["state"].keys()
+
+
+def _small_probe(config, **fields):
+    import dataclasses
+
+    return dataclasses.replace(config, probe=dataclasses.replace(config.probe, batch_size=32, **fields))
+
+
+def test_the_probe_starts_warm_from_the_last_eigenvector_and_the_state_carries_it(tiny_config, one_thread):
+    """The second probe starts from the first's eigenvector and finds λ_max to the probe's tolerance; the vector
+    travels in the state, so an engine restored from it probes bit for bit like the original."""
+    from absa_cli.curvature import HessianOperator, lanczos
+
+    tiny_config = _small_probe(tiny_config)
+    engine = Engine(tiny_config)
+    assert tiny_config.probe.warm_start and engine.probe_start is None and "probe_start" not in engine.state_dict()
+    engine.train_chunk(0, 0, [0.05] * 2, BatchGeometry(64, 1, 32, 2))
+    engine.probe()
+    assert engine.probe_start is not None and engine.probe_start.shape == (sum(p.numel() for p in
+                                                                              engine.model.parameters()),)
+    engine.train_chunk(1, 0, [0.05] * 2, BatchGeometry(64, 1, 32, 2))
+    state = engine.state_dict()
+    assert torch.equal(state["probe_start"], engine.probe_start)
+    restored = Engine(tiny_config)
+    restored.load_state_dict(state)
+    warm, again = engine.probe(), restored.probe()
+    assert (warm.eigenvalue, warm.hvp_count) == (again.eigenvalue, again.hvp_count)
+    assert torch.equal(engine.probe_start, restored.probe_start)
+    # against a converged reference of the same weights: λ_max within the probe's tolerance
+    probe = tiny_config.probe
+    operator = HessianOperator(restored.model, torch.nn.functional.cross_entropy, restored.probe_batches())
+    reference = lanczos(operator, k=1, max_iter=60, tol=1e-8, seed=probe.seed)
+    assert reference.converged and warm.eigenvalue == pytest.approx(reference.eigenvalues[0], rel=probe.tol)
+
+
+def test_without_warm_starts_every_probe_starts_from_the_seed(tiny_config, one_thread):
+    engine = Engine(_small_probe(tiny_config, warm_start=False))
+    first, second = engine.probe(), engine.probe()
+    assert engine.probe_start is None and "probe_start" not in engine.state_dict()
+    assert (first.eigenvalue, first.hvp_count) == (second.eigenvalue, second.hvp_count)
 
 
 def _norm_buffers(engine: Engine) -> dict[str, torch.Tensor]:

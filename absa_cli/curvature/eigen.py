@@ -37,16 +37,18 @@ class EigenResult:
     history: list[float] | None = None  # the top estimate after each product: how fast it settled
 
 
-def power_iteration(op: SymmetricOperator, max_iter: int = 10, tol: float = 1e-2, seed: int = 0) -> EigenResult:
+def power_iteration(op: SymmetricOperator, max_iter: int = 10, tol: float = 1e-2, seed: int = 0,
+                    start: torch.Tensor | None = None) -> EigenResult:
     """The eigenvalue of largest magnitude, as the paper's probe computes it.
 
     Each product gives the Rayleigh quotient ``λ = vᵀHv`` of the current unit vector ``v``; iteration stops when
     ``|λ − λ_prev| < tol·|λ_prev|`` or after ``max_iter`` products. Defaults are the paper's (10, 1e-2).
+    ``start``: the first vector (e.g. the previous probe's eigenvector, a warm start); default a Gaussian from ``seed``.
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be ≥ 1, got {max_iter}")
     start_count = op.hvp_count
-    v = normalise(gaussian(op.dim, generator(seed), dtype=op.dtype, device=op.device))
+    v = normalise(start_vector(op, seed, start))
     eigenvalue, converged, iterations, history = 0.0, False, 0, []
     for iterations in range(1, max_iter + 1):
         hv = op.matvec(v)
@@ -63,6 +65,15 @@ def power_iteration(op: SymmetricOperator, max_iter: int = 10, tol: float = 1e-2
             break
     return EigenResult(eigenvalues=[eigenvalue], hvp_count=op.hvp_count - start_count, iterations=iterations,
                        converged=converged, eigenvectors=[v], history=history)
+
+
+def start_vector(op: SymmetricOperator, seed: int, start: torch.Tensor | None) -> torch.Tensor:
+    """``start`` checked against the operator, or a Gaussian drawn from ``seed``."""
+    if start is None:
+        return gaussian(op.dim, generator(seed), dtype=op.dtype, device=op.device)
+    if start.shape != (op.dim,):
+        raise ValueError(f"the start vector has shape {tuple(start.shape)}; the operator needs ({op.dim},)")
+    return start.to(dtype=op.dtype, device=op.device)
 
 
 @dataclass
@@ -124,12 +135,13 @@ def ritz_pairs(krylov: Krylov) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lanczos(op: SymmetricOperator, k: int = 1, max_iter: int = 30, tol: float = 1e-3, seed: int = 0,
-            return_eigenvectors: bool = False) -> EigenResult:
+            return_eigenvectors: bool = False, start: torch.Tensor | None = None) -> EigenResult:
     """The ``k`` algebraically largest eigenvalues, largest first.
 
     Stops when every one of the top-``k`` Ritz pairs has residual ``|β_m · s_{m,i}| ≤ tol·|θ_i|``; the residual bounds
     ``|λ − θ|`` and the true error is usually far smaller (about residual²/gap). Note the difference from power
     iteration: "largest" is algebraic here, so a large negative eigenvalue is not reported as the top one.
+    ``start`` as for ``power_iteration``.
     """
     if k < 1 or k > op.dim:
         raise ValueError(f"k must be between 1 and the dimension {op.dim}, got {k}")
@@ -150,8 +162,7 @@ def lanczos(op: SymmetricOperator, k: int = 1, max_iter: int = 30, tol: float = 
         history.append(values[0])
         return krylov.steps >= k and all(r <= tol * abs(v) for v, r in zip(values, residuals))
 
-    start = gaussian(op.dim, generator(seed), dtype=op.dtype, device=op.device)
-    krylov = lanczos_tridiagonal(op, start, max_iter, stop=small_enough)
+    krylov = lanczos_tridiagonal(op, start_vector(op, seed, start), max_iter, stop=small_enough)
     values, residuals, vectors = top_k(krylov)
     converged = krylov.exhausted or all(r <= tol * abs(v) for v, r in zip(values, residuals))
     eigenvectors = None
