@@ -16,6 +16,7 @@ stop request — exactly as if the run had never stopped, on any number of worke
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,20 @@ class StopRequested(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} at {checkpoint}")
         self.signum = signum
         self.checkpoint = checkpoint
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite. The step that produced it is applied on every worker, so nothing
+    after the last checkpoint is worth keeping: no checkpoint is written and the run stops, still resumable from
+    the checkpoints it has (exact resumption would diverge again unless something changed)."""
+
+    def __init__(self, loss: float, epoch: int, updates: int, global_batch: int, lr: float,
+                 checkpoint: str | None) -> None:
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        super().__init__(
+            f"training diverged: the training loss became {loss} by update {updates} (epoch {epoch}, global batch "
+            f"{global_batch}, LR {lr:.4g}); {kept}. Start a new run with a lower optim.lr, a lower "
+            f"policy.max_global_batch, or policy.lr_ramp_steps > 0 (docs/policy.md)")
 
 
 class WorkerGroup(Protocol):
@@ -124,6 +139,7 @@ class Controller:
         self.stop_signal: int | None = None
         # `updates` at the last checkpoint written or restored; 0: the start needs none (a resume starts over)
         self._saved_at = 0
+        self._saved_file: str | None = None  # that checkpoint's file name
 
     def close(self) -> None:
         self.sink.close()
@@ -277,6 +293,9 @@ class Controller:
                 self.console.line(f"[bold]resize[/]: {resize['from_workers']} → {resize['to_workers']} workers "
                                   f"live in {resize['resize_s']:.2f} s (first step {stats.seconds:.2f} s)")
                 resize = None
+            if not math.isfinite(stats.loss_sum):
+                raise Diverged(stats.loss_sum / max(stats.samples, 1), progress.epoch + 1,
+                               progress.updates + stats.steps, batch, lrs[stats.steps - 1], self._saved_file)
             progress.samples_seen += stats.samples
             progress.updates += stats.steps
             totals.loss_sum += stats.loss_sum
@@ -341,7 +360,7 @@ class Controller:
             return None
         entry, state = found
         self.progress = Progress.from_dict(state["progress"])
-        self._saved_at = self.progress.updates
+        self._saved_at, self._saved_file = self.progress.updates, entry.file
         self.policy.load_state_dict(state["policy"])
         restored = self.policy.state
         self.decision = Decision(global_batch_size=restored.global_batch_size, adv_ratio=restored.adv_ratio,
@@ -366,5 +385,5 @@ class Controller:
                  "progress": self.progress.to_dict(), "policy": self.policy.state_dict(),
                  "metrics_bytes": self.run.metrics_size(), "preset": self.config.preset}
         CheckpointStore(self.run.checkpoints_dir, self.config.checkpoint.keep_last).save(name, state)
-        self._saved_at = self.progress.updates
+        self._saved_at, self._saved_file = self.progress.updates, name
         return name

@@ -23,7 +23,7 @@ from absa_cli import config as config_mod
 from absa_cli.errors import UserError
 from absa_cli.lock import RunLock
 
-STATUSES = ("running", "finished", "failed", "interrupted")
+STATUSES = ("running", "finished", "failed", "interrupted", "diverged")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

@@ -57,7 +57,7 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
     The signal handlers stay installed until all of that is done; once the outcome is decided, further signals are
     ignored, so a late Ctrl-C can neither leave `run.json` saying `running` nor skip the lock's release.
     """
-    from absa_cli.controller import Controller, StopRequested
+    from absa_cli.controller import Controller, Diverged, StopRequested
     from absa_cli.metrics import Console
 
     console = Console()
@@ -85,6 +85,12 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
                 run.finish("interrupted", last_epoch=controller.progress.epoch)
                 typer.echo(f"aborted; the last checkpoint stands; resume with: {resume_command(run)}", err=True)
                 raise typer.Exit(128 + (signals.last or signal.SIGINT)) from None
+            except Diverged as exc:  # one line; the checkpoints are those of before the divergence
+                signals.ignore = True
+                console.close()
+                run.finish("diverged", last_epoch=controller.progress.epoch, error=str(exc))
+                sys.stderr.write(f"error: {exc}\n")
+                raise typer.Exit(1) from None
             except UserError as exc:  # e.g. no usable checkpoint: one line, and the run stays resumable
                 signals.ignore = True
                 console.close()
