@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from absa_cli import __version__
@@ -36,4 +38,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    from absa_cli.cluster import netns
+
+    netns.entry_argv = sys.argv[1:]  # this process is the absa command: it may re-run itself (netns.isolate)
     app()

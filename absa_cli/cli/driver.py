@@ -19,6 +19,28 @@ from absa_cli.errors import UserError
 from absa_cli.metrics import fmt
 
 
+def private_network(config, address: str | None, local: bool) -> None:
+    """Re-run this command in a private network namespace if it is about to start a local Ray cluster
+    (absa_cli.cluster.netns). A dataset download needs the network, so it happens first, out here."""
+    from absa_cli.cluster import netns
+
+    if config.data.download and not local and os.environ.get(netns.ENV) != netns.INSIDE:
+        check_datasets(config)
+    note = netns.isolate(address, local)
+    if note:
+        typer.echo(note, err=True)
+
+
+def check_datasets(config) -> None:
+    """Open (or download) both splits: a missing dataset fails in one line before anything starts."""
+    from absa_cli.data import build_dataset
+
+    data = config.data
+    for split in (data.train_split, "test"):
+        build_dataset(data.name, split, data.resolved_root(), seed=data.seed, size=data.test_size if split == "test"
+                      else data.train_size, download=data.download)
+
+
 def make_group(config, max_workers: int, address: str | None, local: bool) -> tuple[Any, str]:
     """The worker group and a line saying where it runs. The dataset is opened here first, so a missing one fails
     in one line before a Ray cluster starts (and, for `absa train`, before a run directory exists)."""
@@ -30,12 +52,7 @@ def make_group(config, max_workers: int, address: str | None, local: bool) -> tu
         from absa_cli.local_group import LocalGroup  # torch import: only once the config is known good
 
         return LocalGroup(config), "local: one worker in this process"
-    from absa_cli.data import build_dataset
-
-    data = config.data
-    for split in (data.train_split, "test"):
-        build_dataset(data.name, split, data.resolved_root(), seed=data.seed, size=data.test_size if split == "test"
-                      else data.train_size, download=data.download)
+    check_datasets(config)
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.cluster.runtime import connect
 

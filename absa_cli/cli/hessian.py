@@ -76,6 +76,9 @@ def hessian(
             config = config_mod.from_yaml(saved.read_text())
         model = hessian_mod.rebuild_model(config, state)  # checks that the weights fit, in one clear line
         if max_gpus > 1:
+            from absa_cli.cli.driver import private_network
+
+            private_network(config, address, local=False)  # may re-run this command in a private network
             hessian_mod.probe_batches(config, options)  # a missing dataset fails here, in one line
             result = _distributed(config, options, state, max_gpus, address)
         else:

@@ -34,12 +34,13 @@ def train(
     """Train a preset on a Ray worker group that grows with the batch: prints `run: <run-id>` first and a summary
     last. Ctrl-C stops after the current step with a checkpoint; `absa resume <run-id>` continues."""
     from absa_cli import config as config_mod
-    from absa_cli.cli.driver import drive, make_group
+    from absa_cli.cli.driver import drive, make_group, private_network
     from absa_cli.runs import RunDir, runs_root
 
     with user_errors(), _interrupted_before_training():
         config = config_mod.load(preset, overrides or [])
         _apply_workers(config, max_gpus, local)
+        private_network(config, address, local)  # may re-run this command in a private network namespace
         group, where = make_group(config, config.cluster.max_workers, address, local)
         run = RunDir.create(runs_root(runs_dir), config)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
@@ -58,12 +59,13 @@ def resume(
     runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help=RUNS_DIR_HELP)] = None,
 ) -> None:
     """Continue an interrupted, failed or killed run exactly where its newest good checkpoint stands."""
-    from absa_cli.cli.driver import drive, make_group
+    from absa_cli.cli.driver import drive, make_group, private_network
     from absa_cli.runs import RunDir, runs_root
 
     with user_errors(), _interrupted_before_training():
         run = RunDir.open(runs_root(runs_dir), run_id)
         _refuse_finished(run)
+        private_network(run.load_config(), address, local)  # before the lock: the re-run takes it
         lock = run.lock().acquire()
         try:
             info = run.info()

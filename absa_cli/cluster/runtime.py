@@ -3,7 +3,8 @@ local one started here.
 
 The local cluster uses 127.0.0.1 as its node address and starts no dashboard. Ray 2.60's own gRPC servers (GCS,
 raylet, workers) nevertheless listen on all interfaces, protected by Ray's token authentication; binding them to
-loopback only is not possible through ``ray.init`` in this version (see docs/cluster.md).
+loopback only is not possible through ``ray.init`` in this version, so the ``absa`` command starts its local
+cluster inside a private network namespace whose only interface is loopback (``absa_cli.cluster.netns``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 
 import ray
 
+from absa_cli.cluster import netns
 from absa_cli.errors import UserError
 
 
@@ -33,5 +35,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                  logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
         where = "ray: started a local cluster on 127.0.0.1"
+        if os.environ.get(netns.ENV) == netns.INSIDE:
+            where += " in a private network namespace (loopback only)"
     resources = ray.cluster_resources()
     return f"{where} ({int(resources.get('CPU', 0))} CPU, {int(resources.get('GPU', 0))} GPU)"

@@ -1,0 +1,99 @@
+"""The local Ray cluster's private network: the `absa` command re-runs itself in a network namespace whose only
+interface is loopback, so no port it opens can be reached from another machine (absa_cli.cluster.netns).
+
+End to end: a real `absa train` starting its own cluster is watched from outside through /proc: its namespace is
+not ours, has only `lo`, and Ray's listening sockets are in it. The rules (who re-runs, who does not, the one line
+where namespaces are not allowed) are checked in-process, where nothing can exec."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from absa_cli.cluster import netns
+
+from conftest import TINY
+
+LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's state column
+
+
+def _namespaces_allowed() -> bool:
+    unshare = shutil.which("unshare")
+    return unshare is not None and netns._namespaces_allowed(unshare)
+
+
+def _listening(pid: int) -> list[str]:
+    """Local addresses (hex, as /proc prints them) of every listening TCP socket in ``pid``'s namespace."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == LISTEN:
+                    found.append(fields[1])
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _namespaces_allowed(), reason="unprivileged user and network namespaces are not allowed here")
+def test_absa_train_runs_its_local_cluster_in_a_loopback_only_namespace(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", netns.ENV)}
+    process = subprocess.Popen([sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=1",
+                                "--runs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env, cwd=tmp_path)
+    lines, seen = [], None
+    try:
+        deadline = time.monotonic() + 120
+        for line in process.stdout:
+            lines.append(line)
+            if "ray: started a local cluster" in line:
+                # the driver kept its pid across the exec, so /proc/<pid> shows the namespace it now runs in
+                seen = (os.readlink(f"/proc/{process.pid}/ns/net"), netns.interfaces(process.pid),
+                        _listening(process.pid))
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+        output = "".join(lines) + process.stdout.read()
+        assert process.wait(timeout=120) == 0, output
+    finally:
+        process.kill()
+    assert seen is not None, output
+    namespace, interfaces, listening = seen
+    assert "in a private network namespace (loopback only)" in output
+    assert namespace != os.readlink("/proc/self/ns/net")
+    assert interfaces == ["lo"]
+    assert len(listening) >= 3, listening  # GCS, raylet, the driver's core worker: there, not in our namespace
+    assert "summary: 1 epochs" in output and "Traceback" not in output
+
+
+def test_only_the_absa_command_starting_a_local_cluster_re_runs_itself(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(netns.ENV, raising=False)
+    monkeypatch.setattr(netns, "entry_argv", None)  # an in-process caller (this test, a CliRunner): never exec
+    assert netns.isolate(None, local=False) is None
+    monkeypatch.setattr(netns, "entry_argv", ["train", "quickstart"])
+    assert netns.isolate("127.0.0.1:6379", local=False) is None  # joining a cluster: its network is its own
+    assert netns.isolate(None, local=True) is None  # no cluster at all
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert netns.isolate(None, local=False) is None
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setenv(netns.ENV, "off")  # the user's opt-out
+    assert netns.isolate(None, local=False) is None
+
+
+def test_where_namespaces_are_not_available_one_line_says_so_and_the_run_goes_on(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(netns.ENV, raising=False)
+    monkeypatch.setattr(netns, "entry_argv", ["train", "quickstart"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `unshare` to be found
+    note = netns.isolate(None, local=False)
+    assert note is not None and "\n" not in note
+    assert "no private network namespace" in note and "all interfaces" in note and "docs/cluster.md" in note
+
+
+def test_interfaces_reads_proc():
+    assert "lo" in netns.interfaces()
