@@ -137,6 +137,7 @@ class Controller:
         self.decision: Decision = self.policy.initial()
         self.last_record: dict[str, Any] | None = None
         self.stop_signal: int | None = None
+        self.lock: Any = None  # the run's RunLock when a CLI driver holds one: checked before every write
         # `updates` at the last checkpoint written or restored; 0: the start needs none (a resume starts over)
         self._saved_at = 0
         self._saved_file: str | None = None  # that checkpoint's file name
@@ -150,8 +151,14 @@ class Controller:
         self.group.request_stop()
 
     def _check_stop(self) -> None:
+        self._check_lock()
         if self.stop_signal is not None:
             raise StopRequested(self.stop_signal, self.save_checkpoint())
+
+    def _check_lock(self) -> None:
+        """``LockLost`` once another driver has taken the run over (``self.lock``, set by the CLI's driver)."""
+        if self.lock is not None:
+            self.lock.check()
 
     def plan_geometry(self, available: int | None = None) -> BatchGeometry:
         """The geometry for the policy's batch on the workers available (the group's capacity by default)."""
@@ -221,6 +228,7 @@ class Controller:
         progress.epoch += 1
         progress.samples_seen = 0
         progress.totals = EpochTotals()
+        self._check_lock()
         self.sink.write(record)
         self.console.epoch_done(record)
         if progress.epoch % config.checkpoint.every_epochs == 0 or progress.epoch == config.epochs:
@@ -377,6 +385,7 @@ class Controller:
         """Checkpoint where training stands (an epoch boundary, or mid-epoch on a stop request); its file name."""
         from absa_cli.checkpoint import CheckpointStore  # torch import, only on the driver paths that write them
 
+        self._check_lock()
         name = checkpoint_name(self.progress.epoch, self.progress.samples_seen)
         if self._saved_at == self.progress.updates:
             return name  # e.g. a stop requested right after the boundary checkpoint

@@ -30,6 +30,11 @@ class RunLocked(UserError):
     """Another live driver holds the run."""
 
 
+class LockLost(RuntimeError):
+    """This driver's lock was taken over: another driver found its heartbeat stale (e.g. a shared file system that
+    stalled this host's writes for over ``STALE_AFTER_S``) and drives the run now."""
+
+
 def _process_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (Linux), None when it does not run or is a zombie."""
     if not Path("/proc/self/stat").exists():  # not Linux: whether the pid runs is all we can tell
@@ -80,6 +85,7 @@ class RunLock:
         self.run_id = run_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.taken_by: str | None = None  # set by the heartbeat thread when another driver took the run over
         self._me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
 
     def acquire(self) -> "RunLock":
@@ -109,9 +115,17 @@ class RunLock:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             with self._guard():
-                if not self._mine():
-                    return  # taken over (we looked dead from another host): never overwrite the new holder
+                if not self._mine():  # taken over (we looked dead from another host): never overwrite the new holder
+                    holder = read(self.path)
+                    self.taken_by = describe(holder) if holder else "another driver (the lock file is gone)"
+                    return
                 os.replace(self._write_tmp(), self.path)
+
+    def check(self) -> None:
+        """``LockLost`` if another driver took the run over: call before writing anything to the run."""
+        if self.taken_by is not None:
+            raise LockLost(f"run {self.run_id} was taken over by {self.taken_by}, which found this driver's heartbeat "
+                           f"stale; this driver stops without writing anything more (the run is driven there now)")
 
     def release(self) -> None:
         self._stop.set()

@@ -79,3 +79,66 @@ def test_of_drivers_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
               for _ in range(4)]
     outcomes = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
     assert outcomes == ["refused", "refused", "refused", "won"]
+
+
+def _take_over(path) -> None:
+    """What another host's `absa resume` does after finding this driver's heartbeat stale."""
+    path.write_text(json.dumps({"host": "other-host", "pid": 4242, "heartbeat": time.time()}))
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_driver_whose_lock_was_taken_over_learns_it_and_leaves_the_new_holders_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.05)
+    path = tmp_path / "lock.json"
+    held = RunLock(path, "run-d").acquire()
+    held.check()  # ours: nothing to say
+    _take_over(path)
+    _wait_for(lambda: held.taken_by is not None)
+    with pytest.raises(lock.LockLost, match=r"run run-d was taken over by pid 4242 on other-host"):
+        held.check()
+    held.release()
+    assert json.loads(path.read_text())["pid"] == 4242  # never removed or overwritten
+
+
+def test_a_displaced_driver_stops_without_writing_to_the_run(tmp_path, monkeypatch, one_thread):
+    """Through the CLI: the lock is taken over mid-run; the driver exits 1 with one line and writes nothing more
+    (no status, no further epoch record or checkpoint; the new holder's lock stays)."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    from absa_cli.cli.app import app
+    from conftest import TINY
+
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.05)
+    taken: dict = {}
+
+    def take_over_after_the_first_epoch() -> None:
+        _wait_for(lambda: any(tmp_path.glob("*/checkpoints/epoch-0001.pt")), timeout_s=120)
+        (run_path,) = tmp_path.iterdir()
+        _take_over(run_path / "lock.json")
+        taken["path"] = run_path
+
+    thread = threading.Thread(target=take_over_after_the_first_epoch, daemon=True)
+    thread.start()
+    result = CliRunner().invoke(app, ["train", "quickstart", *TINY, "epochs=40", "--local",
+                                      "--runs-dir", str(tmp_path)])
+    thread.join(timeout=5)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "taken over by pid 4242 on other-host" in errors[0], result.stderr
+    assert "Traceback" not in result.output and "summary:" not in result.output
+    run_path = taken["path"]
+    assert json.loads((run_path / "run.json").read_text())["status"] == "running"  # the new driver's to write
+    assert json.loads((run_path / "lock.json").read_text())["pid"] == 4242
+    epochs = [json.loads(line)["epoch"] for line in (run_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line).get("kind") == "epoch"]
+    checkpoints = sorted(p.name for p in (run_path / "checkpoints").glob("*.pt"))
+    assert epochs and max(epochs) < 40  # stopped early ...
+    assert checkpoints[-1] <= f"epoch-{max(epochs):04d}.pt"  # ... and no checkpoint beyond its last record

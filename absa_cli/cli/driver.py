@@ -75,11 +75,13 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
     ignored, so a late Ctrl-C can neither leave `run.json` saying `running` nor skip the lock's release.
     """
     from absa_cli.controller import Controller, Diverged, StopRequested
+    from absa_cli.lock import LockLost
     from absa_cli.metrics import Console
 
     console = Console()
     console.line(where)
     controller = Controller(config, run, group, console, max_workers=config.cluster.max_workers)
+    controller.lock = lock
     signals = _Signals(controller)
     with signals.installed():
         try:
@@ -102,6 +104,11 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
                 run.finish("interrupted", last_epoch=controller.progress.epoch)
                 typer.echo(f"aborted; the last checkpoint stands; resume with: {resume_command(run)}", err=True)
                 raise typer.Exit(128 + (signals.last or signal.SIGINT)) from None
+            except LockLost as exc:  # the run is another driver's now: write nothing (lock.release checks too)
+                signals.ignore = True
+                console.close()
+                sys.stderr.write(f"error: {exc}\n")
+                raise typer.Exit(1) from None
             except Diverged as exc:  # one line; the checkpoints are those of before the divergence
                 signals.ignore = True
                 console.close()
