@@ -43,9 +43,12 @@ def _channel_view(values: Stats, like: torch.Tensor) -> torch.Tensor:
 
 def _bounds(inputs: torch.Tensor, mean: Stats, std: Stats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(std, lower, upper) in normalised space for pixel range [0, 1]."""
+    # Checked where the values live: a dataset's std is a tuple of floats, and testing the device copy instead
+    # would make the host wait for the GPU at every adversarial micro-batch.
+    checked = std if isinstance(std, torch.Tensor) and std.device.type != "cpu" else torch.as_tensor(std)
+    if bool((checked <= 0).any()):
+        raise ValueError(f"std must be positive per channel, got {checked.flatten().tolist()}")
     mean_t, std_t = _channel_view(mean, inputs), _channel_view(std, inputs)
-    if bool((std_t <= 0).any()):
-        raise ValueError(f"std must be positive per channel, got {std_t.flatten().tolist()}")
     return std_t, (0.0 - mean_t) / std_t, (1.0 - mean_t) / std_t
 
 

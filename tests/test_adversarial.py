@@ -198,3 +198,11 @@ def test_robust_accuracy():
         clean = (model(inputs).argmax(1) == labels).double().mean().item()
     assert robust_accuracy(model, batches, 0.0, MEAN, STD) == pytest.approx(clean)
     assert robust_accuracy(model, batches, 0.5, MEAN, STD) < clean
+
+
+@pytest.mark.parametrize("std", [(0.5, 0.0, 0.5), torch.tensor([0.5, -0.1, 0.5])])
+def test_a_non_positive_std_is_refused(std):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    inputs, labels = torch.zeros(2, 3, 4, 4), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="std must be positive per channel"):
+        fgsm(model, inputs, labels, 0.01, (0.5, 0.5, 0.5), std)
