@@ -13,6 +13,7 @@ so that each sample's gradient does not shrink with the batch size (the sign is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -37,8 +38,16 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _channel_view(values: Stats, like: torch.Tensor) -> torch.Tensor:
     """Per-channel statistics shaped (1, C, 1, ...) to broadcast over ``like`` (N, C, ...)."""
+    if not isinstance(values, torch.Tensor):  # a dataset's tuple: made on the device once, not every micro-batch
+        return _channel_constant(tuple(float(v) for v in values), like.dtype, like.device, like.dim())
     tensor = torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(-1)
     return tensor.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device, ndim: int) -> torch.Tensor:
+    """Copying a Python tuple to a GPU is a blocking copy (the host waits for the stream); cached, it happens once."""
+    return torch.tensor(values, dtype=dtype, device=device).reshape(1, -1, *([1] * (ndim - 2)))
 
 
 def _bounds(inputs: torch.Tensor, mean: Stats, std: Stats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
