@@ -52,6 +52,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) imported as a module, so its functions can be called directly."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_user_error(result, *fragments: str) -> None:
     """A CLI result that is one `error:` line on stderr naming ``fragments``, exit code 2, no traceback."""
     assert result.exit_code == 2, result.output

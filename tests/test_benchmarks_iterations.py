@@ -4,24 +4,16 @@ skipped with a message when --data-root does not hold it. The summary arithmetic
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from conftest import TINY
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "iterations.py"
-
+from conftest import TINY, load_benchmark
 
 @pytest.fixture(scope="module")
 def iterations():
-    spec = importlib.util.spec_from_file_location("iterations_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("iterations")
 
 
 def test_summary_pairs_by_seed_and_divides_the_baseline_updates(iterations):

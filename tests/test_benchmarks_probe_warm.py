@@ -4,7 +4,6 @@ warm agree exactly there), and a run that kept fewer than two checkpoints is ref
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -17,17 +16,11 @@ from absa_cli.local_group import LocalGroup
 from absa_cli.metrics import Console
 from absa_cli.runs import RunDir
 
-from conftest import TINY
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_warm.py"
-
+from conftest import TINY, load_benchmark
 
 @pytest.fixture(scope="module")
 def probe_warm():
-    spec = importlib.util.spec_from_file_location("probe_warm_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("probe_warm")
 
 
 def _run(root: Path, keep_last: int) -> RunDir:
