@@ -174,7 +174,7 @@ class ProbeConfig:
     tol: float = 1e-2  # relative tolerance (the paper: 1e-2)
     bn_mode: str = "eval"  # BatchNorm in eval mode during the probe, as PyHessian and the paper do
     seed: int = 0  # which samples form the probe set, and the first probe's starting vector
-    warm_start: bool = True  # start each probe from the previous probe's top eigenvector (docs/curvature.md)
+    warm_start: bool = True  # start each probe from the previous probe's top eigenvector (docs/policy.md)
     amp: str = "off"  # off: fp32 HVPs whatever device.amp says (λ_max steers the batch size) | bf16
 
     def __post_init__(self) -> None:

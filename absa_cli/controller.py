@@ -58,17 +58,18 @@ class StopRequested(Exception):
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite. The step that produced it is applied on every worker, so nothing
-    after the last checkpoint is worth keeping: no checkpoint is written and the run stops, still resumable from
-    the checkpoints it has (exact resumption would diverge again unless something changed)."""
+    """The training loss, the weights or the test loss became NaN or infinite. The step that did it is applied on
+    every worker, so nothing after the last checkpoint is worth keeping: no checkpoint is written and the run stops,
+    still resumable from the checkpoints it has (exact resumption would diverge again unless something changed)."""
 
-    def __init__(self, loss: float, epoch: int, updates: int, global_batch: int, lr: float,
+    def __init__(self, what: str, epoch: int, updates: int, global_batch: int, lrs: list[float],
                  checkpoint: str | None) -> None:
         kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        lr = f"LR {lrs[0]:.4g}" if len(set(lrs)) == 1 else f"LR {min(lrs):.4g}–{max(lrs):.4g}"
         super().__init__(
-            f"training diverged: the training loss became {loss} by update {updates} (epoch {epoch}, global batch "
-            f"{global_batch}, LR {lr:.4g}); {kept}. Start a new run with a lower optim.lr, a lower "
-            f"policy.max_global_batch, or policy.lr_ramp_steps > 0 (docs/policy.md)")
+            f"training diverged: {what} by update {updates} (epoch {epoch}, global batch {global_batch}, {lr}); "
+            f"{kept}. Start a new run with a lower optim.lr, a lower policy.max_global_batch, or "
+            f"policy.lr_ramp_steps > 0 (docs/policy.md)")
 
 
 class WorkerGroup(Protocol):
@@ -204,6 +205,9 @@ class Controller:
         self._prepare_next_growth()
         totals = self._train_epoch(geometry, decision.adv_ratio, resize)
         evaluation = self._recovering(self.group.evaluate)
+        if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
+            raise Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
+                           geometry.global_batch_size, [totals.lr], self._saved_file)
         probe = self._recovering(self.group.probe) if decision.probe_next else None
         self.decision = self.policy.observe(EpochMeasurements(
             epoch=progress.epoch + 1, num_epochs=config.epochs, eigenvalue=probe.eigenvalue if probe else None,
@@ -301,9 +305,11 @@ class Controller:
                 self.console.line(f"[bold]resize[/]: {resize['from_workers']} → {resize['to_workers']} workers "
                                   f"live in {resize['resize_s']:.2f} s (first step {stats.seconds:.2f} s)")
                 resize = None
-            if not math.isfinite(stats.loss_sum):
-                raise Diverged(stats.loss_sum / max(stats.samples, 1), progress.epoch + 1,
-                               progress.updates + stats.steps, batch, lrs[stats.steps - 1], self._saved_file)
+            if not math.isfinite(stats.loss_sum) or not stats.params_finite:
+                what = (f"the training loss became {stats.loss_sum / max(stats.samples, 1)}"
+                        if not math.isfinite(stats.loss_sum) else "the weights became NaN or infinite")
+                raise Diverged(what, progress.epoch + 1, progress.updates + stats.steps, batch, lrs[:stats.steps],
+                               self._saved_file)
             progress.samples_seen += stats.samples
             progress.updates += stats.steps
             totals.loss_sum += stats.loss_sum

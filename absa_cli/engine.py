@@ -54,6 +54,7 @@ class ChunkStats:
     loss_sum: float
     num_correct: int
     seconds: float
+    params_finite: bool = True  # every weight on every worker finite after the chunk's last step
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,16 @@ class Engine:
                 self._log_samples(epoch, span.start, order.indices[span])
             if stop:  # agreed by every rank in the step's all-reduce: all stop after this same step
                 break
+        # A step's loss is taken before its update, so a last step that makes the weights NaN or infinite shows in
+        # no loss of this chunk: count the workers whose weights are no longer finite, in the same all-reduce.
+        with torch.no_grad():
+            finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        totals = torch.cat([totals, (~finite).to(totals.dtype).reshape(1)])
         self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step
-        loss_sum, num_correct, num_samples = totals.tolist()
+        loss_sum, num_correct, num_samples, num_nonfinite = totals.tolist()
         return ChunkStats(steps=self.chunk_steps_done, samples=int(num_samples), loss_sum=loss_sum,
-                          num_correct=int(num_correct), seconds=time.perf_counter() - started)
+                          num_correct=int(num_correct), seconds=time.perf_counter() - started,
+                          params_finite=num_nonfinite == 0)
 
     def _micro_batches(self, batch_size: int, geometry: BatchGeometry) -> list[slice]:
         """This rank's micro-batches of a global batch of ``batch_size``, as ranges of positions within it (contiguous
@@ -318,8 +325,8 @@ class Engine:
     def probe(self, probe: ProbeConfig | None = None) -> ProbeStats:
         """Top Hessian eigenvalue of the mean training loss on the probe set (averaged over workers).
 
-        With ``probe.warm_start`` the solver starts from the previous probe's eigenvector (every rank holds the
-        same one: it is built from all-reduced products) instead of a Gaussian. ``benchmarks/probe_warm.py``
+        With ``probe.warm_start`` the solver starts from the previous probe's eigenvector (rank 0's, broadcast)
+        instead of a Gaussian. ``benchmarks/probe_warm.py``
         measured it on the quickstart: 16% fewer HVPs, and Lanczos no longer settles on the second eigenvalue
         (cold starts were 10% low on 2 of 9 epochs; warm starts within 1e-4 on all). The vector is part of the
         state, so a resumed or re-formed group probes exactly as the uninterrupted one would."""
@@ -327,7 +334,7 @@ class Engine:
         started = time.perf_counter()
         operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(), self.ctx, bn_mode=probe.bn_mode,
                                    amp_dtype=torch.bfloat16 if probe.amp == "bf16" else None)
-        start = self.probe_start if probe.warm_start else None
+        start = self._agreed_probe_start(operator) if probe.warm_start else None
         if probe.method == "lanczos":
             result = lanczos(operator, k=1, max_iter=probe.max_iter, tol=probe.tol, seed=probe.seed,
                              return_eigenvectors=probe.warm_start, start=start)
@@ -340,6 +347,23 @@ class Engine:
         self.model.zero_grad(set_to_none=True)
         return ProbeStats(eigenvalue=result.eigenvalues[0], hvp_count=result.hvp_count,
                           converged=result.converged, seconds=time.perf_counter() - started)
+
+    def _agreed_probe_start(self, operator: HessianOperator) -> torch.Tensor | None:
+        """Rank 0's warm-start vector, on every rank. Ranks hold the same one in normal operation, but a peer lost
+        during a probe's last all-reduce can leave some survivors with the new vector and some with the old, and
+        ranks that started from different vectors would take different numbers of products (a collective each)."""
+        if self.ctx.world_size == 1:
+            return self.probe_start
+        have = torch.zeros(1, device=self.device)
+        have[0] = float(self.probe_start is not None)
+        self.ctx.broadcast([have])
+        if not bool(have[0] > 0):
+            self.probe_start = None
+            return None
+        if self.probe_start is None:
+            self.probe_start = operator.zeros()
+        self.ctx.broadcast([self.probe_start])
+        return self.probe_start
 
     # --------------------------------------------------------------------------------------------- state
 

@@ -274,13 +274,15 @@ def test_a_start_at_the_top_eigenvector_converges_at_once(quadratic_matrix):
     assert power.hvp_count == 2 and power.eigenvalues[0] == pytest.approx(TOP[0], rel=1e-10)
 
 
-def test_a_warm_start_near_a_lower_eigenvector_still_finds_the_top(quadratic_matrix):
-    """A start mostly along the second eigenvector (a previous probe's, after the spectrum's top changed) but with
-    some top component: Lanczos still reports λ_max; the start is a hint, not a constraint."""
+@pytest.mark.parametrize("tol", [1e-2, 1e-8])  # the in-training probe's tolerance, and a tight one
+def test_a_warm_start_near_a_lower_eigenvector_still_finds_the_top(quadratic_matrix, tol):
+    """A start mostly along the second eigenvector (a previous probe's, after the top two eigenvalues swapped) but
+    with a 5% top component: Lanczos still reports λ_max; the start is a hint, not a constraint. (With a much smaller
+    top component a loose tolerance can stop at λ₂, as a cold start can: docs/policy.md.)"""
     vectors = torch.linalg.eigh(quadratic_matrix).eigenvectors
     start = vectors[:, -2] + 0.05 * vectors[:, -1] + 0.01 * vectors[:, 0]
-    result = lanczos(quadratic_operator(quadratic_matrix), k=1, max_iter=20, tol=1e-8, start=start)
-    assert result.eigenvalues[0] == pytest.approx(TOP[0], rel=1e-6)
+    result = lanczos(quadratic_operator(quadratic_matrix), k=1, max_iter=20, tol=tol, start=start)
+    assert result.eigenvalues[0] == pytest.approx(TOP[0], rel=max(tol, 1e-6))
 
 
 def test_a_start_of_the_wrong_length_is_refused(quadratic_matrix):

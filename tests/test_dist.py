@@ -53,10 +53,26 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         op = HessianOperator(model, F.cross_entropy, [(inputs[mine], labels[mine])], ctx, bn_mode="eval")
         results["hvp"] = op.matvec(v)
         results["top2"] = lanczos(op, k=2, max_iter=40, tol=1e-6).eigenvalues
+        results.update(_warm_probe(ctx))
         ctx.barrier()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _warm_probe(ctx: TorchDistContext) -> dict:
+    """The engine's probe when the ranks disagree about the warm start (rank 0 holds a vector, rank 1 none, as after
+    a peer was lost in a probe's last all-reduce): rank 0's vector must be used on both, or the ranks would take
+    different numbers of products and the group would hang."""
+    from absa_cli import config as config_mod
+    from absa_cli.engine import Engine
+
+    config = config_mod.load("quickstart", ["data.train_size=256", "data.test_size=128", "probe.batch_size=32"])
+    engine = Engine(config, ctx=ctx, device=torch.device("cpu"))
+    dim = sum(p.numel() for p in engine.model.parameters())
+    engine.probe_start = torch.randn(dim, generator=torch.Generator().manual_seed(7)) if ctx.rank == 0 else None
+    stats = engine.probe()
+    return {"probe": (stats.eigenvalue, stats.hvp_count), "probe_start": engine.probe_start}
 
 
 def _collectives(ctx: TorchDistContext) -> dict:
@@ -123,3 +139,9 @@ def test_sharded_hvp_equals_the_single_process_hvp(rank_results):
         assert results["top2"] == pytest.approx(top2, rel=1e-4)
     assert torch.equal(rank_results[0]["hvp"], rank_results[1]["hvp"])  # ranks hold identical products
 
+
+
+def test_ranks_that_disagree_about_the_warm_start_probe_from_rank_0s(rank_results):
+    first, second = rank_results
+    assert first["probe"] == second["probe"] and first["probe"][1] >= 1
+    assert torch.equal(first["probe_start"], second["probe_start"])

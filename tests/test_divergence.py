@@ -48,3 +48,22 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_writes_no_other(
         ["epoch-0001.pt"]
     assert [p.name for p in run.checkpoints_dir.glob("*.pt")] == ["epoch-0001.pt"]
     assert [r["epoch"] for r in run.records("epoch")] == [1]
+
+
+def test_weights_that_become_non_finite_on_an_epochs_last_step_are_caught_before_its_checkpoint(tmp_path,
+                                                                                                one_thread):
+    """The last step's loss is computed before its update, so only the weights show it: no evaluation, probe or
+    checkpoint of them follows."""
+    config = config_mod.load("quickstart", [*TINY, "epochs=3", "cluster.max_workers=1"])
+    run = RunDir.create(tmp_path, config)
+    controller = Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True))
+    controller.run_epoch()
+    lr = controller.policy.lr
+    last_step_of_epoch_2 = 1 + 192 / 256  # TINY: 256 samples, 4 steps of 64
+    controller.policy.lr = lambda progress, updates: float("inf") if progress == last_step_of_epoch_2 else \
+        lr(progress, updates)
+    with pytest.raises(Diverged, match=r"the weights became NaN or infinite by update 8 \(epoch 2.*LR .*inf") as caught:
+        controller.run_all()
+    assert "the last good checkpoint is epoch-0001.pt" in str(caught.value)
+    assert [p.name for p in run.checkpoints_dir.glob("*.pt")] == ["epoch-0001.pt"]
+    assert [r["epoch"] for r in run.records("epoch")] == [1]

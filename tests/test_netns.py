@@ -97,3 +97,36 @@ def test_where_namespaces_are_not_available_one_line_says_so_and_the_run_goes_on
 
 def test_interfaces_reads_proc():
     assert "lo" in netns.interfaces()
+
+
+def test_an_unshare_that_is_not_allowed_gives_the_same_one_line(monkeypatch, tmp_path):
+    """`unshare` present but refused (a hardened kernel, a container's seccomp profile): one line, no exec."""
+    fake = tmp_path / "unshare"
+    fake.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(netns.ENV, raising=False)
+    monkeypatch.setattr(netns, "entry_argv", ["train", "quickstart"])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    note = netns.isolate(None, local=False)
+    assert note is not None and "no private network namespace" in note
+
+
+def test_an_inherited_inside_marker_is_not_believed_outside_the_namespace(monkeypatch):
+    """ABSA_PRIVATE_NETWORK=inside leaked into a process that has the host's interfaces: dropped, so nothing claims
+    a private network that is not there."""
+    if netns.interfaces() == ["lo"]:
+        pytest.skip("this test already runs in a loopback-only namespace")
+    monkeypatch.setenv(netns.ENV, netns.INSIDE)
+    monkeypatch.setattr(netns, "entry_argv", None)  # in-process: it must not exec
+    assert netns.isolate(None, local=False) is None
+    assert netns.ENV not in os.environ
+
+
+def test_the_re_run_is_this_command_again(monkeypatch):
+    monkeypatch.setattr(netns, "entry_argv", ["train", "quickstart", "epochs=2"])
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/absa", "train", "quickstart", "epochs=2"])
+    assert netns._command()[-4:] == ["/venv/bin/absa", "train", "quickstart", "epochs=2"]
+    assert netns._command()[0] == sys.executable
+    monkeypatch.setattr(sys, "argv", ["/src/absa_cli/__main__.py", "train", "quickstart", "epochs=2"])
+    assert netns._command()[-5:] == ["-m", "absa_cli", "train", "quickstart", "epochs=2"]

@@ -112,7 +112,8 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
             except Diverged as exc:  # one line; the checkpoints are those of before the divergence
                 signals.ignore = True
                 console.close()
-                run.finish("diverged", last_epoch=controller.progress.epoch, error=str(exc))
+                run.finish("diverged", last_epoch=controller.progress.epoch, updates=controller.progress.updates,
+                           error=str(exc))
                 sys.stderr.write(f"error: {exc}\n")
                 raise typer.Exit(1) from None
             except UserError as exc:  # e.g. no usable checkpoint: one line, and the run stays resumable

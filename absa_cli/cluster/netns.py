@@ -40,6 +40,17 @@ _IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: a 16-byte name and a 24-byte u
 entry_argv: list[str] | None = None
 
 
+def _command() -> list[str]:
+    """This process's own command line, to run again: the interpreter with its flags (-X, -W, -O, ...), then the
+    ``absa`` script as it was started, or ``-m absa_cli`` (from the same working directory, so the same
+    ``sys.path[0]`` and the same package are imported)."""
+    flags = subprocess._args_from_interpreter_flags()  # what multiprocessing uses to start a like interpreter
+    script = sys.argv[0]
+    if os.path.basename(script) == "__main__.py":
+        return [sys.executable, *flags, "-m", "absa_cli", *(entry_argv or [])]
+    return [sys.executable, *flags, script, *(entry_argv or [])]
+
+
 def isolate(address: str | None, local: bool) -> str | None:
     """Called by a command before it may start a local Ray cluster.
 
@@ -50,8 +61,11 @@ def isolate(address: str | None, local: bool) -> str | None:
         return None
     mode = os.environ.get(ENV, "")
     if mode == INSIDE:
-        loopback_up()
-        return None
+        if interfaces() == ["lo"]:
+            loopback_up()
+            return None
+        del os.environ[ENV]  # inherited from somewhere else: this process is not in absa's namespace
+        mode = ""
     if mode.lower() == OFF or entry_argv is None or sys.platform != "linux":
         return None
     unshare = shutil.which("unshare")
@@ -66,8 +80,7 @@ def isolate(address: str | None, local: bool) -> str | None:
     # machine's external address fails too, in one warning line printed before any setting could hide it; the
     # cluster uses 127.0.0.1 anyway.)
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    os.execve(unshare, [unshare, "--user", "--map-root-user", "--net", "--", sys.executable, "-m", "absa_cli",
-                        *entry_argv], env)
+    os.execve(unshare, [unshare, "--user", "--map-root-user", "--net", "--", *_command()], env)
     return None  # not reached
 
 
