@@ -43,6 +43,9 @@ def test_rows_and_summary_of_a_tiny_run(probe_warm, tmp_path, one_thread):
         assert rows[0][f"{method}_warm_hvps"] == rows[0][f"{method}_cold_hvps"]
         assert rows[0][f"{method}_warm_err"] == rows[0][f"{method}_cold_err"]
         assert summary[f"{method}_warm_hvps"] == sum(r[f"{method}_warm_hvps"] for r in rows[1:])
+    for method in probe_warm.METHODS:  # later checkpoints really start from the previous vector
+        assert any((r[f"{method}_warm_hvps"], r[f"{method}_warm_err"]) != (r[f"{method}_cold_hvps"],
+                                                                          r[f"{method}_cold_err"]) for r in rows[1:])
     assert all(r["ref_converged"] and r["lambda_ref"] > 0 for r in rows)
     assert all(r["lanczos_warm_err"] < 0.05 for r in rows)  # Lanczos to tol 1e-2: a few percent at worst
 
