@@ -326,10 +326,10 @@ class Engine:
         """Top Hessian eigenvalue of the mean training loss on the probe set (averaged over workers).
 
         With ``probe.warm_start`` the solver starts from the previous probe's eigenvector (rank 0's, broadcast)
-        instead of a Gaussian. ``benchmarks/probe_warm.py``
-        measured it on the quickstart: 16% fewer HVPs, and Lanczos no longer settles on the second eigenvalue
-        (cold starts were 10% low on 2 of 9 epochs; warm starts within 1e-4 on all). The vector is part of the
-        state, so a resumed or re-formed group probes exactly as the uninterrupted one would."""
+        instead of a Gaussian. ``benchmarks/probe_warm.py`` measured it on the quickstart: 16% fewer HVPs, and
+        Lanczos no longer settles on the second eigenvalue (cold starts were 10% low on 2 of 9 epochs; warm starts
+        within 1e-4 on all). The vector is part of the state, so a resumed or re-formed group probes exactly as the
+        uninterrupted one would."""
         probe = probe or self.config.probe
         started = time.perf_counter()
         operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(), self.ctx, bn_mode=probe.bn_mode,

@@ -57,7 +57,7 @@ def isolate(address: str | None, local: bool) -> str | None:
     Returns a line to show the user, or None. Either returns (nothing to do, already inside, not possible here) or
     replaces the process (``exec``) with the same command inside a private network namespace.
     """
-    if local or address or os.environ.get("RAY_ADDRESS"):
+    if local or address or os.environ.get("RAY_ADDRESS") or sys.platform != "linux":
         return None
     mode = os.environ.get(ENV, "")
     if mode == INSIDE:
@@ -66,7 +66,7 @@ def isolate(address: str | None, local: bool) -> str | None:
             return None
         del os.environ[ENV]  # inherited from somewhere else: this process is not in absa's namespace
         mode = ""
-    if mode.lower() == OFF or entry_argv is None or sys.platform != "linux":
+    if mode.lower() == OFF or entry_argv is None:
         return None
     unshare = shutil.which("unshare")
     if unshare is None or not _namespaces_allowed(unshare):
