@@ -347,7 +347,8 @@ class Controller:
         if source is None:
             raise RuntimeError(f"the worker group was lost ({why}) before any checkpoint was written")
         record = {"kind": "restart", "epoch": self.progress.epoch + 1, "samples_seen": self.progress.samples_seen,
-                  "checkpoint": source, "num_workers": self.group.num_workers, "reason": why}
+                  "updates": self.progress.updates, "checkpoint": source, "num_workers": self.group.num_workers,
+                  "reason": why}
         self.sink.write(record)
         self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
                           f"{self.group.num_workers} worker(s) from {source}")
@@ -360,8 +361,8 @@ class Controller:
             self.console.line(f"[yellow]resume[/]: no checkpoint was written yet; starting over from epoch 1"
                               + (f" ({moved} records moved to {self.run.superseded_path.name})" if moved else ""))
         self.sink.write({"kind": "resume", "epoch": self.progress.epoch + 1,
-                         "samples_seen": self.progress.samples_seen, "checkpoint": source,
-                         "max_workers": self.max_workers})
+                         "samples_seen": self.progress.samples_seen, "updates": self.progress.updates,
+                         "checkpoint": source, "max_workers": self.max_workers})
         return source
 
     def _restore_latest(self) -> str | None:

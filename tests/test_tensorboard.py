@@ -36,7 +36,8 @@ def test_records_become_scalars_at_their_update_count(tmp_path):
     sink.write(_epoch(2, 95, global_batch_size=256, num_workers=2, test_acc=0.5, train_loss=float("nan")))
     sink.write({"kind": "failure", "epoch": 3, "samples_seen": 4000, "from_workers": 2, "lost_workers": 1,
                 "replacements": 1, "to_workers": 2, "error": "ActorDiedError", "recovery_s": 2.5})
-    sink.write({"kind": "restart", "epoch": 3, "checkpoint": "epoch-0002.pt", "num_workers": 1, "reason": "x"})
+    sink.write({"kind": "restart", "epoch": 3, "samples_seen": 0, "updates": 95, "checkpoint": "epoch-0002.pt",
+                "num_workers": 1, "reason": "x"})
     sink.close()
 
     scalars = _scalars(tmp_path)
@@ -103,3 +104,23 @@ def test_a_run_with_logging_tensorboard_writes_its_epochs(tmp_path, one_thread):
     records = run.records("epoch")
     assert [step for step, _ in scalars["epoch/test_acc"]] == [r["updates"] for r in records]
     assert [value for _, value in scalars["epoch/test_acc"]] == pytest.approx([r["test_acc"] for r in records])
+
+
+def test_a_resume_hides_what_was_logged_after_its_checkpoint(tmp_path):
+    """The interrupted driver logged epochs 1–3; the resumed one restores epoch 1's checkpoint (10 updates) and
+    logs epochs 2–3 again: TensorBoard shows one history, the resumed one, and a resize right after the resume
+    sits at the checkpoint's update count, not at 0."""
+    first = tb.TensorBoardSink(tmp_path)
+    for epoch, acc in ((1, 0.1), (2, 0.2), (3, 0.3)):
+        first.write(_epoch(epoch, 10 * epoch, test_acc=acc))
+    first.close()
+    resumed = tb.TensorBoardSink(tmp_path)
+    resumed.write({"kind": "resume", "epoch": 2, "samples_seen": 0, "updates": 10, "checkpoint": "epoch-0001.pt",
+                   "max_workers": 2})
+    resumed.write({"kind": "resize", "epoch": 2, "from_workers": 1, "to_workers": 2, "resize_s": 0.5})
+    for epoch, acc in ((2, 0.25), (3, 0.35)):
+        resumed.write(_epoch(epoch, 10 * epoch, test_acc=acc))
+    resumed.close()
+    scalars = _scalars(tmp_path)
+    assert scalars["epoch/test_acc"] == [(10, pytest.approx(0.1)), (20, pytest.approx(0.25)), (30, pytest.approx(0.35))]
+    assert scalars["resize/resize_s"] == [(10, 0.5)]
