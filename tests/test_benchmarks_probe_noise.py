@@ -1,0 +1,48 @@
+"""benchmarks/probe_noise.py end to end on a tiny 2-epoch run that keeps both checkpoints: one row per checkpoint,
+λ_max read on each probe set, and the summary (mean, std, CV) computed from exactly those readings."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+
+import pytest
+
+from absa_cli import config as config_mod
+from absa_cli.controller import Controller
+from absa_cli.local_group import LocalGroup
+from absa_cli.metrics import Console
+from absa_cli.runs import RunDir
+
+from conftest import TINY, load_benchmark
+
+
+@pytest.fixture(scope="module")
+def probe_noise():
+    return load_benchmark("probe_noise")
+
+
+def test_rows_of_a_tiny_run(probe_noise, tmp_path, one_thread):
+    config = config_mod.load("quickstart", [*TINY, "checkpoint.keep_last=2", "probe.batch_size=32",
+                                            "cluster.max_workers=1"])
+    run = RunDir.create(tmp_path, config)
+    Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True)).run_all()
+    out = tmp_path / "noise.json"
+    assert probe_noise.main(["--run-dir", str(run.path), "--seeds", "3", "--large-batches", "2", "--tol", "1e-2",
+                             "--max-iter", "12", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        small = [r["values"][f"seed{s}"] for s in range(3)]
+        assert set(r["values"]) == {"seed0", "seed1", "seed2", "large"} and r["large"] == r["values"]["large"]
+        assert r["mean"] == pytest.approx(statistics.fmean(small)) and r["std"] == pytest.approx(statistics.stdev(small))
+        assert r["cv"] == pytest.approx(r["std"] / abs(r["mean"]))
+        assert len(set(small)) == 3  # different probe sets, different readings
+
+
+def test_a_run_without_checkpoints_is_refused(probe_noise, tmp_path):
+    config = config_mod.load("quickstart", TINY)
+    run = RunDir.create(tmp_path, config)
+    with pytest.raises(SystemExit, match="no epoch checkpoint"):
+        probe_noise.main(["--run-dir", str(run.path)])
