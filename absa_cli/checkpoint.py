@@ -147,6 +147,10 @@ class CheckpointStore:
             raise CheckpointError(f"{self.manifest_path} is damaged ({type(exc).__name__}: {exc}); without it no "
                                   f"checkpoint can be verified: restore it, or start a new run") from None
 
+    def epoch_entries(self) -> list[Entry]:
+        """The checkpoints written at epoch boundaries (not mid-epoch on a stop), oldest epoch first."""
+        return sorted((e for e in self.entries() if e.samples_seen == 0), key=lambda e: e.epoch)
+
     def entry(self, name: str) -> Entry | None:
         return next((e for e in self.entries() if e.file == name), None) if self.manifest_path.is_file() else None
 

@@ -53,8 +53,7 @@ def measure(run_dir: Path, seeds: int, large_batches: int, tol: float, max_iter:
     run = RunDir(run_dir)
     config = run.load_config()
     probe = config.probe
-    entries = sorted((e for e in checkpoint.CheckpointStore(run.checkpoints_dir).entries() if e.samples_seen == 0),
-                     key=lambda e: e.epoch)
+    entries = checkpoint.CheckpointStore(run.checkpoints_dir).epoch_entries()
     if not entries:
         raise SystemExit(f"{run_dir} has no epoch checkpoint")
     base = HessianOptions(method="lanczos", max_iter=max_iter, tol=tol, batch_size=probe.batch_size,

@@ -62,8 +62,7 @@ def measure(run_dir: Path, ref_tol: float, ref_iters: int) -> list[dict]:
     run = RunDir(run_dir)
     config = run.load_config()
     probe = config.probe
-    entries = sorted((e for e in checkpoint.CheckpointStore(run.checkpoints_dir).entries() if e.samples_seen == 0),
-                     key=lambda e: e.epoch)
+    entries = checkpoint.CheckpointStore(run.checkpoints_dir).epoch_entries()
     if len(entries) < 2:
         raise SystemExit(f"{run_dir} keeps {len(entries)} epoch checkpoint(s); train with checkpoint.keep_last "
                          f"at least the number of epochs")
