@@ -116,23 +116,48 @@ def pgd(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps_pixels
     return x.detach()
 
 
-def num_adversarial(adv_ratio: float, batch_size: int) -> int:
-    """floor(adv_ratio × batch_size), guarded against 0.29 × 100 = 28.999999999999996."""
-    return min(batch_size, max(0, math.floor(adv_ratio * batch_size + 1e-9)))
+def num_adversarial(adv_ratio: float, block: int) -> int:
+    """FGSM samples in each block of ``block`` samples, as the reference implementation counts them in each of its
+    128-sample micro-batches: none once the fraction is one sample in ``block`` or less, else
+    max(floor(adv_ratio × block), 1). Guarded against 0.29 × 100 = 28.999999999999996."""
+    if adv_ratio * block <= 1 + 1e-9:
+        return 0
+    return min(block, max(1, math.floor(adv_ratio * block + 1e-9)))
 
 
-def mix_adversarial(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, adv_ratio: float,
+def adversarial_runs(start: int, count: int, adv_ratio: float, block: int) -> list[tuple[int, int]]:
+    """Which of the ``count`` samples at positions ``start, start + 1, ...`` of a global batch are replaced by FGSM
+    examples, as ``[from, to)`` runs of indices into those ``count``: the first ``num_adversarial(adv_ratio, block)``
+    positions of every block of ``block``. A function of the position only, so the same samples are attacked
+    however the global batch is split into workers and micro-batches."""
+    k = num_adversarial(adv_ratio, block)
+    runs = []
+    first_block = start - start % block
+    for block_start in range(first_block, start + count, block):
+        a, b = max(block_start, start), min(block_start + k, start + count)
+        if a < b:
+            runs.append((a - start, b - start))
+    return runs
+
+
+def mix_adversarial(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, runs: Sequence[tuple[int, int]],
                     eps_pixels: float, mean: Stats, std: Stats) -> torch.Tensor:
-    """The micro-batch with its first floor(adv_ratio × n) samples replaced by their FGSM versions.
+    """The micro-batch with the samples in ``runs`` (``[from, to)`` index ranges, ascending) replaced by their FGSM
+    versions; slices and concatenations only, so no index tensor is copied to the device.
 
-    With the model in eval mode each sample's gradient depends on that sample only, so attacking the first k
-    alone equals attacking the whole batch and keeping the first k. Returns ``inputs`` itself when nothing changes.
+    With the model in eval mode each sample's gradient depends on that sample only, so attacking a subset alone
+    equals attacking the whole batch and keeping the subset. Returns ``inputs`` itself when nothing changes.
     """
-    k = num_adversarial(adv_ratio, inputs.shape[0])
-    if k == 0 or eps_pixels == 0:
+    if not runs or eps_pixels == 0:
         return inputs
-    adversarial = fgsm(model, inputs[:k], labels[:k], eps_pixels, mean, std)
-    return torch.cat([adversarial, inputs[k:].detach()], dim=0)
+    attacked = fgsm(model, torch.cat([inputs[a:b] for a, b in runs]), torch.cat([labels[a:b] for a, b in runs]),
+                    eps_pixels, mean, std)
+    pieces, position, used = [], 0, 0
+    for a, b in runs:
+        pieces += [inputs[position:a].detach(), attacked[used:used + b - a]]
+        position, used = b, used + b - a
+    pieces.append(inputs[position:].detach())
+    return torch.cat(pieces, dim=0)
 
 
 def robust_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], eps_pixels: float,

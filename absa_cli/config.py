@@ -25,6 +25,7 @@ from absa_cli.errors import UserError
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 POLICIES = ("absa", "abs", "fixed", "fixed-large")
 PROBE_METHODS = ("power", "lanczos")
+PROBE_DATA = ("fixed", "fresh")
 BN_MODES = ("eval", "train")
 AUTO_ON_OFF = ("auto", "on", "off")
 AMP_MODES = ("auto", "bf16", "off")
@@ -145,10 +146,10 @@ class PolicyConfig:
     duration: int = 10  # grow anyway after this many epochs without an increase
     confirm: int = 1  # consecutive probes that must show the drop (1 = the paper)
     max_global_batch: int = 16384  # the cap (the paper's 128 × 128); fixed-large trains at this batch
-    lr_ramp_steps: int = 0  # after a growth, ramp the LR linearly to its new value over this many updates
+    lr_ramp_epochs: float = 0.0  # after a growth, ramp the LR linearly to its new value over this many epochs
     adv_ratio: float = 0.2  # initial fraction of each micro-batch replaced by FGSM examples (absa only)
     adv_eps: float = 0.005  # FGSM step in [0, 1] pixel units
-    adv_stop_frac: float = 0.5  # no adversarial training after this fraction of the epochs
+    adv_stop_frac: float = 0.5  # adversarial training in the first floor(adv_stop_frac × epochs) epochs only
 
     def __post_init__(self) -> None:
         _require(self.name in POLICIES, f"policy.name={self.name!r}; choose one of {', '.join(POLICIES)}")
@@ -157,7 +158,7 @@ class PolicyConfig:
         _require(self.duration >= 1, f"policy.duration must be >= 1, got {self.duration}")
         _require(self.confirm >= 1, f"policy.confirm must be >= 1, got {self.confirm}")
         _require(self.max_global_batch > 0, f"policy.max_global_batch must be > 0, got {self.max_global_batch}")
-        _require(self.lr_ramp_steps >= 0, f"policy.lr_ramp_steps must be >= 0, got {self.lr_ramp_steps}")
+        _require(self.lr_ramp_epochs >= 0, f"policy.lr_ramp_epochs must be >= 0, got {self.lr_ramp_epochs}")
         _require(0 <= self.adv_ratio < 1, f"policy.adv_ratio must be in [0, 1), got {self.adv_ratio}")
         _require(self.adv_eps >= 0, f"policy.adv_eps must be >= 0, got {self.adv_eps}")
         _require(0 <= self.adv_stop_frac <= 1, f"policy.adv_stop_frac must be in [0, 1], got {self.adv_stop_frac}")
@@ -165,15 +166,18 @@ class PolicyConfig:
 
 @dataclass
 class ProbeConfig:
-    """The curvature probe at each epoch boundary: top Hessian eigenvalue on a fixed, unaugmented probe set."""
+    """The curvature probe at each epoch boundary: top Hessian eigenvalue on unaugmented training samples."""
 
     batch_size: int = 128  # the paper: one batch of 128
     num_batches: int = 1
+    # fixed: the same samples at every probe, drawn once from `seed` | fresh: new samples at every probe, drawn
+    # from (`seed`, epoch), as the reference draws a fresh random batch each epoch
+    data: str = "fixed"
     method: str = "power"  # power (the paper) | lanczos
     max_iter: int = 10  # the paper: at most 10 power iterations
     tol: float = 1e-2  # relative tolerance (the paper: 1e-2)
     bn_mode: str = "eval"  # BatchNorm in eval mode during the probe, as PyHessian and the paper do
-    seed: int = 0  # which samples form the probe set, and the first probe's starting vector
+    seed: int = 0  # the probe samples and the starting vectors (a cold start draws a new one from seed and epoch)
     warm_start: bool = True  # start each probe from the previous probe's top eigenvector (docs/policy.md)
     amp: str = "off"  # off: fp32 HVPs whatever device.amp says (λ_max steers the batch size) | bf16
 
@@ -182,6 +186,7 @@ class ProbeConfig:
         _require(self.batch_size > 0, f"probe.batch_size must be > 0, got {self.batch_size}")
         _require(self.num_batches > 0, f"probe.num_batches must be > 0, got {self.num_batches}")
         _require(self.method in PROBE_METHODS, f"probe.method={self.method!r}; choose one of {PROBE_METHODS}")
+        _require(self.data in PROBE_DATA, f"probe.data={self.data!r}; choose one of {', '.join(PROBE_DATA)}")
         _require(self.max_iter > 0, f"probe.max_iter must be > 0, got {self.max_iter}")
         _require(self.tol > 0, f"probe.tol must be > 0, got {self.tol}")
         _require(self.bn_mode in BN_MODES, f"probe.bn_mode={self.bn_mode!r}; choose one of {BN_MODES}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from absa_cli.config import RunConfig
-from absa_cli.geometry import BatchGeometry, steps_in_epoch
+from absa_cli.geometry import BatchGeometry, samples_in_epoch, steps_in_epoch
 from absa_cli.metrics import Console, FanOut, JsonlSink
 from absa_cli.policy import Decision, EpochMeasurements, make_policy
 from absa_cli.runs import RunDir, checkpoint_name
@@ -69,7 +69,7 @@ class Diverged(RuntimeError):
         super().__init__(
             f"training diverged: {what} by update {updates} (epoch {epoch}, global batch {global_batch}, {lr}); "
             f"{kept}. Start a new run with a lower optim.lr, a lower policy.max_global_batch, or "
-            f"policy.lr_ramp_steps > 0 (docs/policy.md)")
+            f"policy.lr_ramp_epochs > 0 (docs/policy.md)")
 
 
 class WorkerGroup(Protocol):
@@ -81,7 +81,7 @@ class WorkerGroup(Protocol):
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> Any: ...
     def evaluate(self) -> Any: ...
-    def probe(self) -> Any: ...
+    def probe(self, epoch: int) -> Any: ...
     def state_dict(self) -> dict: ...
     def restart(self, num_workers: int, state: dict) -> None: ...
     def request_stop(self) -> None: ...
@@ -208,14 +208,15 @@ class Controller:
         if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
             raise Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
                            geometry.global_batch_size, [totals.lr], self._saved_file)
-        probe = self._recovering(self.group.probe) if decision.probe_next else None
+        probe = self._recovering(lambda: self.group.probe(progress.epoch)) if decision.probe_next else None
         self.decision = self.policy.observe(EpochMeasurements(
             epoch=progress.epoch + 1, num_epochs=config.epochs, eigenvalue=probe.eigenvalue if probe else None,
-            updates=progress.updates, train_loss=totals.loss_sum / max(totals.samples, 1),
-            test_acc=evaluation.accuracy))
+            train_loss=totals.loss_sum / max(totals.samples, 1), test_acc=evaluation.accuracy))
         record = {
             "kind": "epoch", "epoch": progress.epoch + 1, "updates": progress.updates,
-            "samples_seen": progress.samples_seen, "global_batch_size": geometry.global_batch_size,
+            "samples_seen": progress.samples_seen,
+            "dropped_samples": self.group.num_train_samples - progress.samples_seen,
+            "global_batch_size": geometry.global_batch_size,
             "num_workers": geometry.num_workers, "grad_accum_steps": geometry.grad_accum_steps, "lr": totals.lr,
             "adv_ratio": decision.adv_ratio,
             "train_loss": totals.loss_sum / max(totals.samples, 1),
@@ -223,7 +224,8 @@ class Controller:
             "test_loss": evaluation.loss, "test_acc": evaluation.accuracy,
             "eigenvalue": probe.eigenvalue if probe else None,
             "probe_hvps": probe.hvp_count if probe else 0, "probe_s": probe.seconds if probe else 0.0,
-            "policy_reason": self.decision.reason, "resize_s": resize["resize_s"] if resize else 0.0,
+            "policy_reason": self.decision.reason, "growth": self.decision.growth,
+            "growth_epochs_early": self.decision.epochs_early, "resize_s": resize["resize_s"] if resize else 0.0,
             "epoch_s": time.perf_counter() - epoch_started,
         }
         if evaluation.fgsm_accuracy is not None:
@@ -269,7 +271,8 @@ class Controller:
 
     def _train_epoch(self, geometry: BatchGeometry, adv_ratio: float,
                      resize: dict[str, Any] | None) -> EpochTotals:
-        """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the end of the epoch.
+        """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the end of the epoch: its last full
+        global batch (the tail that does not fill one is dropped; the epoch record counts it).
 
         After a resize the first chunk is a single step, timed into the resize record (``first_step_s``). A lost
         worker ends a chunk early: the group has re-formed, the failure is recorded, and the epoch continues from
@@ -277,18 +280,16 @@ class Controller:
         """
         progress, num_samples = self.progress, self.group.num_train_samples
         totals = progress.totals  # not empty when resumed mid-epoch
-        num_steps = steps_in_epoch(num_samples, geometry.global_batch_size)
+        batch = geometry.global_batch_size  # a failure may change the geometry, never the global batch
+        num_steps, epoch_end = steps_in_epoch(num_samples, batch), samples_in_epoch(num_samples, batch)
         self.console.status(adv_ratio=adv_ratio)
         self.console.epoch_started(progress.epoch + 1, self.config.epochs, num_steps, geometry.describe(),
-                                   steps_done=num_steps - steps_in_epoch(num_samples - progress.samples_seen,
-                                                                         geometry.global_batch_size))
-        while progress.samples_seen < num_samples:
-            batch = geometry.global_batch_size
-            num_steps = steps_in_epoch(num_samples, batch)
-            steps_left = steps_in_epoch(num_samples - progress.samples_seen, batch)
+                                   steps_done=progress.samples_seen // batch)
+        while progress.samples_seen < epoch_end:
+            steps_left = (epoch_end - progress.samples_seen) // batch
             count = 1 if resize is not None else min(self.config.logging.chunk_steps, steps_left)
-            lrs = [self.policy.lr(progress.epoch + (progress.samples_seen + i * batch) / num_samples,
-                                  progress.updates + i) for i in range(count)]
+            lrs = [self.policy.lr(progress.epoch + (progress.samples_seen + i * batch) / num_samples)
+                   for i in range(count)]
             try:
                 stats = self.group.train_chunk(progress.epoch, progress.samples_seen, lrs, geometry, adv_ratio)
             except WorkerFailure as failure:
@@ -320,7 +321,7 @@ class Controller:
                                     stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1),
                                     lr=totals.lr, updates=progress.updates,
                                     train_acc=totals.num_correct / max(totals.samples, 1))
-            if progress.samples_seen < num_samples:  # a stop at the epoch's end finishes the epoch first
+            if progress.samples_seen < epoch_end:  # a stop at the epoch's end finishes the epoch first
                 self._check_stop()
         return totals
 
@@ -379,7 +380,7 @@ class Controller:
         self.policy.load_state_dict(state["policy"])
         restored = self.policy.state
         self.decision = Decision(global_batch_size=restored.global_batch_size, adv_ratio=restored.adv_ratio,
-                                 probe_next=restored.probe_next, grew=False, reason=f"restored from {entry.file}")
+                                 probe_next=restored.probe_next, growth=None, reason=f"restored from {entry.file}")
         moved = self.run.rewind_metrics(int(state["metrics_bytes"]))
         if moved:
             self.console.line(f"[yellow]resume[/]: {moved} record(s) written after {entry.file} moved to "

@@ -1,9 +1,9 @@
 """Per-worker training and evaluation (layer 1: torch; never imports ray).
 
-One optimizer step consumes one global batch: ``EpochOrder`` positions ``[samples_seen, samples_seen + B)``. This
-worker takes its contiguous share (rank r of W), cuts it into ``grad_accum_steps`` micro-batches, and
-back-propagates ``sum(loss) × W / n`` for each, where n is the global batch's real size (the epoch's last batch may
-be short). After ``DistContext.all_reduce_mean`` every worker holds the gradient of the mean loss over the whole
+One optimizer step consumes one global batch: ``EpochOrder`` positions ``[samples_seen, samples_seen + B)``, never
+fewer (an epoch's tail that does not fill a global batch is dropped, and recorded as dropped in the sample audit).
+This worker takes its contiguous share (rank r of W), cuts it into ``grad_accum_steps`` micro-batches, and
+back-propagates ``sum(loss) × W / B`` for each. After ``DistContext.all_reduce_mean`` every worker holds the gradient of the mean loss over the whole
 global batch, so W workers × b and 1 worker × W accumulation steps × b are the same computation on the same
 samples. The all-reduce precedes the optimizer step: a step that fails half-way was never applied.
 
@@ -34,14 +34,14 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from absa_cli.accel import Accel, place_datasets
-from absa_cli.adversarial import mix_adversarial, robust_accuracy
+from absa_cli.adversarial import adversarial_runs, mix_adversarial, robust_accuracy
 from absa_cli.config import ProbeConfig, RunConfig
 from absa_cli.curvature import HessianOperator, lanczos, power_iteration
 from absa_cli.data import ImageDataset, build_dataset
 from absa_cli.data.loader import PrefetchLoader, Request
-from absa_cli.data.order import EpochOrder, probe_indices
+from absa_cli.data.order import EpochOrder, derive_seed, probe_indices
 from absa_cli.dist import DistContext, LocalContext
-from absa_cli.geometry import BatchGeometry
+from absa_cli.geometry import BatchGeometry, samples_in_epoch
 from absa_cli.models import build_model
 
 
@@ -142,8 +142,9 @@ class Engine:
                     adv_ratio: float = 0.0) -> ChunkStats:
         """Run ``len(lrs)`` optimizer steps from position ``samples_seen`` of ``epoch``, one LR per step.
 
-        ``adv_ratio`` > 0 replaces the first ``floor(adv_ratio × n)`` samples of every micro-batch by FGSM examples
-        at ``policy.adv_eps`` (ABSA's adversarial regulariser).
+        ``adv_ratio`` > 0 replaces the first ``num_adversarial(adv_ratio, B₀)`` samples of every block of B₀ =
+        ``batch.global_batch_size`` positions of the global batch by FGSM examples at ``policy.adv_eps`` (ABSA's
+        adversarial regulariser, counted as the reference counts it in each base batch).
         """
         if geometry.num_workers != self.ctx.world_size:
             raise ValueError(f"geometry is for {geometry.num_workers} workers but this group has "
@@ -159,17 +160,18 @@ class Engine:
         for _ in lrs:  # the chunk's steps are known up front, so a loader can decode ahead across steps
             spans.append(order.positions(position, geometry.global_batch_size))
             position = spans[-1].stop
-        plans = [self._micro_batches(span.stop - span.start, geometry) for span in spans]
+        plans = [self._micro_batches(geometry) for _ in spans]
         batches = self._training_batches(order, spans, plans)
+        epoch_end = samples_in_epoch(len(order), geometry.global_batch_size)
         for lr, span, plan in zip(lrs, spans, plans):
-            if span.start >= span.stop:
-                raise ValueError(f"epoch {epoch} has no samples left at position {span.start}")
-            step_totals, stop = self._step(batches, len(plan), span.stop - span.start, lr, adv_ratio)
+            step_totals, stop = self._step(batches, plan, geometry.global_batch_size, lr, adv_ratio)
             totals += step_totals
             self.position = (epoch, span.stop)
             self.chunk_steps_done += 1
             if self.sample_log is not None:
                 self._log_samples(epoch, span.start, order.indices[span])
+                if span.stop == epoch_end and epoch_end < len(order):
+                    self._log_dropped(epoch, epoch_end, order.indices[epoch_end:])
             if stop:  # agreed by every rank in the step's all-reduce: all stop after this same step
                 break
         # A step's loss is taken before its update, so a last step that makes the weights NaN or infinite shows in
@@ -183,11 +185,12 @@ class Engine:
                           num_correct=int(num_correct), seconds=time.perf_counter() - started,
                           params_finite=num_nonfinite == 0)
 
-    def _micro_batches(self, batch_size: int, geometry: BatchGeometry) -> list[slice]:
-        """This rank's micro-batches of a global batch of ``batch_size``, as ranges of positions within it (contiguous
-        by construction); empty ones, which occur only in an epoch's short last batch, dropped."""
-        mine = torch.tensor_split(torch.arange(batch_size), self.ctx.world_size)[self.ctx.rank]
-        return [slice(int(m[0]), int(m[-1]) + 1) for m in torch.tensor_split(mine, geometry.grad_accum_steps) if len(m)]
+    def _micro_batches(self, geometry: BatchGeometry) -> list[slice]:
+        """This rank's micro-batches of a global batch, as ranges of positions within it: rank r's contiguous share,
+        cut into ``grad_accum_steps`` equal parts (the geometry multiplies out, so nothing is left over)."""
+        share, micro = geometry.global_batch_size // geometry.num_workers, geometry.per_worker_batch_size
+        first = self.ctx.rank * share
+        return [slice(first + a * micro, first + (a + 1) * micro) for a in range(geometry.grad_accum_steps)]
 
     def _training_batches(self, order: EpochOrder, spans: list[slice],
                           plans: list[list[slice]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -219,32 +222,34 @@ class Engine:
             self._compiled = (self.model, torch.compile(self.model))
         return self._compiled[1]
 
-    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], num_micro: int,
+    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
               batch_size: int, lr: float, adv_ratio: float) -> tuple[torch.Tensor, bool]:
-        """One optimizer step on a global batch of ``batch_size``: this rank's ``num_micro`` micro-batches, taken
-        from ``batches``; (this rank's loss/correct/samples, stop agreed)."""
+        """One optimizer step on a global batch of ``batch_size``: this rank's micro-batches (``plan``: their
+        positions in the global batch), taken from ``batches``; (this rank's loss/correct/samples, stop agreed)."""
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         norms = _NormStats(self._norms)
         try:
-            return self._accumulate_and_apply(batches, num_micro, batch_size, lr, adv_ratio, totals, norms)
+            return self._accumulate_and_apply(batches, plan, batch_size, lr, adv_ratio, totals, norms)
         except BaseException:  # a failed step (a dead peer in the all-reduce) leaves the statistics untouched too
             norms.restore()
             raise
 
-    def _accumulate_and_apply(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], num_micro: int,
+    def _accumulate_and_apply(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
                               batch_size: int, lr: float, adv_ratio: float, totals: torch.Tensor,
                               norms: "_NormStats") -> tuple[torch.Tensor, bool]:
         world_size = self.ctx.world_size
         model = self._forward_model()
-        for _ in range(num_micro):
+        for micro in plan:
             norms.before_forward()
             inputs, labels = next(batches)
             inputs = self.accel.inputs(inputs.to(self.device, non_blocking=True))
             labels = labels.to(self.device, non_blocking=True)
             with self.accel.autocast(self.accel.amp_dtype):
-                if adv_ratio > 0:
+                runs = adversarial_runs(micro.start, micro.stop - micro.start, adv_ratio,
+                                        self.config.batch.global_batch_size) if adv_ratio > 0 else []
+                if runs:
                     spec = self.train_set.spec
-                    inputs = mix_adversarial(self.model, inputs, labels, adv_ratio, self.config.policy.adv_eps,
+                    inputs = mix_adversarial(self.model, inputs, labels, runs, self.config.policy.adv_eps,
                                              spec.mean, spec.std)
                 logits = model(inputs)
                 norms.after_forward()
@@ -254,7 +259,7 @@ class Engine:
                 totals[0] += loss_sum.detach()
                 totals[1] += (logits.argmax(dim=1) == labels).sum()
                 totals[2] += len(labels)
-        for param in self.model.parameters():  # a rank with an empty share must still join the same all-reduce
+        for param in self.model.parameters():  # a parameter the forward did not use must still join the all-reduce
             if param.requires_grad and param.grad is None:
                 param.grad = torch.zeros_like(param)
         control = torch.zeros(2, device=self.device)  # filled from scalars: torch.tensor(list) on a GPU would sync
@@ -274,6 +279,13 @@ class Engine:
         mine = torch.tensor_split(indices, self.ctx.world_size)[self.ctx.rank]
         record = {"epoch": epoch, "start": start, "rank": self.ctx.rank, "world_size": self.ctx.world_size,
                   "samples": mine.tolist(), "batch": indices.tolist()}
+        self.sample_log.write(json.dumps(record) + "\n")
+        self.sample_log.flush()
+
+    def _log_dropped(self, epoch: int, start: int, indices: torch.Tensor) -> None:
+        """Record the epoch's dropped tail (positions ``start`` to the end), once the step before it is applied.
+        Every rank writes the same line, so it survives the loss of any of them."""
+        record = {"epoch": epoch, "start": start, "rank": self.ctx.rank, "dropped": indices.tolist()}
         self.sample_log.write(json.dumps(record) + "\n")
         self.sample_log.flush()
 
@@ -309,37 +321,45 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- probing
 
-    def probe_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This worker's shard of the fixed probe set: ``probe.num_batches`` × ``probe.batch_size`` training
-        samples drawn once from ``probe.seed``, unaugmented, so successive probes measure the same loss."""
-        if self._probe_batches is None:
-            probe = self.config.probe
+    def probe_batches(self, epoch: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This worker's shard of the probe samples, unaugmented: ``probe.num_batches`` × ``probe.batch_size``
+        training samples. ``probe.data=fixed``: drawn once from ``probe.seed`` (kept), so successive probes measure
+        the same loss; ``fresh``: drawn anew for ``epoch`` from (``probe.seed``, epoch), as the reference does."""
+        probe = self.config.probe
+        fresh = probe.data == "fresh" and epoch is not None
+        if fresh or self._probe_batches is None:
             batches = []
-            for batch in probe_indices(len(self.train_set), probe.batch_size, probe.num_batches, probe.seed):
+            for batch in probe_indices(len(self.train_set), probe.batch_size, probe.num_batches, probe.seed,
+                                       epoch if fresh else None):
                 mine = torch.tensor_split(batch, self.ctx.world_size)[self.ctx.rank]
                 inputs, labels = self.train_set.get_batch(mine, None)
                 batches.append((self.accel.inputs(inputs.to(self.device)), labels.to(self.device)))
+            if fresh:
+                return batches
             self._probe_batches = batches
         return self._probe_batches
 
-    def probe(self, probe: ProbeConfig | None = None) -> ProbeStats:
-        """Top Hessian eigenvalue of the mean training loss on the probe set (averaged over workers).
+    def probe(self, epoch: int, probe: ProbeConfig | None = None) -> ProbeStats:
+        """Top Hessian eigenvalue of the mean training loss on the probe samples (averaged over workers), at the
+        end of ``epoch`` (0-based: the epoch just trained).
 
         With ``probe.warm_start`` the solver starts from the previous probe's eigenvector (rank 0's, broadcast)
         instead of a Gaussian. ``benchmarks/probe_warm.py`` measured it on the quickstart: 16% fewer HVPs, and
         Lanczos no longer settles on the second eigenvalue (cold starts were 10% low on 2 of 9 epochs; warm starts
-        within 1e-4 on all). The vector is part of the state, so a resumed or re-formed group probes exactly as the
-        uninterrupted one would."""
+        within 1e-4 on all). A cold start (and the first probe) draws a new Gaussian from (``probe.seed``, epoch),
+        as the reference draws a fresh random vector at every probe. The vector and the draws are part of the state
+        or functions of the epoch, so a resumed or re-formed group probes exactly as the uninterrupted one would."""
         probe = probe or self.config.probe
         started = time.perf_counter()
-        operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(), self.ctx, bn_mode=probe.bn_mode,
-                                   amp_dtype=torch.bfloat16 if probe.amp == "bf16" else None)
+        operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(epoch), self.ctx,
+                                   bn_mode=probe.bn_mode, amp_dtype=torch.bfloat16 if probe.amp == "bf16" else None)
         start = self._agreed_probe_start(operator) if probe.warm_start else None
+        seed = derive_seed(probe.seed, epoch, 0x57A27)
         if probe.method == "lanczos":
-            result = lanczos(operator, k=1, max_iter=probe.max_iter, tol=probe.tol, seed=probe.seed,
+            result = lanczos(operator, k=1, max_iter=probe.max_iter, tol=probe.tol, seed=seed,
                              return_eigenvectors=probe.warm_start, start=start)
         else:
-            result = power_iteration(operator, max_iter=probe.max_iter, tol=probe.tol, seed=probe.seed, start=start)
+            result = power_iteration(operator, max_iter=probe.max_iter, tol=probe.tol, seed=seed, start=start)
         if probe.warm_start:
             vector = result.eigenvectors[0].detach()
             self.probe_start = vector.clone() if bool(torch.isfinite(vector).all()) else None

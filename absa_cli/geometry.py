@@ -63,8 +63,15 @@ class BatchGeometry:
 
 
 def steps_in_epoch(num_samples: int, global_batch_size: int) -> int:
-    """Optimizer steps in an epoch: every sample once, the last batch short when the size does not divide."""
-    return -(-num_samples // global_batch_size)
+    """Optimizer steps in an epoch: every one of exactly ``global_batch_size`` samples. The epoch's tail (fewer
+    samples than a global batch) is dropped, as the reference implementation skips a partial batch: an update of
+    fewer samples at the LR scaled for the full batch would be a different, larger step."""
+    return num_samples // global_batch_size
+
+
+def samples_in_epoch(num_samples: int, global_batch_size: int) -> int:
+    """The samples an epoch applies: its first ``steps × global_batch_size`` positions; the rest are dropped."""
+    return steps_in_epoch(num_samples, global_batch_size) * global_batch_size
 
 
 def scale_lr(lr: float, ref_batch_size: int, global_batch_size: int, rule: str) -> float:

@@ -32,8 +32,8 @@ class LocalGroup:
                     adv_ratio: float = 0.0) -> ChunkStats:
         return self.engine.train_chunk(epoch, samples_seen, lrs, geometry, adv_ratio)
 
-    def probe(self) -> ProbeStats:
-        return self.engine.probe()
+    def probe(self, epoch: int) -> ProbeStats:
+        return self.engine.probe(epoch)
 
     def evaluate(self) -> EvalStats:
         return self.engine.evaluate()

@@ -175,8 +175,8 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> di
 
 def time_probe(engine: Engine, repeats: int) -> tuple[float, int]:
     """(median seconds, HVPs) of one probe, after a warm-up that also builds the probe batches."""
-    engine.probe()
-    runs = [engine.probe() for _ in range(repeats)]
+    engine.probe(0)
+    runs = [engine.probe(0) for _ in range(repeats)]
     return statistics.median(r.seconds for r in runs), runs[-1].hvp_count
 
 

@@ -7,7 +7,7 @@ import pytest
 from absa_cli import config as config_mod
 
 # Overrides that shrink the quickstart to a few seconds on 2 CPU cores while keeping every code path.
-TINY = ["epochs=2", "data.train_size=256", "data.test_size=128", "batch.global_batch_size=64",
+TINY = ["epochs=2", "data.train_size=256", "data.test_size=128", "batch.global_batch_size=64", "policy.max_global_batch=256",
         "batch.per_worker_max=32", "logging.chunk_steps=2"]
 
 

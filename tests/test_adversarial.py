@@ -3,8 +3,9 @@
 On a linear model the input gradient of the summed cross-entropy is known in closed form, Wᵀ(softmax − onehot),
 so FGSM must equal clamp(x_pix + ε·sign(g), 0, 1) in pixel space (CIFAR-10's mean/std, not the identity
 normalisation). Also checked: ε = 0 is the identity; results stay in the pixel range; BatchNorm statistics, the
-modules' train/eval modes and the parameters' .grad are left as they were; mix_adversarial replaces exactly the
-first floor(r·n) samples; PGD stays in the ε-ball and raises the loss of a briefly trained model.
+modules' train/eval modes and the parameters' .grad are left as they were; the FGSM count per base batch follows the
+reference (max(⌊r·B₀⌋, 1) while r > 1/B₀, else none); the attacked positions depend on the position in the global
+batch only, so any split into micro-batches attacks the same samples; mix_adversarial replaces exactly those; PGD stays in the ε-ball and raises the loss of a briefly trained model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa_cli.adversarial import fgsm, mix_adversarial, num_adversarial, pgd, robust_accuracy
+from absa_cli.adversarial import adversarial_runs, fgsm, mix_adversarial, num_adversarial, pgd, robust_accuracy
 from absa_cli.catalog import DATASETS
 
 MEAN, STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
@@ -92,7 +93,7 @@ def test_fgsm_with_zero_eps_is_the_identity():
     inputs, labels = batch()
     assert torch.equal(fgsm(model, inputs, labels, 0.0, MEAN, STD), inputs)
     assert torch.equal(pgd(model, inputs, labels, 0.0, 0.01, 5, MEAN, STD, seed=0), inputs)
-    assert mix_adversarial(model, inputs, labels, 0.5, 0.0, MEAN, STD) is inputs
+    assert mix_adversarial(model, inputs, labels, [(0, 3)], 0.0, MEAN, STD) is inputs
 
 
 def bn_model() -> nn.Sequential:
@@ -110,7 +111,7 @@ def test_batchnorm_stats_modes_and_parameter_grads_are_untouched():
     buffers = {name: value.clone() for name, value in model.named_buffers()}
     for attack in (lambda: fgsm(model, inputs, labels, 0.01, MEAN, STD),
                    lambda: pgd(model, inputs, labels, 0.02, 0.01, 3, MEAN, STD, seed=0),
-                   lambda: mix_adversarial(model, inputs, labels, 0.5, 0.01, MEAN, STD)):
+                   lambda: mix_adversarial(model, inputs, labels, [(0, 2), (5, 7)], 0.01, MEAN, STD)):
         attack()
         for name, value in model.named_buffers():
             assert torch.equal(value, buffers[name]), name
@@ -138,22 +139,46 @@ def test_fgsm_runs_in_eval_mode():
     torch.testing.assert_close(whole, halves, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("ratio, n, k", [(0.25, 10, 2), (0.2, 128, 25), (0.29, 100, 29), (0.0, 16, 0),
-                                         (0.05, 10, 0), (0.5, 3, 1)])
-def test_num_adversarial_is_floor(ratio, n, k):
-    assert num_adversarial(ratio, n) == k
+@pytest.mark.parametrize("ratio, block, k", [
+    (0.2, 128, 25), (0.1, 128, 12), (0.05, 128, 6), (0.025, 128, 3),  # the reference's 0.2 halved per growth
+    (0.0125, 128, 1),  # 1.6 samples: floor 1
+    (0.00625, 128, 0), (1 / 128, 128, 0),  # one sample in 128 or less: none, as the reference's `> 1 / 128`
+    (0.29, 100, 29), (0.0, 16, 0), (0.25, 10, 2)])
+def test_num_adversarial_follows_the_reference(ratio, block, k):
+    assert num_adversarial(ratio, block) == k
 
 
-def test_mix_adversarial_replaces_exactly_the_first_floor_r_n_samples():
+def test_adversarial_runs_depend_on_the_global_position_only():
+    # 0.1 of each block of 16: the first 1 position (1.6 → 1) of every block
+    assert adversarial_runs(0, 64, 0.1, 16) == [(0, 1), (16, 17), (32, 33), (48, 49)]
+    assert adversarial_runs(0, 64, 0.2, 16) == [(0, 3), (16, 19), (32, 35), (48, 51)]
+    # a micro-batch of positions 18–33 of the global batch: 18 (the third of block 16) and 32, 33 (block 32; its
+    # third, 34, lies outside this micro-batch)
+    assert adversarial_runs(18, 16, 0.2, 16) == [(0, 1), (14, 16)]
+    assert adversarial_runs(1, 4, 0.2, 16) == [(0, 2)]  # positions 1, 2 of the first block
+    assert adversarial_runs(0, 64, 0.05, 16) == []  # 0.8 of a sample per block: none
+    # any split of a global batch of 96 (blocks of 32) attacks the same positions
+    whole = {p for a, b in adversarial_runs(0, 96, 0.2, 32) for p in range(a, b)}
+    for parts in ([48, 48], [32, 32, 32], [24, 24, 24, 24], [96], [40, 56]):
+        start, attacked = 0, set()
+        for size in parts:
+            attacked |= {start + p for a, b in adversarial_runs(start, size, 0.2, 32) for p in range(a, b)}
+            start += size
+        assert attacked == whole == {p for block in (0, 32, 64) for p in range(block, block + 6)}, parts
+
+
+def test_mix_adversarial_replaces_exactly_the_given_samples():
     model = linear_model()
     inputs, labels = batch(n=10, low=0.1, high=0.9)
-    mixed = mix_adversarial(model, inputs, labels, 0.25, 0.02, MEAN, STD)  # floor(2.5) = 2
+    mixed = mix_adversarial(model, inputs, labels, [(0, 2), (5, 6)], 0.02, MEAN, STD)
     assert mixed.shape == inputs.shape
     changed = (mixed != inputs).flatten(1).any(dim=1)
-    assert changed.tolist() == [True, True] + [False] * 8
-    torch.testing.assert_close(mixed[:2], fgsm(model, inputs, labels, 0.02, MEAN, STD)[:2], rtol=0, atol=1e-12)
-    assert torch.equal(mixed[2:], inputs[2:])
-    assert mix_adversarial(model, inputs, labels, 0.05, 0.02, MEAN, STD) is inputs  # floor(0.5) = 0
+    assert changed.tolist() == [True, True, False, False, False, True, False, False, False, False]
+    attacked = fgsm(model, inputs, labels, 0.02, MEAN, STD)
+    for i in (0, 1, 5):
+        torch.testing.assert_close(mixed[i], attacked[i], rtol=0, atol=1e-12)
+    assert torch.equal(mixed[2:5], inputs[2:5]) and torch.equal(mixed[6:], inputs[6:])
+    assert mix_adversarial(model, inputs, labels, [], 0.02, MEAN, STD) is inputs
 
 
 def trained_model_and_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

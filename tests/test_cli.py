@@ -87,6 +87,17 @@ def test_missing_dataset_exit_2_and_no_run_dir(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("where", [["--local"], []])
+def test_a_batch_larger_than_the_training_set_exit_2_and_no_run_dir(tmp_path, where):
+    """The cap would make epochs without a single full step (a tail is dropped, never a short step): refused up
+    front, locally and before a Ray cluster starts, with the field and the largest value that fits."""
+    result = _invoke("train", "quickstart", "data.train_size=600", *where, "--runs-dir", str(tmp_path / "runs"))
+    assert_user_error(result, "policy.max_global_batch=1024", "600 training samples", "at most 600")
+    assert not (tmp_path / "runs").exists()
+    fixed = _invoke("train", "quickstart", "data.train_size=100", "policy.name=fixed", "--local")
+    assert_user_error(fixed, "batch.global_batch_size=128", "100 training samples")
+
+
 def test_presets_list_and_show():
     listed = _invoke("presets", "list")
     assert listed.exit_code == 0 and "quickstart" in listed.stdout and "resnet18-imagenet" in listed.stdout

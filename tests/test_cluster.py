@@ -1,9 +1,10 @@
 """The Ray worker group on a real local Ray cluster with real gloo process groups.
 
-Checked: 2 workers × b equals 1 worker × 2 accumulation steps × b (parameters after k steps); every sample of an
-epoch is consumed exactly once across a grow, a SIGKILLed worker and a shrink (from the workers' own audit logs);
-`absa train --max-gpus 2` grows from 1 to 2 workers live and records it; a run survives a SIGKILLed worker and
-finishes, with a failure record, well within the collective timeout.
+Checked: 2 workers × b equals 1 worker × 2 accumulation steps × b (parameters after k steps), with FGSM examples in
+the mix too; every sample of an epoch is consumed exactly once across a grow, a SIGKILLed worker and a shrink (from
+the workers' own audit logs); `absa train --max-gpus 2` grows from 1 to 2 workers live and records it; a run
+survives a SIGKILLed worker and finishes, with a failure record, well within the collective timeout, and every
+sample of every epoch is either applied once or recorded as dropped (the tail that does not fill a global batch).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def test_two_workers_equal_one_worker_with_accumulation(cluster):
         two.resize(2)
         one.resize(1)
         lrs = [0.05] * 4
-        two.train_chunk(0, 0, lrs, BatchGeometry(64, 2, 32, 1))
-        one.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2))
+        # FGSM on 0.1 of every base batch of 64 (6 positions each): the same samples whatever the split
+        two.train_chunk(0, 0, lrs, BatchGeometry(64, 2, 32, 1), adv_ratio=0.1)
+        one.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2), adv_ratio=0.1)
         a, b = _params(two), _params(one)
         assert a.keys() == b.keys()
         for name in a:
@@ -152,7 +154,7 @@ def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]
     other runs on the same machine are never touched."""
     audit = tmp_path / "audit"
     audit.mkdir()
-    command = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=3", "data.train_size=1024",
+    command = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=3", "data.train_size=1000",
                "policy.name=fixed", "batch.global_batch_size=32", "batch.per_worker_max=16", "--max-gpus", "2",
                f"cluster.collective_timeout_s={COLLECTIVE_TIMEOUT_S}", f"logging.sample_log_dir={audit}",
                "--address", cluster, "--runs-dir", str(tmp_path / "runs")]
@@ -177,6 +179,22 @@ def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]
     return output, [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
+def _audited_epochs(audit) -> dict[int, tuple[list[int], list[int]]]:
+    """(applied, dropped) sample ids per epoch from every worker's audit log, each applied step and each dropped
+    tail counted once however many workers logged it."""
+    steps, dropped = {}, {}
+    for log in audit.glob("samples-pid*.jsonl"):
+        for record in map(json.loads, log.read_text().splitlines()):
+            key = (record["epoch"], record["start"])
+            if "dropped" in record:
+                assert dropped.setdefault(key, record["dropped"]) == record["dropped"]
+            else:
+                assert steps.setdefault(key, record["batch"]) == record["batch"]
+    return {epoch: ([i for (e, _), batch in steps.items() if e == epoch for i in batch],
+                    [i for (e, _), tail in dropped.items() if e == epoch for i in tail])
+            for epoch in sorted({e for e, _ in steps})}
+
+
 def test_run_survives_a_sigkilled_worker(cluster, tmp_path):
     started = time.perf_counter()
     output, records = _train_and_kill(cluster, tmp_path, kill_all=False)
@@ -185,7 +203,14 @@ def test_run_survives_a_sigkilled_worker(cluster, tmp_path):
     assert failures[0]["recovery_s"] < COLLECTIVE_TIMEOUT_S
     assert not [r for r in records if r["kind"] == "restart"]  # recovered live, not from disk
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["samples_seen"] == 1024 for r in epochs)
+    # 1,000 samples at a global batch of 32: 31 full steps (992 samples) per epoch, the last 8 dropped
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert all((r["samples_seen"], r["dropped_samples"]) == (992, 8) for r in epochs)
+    audited = _audited_epochs(tmp_path / "audit")
+    assert sorted(audited) == [0, 1, 2]
+    for epoch, (applied, dropped) in audited.items():
+        assert len(applied) == 992 and len(dropped) == 8, epoch
+        assert sorted(applied + dropped) == list(range(1000)), f"epoch {epoch}: a sample lost or repeated"
     assert time.perf_counter() - started < 240
 
 
@@ -195,7 +220,7 @@ def test_losing_every_worker_falls_back_to_the_last_checkpoint(cluster, tmp_path
     assert restart["checkpoint"] == "epoch-0001.pt" and restart["epoch"] == 2, output
     assert "restart" in output and "epoch-0001.pt" in output  # the log says so
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["samples_seen"] == 1024 for r in epochs)
+    assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["samples_seen"] == 992 for r in epochs)
 
 
 def test_hessian_sharded_over_two_workers_matches_one_process(cluster, tmp_path):

@@ -67,11 +67,12 @@ def _warm_probe(ctx: TorchDistContext) -> dict:
     from absa_cli import config as config_mod
     from absa_cli.engine import Engine
 
-    config = config_mod.load("quickstart", ["data.train_size=256", "data.test_size=128", "probe.batch_size=32"])
+    config = config_mod.load("quickstart", ["data.train_size=256", "data.test_size=128", "probe.batch_size=32",
+                                            "policy.max_global_batch=256"])
     engine = Engine(config, ctx=ctx, device=torch.device("cpu"))
     dim = sum(p.numel() for p in engine.model.parameters())
     engine.probe_start = torch.randn(dim, generator=torch.Generator().manual_seed(7)) if ctx.rank == 0 else None
-    stats = engine.probe()
+    stats = engine.probe(0)
     return {"probe": (stats.eigenvalue, stats.hvp_count), "probe_start": engine.probe_start}
 
 

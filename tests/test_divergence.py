@@ -40,7 +40,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_writes_no_other(
     run = RunDir.create(tmp_path, config)
     controller = Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True))
     controller.run_epoch()  # a good epoch and its checkpoint
-    controller.policy.lr = lambda epoch_progress, updates: 1e6  # an LR that diverges, from the next step on
+    controller.policy.lr = lambda epoch_progress: 1e6  # an LR that diverges, from the next step on
     with pytest.raises(Diverged, match=r"the last good checkpoint is epoch-0001\.pt") as caught:
         controller.run_all()
     assert "epoch 2" in str(caught.value)
@@ -60,8 +60,7 @@ def test_weights_that_become_non_finite_on_an_epochs_last_step_are_caught_before
     controller.run_epoch()
     lr = controller.policy.lr
     last_step_of_epoch_2 = 1 + 192 / 256  # TINY: 256 samples, 4 steps of 64
-    controller.policy.lr = lambda progress, updates: float("inf") if progress == last_step_of_epoch_2 else \
-        lr(progress, updates)
+    controller.policy.lr = lambda progress: float("inf") if progress == last_step_of_epoch_2 else lr(progress)
     with pytest.raises(Diverged, match=r"the weights became NaN or infinite by update 8 \(epoch 2.*LR .*inf") as caught:
         controller.run_all()
     assert "the last good checkpoint is epoch-0001.pt" in str(caught.value)

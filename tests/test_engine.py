@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from absa_cli.data.order import EpochOrder, derive_seed
+from absa_cli.data.order import EpochOrder, derive_seed, probe_indices
 from absa_cli.engine import Engine
-from absa_cli.geometry import BatchGeometry, steps_in_epoch
+from absa_cli.geometry import BatchGeometry, samples_in_epoch, steps_in_epoch
 
 
 def test_epoch_order_is_a_seeded_permutation():
@@ -25,15 +25,19 @@ def test_epoch_order_is_a_seeded_permutation():
     assert torch.equal(first.indices.sort().values, torch.arange(1000))
 
 
-def test_positions_cover_every_sample_once_with_a_short_last_batch():
+def test_positions_cover_the_epoch_in_full_batches_and_refuse_a_short_one():
     order = EpochOrder(0, 0, 1000)
     seen, position = [], 0
     for _ in range(steps_in_epoch(1000, 128)):
         span = order.positions(position, 128)
         seen.append(order.indices[span])
         position = span.stop
-    assert steps_in_epoch(1000, 128) == 8 and len(seen[-1]) == 1000 - 7 * 128
-    assert torch.equal(torch.cat(seen).sort().values, torch.arange(1000))
+    assert steps_in_epoch(1000, 128) == 7 and samples_in_epoch(1000, 128) == 896 == position
+    assert all(len(batch) == 128 for batch in seen)
+    tail = order.indices[position:]
+    assert torch.equal(torch.cat([*seen, tail]).sort().values, torch.arange(1000))  # applied + dropped: all, once
+    with pytest.raises(ValueError, match="104 samples left at position 896, fewer than a global batch of 128"):
+        order.positions(position, 128)
 
 
 def test_derive_seed_mixes():
@@ -116,7 +120,7 @@ def test_the_probe_starts_warm_from_the_last_eigenvector_and_the_state_carries_i
     engine = Engine(tiny_config)
     assert tiny_config.probe.warm_start and engine.probe_start is None and "probe_start" not in engine.state_dict()
     engine.train_chunk(0, 0, [0.05] * 2, BatchGeometry(64, 1, 32, 2))
-    engine.probe()
+    engine.probe(0)
     assert engine.probe_start is not None and engine.probe_start.shape == (sum(p.numel() for p in
                                                                               engine.model.parameters()),)
     engine.train_chunk(1, 0, [0.05] * 2, BatchGeometry(64, 1, 32, 2))
@@ -124,7 +128,7 @@ def test_the_probe_starts_warm_from_the_last_eigenvector_and_the_state_carries_i
     assert torch.equal(state["probe_start"], engine.probe_start)
     restored = Engine(tiny_config)
     restored.load_state_dict(state)
-    warm, again = engine.probe(), restored.probe()
+    warm, again = engine.probe(1), restored.probe(1)
     assert (warm.eigenvalue, warm.hvp_count) == (again.eigenvalue, again.hvp_count)
     assert torch.equal(engine.probe_start, restored.probe_start)
     # against a converged reference of the same weights: λ_max within the probe's tolerance
@@ -134,11 +138,48 @@ def test_the_probe_starts_warm_from_the_last_eigenvector_and_the_state_carries_i
     assert reference.converged and warm.eigenvalue == pytest.approx(reference.eigenvalues[0], rel=probe.tol)
 
 
-def test_without_warm_starts_every_probe_starts_from_the_seed(tiny_config, one_thread):
-    engine = Engine(_small_probe(tiny_config, warm_start=False))
-    first, second = engine.probe(), engine.probe()
+def test_without_warm_starts_each_probe_starts_from_a_vector_drawn_for_its_epoch(tiny_config, one_thread):
+    """A cold start draws a fresh Gaussian at every probe, as the reference does, from (probe.seed, epoch): the same
+    epoch's probe is repeatable (a resumed run probes as the uninterrupted one), another epoch's starts elsewhere."""
+    engine = Engine(_small_probe(tiny_config, warm_start=False, max_iter=3))
+    first, again, later = engine.probe(4), engine.probe(4), engine.probe(5)
     assert engine.probe_start is None and "probe_start" not in engine.state_dict()
-    assert (first.eigenvalue, first.hvp_count) == (second.eigenvalue, second.hvp_count)
+    assert (first.eigenvalue, first.hvp_count) == (again.eigenvalue, again.hvp_count)
+    assert later.eigenvalue != first.eigenvalue  # same weights and samples, another start: not converged alike
+
+
+def test_fresh_probe_data_is_drawn_per_epoch_and_fixed_data_is_not(tiny_config, one_thread):
+    fresh = Engine(_small_probe(tiny_config, data="fresh"))
+    fixed = Engine(_small_probe(tiny_config))
+    labels = lambda engine, epoch: engine.probe_batches(epoch)[0][1]  # noqa: E731
+    assert torch.equal(labels(fresh, 3), labels(fresh, 3))
+    assert not torch.equal(labels(fresh, 3), labels(fresh, 4))
+    assert torch.equal(labels(fixed, 3), labels(fixed, 4)) and torch.equal(labels(fixed, 3), labels(fixed, None))
+    inputs = fresh.probe_batches(3)[0][0]
+    expected, _ = fresh.train_set.get_batch(probe_indices(256, 32, 1, 0, 3)[0], None)  # unaugmented
+    assert torch.equal(inputs, expected)
+
+
+def test_an_epochs_tail_is_recorded_as_dropped_in_the_sample_audit(tiny_config, tmp_path):
+    """250 samples at a global batch of 64: three steps apply 192, the last 58 are dropped, and the audit log says
+    which, so applied + dropped is every sample of the epoch exactly once."""
+    import dataclasses
+    import json
+
+    config = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, train_size=250))
+    engine = Engine(config)
+    engine.sample_log = (tmp_path / "audit.jsonl").open("w")
+    geometry = BatchGeometry(64, 1, 32, 2)
+    assert engine.train_chunk(0, 0, [0.05] * 2, geometry).samples == 128
+    assert engine.train_chunk(0, 128, [0.05], geometry).samples == 64
+    with pytest.raises(ValueError, match="fewer than a global batch"):
+        engine.train_chunk(0, 192, [0.05], geometry)
+    engine.sample_log.close()
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    applied = [i for r in records if "batch" in r for i in r["batch"]]
+    (dropped,) = [r for r in records if "dropped" in r]
+    assert dropped["start"] == 192 and len(dropped["dropped"]) == 58
+    assert sorted(applied + dropped["dropped"]) == list(range(250))
 
 
 def _norm_buffers(engine: Engine) -> dict[str, torch.Tensor]:

@@ -1,12 +1,12 @@
 """`absa plan`: a dry run that imports no torch, answers fast, and whose numbers follow from the policy rules.
 
-Reference: update counts computed by hand from the catalogue's ImageNet size (1,281,167) and ceil division.
+Reference: update counts computed by hand from the catalogue's ImageNet size (1,281,167) and floor division (an
+epoch's tail that does not fill a global batch is dropped, never a short step).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
@@ -14,6 +14,8 @@ import time
 from typer.testing import CliRunner
 
 from absa_cli.cli.app import app
+
+from conftest import assert_user_error
 
 runner = CliRunner()
 IMAGENET = 1_281_167
@@ -24,7 +26,7 @@ def test_plan_resnet18_imagenet_json():
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["num_train_samples"] == IMAGENET and plan["max_workers"] == 64
-    assert plan["fixed_updates"] == 90 * math.ceil(IMAGENET / 128)
+    assert plan["fixed_updates"] == 90 * (IMAGENET // 128)
     fastest, slowest = plan["cases"]["fastest"], plan["cases"]["slowest"]
     # fastest: λ_ref at epoch 1, a growth at every probe from epoch 2, up to the cap 16384 = 128 × 2^7
     assert [p["global_batch_size"] for p in fastest] == [128 * 2**k for k in range(8)]
@@ -32,7 +34,12 @@ def test_plan_resnet18_imagenet_json():
     assert fastest[-1]["num_workers"] == 64 and fastest[-1]["per_worker_batch_size"] == 256
     # slowest: growth only every policy.duration = 10 epochs
     assert [p["first_epoch"] for p in slowest] == [1, 11, 21, 31, 41, 51, 61, 71]
-    expected = sum(math.ceil(IMAGENET / p["global_batch_size"]) * (p["last_epoch"] - p["first_epoch"] + 1)
+    # each phase says why the policy set its batch: the curvature, or the fallback (which leaves λ_ref as it is)
+    assert [p["growth"] for p in fastest] == [None] + ["curvature"] * 7
+    assert [p["growth"] for p in slowest] == [None] + ["fallback"] * 7
+    assert slowest[1]["why"] == "fallback: policy.duration=10, λ_ref kept"
+    assert fastest[1]["why"] == "curvature: λ_max ≤ λ_ref / policy.eig_ratio=2"
+    expected = sum(IMAGENET // p["global_batch_size"] * (p["last_epoch"] - p["first_epoch"] + 1)
                    for p in fastest)
     assert plan["updates"]["fastest"] == expected < plan["updates"]["slowest"] < plan["fixed_updates"]
 
@@ -40,7 +47,7 @@ def test_plan_resnet18_imagenet_json():
 def test_plan_fixed_policy_is_flat():
     plan = json.loads(runner.invoke(app, ["plan", "resnet20-cifar10", "policy.name=fixed", "--json"]).stdout)
     assert len(plan["cases"]["fastest"]) == len(plan["cases"]["slowest"]) == 1
-    assert plan["updates"]["fastest"] == plan["fixed_updates"] == 90 * math.ceil(50_000 / 128)
+    assert plan["updates"]["fastest"] == plan["fixed_updates"] == 90 * (50_000 // 128)
 
 
 def test_plan_table_is_fast_and_imports_no_torch():
@@ -58,3 +65,8 @@ def test_plan_table_is_fast_and_imports_no_torch():
 def test_plan_bad_input_exit_2():
     result = runner.invoke(app, ["plan", "resnet18-imagenet", "policy.growht=2"])
     assert result.exit_code == 2 and "did you mean 'policy.growth'" in result.stderr
+
+
+def test_plan_refuses_a_cap_larger_than_the_training_set():
+    result = runner.invoke(app, ["plan", "quickstart", "data.train_size=1000"])
+    assert_user_error(result, "policy.max_global_batch=1024", "1000 training samples", "at most 1000")

@@ -1,9 +1,11 @@
 """Batch/LR/adversarial policies, replayed on scripted eigenvalue sequences (pure: no torch, no clock).
 
-Checked against hand-written trajectories that follow PAPER.md's rule: the first λ is λ_ref; λ ≤ λ_ref / eig_ratio
-grows the batch (×growth, λ_ref = λ), at most once per epoch; `policy.duration` epochs without growth grow anyway;
-the cap clamps and stops probing; the adversarial fraction halves per growth, is 0 at the cap and after
-`policy.adv_stop_frac` of the epochs. LR values are computed by hand from optim.lr × batch/ref × decay × ramps.
+Checked against hand-written trajectories that follow PAPER.md's rule, as the authors' reference code behaves: the
+first λ is λ_ref; λ ≤ λ_ref / eig_ratio grows the batch (×growth, λ_ref = λ), at most once per epoch;
+`policy.duration` epochs without growth grow anyway and leave λ_ref as it is; the cap clamps and stops probing; the
+adversarial fraction halves per growth, is 0 at the cap and after floor(`policy.adv_stop_frac` × epochs) epochs.
+The scenario replays (monotone decay, slow 0.95ᵉ decay, noise, a rise after each growth, a constant λ, a NaN first
+probe) state each batch trajectory by hand. LR values are computed by hand from optim.lr × batch/ref × decay × ramps.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from absa_cli import config as config_mod
-from absa_cli.geometry import steps_in_epoch
 from absa_cli.policy import (Decision, EpochMeasurements, adv_stop_epoch, make_policy, schedule_bounds,
                              trajectory)
 
@@ -44,10 +45,12 @@ def test_paper_trajectory_batch_adv_and_reasons():
     assert batches(decisions) == [128, 128, 128, 256, 256, 512, 1024, 1024, 1024]
     assert advs(decisions) == [0.2, 0.2, 0.2, 0.1, 0.1, 0.05, 0.0, 0.0, 0.0]
     assert [d.grew for d in decisions] == [False, False, False, True, False, True, True, False, False]
+    assert [d.growth for d in decisions if d.grew] == ["curvature"] * 3
+    assert [d.epochs_early for d in decisions if d.grew] == [7, 8, 9]  # duration 10: epochs 3, 2, 1 of it
     assert [d.probe_next for d in decisions] == [True] * 6 + [False] * 3
     assert decisions[2].reason == "batch 128 kept: λ_max 5 > λ_ref 6.4 / policy.eig_ratio=2 " \
                                   "(epoch 2 of policy.duration=10)"
-    assert decisions[3].reason == "batch 128→256: λ_max 3.2 ≤ λ_ref 6.4 / policy.eig_ratio=2; " \
+    assert decisions[3].reason == "batch 128→256: λ_max 3.2 ≤ λ_ref 6.4 / policy.eig_ratio=2; λ_ref is now 3.2; " \
                                   "adversarial fraction 0.2→0.1 (÷ policy.growth=2)"
     assert "policy.max_global_batch=1024" in decisions[6].reason and "probing stops" in decisions[6].reason
     assert "adversarial fraction 0 at the cap" in decisions[6].reason
@@ -57,7 +60,7 @@ def test_paper_trajectory_batch_adv_and_reasons():
 
 def test_initial_decisions():
     assert make_policy(make_config()).initial() == Decision(
-        128, 0.2, True, False, "start at batch 128 (batch.global_batch_size); adversarial fraction 0.2 "
+        128, 0.2, True, None, "start at batch 128 (batch.global_batch_size); adversarial fraction 0.2 "
                                "(policy.adv_ratio)")
     abs_initial = make_policy(make_config({"name": "abs"})).initial()
     assert (abs_initial.global_batch_size, abs_initial.adv_ratio, abs_initial.probe_next) == (128, 0.0, True)
@@ -99,18 +102,27 @@ def test_at_most_one_growth_per_epoch():
 
 def test_duration_fallback():
     config = make_config({"name": "abs", "duration": 3})
-    decisions = trajectory(config, [5.0, 5.0, 5.0, 4.0, 4.0, 1.9])
-    # 3 epochs without growth → grow at epoch 3 and λ_ref = 5.0; 4.0 > 5.0 / 2 twice; 1.9 ≤ 5.0 / 2 grows
+    decisions = trajectory(config, [5.0, 5.0, 5.0, 4.0, 4.0, 2.5])
+    # 3 epochs without growth → grow after epoch 3, λ_ref stays 5.0; 4.0 > 5.0 / 2 twice; 2.5 ≤ 5.0 / 2 grows
     assert batches(decisions) == [128, 128, 128, 256, 256, 256, 512]
-    assert decisions[3].reason == "batch 128→256: 3 epochs without growth (policy.duration=3)"
+    assert decisions[3].reason == "batch 128→256: 3 epochs without growth (policy.duration=3); λ_max 5 > λ_ref 5 " \
+                                  "/ policy.eig_ratio=2; λ_ref 5 kept (a fallback growth leaves it)"
+    assert (decisions[3].growth, decisions[3].epochs_early) == ("fallback", 0)
     assert decisions[4].reason.endswith("(epoch 1 of policy.duration=3)")
-    assert "λ_ref 5" in decisions[6].reason
+    assert decisions[6].growth == "curvature" and "λ_ref 5 / policy.eig_ratio=2" in decisions[6].reason
+    assert decisions[6].epochs_early == 0  # the third epoch after the fallback growth: the fallback's own epoch
 
 
-def test_duration_fallback_sets_reference_to_current_lambda():
+def test_fallback_growth_leaves_the_reference_unchanged():
+    """The reference sets λ_ref only at the first probe and at a curvature growth. Re-anchored at the fallback
+    growth after epoch 2 (λ_ref = 6), 3.5 would not be a halving; against the kept λ_ref 8 it is."""
     config = make_config({"name": "abs", "duration": 2})
-    # epoch 2: duration growth with λ = 6 → λ_ref = 6; epoch 3: 3.0 ≤ 6/2 grows (it would not against 8)
-    assert batches(trajectory(config, [8.0, 6.0, 3.0])) == [128, 128, 256, 512]
+    decisions = trajectory(config, [8.0, 6.0, 3.5])
+    assert batches(decisions) == [128, 128, 256, 512]
+    assert [d.growth for d in decisions] == [None, None, "fallback", "curvature"]
+    assert "λ_ref 8 kept" in decisions[2].reason
+    assert decisions[3].reason.startswith("batch 256→512: λ_max 3.5 ≤ λ_ref 8 / policy.eig_ratio=2; λ_ref is now 3.5")
+    assert decisions[3].epochs_early == 1
 
 
 def test_duration_fallback_without_probes():
@@ -122,10 +134,83 @@ def test_duration_fallback_without_probes():
     assert policy.state.eig_ref is None
 
 
+def test_nothing_grows_after_the_last_epoch_and_the_last_epoch_is_not_probed():
+    """A decision after the last epoch would apply to no epoch, and the last epoch's probe could only feed it."""
+    config = make_config({"name": "abs", "duration": 4}, epochs=4)
+    decisions = trajectory(config, [8.0, 5.0, 5.0, 1.0])
+    assert batches(decisions) == [128] * 5 and not any(d.grew for d in decisions)  # the fallback's epoch is the last
+    assert [d.probe_next for d in decisions] == [True, True, True, False, False]  # epoch 4 is not probed: λ 1.0 unread
+    assert decisions[4].reason == "batch 128 kept: the run ends after epoch 4 (epochs=4)"
+    assert not make_policy(make_config(epochs=1)).initial().probe_next
+
+
 def test_non_finite_lambda_is_ignored():
     policy = make_policy(make_config({"name": "abs"}))
     d = policy.observe(EpochMeasurements(1, 90, float("nan")))
     assert "ignored" in d.reason and policy.state.eig_ref is None
+
+
+# ---------------------------------------------------------------------------- scenario replays, by hand
+# Each script is a λ per epoch; the expected trajectory lists the batch *trained* in epochs 1, 2, ... (the
+# decision after epoch e applies to epoch e+1), worked out by hand from the rule in docs/policy.md with
+# policy.duration=3, base 128, cap 1024, growth ×2, eig_ratio 2.
+
+def _scenario(eigs: list[float | None], **policy) -> tuple[list[int], list[str | None]]:
+    config = make_config({"name": "abs", "duration": 3, "max_global_batch": 1024, **policy}, epochs=12)
+    decisions = trajectory(config, eigs)
+    return batches(decisions)[:len(eigs)], [d.growth for d in decisions[1:]]
+
+
+def test_scenario_monotone_halving_decay_grows_at_every_probe():
+    trained, growths = _scenario([64.0, 32.0, 16.0, 8.0, 4.0, 2.0, 1.0])
+    # epoch 1 sets λ_ref = 64; each later λ is half of the last: curvature growths after epochs 2, 3, 4 reach
+    # the cap 1024, and probing stops
+    assert trained == [128, 128, 256, 512, 1024, 1024, 1024]
+    assert growths == [None, "curvature", "curvature", "curvature", None, None, None]
+
+
+def test_scenario_slow_decay_095_halves_only_after_14_epochs():
+    eigs = [100 * 0.95 ** e for e in range(12)]
+    trained, growths = _scenario(eigs)
+    # 0.95ᵉ halves after 14 epochs (0.95¹⁴ = 0.488): never within 12, so every growth is the fallback's
+    # (after epochs 3, 6, 9) and λ_ref stays at the first probe's 100
+    assert trained == [128, 128, 128, 256, 256, 256, 512, 512, 512, 1024, 1024, 1024]
+    assert growths == [None, None, "fallback"] * 3 + [None] * 3
+
+
+def test_scenario_noisy_lambda_grows_on_a_low_reading():
+    trained, growths = _scenario([50.0, 60.0, 24.0, 30.0, 11.0, 40.0, 9.0, 12.0])
+    # λ_ref 50: 60 no; 24 ≤ 25 → curvature after epoch 3 (the fallback's epoch: 0 early), λ_ref 24;
+    # 30 no; 11 ≤ 12 → curvature after epoch 5 (1 early), λ_ref 11; 40 no; 9 > 5.5 no; 12 no, and epoch 8 is
+    # the third since the last growth → fallback with λ_ref 11 kept
+    assert trained == [128, 128, 128, 256, 256, 512, 512, 512]
+    assert growths == [None, None, "curvature", None, "curvature", None, None, "fallback"]
+
+
+def test_scenario_rise_after_each_growth():
+    """λ rises for an epoch after each growth (measured: docs/benchmarks.md, probe_noise). With λ_ref kept at a
+    fallback growth, the rise does not move the reference; re-anchored, it would."""
+    eigs = [72.0, 37.0, 27.0, 37.0, 33.0, 17.0, 25.0, 18.0, 10.0, 13.0]
+    trained, growths = _scenario(eigs)
+    # λ_ref 72: 37 > 36; 27 ≤ 36 → curvature after epoch 3 (the fallback's epoch), λ_ref 27; 37 no; 33 no;
+    # 17 > 13.5 but the third epoch → fallback (λ_ref 27 kept); 25 no; 18 no; 10 ≤ 13.5 → curvature after epoch 9
+    # (the fallback's epoch too), λ_ref 10; 13 no
+    assert trained == [128, 128, 128, 256, 256, 256, 512, 512, 512, 1024]
+    assert growths == [None, None, "curvature", None, None, "fallback", None, None, "curvature", None]
+
+
+def test_scenario_constant_lambda_grows_by_the_fallback_only():
+    trained, growths = _scenario([20.0] * 12)
+    assert trained == [128, 128, 128, 256, 256, 256, 512, 512, 512, 1024, 1024, 1024]
+    assert growths == [None, None, "fallback"] * 3 + [None] * 3
+
+
+def test_scenario_nan_first_probe_defers_the_reference():
+    trained, growths = _scenario([float("nan"), 40.0, 20.0, 9.0, 30.0])
+    # the NaN is ignored (no λ_ref); 40 becomes λ_ref; 20 ≤ 20 → curvature after epoch 3 (λ_ref 20);
+    # 9 ≤ 10 → curvature after epoch 4; 30 > 4.5
+    assert trained == [128, 128, 128, 256, 512]
+    assert growths == [None, None, "curvature", "curvature", None]
 
 
 def test_cap_clamps_and_stops_probing():
@@ -157,7 +242,8 @@ def test_adversarial_fraction_halves_per_growth_and_stops_at_half_the_epochs():
 def test_adversarial_stop_epoch_rounding():
     assert adv_stop_epoch(0.5, 90) == 45
     assert adv_stop_epoch(0.3, 10) == 3  # 0.3 × 10 = 3.0000000000000004 in floats
-    assert adv_stop_epoch(0.5, 9) == 5  # the first ceil(4.5) epochs are adversarial
+    assert adv_stop_epoch(0.5, 9) == 4  # the first floor(4.5) epochs, as the reference's `epoch >= epochs // 2`
+    assert adv_stop_epoch(0.7, 10) == 7  # 0.7 × 10 = 6.999999999999999 in floats
     assert adv_stop_epoch(0.0, 90) == 0
     config = make_config({"adv_stop_frac": 0.3, "duration": 100}, epochs=10)
     assert advs(trajectory(config, [1.0] * 4)) == [0.2, 0.2, 0.2, 0.0, 0.0]
@@ -180,7 +266,7 @@ def test_confirm_two_needs_two_consecutive_drops():
     two_low = trajectory(config, [8.0, 3.0, 3.5])
     assert batches(two_low) == [128, 128, 128, 256]
     assert two_low[3].reason == "batch 128→256: λ_max 3.5 ≤ λ_ref 8 / policy.eig_ratio=2 on 2 probes in a row " \
-                                "(policy.confirm=2)"
+                                "(policy.confirm=2); λ_ref is now 3.5"
     # after the growth λ_ref = 3.5 and the count restarts from zero
     assert batches(trajectory(config, [8.0, 3.0, 3.5, 1.0, 5.0, 1.0, 1.0])) == \
         [128, 128, 128, 256, 256, 256, 256, 512]
@@ -208,7 +294,7 @@ def test_fixed_policies_never_change_and_never_probe(name, batch):
 
 def test_fixed_lr_is_the_optim_schedule():
     policy = make_policy(make_config({"name": "fixed"}))
-    assert [policy.lr(p, 0) for p in (0.0, 29.9, 30.0, 60.0, 85.0)] == pytest.approx(
+    assert [policy.lr(p) for p in (0.0, 29.9, 30.0, 60.0, 85.0)] == pytest.approx(
         [0.1, 0.1, 0.02, 0.004, 0.0008])
 
 
@@ -219,84 +305,75 @@ def test_fixed_large_goyal_warmup():
     expected = {0.0: 0.1, 1.0: 0.24, 2.5: 0.45, 2.99: 0.1 + 0.7 * 2.99 / 5,
                 3.0: (0.1 + 0.7 * 3 / 5) * 0.2, 5.0: 0.16, 10.0: 0.16, 30.0: 0.032}
     for progress, lr in expected.items():
-        assert policy.lr(progress, 0) == pytest.approx(lr), progress
+        assert policy.lr(progress) == pytest.approx(lr), progress
     assert "over 5 epochs (optim.warmup_epochs=0 → 5, as Goyal et al.)" in policy.initial().reason
     # an explicit optim.warmup_epochs is used instead, and optim.warmup_start_factor does not apply
     explicit = make_policy(make_config({"name": "fixed-large", "max_global_batch": 1024},
                                        optim={"warmup_epochs": 2.0, "warmup_start_factor": 0.5}))
-    assert [explicit.lr(p, 0) for p in (0.0, 1.0, 2.0)] == pytest.approx([0.1, 0.45, 0.8])
+    assert [explicit.lr(p) for p in (0.0, 1.0, 2.0)] == pytest.approx([0.1, 0.45, 0.8])
 
 
 # --------------------------------------------------------------------------------------------- LR
 
 def test_lr_scales_linearly_with_the_batch_and_decays():
     policy = make_policy(make_config({"name": "abs"}))
-    assert policy.lr(0.0, 0) == pytest.approx(0.1)
+    assert policy.lr(0.0) == pytest.approx(0.1)
     policy.observe(EpochMeasurements(1, 90, 8.0))
-    policy.observe(EpochMeasurements(2, 90, 4.0))  # 256: LR ×2, the paper's jump (lr_ramp_steps = 0)
-    assert policy.lr(2.0, 100) == pytest.approx(0.2)
-    assert policy.lr(30.0, 5000) == pytest.approx(0.04)
+    policy.observe(EpochMeasurements(2, 90, 4.0))  # 256: LR ×2, the reference's jump (lr_ramp_epochs = 0)
+    assert policy.lr(2.0) == pytest.approx(0.2)
+    assert policy.lr(30.0) == pytest.approx(0.04)
 
 
-def test_lr_ramp_after_growth_is_linear_in_updates_with_decay_on_top():
-    config = make_config({"name": "abs", "lr_ramp_steps": 10}, optim={"decay_epochs": [3]})
+def test_lr_ramp_after_growth_is_linear_in_epochs_with_decay_on_top():
+    config = make_config({"name": "abs", "lr_ramp_epochs": 2.0}, optim={"decay_epochs": [3]})
     policy = make_policy(config)
-    policy.observe(EpochMeasurements(1, 90, 8.0, updates=50))
-    policy.observe(EpochMeasurements(2, 90, 4.0, updates=100))  # 128 → 256 at update 100
-    # from 0.1 (the LR at 128) to 0.2 over 10 updates
-    assert [policy.lr(2.0 + u / 1000, 100 + u) for u in (0, 1, 5, 9, 10, 20)] == pytest.approx(
-        [0.1, 0.11, 0.15, 0.19, 0.2, 0.2])
-    assert policy.lr(3.0, 105) == pytest.approx(0.15 * 0.2)  # step decay multiplies the ramped value
+    policy.observe(EpochMeasurements(1, 90, 8.0))
+    decision = policy.observe(EpochMeasurements(2, 90, 4.0))  # 128 → 256 after epoch 2
+    assert decision.reason.endswith("LR ramps to its new value over policy.lr_ramp_epochs=2")
+    # from 0.1 (the LR at 128) to 0.2 over 2 epochs, from the growth's epoch boundary (progress 2.0)
+    assert [policy.lr(2.0 + t) for t in (0.0, 0.2, 1.0, 1.8, 2.0, 3.0)] == pytest.approx(
+        [0.1, 0.11, 0.15 * 0.2, 0.19 * 0.2, 0.2 * 0.2, 0.2 * 0.2])  # × 0.2 from epoch 3 on (step decay)
     # the ramp is part of the saved state: a restored policy continues it
     restored = make_policy(config)
     restored.load_state_dict(json.loads(json.dumps(policy.state_dict())))
-    assert restored.lr(2.0, 103) == pytest.approx(0.13)
+    assert restored.lr(2.6) == pytest.approx(0.13)
 
 
 def test_lr_ramp_continues_from_an_unfinished_ramp():
-    config = make_config({"name": "abs", "lr_ramp_steps": 10})
+    config = make_config({"name": "abs", "lr_ramp_epochs": 2.0})
     policy = make_policy(config)
-    policy.observe(EpochMeasurements(1, 90, 8.0, updates=5))
-    policy.observe(EpochMeasurements(2, 90, 4.0, updates=10))  # 128 → 256, ramp 0.1 → 0.2 from update 10
-    policy.observe(EpochMeasurements(3, 90, 2.0, updates=15))  # mid-ramp (0.15) → 512: ramp 0.15 → 0.4
-    assert policy.lr(3.0, 15) == pytest.approx(0.15)
-    assert policy.lr(3.0, 20) == pytest.approx(0.275)
-    assert policy.lr(3.0, 25) == pytest.approx(0.4)
-
-
-def test_lr_ramp_needs_the_update_count():
-    policy = make_policy(make_config({"name": "abs", "lr_ramp_steps": 10}))
     policy.observe(EpochMeasurements(1, 90, 8.0))
-    with pytest.raises(ValueError, match="EpochMeasurements.updates"):
-        policy.observe(EpochMeasurements(2, 90, 4.0))
+    policy.observe(EpochMeasurements(2, 90, 4.0))  # 128 → 256, ramp 0.1 → 0.2 from epoch 2
+    policy.observe(EpochMeasurements(3, 90, 2.0))  # mid-ramp (0.15) → 512: ramp 0.15 → 0.4 from epoch 3
+    assert policy.lr(3.0) == pytest.approx(0.15)
+    assert policy.lr(4.0) == pytest.approx(0.275)
+    assert policy.lr(5.0) == pytest.approx(0.4)
 
 
-def test_trajectory_counts_updates_for_the_ramp():
-    config = make_config({"name": "abs", "lr_ramp_steps": 4})
-    decisions = trajectory(config, [8.0, 4.0], num_train_samples=1000)  # would raise without update counts
-    assert batches(decisions) == [128, 128, 256]
-    assert steps_in_epoch(1000, 128) == 8  # the last step takes the remaining 104 samples
+def test_lr_ramp_after_a_fallback_growth_too():
+    config = make_config({"name": "abs", "duration": 1, "lr_ramp_epochs": 1.0})
+    policy = make_policy(config)
+    assert policy.observe(EpochMeasurements(1, 90, 8.0)).growth == "fallback"
+    assert [policy.lr(1.0 + t) for t in (0.0, 0.5, 1.0)] == pytest.approx([0.1, 0.15, 0.2])
 
 
 # --------------------------------------------------------------------------------------------- state
 
 def test_state_round_trips_through_json_and_continues_identically():
-    config = make_config({"confirm": 2, "duration": 4, "max_global_batch": 2048, "lr_ramp_steps": 3}, epochs=20)
+    config = make_config({"confirm": 2, "duration": 4, "max_global_batch": 2048, "lr_ramp_epochs": 1.5}, epochs=20)
     eigs = [8.0, 3.0, 3.5, 1.0, 5.0, 1.0, 1.0, 0.2, 0.2, 0.2, 0.1, 0.01]
     straight = make_policy(config)
-    reference = [straight.observe(EpochMeasurements(e, 20, eig, updates=10 * e))
-                 for e, eig in enumerate(eigs, start=1)]
+    reference = [straight.observe(EpochMeasurements(e, 20, eig)) for e, eig in enumerate(eigs, start=1)]
     for cut in range(1, len(eigs)):
         first = make_policy(config)
         for e, eig in enumerate(eigs[:cut], start=1):
-            first.observe(EpochMeasurements(e, 20, eig, updates=10 * e))
+            first.observe(EpochMeasurements(e, 20, eig))
         saved = json.dumps(first.state_dict())
         second = make_policy(config)
         second.load_state_dict(json.loads(saved))
         assert second.state == first.state
-        assert second.lr(cut + 0.5, 10 * cut + 1) == first.lr(cut + 0.5, 10 * cut + 1)
-        rest = [second.observe(EpochMeasurements(e, 20, eig, updates=10 * e))
-                for e, eig in enumerate(eigs[cut:], start=cut + 1)]
+        assert second.lr(cut + 0.5) == first.lr(cut + 0.5)
+        rest = [second.observe(EpochMeasurements(e, 20, eig)) for e, eig in enumerate(eigs[cut:], start=cut + 1)]
         assert rest == reference[cut:], cut
 
 
@@ -334,10 +411,11 @@ def test_every_reason_names_a_config_field():
         ({"name": "fixed"}, [1.0]),
         ({"name": "fixed-large"}, [1.0]),
         ({"duration": 100}, [8.0] * 50),
+        ({"duration": 2}, [8.0] * 60),  # to the last epoch
     ]
     for policy_fields, eigs in scripts:
         for decision in trajectory(make_config(policy_fields, epochs=60), eigs):
-            assert any(f in decision.reason for f in ("policy.", "batch.global_batch_size")), decision.reason
+            assert any(f in decision.reason for f in ("policy.", "batch.global_batch_size", "epochs=")), decision.reason
     adv_stop = trajectory(make_config({"duration": 100}, epochs=4), [8.0, 8.0])[2]
     assert "policy.adv_stop_frac=0.5" in adv_stop.reason
 

@@ -1,6 +1,7 @@
 """End to end through the CLI: the policies change (or keep) the batch as their rules say, and the quickstart
-itself — what `make demo` runs — learns well above chance, grows its batch at least twice, and finishes in under
-three minutes on this 2-core machine.
+itself — what `make demo` runs — learns well above chance, grows its batch at least twice, the first time because
+the curvature halved, earlier than the `policy.duration` fallback would have, and finishes in under three minutes on
+this 2-core machine.
 """
 
 from __future__ import annotations
@@ -41,14 +42,15 @@ def test_absa_grows_on_a_forced_drop_and_says_why(tmp_path):
                                  "policy.duration=50", "--local", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     epochs = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
-    assert all(r["eigenvalue"] is not None and r["probe_s"] > 0 for r in epochs)
+    assert all(r["eigenvalue"] is not None and r["probe_s"] > 0 for r in epochs[:-1])
+    assert epochs[-1]["eigenvalue"] is None and "the run ends after epoch 4" in epochs[-1]["policy_reason"]
     assert epochs[0]["adv_ratio"] == pytest.approx(0.2)
     for before, after in zip(epochs, epochs[1:]):
         grew = after["global_batch_size"] > before["global_batch_size"]
-        assert grew == ("→" in before["policy_reason"])
+        assert grew == ("→" in before["policy_reason"]) == (before["growth"] is not None)
         if grew:
             assert after["global_batch_size"] == 2 * before["global_batch_size"]
-            assert "policy.eig_ratio" in before["policy_reason"]
+            assert before["growth"] == "curvature" and "policy.eig_ratio" in before["policy_reason"]
             assert after["eigenvalue"] is not None
             assert before["eigenvalue"] <= epochs[0]["eigenvalue"] or "λ_ref" in before["policy_reason"]
 
@@ -65,6 +67,10 @@ def test_quickstart_demo_learns_grows_and_fits_the_budget(tmp_path, ray_cluster)
           f"{[r['global_batch_size'] for r in epochs]}, reasons {[r['policy_reason'] for r in growths]}")
     assert epochs[-1]["test_acc"] > 0.6  # chance is 0.1
     assert len(growths) >= 2 and epochs[-1]["global_batch_size"] >= 4 * epochs[0]["global_batch_size"]
+    # the curvature steers: the first growth is λ_max halving, before the fallback would have grown the batch
+    assert growths[0]["growth"] == "curvature" and growths[0]["growth_epochs_early"] > 0, growths[0]["policy_reason"]
+    assert "λ_ref is now" in growths[0]["policy_reason"]
+    assert all(r["dropped_samples"] == 0 for r in epochs)  # 8,192 samples: every batch of the schedule divides it
     resizes = [r for r in _records(tmp_path) if r["kind"] == "resize"]
     assert [(r["from_workers"], r["to_workers"]) for r in resizes] == [(1, 2)]  # grown live on this machine
     assert elapsed < 180, f"quickstart took {elapsed:.0f} s"

@@ -26,10 +26,10 @@ from conftest import TINY
 TIMINGS = {"epoch_s", "probe_s", "resize_s"}
 
 
-def _config() -> config_mod.RunConfig:
+def _config(*extra: str) -> config_mod.RunConfig:
     # policy.duration=1: the batch grows every epoch, so a resume must take it from the policy state
     return config_mod.load("quickstart", [*TINY, "epochs=3", "checkpoint.keep_last=3", "policy.duration=1",
-                                          "cluster.max_workers=1"])
+                                          "cluster.max_workers=1", *extra])
 
 
 def _controller(config, run) -> tuple[Controller, io.StringIO]:
@@ -99,6 +99,25 @@ def test_resume_with_no_checkpoint_yet_starts_over(finished, tmp_path, one_threa
     for name, value in controller.group.state_dict()["model"].items():
         assert torch.equal(value, final_model[name]), name
     assert epoch_records(run) == records
+
+
+def test_the_reference_probe_fresh_samples_and_cold_starts_resumes_exactly(finished, tmp_path, one_thread):
+    """probe.data=fresh and probe.warm_start=false draw new samples and a new start vector at every probe, from
+    (probe.seed, epoch): a run resumed from epoch 1's checkpoint probes epochs 2 and 3 exactly as the uninterrupted
+    run did (the records hold λ_max), and differently from the fixed, warm-started default."""
+    config = _config("probe.data=fresh", "probe.warm_start=false")
+    straight = RunDir.create(tmp_path / "straight", config)
+    controller, _ = _controller(config, straight)
+    controller.run_all()
+    records = epoch_records(straight)
+    run = _copy_run(straight, tmp_path)
+    for name in ("epoch-0002.pt", "epoch-0003.pt"):
+        (run.checkpoints_dir / name).unlink()
+    resumed, _ = _controller(config, run)
+    assert resumed.resume() == "epoch-0001.pt"
+    resumed.run_all()
+    assert epoch_records(run) == records
+    assert [r["eigenvalue"] for r in records] != [r["eigenvalue"] for r in finished[2]]
 
 
 runner = CliRunner()

@@ -61,7 +61,8 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_143(tmp_path):
 def test_a_second_sigint_aborts_at_once(tmp_path):
     """Steps of 1,024 samples (seconds here): the second signal lands inside the step the first one waits for,
     and the process leaves without finishing it and without the stop checkpoint."""
-    process, lines = _start(tmp_path, "batch.global_batch_size=1024", "batch.per_worker_max=1024", mark="step 1/2")
+    process, lines = _start(tmp_path, "batch.global_batch_size=1024", "policy.max_global_batch=1024",
+                            "batch.per_worker_max=1024", mark="step 1/2")
     process.send_signal(signal.SIGINT)
     _wait_for(process, lines, "SIGINT: stopping after the current step")
     process.send_signal(signal.SIGINT)

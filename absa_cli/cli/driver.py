@@ -32,13 +32,17 @@ def private_network(config, address: str | None, local: bool) -> None:
 
 
 def check_datasets(config) -> None:
-    """Open (or download) both splits: a missing dataset fails in one line before anything starts."""
+    """Open (or download) both splits: a missing dataset, or a global batch larger than the training set, fails in
+    one line before anything starts."""
     from absa_cli.data import build_dataset
+    from absa_cli.policy import check_batch_fits
 
     data = config.data
     for split in (data.train_split, "test"):
-        build_dataset(data.name, split, data.resolved_root(), seed=data.seed, size=data.test_size if split == "test"
-                      else data.train_size, download=data.download)
+        dataset = build_dataset(data.name, split, data.resolved_root(), seed=data.seed,
+                                size=data.test_size if split == "test" else data.train_size, download=data.download)
+        if split != "test":
+            check_batch_fits(config, len(dataset))
 
 
 def make_group(config, max_workers: int, address: str | None, local: bool) -> tuple[Any, str]:
@@ -50,8 +54,11 @@ def make_group(config, max_workers: int, address: str | None, local: bool) -> tu
         check_available()  # before any run directory or cluster exists
     if local:
         from absa_cli.local_group import LocalGroup  # torch import: only once the config is known good
+        from absa_cli.policy import check_batch_fits
 
-        return LocalGroup(config), "local: one worker in this process"
+        group = LocalGroup(config)
+        check_batch_fits(config, group.num_train_samples)
+        return group, "local: one worker in this process"
     check_datasets(config)
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.cluster.runtime import connect

@@ -3,7 +3,8 @@
 A dry run: no torch, no data opened (the training-set size comes from the catalogue). For the two bounding cases
 of the ABS rule — growth at every probe from the first possible epoch, and growth only by the ``policy.duration``
 fallback — it prints each batch phase (epochs, global batch, workers × per-worker batch × accumulation, LR at the
-phase start, SGD updates) and the total update count beside the ``fixed`` small-batch baseline's.
+phase start, SGD updates, and why the policy set that batch, λ_ref included) and the total update count beside the
+``fixed`` small-batch baseline's.
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ def plan(
 def build_plan(config, max_workers: int) -> dict[str, Any]:
     from absa_cli import catalog
     from absa_cli.geometry import steps_in_epoch
-    from absa_cli.policy import schedule_bounds
+    from absa_cli.policy import check_batch_fits, schedule_bounds
 
     spec = catalog.dataset_spec(config.data.name)
     num_samples = config.data.train_size or spec.num_train
+    check_batch_fits(config, num_samples)
     bounds = schedule_bounds(config)
     base_updates = config.epochs * steps_in_epoch(num_samples, config.batch.global_batch_size)
-    cases = {"fastest": _phases(config, bounds.fastest, num_samples, max_workers),
-             "slowest": _phases(config, bounds.slowest, num_samples, max_workers)}
+    cases = {"fastest": _phases(config, bounds.fastest, bounds.fastest_growths, num_samples, max_workers),
+             "slowest": _phases(config, bounds.slowest, bounds.slowest_growths, num_samples, max_workers)}
     return {
         "preset": config.preset, "policy": config.policy.name, "dataset": spec.name,
         "num_train_samples": num_samples, "epochs": config.epochs, "max_workers": max_workers,
@@ -62,12 +64,19 @@ def build_plan(config, max_workers: int) -> dict[str, Any]:
     }
 
 
-def _phases(config, batches: list[int], num_samples: int, max_workers: int) -> list[dict[str, Any]]:
+def _phases(config, batches: list[int], growths: list[str | None], num_samples: int,
+            max_workers: int) -> list[dict[str, Any]]:
+    """Runs of epochs at one batch; ``growth`` and ``why``: the cause of the growth that led to it, and the config
+    fields behind it."""
     from absa_cli.geometry import BatchGeometry, steps_in_epoch
     from absa_cli.schedule import lr_at
 
     phases: list[dict[str, Any]] = []
-    for epoch, batch in enumerate(batches, start=1):
+    policy = config.policy
+    why = {None: "start (batch.global_batch_size)",
+           "curvature": f"curvature: λ_max ≤ λ_ref / policy.eig_ratio={policy.eig_ratio:g}",
+           "fallback": f"fallback: policy.duration={policy.duration}, λ_ref kept"}
+    for epoch, (batch, growth) in enumerate(zip(batches, growths), start=1):
         if phases and phases[-1]["global_batch_size"] == batch:
             phases[-1]["last_epoch"] = epoch
             phases[-1]["updates"] += steps_in_epoch(num_samples, batch)
@@ -76,7 +85,8 @@ def _phases(config, batches: list[int], num_samples: int, max_workers: int) -> l
         phases.append({"first_epoch": epoch, "last_epoch": epoch, "global_batch_size": batch,
                        "num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
                        "grad_accum_steps": geometry.grad_accum_steps,
-                       "lr": lr_at(config.optim, batch, epoch - 1), "updates": steps_in_epoch(num_samples, batch)})
+                       "lr": lr_at(config.optim, batch, epoch - 1), "updates": steps_in_epoch(num_samples, batch),
+                       "growth": growth, "why": why[growth]})
     return phases
 
 
@@ -90,13 +100,13 @@ def _print(result: dict[str, Any]) -> None:
                   f"up to {result['max_workers']} worker(s)")
     titles = {"fastest": "growth at every probe (fastest)", "slowest": "growth only by policy.duration (slowest)"}
     for name, phases in result["cases"].items():
-        table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR at start", "updates",
+        table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR at start", "updates", "why",
                       title=titles[name], title_justify="left")
         for p in phases:
             span = f"{p['first_epoch']}" if p["first_epoch"] == p["last_epoch"] else \
                 f"{p['first_epoch']}–{p['last_epoch']}"
             table.add_row(span, f"{p['global_batch_size']:,}", str(p["num_workers"]), str(p["per_worker_batch_size"]),
-                          str(p["grad_accum_steps"]), f"{p['lr']:.4g}", f"{p['updates']:,}")
+                          str(p["grad_accum_steps"]), f"{p['lr']:.4g}", f"{p['updates']:,}", p["why"])
         console.print(table)
     fixed = result["fixed_updates"]
     for name, updates in result["updates"].items():

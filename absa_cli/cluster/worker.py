@@ -89,8 +89,8 @@ class WorkerActor:
     def evaluate(self) -> Any:
         return self.engine.evaluate()
 
-    def probe(self) -> Any:
-        return self.engine.probe()
+    def probe(self, epoch: int) -> Any:
+        return self.engine.probe(epoch)
 
     def state_dict(self) -> dict:
         return self.engine.state_dict()

@@ -37,15 +37,23 @@ class EpochOrder:
         return len(self.indices)
 
     def positions(self, start: int, size: int) -> slice:
-        """Positions of the global batch that starts at ``start`` (the last batch of an epoch may be short)."""
-        return slice(start, min(start + size, len(self.indices)))
+        """Positions of the global batch of ``size`` that starts at ``start``; a step never runs on fewer samples
+        (the epoch's tail that does not fill a global batch is dropped: ``geometry.samples_in_epoch``)."""
+        if start + size > len(self.indices):
+            raise ValueError(f"epoch {self.epoch} has {len(self.indices) - start} samples left at position {start}, "
+                             f"fewer than a global batch of {size}: an epoch's tail is dropped, never a short step")
+        return slice(start, start + size)
 
 
-def probe_indices(num_samples: int, batch_size: int, num_batches: int, seed: int) -> list[torch.Tensor]:
-    """The fixed curvature-probe set: ``num_batches`` batches of training-set indices drawn once from ``seed``.
+def probe_indices(num_samples: int, batch_size: int, num_batches: int, seed: int,
+                  epoch: int | None = None) -> list[torch.Tensor]:
+    """Curvature-probe samples: ``num_batches`` batches of training-set indices drawn from ``seed``.
 
-    Successive probes (and ``absa hessian`` with the same seed) measure the loss on the very same samples; each
-    worker then takes its contiguous shard of every batch."""
-    generator = torch.Generator().manual_seed(derive_seed(seed, 0xB10B))
+    ``epoch=None`` gives the fixed set: successive probes (and ``absa hessian`` with the same seed) measure the loss
+    on the very same samples. An epoch number gives that epoch's fresh draw (``probe.data=fresh``, as the reference
+    takes a new random batch at every probe), still a function of (seed, epoch) only, so a resumed run draws what
+    the uninterrupted one would have. Each worker then takes its contiguous shard of every batch."""
+    parts = (seed, 0xB10B) if epoch is None else (seed, 0xB10B, epoch)
+    generator = torch.Generator().manual_seed(derive_seed(*parts))
     count = min(batch_size * num_batches, num_samples)
     return list(torch.split(torch.randperm(num_samples, generator=generator)[:count], batch_size))
