@@ -7,6 +7,8 @@ better accuracy. Contenders (``policy.name``, docs/policy.md), everything else t
 - **fixed**: small-batch SGD at ``batch.global_batch_size`` throughout: the paper's baseline.
 - **fixed-large**: ``policy.max_global_batch`` from the start, linear LR scaling and Goyal et al.'s warm-up.
 - **abs**: absa without the adversarial examples.
+- **absa[LABEL]** (``--variant 'LABEL: KEY=VALUE ...'``, repeatable): absa with extra overrides, e.g. another probe
+  option or LR ramp, measured in the same interleaved loop against the same ``fixed`` runs.
 
 Each (policy, seed) pair is one whole run, in this process: ``Controller`` + ``LocalGroup``, the loop `absa train
 --local` runs, with ``threads`` torch threads. The worker count is left out: W workers and one worker with W×
@@ -18,8 +20,9 @@ interleaved (seed by seed, every policy in turn) so that machine load hits the p
 are deterministic for a given thread count (the same seed gives the same epoch records in another process); wall
 time is not.
 
-Reported per policy: final test accuracy (after the last epoch), SGD updates, final global batch (the batch the
-last epoch trained at), wall time (``Controller.run_all``: training, evaluation, probes, checkpoints; not building
+Reported per contender: final test accuracy (after the last epoch), SGD updates, final global batch (the batch the
+last epoch trained at), the growths by cause (curvature earlier than the ``policy.duration`` fallback would have
+grown, curvature on the fallback's own epoch, fallback), wall time (``Controller.run_all``: training, evaluation, probes, checkpoints; not building
 the data and model); mean ± sample std over seeds. The accuracy difference to ``fixed`` is paired by seed (same
 init, same order). For absa and abs the envelope ``absa plan`` computes is printed too: the fewest and the most
 updates the ABS rule allows on this config (growth at every probe vs growth only by the ``policy.duration``
@@ -30,7 +33,8 @@ CIFAR-10: with ``--data-root DIR`` holding ``cifar-10-batches-py/`` the same com
 files are missing, it is skipped with a message. ``--epochs`` and the overrides apply to every preset run.
 
     .venv/bin/python benchmarks/iterations.py [KEY=VALUE ...] [--preset quickstart] [--policies absa fixed ...]
-        [--seeds 0 1 2] [--epochs N] [--threads 1] [--data-root DIR] [--out results.json [--resume]]
+        [--variant 'LABEL: KEY=VALUE ...' ...] [--seeds 0 1 2] [--epochs N] [--threads 1] [--data-root DIR]
+        [--out results.json [--resume]]
     .venv/bin/python benchmarks/iterations.py --tables-from results.json
 
 Arguments of the form ``key.path=value`` are config overrides, wherever they stand on the command line. ``--out``
@@ -69,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="KEY=VALUE arguments anywhere are config overrides for every run.")
     p.add_argument("--preset", default="quickstart", help="the preset every policy trains (default: quickstart)")
-    p.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
+    p.add_argument("--policies", nargs="*", choices=POLICIES, default=list(POLICIES))
+    p.add_argument("--variant", action="append", default=[], metavar="'LABEL: KEY=VALUE ...'",
+                   help="also run absa with these overrides, labelled absa[LABEL] (repeatable)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (config key `seed`)")
     p.add_argument("--epochs", type=int, help="epochs of every run (default: the preset's)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (config key `threads`)")
@@ -82,7 +88,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tables-from", type=Path, metavar="JSON", help="only print the tables of a saved --out file")
     args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
     args.overrides = overrides
+    args.contenders = [(policy, [f"policy.name={policy}"]) for policy in args.policies]
+    for variant in args.variant:
+        label, colon, extra = variant.partition(":")
+        if not colon or not label.strip():
+            p.error(f"--variant {variant!r}: write 'LABEL: KEY=VALUE ...'")
+        args.contenders.append((f"absa[{label.strip()}]", ["policy.name=absa", *extra.split()]))
     return args
+
+
+def is_adaptive(label: str) -> bool:
+    """absa, abs and the absa[...] variants: the contenders whose batch follows the curvature."""
+    return label.split("[")[0] in ADAPTIVE
 
 
 def machine() -> dict[str, Any]:
@@ -170,6 +187,10 @@ def summarize(runs: list[dict[str, Any]], policies: list[str]) -> list[dict[str,
             "final_global_batch": sorted({r["final_global_batch"] for r in mine}),
             "wall_s_mean": statistics.mean(walls), "wall_s_std": _std(walls),
         }
+        if is_adaptive(policy):
+            early, on_fallback_epoch, fallback = (sum(c) for c in zip(*(growth_causes(r["epochs"]) for r in mine)))
+            row["growths"] = {"curvature_early": early, "curvature_on_fallback_epoch": on_fallback_epoch,
+                              "fallback": fallback}
         paired = [r for r in mine if r["seed"] in baseline]
         if paired:
             deltas = [r["final_test_acc"] - baseline[r["seed"]]["final_test_acc"] for r in paired]
@@ -197,25 +218,30 @@ def _pm(mean: float, std: float, digits: int, scale: float = 1.0) -> str:
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| policy | seeds | final test acc % (mean ± std) | Δ acc vs fixed, paired (pp) | SGD updates "
-             "(mean ± std) | fixed ÷ this (updates) | final global batch | wall time s (mean ± std) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(mean ± std) | fixed ÷ this (updates) | final global batch | growths: curvature early / curvature "
+             "on the fallback's epoch / fallback | wall time s (mean ± std) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         delta = _pm(r["acc_delta_vs_fixed_mean"], r["acc_delta_vs_fixed_std"], 2, 100) \
             if "acc_delta_vs_fixed_mean" in r and r["policy"] != BASELINE else "—"
         ratio = f"{r['updates_ratio_vs_fixed']:.2f}×" if "updates_ratio_vs_fixed" in r else "—"
         acc = _pm(r["final_test_acc_mean"], r["final_test_acc_std"], 2, 100)
+        growths = " / ".join(str(n) for n in r["growths"].values()) if "growths" in r else "—"
         lines.append(f"| {r['policy']} | {len(r['seeds'])} | {acc} | {delta} "
                      f"| {_pm(r['updates_mean'], r['updates_std'], 0)} | {ratio} "
-                     f"| {', '.join(str(b) for b in r['final_global_batch'])} "
+                     f"| {', '.join(str(b) for b in r['final_global_batch'])} | {growths} "
                      f"| {_pm(r['wall_s_mean'], r['wall_s_std'], 0)} |")
     return "\n".join(lines)
 
 
-def growth_causes(epochs: list[dict[str, Any]]) -> tuple[int, int]:
-    """(growths a curvature drop caused, growths the policy.duration fallback caused), from the policy reasons."""
-    grows = [r["policy_reason"].split(";")[0] for r in epochs if "→" in r["policy_reason"].split(";")[0]]
-    by_curvature = sum("λ_max" in reason for reason in grows)
-    return by_curvature, len(grows) - by_curvature
+def growth_causes(epochs: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """(curvature growths earlier than the policy.duration fallback would have grown, curvature growths on the
+    fallback's own epoch, fallback growths), from the epoch records' ``growth`` and ``growth_epochs_early``. The last
+    epoch's decision is left out: no epoch trains at it (absa no longer grows there; runs saved before it did)."""
+    trained = epochs[:-1]
+    curvature = [r for r in trained if r.get("growth") == "curvature"]
+    early = sum(r["growth_epochs_early"] > 0 for r in curvature)
+    return early, len(curvature) - early, sum(r.get("growth") == "fallback" for r in trained)
 
 
 def _loss(value: float | None) -> str:
@@ -224,11 +250,12 @@ def _loss(value: float | None) -> str:
 
 def seeds_table(runs: list[dict[str, Any]], policies: list[str]) -> str:
     lines = ["| policy | seed | final test acc % | best test acc % | final train loss | SGD updates | final global "
-             "batch | batch per epoch | growths: λ drop / fallback | wall time s | probe s |",
+             "batch | batch per epoch | growths: curvature early / on the fallback's epoch / fallback | wall "
+             "time s | probe s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for policy in policies:
         for r in sorted((r for r in runs if r["policy"] == policy), key=lambda r: r["seed"]):
-            causes = "{} / {}".format(*growth_causes(r["epochs"])) if policy in ADAPTIVE else "—"
+            causes = " / ".join(map(str, growth_causes(r["epochs"]))) if is_adaptive(policy) else "—"
             lines.append(f"| {policy} | {r['seed']} | {100 * r['final_test_acc']:.2f} | {100 * r['best_test_acc']:.2f} "
                          f"| {_loss(r['epochs'][-1]['train_loss'])} | {r['updates']} | {r['final_global_batch']} "
                          f"| {schedule(r['batches'])} | {causes} | {r['wall_s']:.0f} | {r['probe_s']:.1f} |")
@@ -237,20 +264,22 @@ def seeds_table(runs: list[dict[str, Any]], policies: list[str]) -> str:
 
 def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[str]:
     """The paper's claim against the measurement, for each adaptive policy measured beside the baseline."""
-    by_policy = {r["policy"]: r for r in rows}
     out = []
-    for policy in ADAPTIVE:
-        r = by_policy.get(policy)
-        if r is None or "updates_ratio_vs_fixed" not in r:
+    for r in rows:
+        policy = r["policy"]
+        if not is_adaptive(policy) or "updates_ratio_vs_fixed" not in r:
             continue
         ratio = r["updates_ratio_vs_fixed"]
         verdict = "meets" if ratio >= CLAIMED_RATIO else "below"
         delta = _pm(r["acc_delta_vs_fixed_mean"], r["acc_delta_vs_fixed_std"], 2, 100)
         fixed, fewest, most = envelope["fixed"], envelope["fastest"], envelope["slowest"]
+        growths = r["growths"]
+        total = sum(growths.values())
         out.append(f"- {policy}: {ratio:.2f}× fewer updates than fixed ({verdict} the claimed "
                    f"≥ {CLAIMED_RATIO:g}×), "
                    f"final test accuracy {delta} pp vs fixed (paired by seed); the ABS rule allows {fewest}–{most} "
-                   f"updates here ({fixed / most:.1f}×–{fixed / fewest:.1f}× fewer than fixed's {fixed})")
+                   f"updates here ({fixed / most:.1f}×–{fixed / fewest:.1f}× fewer than fixed's {fixed}); "
+                   f"{growths['curvature_early']} of {total} growths curvature-triggered earlier than the fallback")
     return out
 
 
@@ -272,24 +301,25 @@ def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_ro
               f"overrides: {' '.join(overrides) or 'none'}")
     print(f"\n{header}", flush=True)
     measured = {"preset": preset, "header": header, "overrides": overrides, "config": config_mod.to_yaml(probe),
-                "envelope": envelope, "policies": list(args.policies), "runs": []}
+                "envelope": envelope, "policies": [label for label, _ in args.contenders],
+                "variants": dict(args.contenders), "runs": []}
     runs = measured["runs"]
-    total = len(args.seeds) * len(args.policies)
+    total = len(args.seeds) * len(args.contenders)
     for seed in args.seeds:
-        for policy in args.policies:
+        for policy, extra in args.contenders:
             done = [r for r in prior.get(measured["config"], []) if (r["policy"], r["seed"]) == (policy, seed)]
             if done:
                 result = {**done[0], "reused": True}
             else:
-                config = config_mod.load(preset, [*common, f"seed={seed}", f"policy.name={policy}"])
-                result = run_one(config, runs_root)
+                config = config_mod.load(preset, [*common, f"seed={seed}", *extra])
+                result = {**run_one(config, runs_root), "policy": policy}
             runs.append(result)
             kept = " (kept from --out)" if done else ""
             print(f"[{len(runs)}/{total}] {policy} seed {seed}{kept}: final test acc "
                   f"{100 * result['final_test_acc']:.2f}%, {result['updates']} updates, "
                   f"batches {schedule(result['batches'])}, {result['wall_s']:.0f} s", flush=True)
             save(measured)
-    measured["summary"] = summarize(runs, args.policies)
+    measured["summary"] = summarize(runs, measured["policies"])
     print(f"\n{report(measured)}")
     return measured
 

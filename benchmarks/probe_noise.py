@@ -10,7 +10,11 @@ in order) this script computes λ_max converged (Lanczos, relative residual ``--
 - ``--seeds`` probe sets of ``probe.batch_size`` samples (seeds 0, 1, ...; seed 0 is the run's own when
   ``probe.seed`` is 0): their mean, standard deviation and coefficient of variation;
 - one larger set of ``--large-batches`` × ``probe.batch_size`` samples (seed 0), the closer estimate of the
-  training loss's λ_max.
+  training loss's λ_max;
+- the curvature of the larger set along the top eigenvector of the seed-0 set, vᵀH_large v (``v_on_large``): how
+  much of the small set's top direction is a direction of the training loss at all, and how much is particular to
+  its 128 samples (λ_max of the small set is vᵀH_small v; a top direction fitted to a few samples reads lower on
+  others).
 
 Keep every epoch's checkpoint when training the run, e.g.:
 
@@ -32,7 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+import torch.nn.functional as F  # noqa: E402
+
 from absa_cli import checkpoint  # noqa: E402
+from absa_cli.curvature import HessianOperator, lanczos  # noqa: E402
 from absa_cli.hessian import HessianOptions, analyse, probe_batches, rebuild_model  # noqa: E402
 from absa_cli.runs import RunDir  # noqa: E402
 
@@ -69,10 +76,23 @@ def measure(run_dir: Path, seeds: int, large_batches: int, tol: float, max_iter:
         mean = statistics.fmean(small)
         std = statistics.stdev(small) if len(small) > 1 else 0.0
         rows.append({"epoch": entry.epoch, "values": values, "mean": mean, "std": std, "cv": std / abs(mean),
-                     "large": values.get("large")})
+                     "large": values.get("large"),
+                     "v_on_large": direction_on(model, sets["seed0"], sets["large"], base) if large_batches else None})
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()
                           if k != "values"}), flush=True)
     return rows
+
+
+def direction_on(model: torch.nn.Module, small: list, large: list, options: HessianOptions) -> float:
+    """vᵀH_large v for v the (unit) top eigenvector of the Hessian on ``small``."""
+    operator = HessianOperator(model, F.cross_entropy, small, bn_mode=options.bn_mode)
+    v = lanczos(operator, k=1, max_iter=options.max_iter, tol=options.tol, return_eigenvectors=True).eigenvectors[0]
+    operator.release()
+    v = v / v.norm()
+    operator = HessianOperator(model, F.cross_entropy, large, bn_mode=options.bn_mode)
+    curvature = float(v @ operator.matvec(v))
+    operator.release()
+    return curvature
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.run_dir, args.seeds, args.large_batches, args.tol, args.max_iter)
     print(f"\nmachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s); {len(rows)} checkpoints of {args.run_dir}")
-    large = f" | λ_max on {args.large_batches} batches" if args.large_batches else ""
+    large = f" | λ_max on {args.large_batches} batches | seed 0's top direction on them" if args.large_batches else ""
     print(f"| epoch | λ_max, seed 0 | mean ± std over {args.seeds} probe sets | CV{large} |")
-    print("|---|---|---|---|" + ("---|" if args.large_batches else ""))
+    print("|---|---|---|---|" + ("---|---|" if args.large_batches else ""))
     for r in rows:
-        tail = f" | {r['large']:.2f}" if r["large"] is not None else ""
+        tail = f" | {r['large']:.2f} | {r['v_on_large']:.2f}" if r["large"] is not None else ""
         print(f"| {r['epoch']} | {r['values']['seed0']:.2f} | {r['mean']:.2f} ± {r['std']:.2f} | "
               f"{100 * r['cv']:.0f}%{tail} |")
     if args.out:

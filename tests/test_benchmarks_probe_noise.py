@@ -1,5 +1,6 @@
 """benchmarks/probe_noise.py end to end on a tiny 2-epoch run that keeps both checkpoints: one row per checkpoint,
-λ_max read on each probe set, and the summary (mean, std, CV) computed from exactly those readings."""
+λ_max read on each probe set, the summary (mean, std, CV) computed from exactly those readings, and the curvature of
+the large set along the small set's top direction, which cannot exceed the large set's own λ_max."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def test_rows_of_a_tiny_run(probe_noise, tmp_path, one_thread):
         assert r["mean"] == pytest.approx(statistics.fmean(small)) and r["std"] == pytest.approx(statistics.stdev(small))
         assert r["cv"] == pytest.approx(r["std"] / abs(r["mean"]))
         assert len(set(small)) == 3  # different probe sets, different readings
+        assert 0 < r["v_on_large"] <= r["large"] * (1 + 1e-2)  # a Rayleigh quotient: at most λ_max (to the tol)
 
 
 def test_a_run_without_checkpoints_is_refused(probe_noise, tmp_path):
