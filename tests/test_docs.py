@@ -27,7 +27,7 @@ from conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SHRINK = ["epochs=1", "data.train_size=256", "data.test_size=64", "probe.max_iter=5"]
+SHRINK = ["epochs=1", "data.train_size=256", "policy.max_global_batch=256", "data.test_size=64", "probe.max_iter=5"]
 
 NOT_RUN = {
     "make demo": "is `absa train quickstart` after installing: run whole by tests/test_quickstart.py",
@@ -98,8 +98,8 @@ def sandbox(tmp_path_factory, ray_cluster):
 
     torch.set_num_threads(1)  # tiny tensors: a second thread only spins
     # A narrow model on 128 samples: the documented `absa hessian` options (50 trace samples, a density) stay cheap.
-    tiny = [*TINY, "epochs=10", "checkpoint.keep_last=10", "data.train_size=128", "model.width=0.125",
-            "probe.max_iter=5"]
+    tiny = [*TINY, "epochs=10", "checkpoint.keep_last=10", "data.train_size=128", "policy.max_global_batch=128",
+            "model.width=0.125", "probe.max_iter=5"]
     for name, extra in (("A", []), ("B", ["policy.name=fixed"])):
         config = config_mod.load("quickstart", [*tiny, *extra])
         run = RunDir.create(home / "runs", config)
