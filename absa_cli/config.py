@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from absa_cli import catalog
-from absa_cli.errors import UserError
+from absa_cli.errors import UserError, first_line
 
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 POLICIES = ("absa", "abs", "fixed", "fixed-large")
@@ -147,7 +147,7 @@ class PolicyConfig:
     confirm: int = 1  # consecutive probes that must show the drop (1 = the paper)
     max_global_batch: int = 16384  # the cap (the paper's 128 × 128); fixed-large trains at this batch
     lr_ramp_epochs: float = 0.0  # after a growth, ramp the LR linearly to its new value over this many epochs
-    adv_ratio: float = 0.2  # initial fraction of each micro-batch replaced by FGSM examples (absa only)
+    adv_ratio: float = 0.2  # initial fraction of each base batch replaced by FGSM examples (absa only)
     adv_eps: float = 0.005  # FGSM step in [0, 1] pixel units
     adv_stop_frac: float = 0.5  # adversarial training in the first floor(adv_stop_frac × epochs) epochs only
 
@@ -330,6 +330,7 @@ def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
     merged: DictConfig = OmegaConf.structured(RunConfig)
     OmegaConf.set_struct(merged, True)
     for layer, origin in layers:
+        layer = _renamed_keys(layer, origin)
         try:
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as exc:
@@ -337,11 +338,30 @@ def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
         except ValidationError as exc:
             raise ConfigError(_type_message(exc, origin)) from None
         except OmegaConfBaseException as exc:
-            raise ConfigError(f"invalid config (from {origin}): {_first_line(str(exc))}") from None
+            raise ConfigError(f"invalid config (from {origin}): {first_line(exc)}") from None
     try:
         return OmegaConf.to_object(merged)  # runs every section's __post_init__ validation
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
+
+
+def _renamed_keys(layer: Any, origin: str) -> Any:
+    """``policy.lr_ramp_steps`` (a ramp in updates) became ``policy.lr_ramp_epochs`` (in epochs): not the same
+    number, so never carried over. A saved config with no ramp (0) reads as before; anything else is one line."""
+    layer = OmegaConf.create(layer) if not isinstance(layer, DictConfig) else layer
+    steps = OmegaConf.select(layer, "policy.lr_ramp_steps", default=None)
+    if steps is None:
+        return layer
+    if origin == "the saved config" and steps == 0:
+        layer = layer.copy()
+        del layer.policy["lr_ramp_steps"]
+        return layer
+    if origin == "the saved config":
+        raise ConfigError("this run was saved by an earlier version of absa with policy.lr_ramp_steps (a ramp in "
+                          "updates), now policy.lr_ramp_epochs (in epochs); it cannot continue exactly: start a new "
+                          "run with policy.lr_ramp_epochs")
+    raise ConfigError(f"policy.lr_ramp_steps (from {origin}) was replaced by policy.lr_ramp_epochs: the ramp after a "
+                      f"growth is now given in epochs, e.g. policy.lr_ramp_epochs=1")
 
 
 def to_yaml(config: RunConfig) -> str:
@@ -356,7 +376,7 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(str(exc))}") from None
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {first_line(exc)}") from None
 
 
 def _unknown_key_message(exc: ConfigKeyError, origin: str) -> str:
@@ -380,10 +400,10 @@ def _keys_under(parent: str) -> list[str]:
 
 def _type_message(exc: ValidationError, origin: str) -> str:
     if not (exc.full_key or exc.key):  # a whole section given a scalar, e.g. optim=3
-        return f"invalid config (from {origin}): {_first_line(str(exc))}; set keys inside a section, e.g. optim.lr=0.1"
+        return f"invalid config (from {origin}): {first_line(exc)}; set keys inside a section, e.g. optim.lr=0.1"
     key = str(exc.full_key or exc.key)
     expected = _expected_type(key)
-    value = _first_line(str(exc)).split("'")[1] if "'" in str(exc) else "?"
+    value = first_line(exc).split("'")[1] if "'" in str(exc) else "?"
     example = {"int": "3", "float": "0.1", "bool": "true", "str": "name", "list[int]": "[30,60]"}.get(expected)
     hint_key = key
     if "[" in key:  # a list element: show how to write the whole list
@@ -413,6 +433,3 @@ def _did_you_mean(word: str, candidates: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text

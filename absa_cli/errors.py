@@ -15,3 +15,13 @@ class UserError(Exception):
 
 class DataNotFoundError(UserError):
     """A dataset's files are not where the config says they should be."""
+
+
+def first_line(error: BaseException | str, typed: bool = False, limit: int = 300) -> str:
+    """The first line of an error's message, for one-line reports: an exception with no message gives its type's
+    name; ``typed`` prefixes the type (``RayActorError: ...``)."""
+    text = (str(error) if isinstance(error, BaseException) else error).strip()
+    line = text.splitlines()[0] if text else ""
+    if isinstance(error, BaseException) and (typed or not line):
+        line = f"{type(error).__name__}: {line}" if line else type(error).__name__
+    return line[:limit]

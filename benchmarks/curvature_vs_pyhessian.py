@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from absa_cli import checkpoint
+from absa_cli.run import checkpoint
 from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
 from absa_cli.data import build_dataset
 from absa_cli.models import build_model

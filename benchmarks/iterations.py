@@ -39,13 +39,12 @@ files are missing, it is skipped with a message. ``--epochs`` and the overrides 
 
 Arguments of the form ``key.path=value`` are config overrides, wherever they stand on the command line. ``--out``
 is rewritten after every run, so a benchmark that is stopped keeps its finished runs; the same command with
-``--resume`` keeps those (same preset, same config) and runs the rest.
+``--resume`` keeps those (same preset, same config, same variant overrides) and runs the rest.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -84,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, help="keep the run directories here (default: a temporary folder)")
     p.add_argument("--out", type=Path, help="write every number measured here (JSON)")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of the --out file a stopped "
-                   "benchmark left (same preset and config) and run only the rest")
+                   "benchmark left (same preset, config and variant overrides) and run only the rest")
     p.add_argument("--tables-from", type=Path, metavar="JSON", help="only print the tables of a saved --out file")
     args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
     args.overrides = overrides
@@ -139,10 +138,10 @@ def update_envelope(config: Any) -> dict[str, int]:
 
 def run_one(config: Any, runs_root: Path) -> dict[str, Any]:
     """One whole in-process run; its summary figures and epoch records."""
-    from absa_cli.controller import Controller
-    from absa_cli.local_group import LocalGroup
-    from absa_cli.metrics import Console
-    from absa_cli.runs import RunDir
+    from absa_cli.driver.controller import Controller
+    from absa_cli.driver.local_group import LocalGroup
+    from absa_cli.run.metrics import Console
+    from absa_cli.run.rundir import RunDir
 
     started = time.perf_counter()
     group = LocalGroup(config)
@@ -239,9 +238,12 @@ def growth_causes(epochs: list[dict[str, Any]]) -> tuple[int, int, int]:
     fallback's own epoch, fallback growths), from the epoch records' ``growth`` and ``growth_epochs_early``. The last
     epoch's decision is left out: no epoch trains at it (absa no longer grows there; runs saved before it did)."""
     trained = epochs[:-1]
-    curvature = [r for r in trained if r.get("growth") == "curvature"]
+    if any("growth" not in r for r in trained):
+        raise ValueError("these epoch records carry no `growth` field: they were saved before absa recorded why "
+                         "each growth happened; rerun the benchmark")
+    curvature = [r for r in trained if r["growth"] == "curvature"]
     early = sum(r["growth_epochs_early"] > 0 for r in curvature)
-    return early, len(curvature) - early, sum(r.get("growth") == "fallback" for r in trained)
+    return early, len(curvature) - early, sum(r["growth"] == "fallback" for r in trained)
 
 
 def _loss(value: float | None) -> str:
@@ -307,12 +309,13 @@ def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_ro
     total = len(args.seeds) * len(args.contenders)
     for seed in args.seeds:
         for policy, extra in args.contenders:
-            done = [r for r in prior.get(measured["config"], []) if (r["policy"], r["seed"]) == (policy, seed)]
+            done = [r for r in prior.get(measured["config"], [])
+                    if (r["policy"], r["seed"], r.get("extra")) == (policy, seed, extra)]
             if done:
                 result = {**done[0], "reused": True}
             else:
                 config = config_mod.load(preset, [*common, f"seed={seed}", *extra])
-                result = {**run_one(config, runs_root), "policy": policy}
+                result = {**run_one(config, runs_root), "policy": policy, "extra": extra}
             runs.append(result)
             kept = " (kept from --out)" if done else ""
             print(f"[{len(runs)}/{total}] {policy} seed {seed}{kept}: final test acc "
@@ -353,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     if args.tables_from:
-        return print_saved(args.tables_from)
+        try:
+            return print_saved(args.tables_from)
+        except ValueError as error:  # records from an older absa
+            print(f"error: {args.tables_from}: {error}", file=sys.stderr)
+            return 2
     prior: dict[str, list[dict[str, Any]]] = {}
     if args.resume:
         if args.out is None or not args.out.exists():

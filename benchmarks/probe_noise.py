@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch.nn.functional as F  # noqa: E402
 
-from absa_cli import checkpoint  # noqa: E402
+from absa_cli.run import checkpoint  # noqa: E402
 from absa_cli.curvature import HessianOperator, lanczos  # noqa: E402
-from absa_cli.hessian import HessianOptions, analyse, probe_batches, rebuild_model  # noqa: E402
-from absa_cli.runs import RunDir  # noqa: E402
+from absa_cli.worker.hessian import HessianOptions, analyse, probe_batches, rebuild_model  # noqa: E402
+from absa_cli.run.rundir import RunDir  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

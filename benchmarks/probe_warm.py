@@ -32,11 +32,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from absa_cli import checkpoint  # noqa: E402
+from absa_cli.run import checkpoint  # noqa: E402
 from absa_cli.curvature import HessianOperator, lanczos, power_iteration  # noqa: E402
 from absa_cli.curvature.vectors import dot  # noqa: E402
-from absa_cli.hessian import HessianOptions, probe_batches, rebuild_model  # noqa: E402
-from absa_cli.runs import RunDir  # noqa: E402
+from absa_cli.worker.hessian import HessianOptions, probe_batches, rebuild_model  # noqa: E402
+from absa_cli.run.rundir import RunDir  # noqa: E402
 
 METHODS = ("power", "lanczos")
 

@@ -10,7 +10,7 @@ same 128 samples make one step on 1 worker (2 accumulation steps) or on 2 worker
   is paid inside the resize.
 - **live** 2 → 1: ``group.resize(1)`` retires one actor and re-forms; the survivor keeps everything.
 - **restart** 1 → 2 and 2 → 1, the way Ray Train's elastic mode resizes: fetch the state from rank 0 and write it
-  with ``absa_cli.checkpoint.save``, shut every actor down (``group.close()``), start a new group of the target
+  with ``absa_cli.run.checkpoint.save``, shut every actor down (``group.close()``), start a new group of the target
   size and load the file into it (``RayWorkerGroup(...).start(n, state=checkpoint.load(path))``).
 
 Every transition ends with the first training step at the new size (one ``train_chunk`` of one step, timed on the
@@ -82,7 +82,7 @@ class Bench:
     """The group under test, its step position and the geometry per worker count."""
 
     def __init__(self, config: Any, max_workers: int, workdir: Path) -> None:
-        from absa_cli.geometry import BatchGeometry
+        from absa_cli.decide.geometry import BatchGeometry
 
         self.config = config
         self.max_workers = max_workers
@@ -97,7 +97,7 @@ class Bench:
     def _new_group(self) -> Any:
         from absa_cli.cluster.group import RayWorkerGroup
 
-        return RayWorkerGroup(self.config, self.max_workers)
+        return RayWorkerGroup(self.config)
 
     def step(self) -> float:
         """One optimizer step at the group's current size; driver-side seconds."""
@@ -121,19 +121,21 @@ class Bench:
     def live(self, name: str, num_workers: int, warm: bool) -> None:
         import ray
 
+        from absa_cli.driver.contract import Resized
+
         if warm:
             self.group.prepare(num_workers)
             ray.get([spare.ready.remote() for spare in self.group.spares])  # as if started an epoch before
             if len(self.group.spares) != num_workers - self.group.num_workers:
                 raise RuntimeError(f"prepare({num_workers}) started {len(self.group.spares)} spare(s)")
-        record = self.group.resize(num_workers)
-        if record is None or self.group.num_workers != num_workers:
-            raise RuntimeError(f"live resize to {num_workers} did not happen (record {record})")
-        self.record(name, {"actor_s": record["actor_start_s"], "rendezvous_s": record["rendezvous_s"],
-                           "state_s": record["state_transfer_s"]})
+        result = self.group.resize(num_workers)
+        if not isinstance(result, Resized) or not result.live or self.group.num_workers != num_workers:
+            raise RuntimeError(f"live resize to {num_workers} did not happen ({result})")
+        self.record(name, {"actor_s": result.actor_start_s, "rendezvous_s": result.rendezvous_s,
+                           "state_s": result.state_transfer_s})
 
     def restart(self, name: str, num_workers: int) -> None:
-        from absa_cli import checkpoint
+        from absa_cli.run import checkpoint
 
         path = self.workdir / "restart.pt"
         started = time.perf_counter()

@@ -51,8 +51,8 @@ from absa_cli.catalog import DATASETS  # noqa: E402
 from absa_cli.data import TensorImageDataset  # noqa: E402
 from absa_cli.data.augment import CropFlip  # noqa: E402
 from absa_cli.data.procedural import load_synthetic  # noqa: E402
-from absa_cli.engine import Engine  # noqa: E402
-from absa_cli.geometry import BatchGeometry  # noqa: E402
+from absa_cli.worker.engine import Engine  # noqa: E402
+from absa_cli.decide.geometry import BatchGeometry  # noqa: E402
 from absa_cli.models import build_model  # noqa: E402
 
 
@@ -152,7 +152,7 @@ def ray_contender(config: config_mod.RunConfig, geometry: BatchGeometry, lrs: li
     from absa_cli.cluster.runtime import connect
 
     print(connect(num_cpus=max(2, os.cpu_count() or 2)), flush=True)
-    group = RayWorkerGroup(config, 1)
+    group = RayWorkerGroup(config)  # cluster.max_workers=1
     group.resize(1)
     epochs = iter(range(1, 10**9))
     return (lambda: group.train_chunk(next(epochs), 0, lrs, geometry)), group

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa_cli.adversarial import adversarial_runs, fgsm, mix_adversarial, num_adversarial, pgd, robust_accuracy
+from absa_cli.worker.adversarial import adversarial_runs, fgsm, mix_adversarial, num_adversarial, pgd, robust_accuracy
 from absa_cli.catalog import DATASETS
 
 MEAN, STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std

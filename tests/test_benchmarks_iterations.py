@@ -38,6 +38,8 @@ def test_summary_pairs_by_seed_and_divides_the_baseline_updates(iterations):
                {"growth": "fallback", "growth_epochs_early": 0}, {"growth": "curvature", "growth_epochs_early": 0},
                {"growth": "curvature", "growth_epochs_early": 2}, {"growth": "fallback", "growth_epochs_early": 0}]
     assert iterations.growth_causes(records) == (2, 1, 1)  # the last epoch's decision trains nothing: not counted
+    with pytest.raises(ValueError, match="no `growth` field"):
+        iterations.growth_causes([{"policy_reason": "batch 128→256: ..."}, {}])
     args = iterations.parse_args(["--seeds", "3", "4", "policy.max_global_batch=2048", "--epochs", "2",
                                   "--policies", "fixed", "--variant", "cold: probe.warm_start=false probe.data=fresh"])
     assert args.overrides == ["policy.max_global_batch=2048"]
@@ -66,10 +68,17 @@ def test_tiny_comparison_end_to_end(iterations, tmp_path, capsys, one_thread):
         assert f"| {r['policy']} | 0 | {100 * r['final_test_acc']:.2f} |" in printed
     assert quickstart["envelope"]["fixed"] == 8
 
-    # --resume keeps the runs the file holds for the same config: nothing trains again
+    # --resume keeps the runs the file holds for the same config and variant overrides: nothing trains again, and a
+    # variant whose overrides changed is run anew
     saved = out.read_text()
     assert iterations.main([*argv, "--resume"]) == 0
     assert "(kept from --out)" in capsys.readouterr().out
     assert len(list((tmp_path / "runs").iterdir())) == 3
     assert json.loads(out.read_text())["results"][0]["runs"][0]["updates"] == json.loads(saved)["results"][0][
         "runs"][0]["updates"]
+    changed = [*argv[:argv.index("fresh: probe.data=fresh")], "fresh: probe.data=fresh probe.seed=3",
+               *argv[argv.index("fresh: probe.data=fresh") + 1:], "--resume", "--policies", "fixed"]
+    assert iterations.main(changed) == 0
+    printed = capsys.readouterr().out
+    assert "fixed seed 0 (kept from --out)" in printed and "absa[fresh] seed 0 (kept" not in printed
+    assert len(list((tmp_path / "runs").iterdir())) == 4  # the changed variant trained again

@@ -11,10 +11,10 @@ import statistics
 import pytest
 
 from absa_cli import config as config_mod
-from absa_cli.controller import Controller
-from absa_cli.local_group import LocalGroup
-from absa_cli.metrics import Console
-from absa_cli.runs import RunDir
+from absa_cli.driver.controller import Controller
+from absa_cli.driver.local_group import LocalGroup
+from absa_cli.run.metrics import Console
+from absa_cli.run.rundir import RunDir
 
 from conftest import TINY, load_benchmark
 

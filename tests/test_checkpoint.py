@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from absa_cli import checkpoint
-from absa_cli.checkpoint import CheckpointError
+from absa_cli.run import checkpoint
+from absa_cli.run.checkpoint import CheckpointError
 
 
 def _state():

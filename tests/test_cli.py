@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from absa_cli.cli.app import app
-from absa_cli.metrics import EPOCH_FIELDS
+from absa_cli.run.metrics import EPOCH_FIELDS
 
 from conftest import TINY, assert_user_error
 
@@ -94,8 +94,10 @@ def test_a_batch_larger_than_the_training_set_exit_2_and_no_run_dir(tmp_path, wh
     result = _invoke("train", "quickstart", "data.train_size=600", *where, "--runs-dir", str(tmp_path / "runs"))
     assert_user_error(result, "policy.max_global_batch=1024", "600 training samples", "at most 600")
     assert not (tmp_path / "runs").exists()
-    fixed = _invoke("train", "quickstart", "data.train_size=100", "policy.name=fixed", "--local")
+    fixed = _invoke("train", "quickstart", "data.train_size=100", "policy.name=fixed", "--local",
+                    "--runs-dir", str(tmp_path / "fixed"))
     assert_user_error(fixed, "batch.global_batch_size=128", "100 training samples")
+    assert not (tmp_path / "fixed").exists()
 
 
 def test_presets_list_and_show():
@@ -120,7 +122,7 @@ def test_help_is_fast_and_imports_neither_torch_nor_ray():
 
 def test_non_finite_metrics_are_written_as_null(tmp_path):
     """A diverged run must not crash on its own metrics: NaN/inf become null, and the file stays strict JSON."""
-    from absa_cli.metrics import JsonlSink
+    from absa_cli.run.metrics import JsonlSink
 
     sink = JsonlSink(tmp_path / "metrics.jsonl")
     sink.write({"kind": "epoch", "train_loss": float("nan"), "nested": {"x": [float("inf"), 1.5]}, "lr": 0.1})

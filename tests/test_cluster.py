@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from absa_cli import config as config_mod
-from absa_cli.controller import WorkerFailure
-from absa_cli.geometry import BatchGeometry
+from absa_cli.driver.contract import WorkerFailure
+from absa_cli.decide.geometry import BatchGeometry
 
 from conftest import TINY
 
@@ -50,13 +50,15 @@ def test_two_workers_equal_one_worker_with_accumulation(cluster):
     from absa_cli.cluster.group import RayWorkerGroup
 
     config = _config()
-    two, one = RayWorkerGroup(config, 2), RayWorkerGroup(config, 2)
+    two, one = RayWorkerGroup(config), RayWorkerGroup(config)  # the quickstart's cluster.max_workers=2
     try:
         two.resize(2)
         one.resize(1)
         lrs = [0.05] * 4
-        # FGSM on 0.1 of every base batch of 64 (6 positions each): the same samples whatever the split
-        two.train_chunk(0, 0, lrs, BatchGeometry(64, 2, 32, 1), adv_ratio=0.1)
+        # FGSM on 0.1 of every base batch of 64 (positions 0-5): the same samples whatever the split. The cuts
+        # differ (micro-batches of 16 at 0, 16, 32, 48 against 32 at 0, 32), so a count per micro-batch (1 at each
+        # of 0, 16, 32, 48 against 3 at each of 0, 32) would attack other samples and the weights would differ.
+        two.train_chunk(0, 0, lrs, BatchGeometry(64, 2, 16, 2), adv_ratio=0.1)
         one.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2), adv_ratio=0.1)
         a, b = _params(two), _params(one)
         assert a.keys() == b.keys()
@@ -86,7 +88,7 @@ def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_p
     from absa_cli.cluster.group import RayWorkerGroup
 
     config = _config(f"logging.sample_log_dir={tmp_path}")
-    group = RayWorkerGroup(config, 2)
+    group = RayWorkerGroup(config)
     num_samples, batch = 256, 16
     lrs = lambda n: [0.02] * n  # noqa: E731
     seen, failures = 0, []
@@ -94,7 +96,7 @@ def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_p
     try:
         group.resize(1)
         seen += group.train_chunk(0, seen, lrs(2), BatchGeometry(batch, 1, 16, 1)).samples  # 1 worker
-        assert group.resize(2)["to_workers"] == 2  # grow, live
+        assert group.resize(2).to_workers == 2  # grow, live
         seen += group.train_chunk(0, seen, lrs(2), BatchGeometry(batch, 2, 8, 1)).samples
         killer = _kill_one_worker_later(group, 0.1)
         while not failures:  # the SIGKILL lands inside one of these chunks (or between two: the next one fails)
@@ -102,11 +104,12 @@ def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_p
             try:
                 workers = group.num_workers  # 2, or 1 if the lost worker could not be replaced
                 seen += group.train_chunk(0, seen, lrs(2), BatchGeometry(batch, workers, batch // workers, 1)).samples
-            except WorkerFailure as failure:
-                failures.append(failure.record)
-                seen = failure.samples_seen
+            except WorkerFailure as lost:  # the survivors re-formed; as the driver does, replace the lost worker
+                failures.append(lost.failure.record(replacements=0))
+                seen = lost.failure.samples_seen
+                group.resize(2)
         killer.join()
-        assert group.resize(1)["to_workers"] == 1  # shrink, live
+        assert group.resize(1).to_workers == 1  # shrink, live
         while seen < num_samples:
             seen += group.train_chunk(0, seen, lrs(1), BatchGeometry(batch, 1, 16, 1)).samples
     finally:
@@ -181,10 +184,13 @@ def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]
 
 def _audited_epochs(audit) -> dict[int, tuple[list[int], list[int]]]:
     """(applied, dropped) sample ids per epoch from every worker's audit log, each applied step and each dropped
-    tail counted once however many workers logged it."""
+    tail counted once however many workers logged it; a worker that logged one position twice applied it twice."""
     steps, dropped = {}, {}
     for log in audit.glob("samples-pid*.jsonl"):
-        for record in map(json.loads, log.read_text().splitlines()):
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        keys = [(r["epoch"], r["start"], "dropped" in r) for r in records]
+        assert len(keys) == len(set(keys)), f"{log.name} applied a step twice"
+        for record in records:
             key = (record["epoch"], record["start"])
             if "dropped" in record:
                 assert dropped.setdefault(key, record["dropped"]) == record["dropped"]
@@ -247,7 +253,7 @@ def test_a_failure_in_the_first_step_of_an_epoch_resumes_that_epoch_at_its_start
     """Survivors report the position of the chunk they were asked to run, not the end of the previous epoch."""
     from absa_cli.cluster.group import RayWorkerGroup
 
-    group = RayWorkerGroup(_config(), 2)
+    group = RayWorkerGroup(_config())
     try:
         group.resize(2)
         geometry = BatchGeometry(64, 2, 32, 1)
@@ -255,7 +261,8 @@ def test_a_failure_in_the_first_step_of_an_epoch_resumes_that_epoch_at_its_start
         os.kill(ray.get(group.actors[-1].ready.remote())["pid"], signal.SIGKILL)
         with pytest.raises(WorkerFailure) as info:
             group.train_chunk(1, 0, [0.02] * 4, geometry)
-        assert (info.value.record["epoch"], info.value.samples_seen, info.value.steps_done) == (2, 0, 0)
+        failure = info.value.failure
+        assert (failure.record(0)["epoch"], failure.samples_seen, failure.steps_done) == (2, 0, 0)
     finally:
         group.close()
 

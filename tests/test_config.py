@@ -119,3 +119,15 @@ def test_data_root_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("ABSA_DATA", str(tmp_path))
     assert config_mod.DataConfig().resolved_root() == tmp_path
     assert config_mod.DataConfig(root="/x").resolved_root().as_posix() == "/x"
+
+
+def test_the_renamed_lr_ramp_key_is_explained_not_translated():
+    """policy.lr_ramp_steps (updates) became policy.lr_ramp_epochs (epochs): different numbers, so never carried
+    over; a run saved with no ramp still reads (its config is shown, its resume refused by the policy state)."""
+    with pytest.raises(ConfigError, match="replaced by policy.lr_ramp_epochs: the ramp after a growth is now given "
+                                          "in epochs"):
+        config_mod.load("quickstart", ["policy.lr_ramp_steps=500"])
+    saved = config_mod.to_yaml(config_mod.load("quickstart")).replace("lr_ramp_epochs: 0.0", "lr_ramp_steps: 0")
+    assert "lr_ramp_steps: 0" in saved and config_mod.from_yaml(saved).policy.lr_ramp_epochs == 0.0
+    with pytest.raises(ConfigError, match="saved by an earlier version of absa"):
+        config_mod.from_yaml(saved.replace("lr_ramp_steps: 0", "lr_ramp_steps: 500"))

@@ -65,7 +65,7 @@ def _warm_probe(ctx: TorchDistContext) -> dict:
     a peer was lost in a probe's last all-reduce): rank 0's vector must be used on both, or the ranks would take
     different numbers of products and the group would hang."""
     from absa_cli import config as config_mod
-    from absa_cli.engine import Engine
+    from absa_cli.worker.engine import Engine
 
     config = config_mod.load("quickstart", ["data.train_size=256", "data.test_size=128", "probe.batch_size=32",
                                             "policy.max_global_batch=256"])

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from absa_cli import config as config_mod
 from absa_cli.cli.app import app
-from absa_cli.controller import Controller, Diverged
-from absa_cli.local_group import LocalGroup
-from absa_cli.metrics import Console
-from absa_cli.runs import RunDir
+from absa_cli.driver.controller import Controller
+from absa_cli.driver.outcome import Diverged
+from absa_cli.driver.local_group import LocalGroup
+from absa_cli.run.metrics import Console
+from absa_cli.run.rundir import RunDir
 
 from conftest import TINY
 

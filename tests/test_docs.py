@@ -86,11 +86,11 @@ def sandbox(tmp_path_factory, ray_cluster):
     """A working directory with runs/: A (absa, 10 epochs), B (fixed), C (A interrupted after epoch 9)."""
     import io
 
-    from absa_cli.checkpoint import CheckpointStore
-    from absa_cli.controller import Controller
-    from absa_cli.local_group import LocalGroup
-    from absa_cli.metrics import Console
-    from absa_cli.runs import RunDir
+    from absa_cli.run.checkpoint import CheckpointStore
+    from absa_cli.driver.controller import Controller
+    from absa_cli.driver.local_group import LocalGroup
+    from absa_cli.run.metrics import Console
+    from absa_cli.run.rundir import RunDir
 
     home = tmp_path_factory.mktemp("docs")
     ids = {}
@@ -115,8 +115,8 @@ def sandbox(tmp_path_factory, ray_cluster):
     store.manifest_path.write_text(json.dumps({"format_version": 1, "checkpoints": [e.__dict__ for e in kept]}))
     ids["C"] = interrupted.id
     (home / "some").mkdir()  # a checkpoint outside a run directory, of the quickstart preset's own model
-    from absa_cli import checkpoint
-    from absa_cli.engine import Engine
+    from absa_cli.run import checkpoint
+    from absa_cli.worker.engine import Engine
 
     checkpoint.save(home / "some" / "bare.pt", Engine(config_mod.load("quickstart", [])).state_dict())
     (home / "data").mkdir()

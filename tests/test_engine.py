@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from absa_cli.data.order import EpochOrder, derive_seed, probe_indices
-from absa_cli.engine import Engine
-from absa_cli.geometry import BatchGeometry, samples_in_epoch, steps_in_epoch
+from absa_cli.worker.audit import SampleAudit
+from absa_cli.worker.engine import Engine
+from absa_cli.decide.geometry import BatchGeometry, samples_in_epoch, steps_in_epoch
 
 
 def test_epoch_order_is_a_seeded_permutation():
@@ -168,13 +169,13 @@ def test_an_epochs_tail_is_recorded_as_dropped_in_the_sample_audit(tiny_config, 
 
     config = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, train_size=250))
     engine = Engine(config)
-    engine.sample_log = (tmp_path / "audit.jsonl").open("w")
+    engine.audit = SampleAudit(tmp_path / "audit.jsonl")
     geometry = BatchGeometry(64, 1, 32, 2)
     assert engine.train_chunk(0, 0, [0.05] * 2, geometry).samples == 128
     assert engine.train_chunk(0, 128, [0.05], geometry).samples == 64
     with pytest.raises(ValueError, match="fewer than a global batch"):
         engine.train_chunk(0, 192, [0.05], geometry)
-    engine.sample_log.close()
+    engine.audit.close()
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     applied = [i for r in records if "batch" in r for i in r["batch"]]
     (dropped,) = [r for r in records if "dropped" in r]

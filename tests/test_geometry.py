@@ -7,8 +7,8 @@ import math
 import pytest
 
 from absa_cli.config import OptimConfig
-from absa_cli.geometry import BatchGeometry, scale_lr
-from absa_cli.schedule import lr_at
+from absa_cli.decide.geometry import BatchGeometry, scale_lr
+from absa_cli.decide.schedule import lr_at
 
 
 @pytest.mark.parametrize("global_batch, max_workers, per_worker_max, available, expected", [

@@ -1,4 +1,4 @@
-"""The GPU fast path (absa_cli.accel, the device-resident dataset, the prefetching loader), checked on the CPU.
+"""The GPU fast path (absa_cli.worker.accel, the device-resident dataset, the prefetching loader), checked on the CPU.
 
 What is checked against what:
 - the switches parse (YAML's on/off included) and a bad value is one line naming key, value and fix;
@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from absa_cli import config as config_mod
-from absa_cli.accel import Accel
+from absa_cli.worker.accel import Accel
 from absa_cli.config import ConfigError
 from absa_cli.data import build_dataset
 from absa_cli.data.loader import PrefetchLoader
-from absa_cli.engine import Engine
-from absa_cli.geometry import BatchGeometry
+from absa_cli.worker.engine import Engine
+from absa_cli.decide.geometry import BatchGeometry
 
 from conftest import TINY
 from test_data import write_imagenet, write_tinyimagenet

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from absa_cli import lock
-from absa_cli.lock import RunLock, RunLocked
+from absa_cli.run import lock
+from absa_cli.run.lock import RunLock, RunLocked
 
 
 def test_a_live_holder_refuses_a_second_driver_with_one_line(tmp_path):
@@ -72,7 +72,7 @@ def test_the_heartbeat_advances_while_held(tmp_path, monkeypatch):
 def test_of_drivers_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
     path = tmp_path / "lock.json"
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "heartbeat": 0}))  # no such pid
-    script = ("import sys, time\nfrom absa_cli.lock import RunLock, RunLocked\n"
+    script = ("import sys, time\nfrom absa_cli.run.lock import RunLock, RunLocked\n"
               "try:\n    lock = RunLock(sys.argv[1], 'run-e').acquire()\nexcept RunLocked:\n    print('refused')\n"
               "else:\n    print('won'); time.sleep(2); lock.release()\n")
     racers = [subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)

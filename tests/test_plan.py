@@ -70,3 +70,12 @@ def test_plan_bad_input_exit_2():
 def test_plan_refuses_a_cap_larger_than_the_training_set():
     result = runner.invoke(app, ["plan", "quickstart", "data.train_size=1000"])
     assert_user_error(result, "policy.max_global_batch=1024", "1000 training samples", "at most 1000")
+
+
+def test_plan_notes_batches_whose_epochs_drop_a_large_tail():
+    plan = json.loads(runner.invoke(app, ["plan", "quickstart", "data.train_size=1500", "--json"]).stdout)
+    assert [note.split(" every")[0] for note in plan["notes"]] == ["note: at global batch 256",
+                                                                   "note: at global batch 512",
+                                                                   "note: at global batch 1024"]
+    assert "drops 476 of the 1500 training samples (32%" in plan["notes"][1]
+    assert json.loads(runner.invoke(app, ["plan", "quickstart", "--json"]).stdout)["notes"] == []  # 8,192: none

@@ -1,4 +1,4 @@
-"""`absa plot` and `absa_cli.plots`: the series that go into the figure, checked against hand-computed x/y from
+"""`absa plot` and `absa_cli.run.plots`: the series that go into the figure, checked against hand-computed x/y from
 synthetic run directories (written in the metrics.jsonl contract of docs/metrics.md); the PNG itself (magic bytes,
 size); user errors as one line with exit code 2.
 """
@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from absa_cli import config as config_mod
-from absa_cli import plots
+from absa_cli.run import plots
 from absa_cli.cli.app import app
-from absa_cli.metrics import EPOCH_FIELDS
+from absa_cli.run.metrics import EPOCH_FIELDS
 
 from conftest import assert_user_error
 
@@ -197,7 +197,7 @@ def test_bad_x_axis(runs):
 
 
 def test_importing_plot_loads_neither_matplotlib_nor_torch():
-    code = ("import sys, absa_cli.cli.app, absa_cli.plots; "
+    code = ("import sys, absa_cli.cli.app, absa_cli.run.plots; "
             "print(sorted({'matplotlib', 'torch', 'numpy'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from absa_cli import config as config_mod
 from absa_cli.cli.app import app
-from absa_cli.controller import Controller
-from absa_cli.local_group import LocalGroup
-from absa_cli.metrics import Console
-from absa_cli.runs import RunDir
+from absa_cli.driver.controller import Controller
+from absa_cli.driver.local_group import LocalGroup
+from absa_cli.run.metrics import Console
+from absa_cli.run.rundir import RunDir
 
 from conftest import TINY
 
@@ -105,19 +105,22 @@ def test_the_reference_probe_fresh_samples_and_cold_starts_resumes_exactly(finis
     """probe.data=fresh and probe.warm_start=false draw new samples and a new start vector at every probe, from
     (probe.seed, epoch): a run resumed from epoch 1's checkpoint probes epochs 2 and 3 exactly as the uninterrupted
     run did (the records hold λ_max), and differently from the fixed, warm-started default."""
-    config = _config("probe.data=fresh", "probe.warm_start=false")
+    # 4 epochs at one batch (abs, no fallback within them): epochs 1-3 are probed (the last one never is)
+    config = _config("probe.data=fresh", "probe.warm_start=false", "epochs=4", "policy.name=abs",
+                     "policy.duration=10", "policy.eig_ratio=1000", "checkpoint.keep_last=4")
     straight = RunDir.create(tmp_path / "straight", config)
     controller, _ = _controller(config, straight)
     controller.run_all()
     records = epoch_records(straight)
     run = _copy_run(straight, tmp_path)
-    for name in ("epoch-0002.pt", "epoch-0003.pt"):
+    for name in ("epoch-0002.pt", "epoch-0003.pt", "epoch-0004.pt"):
         (run.checkpoints_dir / name).unlink()
     resumed, _ = _controller(config, run)
     assert resumed.resume() == "epoch-0001.pt"
     resumed.run_all()
     assert epoch_records(run) == records
-    assert [r["eigenvalue"] for r in records] != [r["eigenvalue"] for r in finished[2]]
+    assert [r["eigenvalue"] is not None for r in records] == [True, True, True, False]  # two probed after the resume
+    assert [r["eigenvalue"] for r in records[:2]] != [r["eigenvalue"] for r in finished[2][:2]]
 
 
 runner = CliRunner()

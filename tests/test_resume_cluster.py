@@ -10,7 +10,6 @@ resumes to the same end.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -22,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from absa_cli import checkpoint
-from absa_cli.runs import RunDir
+from absa_cli.run import checkpoint
+from absa_cli.run.rundir import RunDir
 
 ray = pytest.importorskip("ray")
 

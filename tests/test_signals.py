@@ -9,8 +9,8 @@ import sys
 import threading
 import time
 
-from absa_cli import checkpoint
-from absa_cli.runs import RunDir
+from absa_cli.run import checkpoint
+from absa_cli.run.rundir import RunDir
 
 from conftest import TINY
 

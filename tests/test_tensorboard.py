@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from absa_cli import tensorboard as tb
+from absa_cli.run import tensorboard as tb
 from absa_cli.errors import UserError
 
 
@@ -88,10 +88,10 @@ def test_a_run_with_logging_tensorboard_writes_its_epochs(tmp_path, one_thread):
     import io
 
     from absa_cli import config as config_mod
-    from absa_cli.controller import Controller
-    from absa_cli.local_group import LocalGroup
-    from absa_cli.metrics import Console
-    from absa_cli.runs import RunDir
+    from absa_cli.driver.controller import Controller
+    from absa_cli.driver.local_group import LocalGroup
+    from absa_cli.run.metrics import Console
+    from absa_cli.run.rundir import RunDir
 
     from conftest import TINY
 

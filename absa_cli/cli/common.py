@@ -21,6 +21,15 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
+def check_schedule(config) -> None:
+    """One ``ConfigError`` line, before anything starts, for a config whose batches split badly into workers and
+    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch)."""
+    from absa_cli.decide.membership import check_geometries
+    from absa_cli.decide.policy import reachable_batches
+
+    check_geometries(config, reachable_batches(config))
+
+
 def complete_preset(incomplete: str) -> list[str]:
     """Shell completion of preset names (`absa --install-completion` installs the hook)."""
     from absa_cli.config import preset_names
@@ -30,6 +39,6 @@ def complete_preset(incomplete: str) -> list[str]:
 
 def complete_run_id(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of run ids under --runs-dir (when already typed), else $ABSA_RUNS_DIR or ./runs."""
-    from absa_cli.runs import list_runs, runs_root
+    from absa_cli.run.rundir import list_runs, runs_root
 
     return [run.id for run in list_runs(runs_root(ctx.params.get("runs_dir"))) if run.id.startswith(incomplete)]

@@ -53,9 +53,9 @@ def hessian(
         autocompletion=complete_preset)] = None,
 ) -> None:
     """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config)."""
-    from absa_cli import checkpoint as checkpoint_mod
+    from absa_cli.run import checkpoint as checkpoint_mod
     from absa_cli import config as config_mod
-    from absa_cli import hessian as hessian_mod
+    from absa_cli.worker import hessian as hessian_mod
     from absa_cli.errors import UserError
 
     options = hessian_mod.HessianOptions(
@@ -103,7 +103,7 @@ def _distributed(config, options, state: dict, num_workers: int, address: str | 
 
     connect(address)
     config.cluster.max_workers = num_workers
-    group = RayWorkerGroup(config, num_workers)
+    group = RayWorkerGroup(config)
     try:
         group.start(num_workers)
         return group.hessian(options, state)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import complete_preset, user_errors
+from absa_cli.cli.common import check_schedule, complete_preset, user_errors
 
 
 def plan(
@@ -33,8 +33,10 @@ def plan(
 
     with user_errors():
         config = config_mod.load(preset, overrides or [])
+        config.cluster.max_workers = max_gpus or config.cluster.max_workers
+        check_schedule(config)
         try:
-            result = build_plan(config, max_gpus or config.cluster.max_workers)
+            result = build_plan(config, config.cluster.max_workers)
         except ValueError as exc:  # an impossible geometry, e.g. per_worker_max against the cap
             raise UserError(f"cannot plan {preset}: {exc}") from None
     if as_json:
@@ -45,8 +47,9 @@ def plan(
 
 def build_plan(config, max_workers: int) -> dict[str, Any]:
     from absa_cli import catalog
-    from absa_cli.geometry import steps_in_epoch
-    from absa_cli.policy import check_batch_fits, schedule_bounds
+    from absa_cli.decide.geometry import steps_in_epoch
+    from absa_cli.decide.policy import check_batch_fits, dropped_share_notes
+    from absa_cli.decide.replay import schedule_bounds
 
     spec = catalog.dataset_spec(config.data.name)
     num_samples = config.data.train_size or spec.num_train
@@ -56,6 +59,7 @@ def build_plan(config, max_workers: int) -> dict[str, Any]:
     cases = {"fastest": _phases(config, bounds.fastest, bounds.fastest_growths, num_samples, max_workers),
              "slowest": _phases(config, bounds.slowest, bounds.slowest_growths, num_samples, max_workers)}
     return {
+        "notes": dropped_share_notes(config, num_samples), "lr_ramp_epochs": config.policy.lr_ramp_epochs,
         "preset": config.preset, "policy": config.policy.name, "dataset": spec.name,
         "num_train_samples": num_samples, "epochs": config.epochs, "max_workers": max_workers,
         "cases": cases,
@@ -68,8 +72,8 @@ def _phases(config, batches: list[int], growths: list[str | None], num_samples: 
             max_workers: int) -> list[dict[str, Any]]:
     """Runs of epochs at one batch; ``growth`` and ``why``: the cause of the growth that led to it, and the config
     fields behind it."""
-    from absa_cli.geometry import BatchGeometry, steps_in_epoch
-    from absa_cli.schedule import lr_at
+    from absa_cli.decide.geometry import BatchGeometry, steps_in_epoch
+    from absa_cli.decide.schedule import lr_at
 
     phases: list[dict[str, Any]] = []
     policy = config.policy
@@ -100,7 +104,8 @@ def _print(result: dict[str, Any]) -> None:
                   f"up to {result['max_workers']} worker(s)")
     titles = {"fastest": "growth at every probe (fastest)", "slowest": "growth only by policy.duration (slowest)"}
     for name, phases in result["cases"].items():
-        table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR at start", "updates", "why",
+        lr_title = "LR after ramp" if result["lr_ramp_epochs"] else "LR at start"
+        table = Table("epochs", "global batch", "workers", "per worker", "accum", lr_title, "updates", "why",
                       title=titles[name], title_justify="left")
         for p in phases:
             span = f"{p['first_epoch']}" if p["first_epoch"] == p["last_epoch"] else \
@@ -108,6 +113,11 @@ def _print(result: dict[str, Any]) -> None:
             table.add_row(span, f"{p['global_batch_size']:,}", str(p["num_workers"]), str(p["per_worker_batch_size"]),
                           str(p["grad_accum_steps"]), f"{p['lr']:.4g}", f"{p['updates']:,}", p["why"])
         console.print(table)
+    if result["lr_ramp_epochs"]:
+        console.print(f"After each growth the LR ramps from its value before to the one shown over "
+                      f"policy.lr_ramp_epochs={result['lr_ramp_epochs']:g} epochs.")
+    for note in result["notes"]:
+        console.print(note)
     fixed = result["fixed_updates"]
     for name, updates in result["updates"].items():
         console.print(f"SGD updates, {titles[name]}: {updates:,} ({fixed / max(updates, 1):.1f}× fewer than fixed)")

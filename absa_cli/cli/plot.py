@@ -30,9 +30,9 @@ def plot(
         "--runs-dir", help="Where run directories are (default: $ABSA_RUNS_DIR, else ./runs).")] = None,
 ) -> None:
     """Plot global batch and workers, LR, λ_max and accuracy of runs (metrics.jsonl); prints `plot: <path>`."""
-    from absa_cli import plots
+    from absa_cli.run import plots
     from absa_cli.errors import UserError
-    from absa_cli.runs import check_run_id, runs_root
+    from absa_cli.run.rundir import check_run_id, runs_root
 
     root = runs_root(runs_dir)
     with user_errors():

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from absa_cli.cli.common import complete_run_id, user_errors
-from absa_cli.metrics import fmt
+from absa_cli.run.metrics import fmt
 
 app = typer.Typer(help="List runs and show one in detail.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ RunsDir = Annotated[Optional[Path], typer.Option(
 
 def _status(run) -> str:
     """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``."""
-    from absa_cli import lock
+    from absa_cli.run import lock
 
     status = run.info().get("status", "?")
     if status == "running":
@@ -34,7 +34,7 @@ def list_runs(runs_dir: RunsDir = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from absa_cli.runs import list_runs as find_runs, runs_root
+    from absa_cli.run.rundir import list_runs as find_runs, runs_root
 
     root = runs_root(runs_dir)
     runs = find_runs(root)
@@ -58,7 +58,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
     """A run's config summary, batch and worker history, last metrics and checkpoints (each verified)."""
     from rich.console import Console
 
-    from absa_cli.runs import RunDir, runs_root
+    from absa_cli.run.rundir import RunDir, runs_root
 
     with user_errors():
         run = RunDir.open(runs_root(runs_dir), run_id)
@@ -114,7 +114,7 @@ def _history_table(records: list[dict[str, Any]]):
 def _checkpoint_table(run):
     from rich.table import Table
 
-    from absa_cli.checkpoint import CheckpointError, CheckpointStore, verify
+    from absa_cli.run.checkpoint import CheckpointError, CheckpointStore, verify
 
     table = Table("checkpoint", "epochs done", "+samples", "updates", "bytes", "written", "check",
                   title="checkpoints (newest last)", title_justify="left", box=None, pad_edge=False)

@@ -11,7 +11,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from absa_cli.cli.common import complete_preset, complete_run_id, user_errors
+from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, user_errors
 
 MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU slot on a cluster without GPUs "
                  "(so on a laptop --max-gpus bounds CPU workers).")
@@ -35,13 +35,14 @@ def train(
     last. Ctrl-C stops after the current step with a checkpoint; `absa resume <run-id>` continues."""
     from absa_cli import config as config_mod
     from absa_cli.cli.driver import drive, make_group, private_network
-    from absa_cli.runs import RunDir, runs_root
+    from absa_cli.run.rundir import RunDir, runs_root
 
     with user_errors(), _interrupted_before_training():
         config = config_mod.load(preset, overrides or [])
         _apply_workers(config, max_gpus, local)
+        check_schedule(config)
         private_network(config, address, local)  # may re-run this command in a private network namespace
-        group, where = make_group(config, config.cluster.max_workers, address, local)
+        group, where = make_group(config, address, local)
         run = RunDir.create(runs_root(runs_dir), config)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
     typer.echo(f"run: {run.id}")
@@ -60,7 +61,8 @@ def resume(
 ) -> None:
     """Continue an interrupted, failed or killed run exactly where its newest good checkpoint stands."""
     from absa_cli.cli.driver import drive, make_group, private_network
-    from absa_cli.runs import RunDir, runs_root
+    from absa_cli.config import ConfigError
+    from absa_cli.run.rundir import RunDir, Status, runs_root
 
     with user_errors(), _interrupted_before_training():
         run = RunDir.open(runs_root(runs_dir), run_id)
@@ -72,11 +74,16 @@ def resume(
             _refuse_finished(run)  # again, under the lock: a driver may have finished it meanwhile
             config = run.load_config()
             _apply_workers(config, max_gpus, local)
-            group, where = make_group(config, config.cluster.max_workers, address, local)
+            check_schedule(config)
+            group, where = make_group(config, address, local)
+        except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
+            lock.release()
+            raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new run "
+                              f"from its config, {run.config_path}") from None
         except BaseException:
             lock.release()
             raise
-    run.write_info(status="running", host=socket.gethostname(), pid=os.getpid(), ended_at=None, error=None,
+    run.write_info(status=Status.RUNNING, host=socket.gethostname(), pid=os.getpid(), ended_at=None, error=None,
                    resumed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    resumes=int(info.get("resumes", 0)) + 1, max_workers=config.cluster.max_workers)
     typer.echo(f"run: {run.id} (resumed)")
@@ -85,9 +92,10 @@ def resume(
 
 def _refuse_finished(run) -> None:
     from absa_cli.errors import UserError
+    from absa_cli.run.rundir import Status
 
     info = run.info()
-    if info.get("status") == "finished":
+    if info.get("status") == Status.FINISHED:
         raise UserError(f"run {run.id} already finished ({info.get('last_epoch')} of {info.get('epochs')} "
                         f"epochs); start a new one with `absa train {info.get('preset') or 'PRESET'}`")
 

@@ -5,8 +5,12 @@ in-memory TrainState to the newcomers through the object store. Shrink: retire t
 Survivors keep their model, optimizer and data. Every phase is timed into the ``resize`` record.
 
 Failure: a collective with a dead peer fails within ``cluster.collective_timeout_s`` (never hangs). The group
-finds the survivors, reads from them where the last applied step left the epoch, starts replacements when the
-cluster has room, re-forms, and raises ``WorkerFailure`` so that the controller continues from that exact sample.
+finds the survivors, reads from them where the last applied step left the epoch, re-forms with them, and raises
+``WorkerFailure`` so that the controller continues from that exact sample — and decides whether to replace the
+lost workers (a live grow, through ``resize``).
+
+It implements the driver's worker-group contract (``driver/contract.py``); how many workers it has is always the
+driver's decision (``decide/membership.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from absa_cli import config as config_mod
 from absa_cli.cluster.worker import WorkerActor
 from absa_cli.config import RunConfig
-from absa_cli.controller import GroupLost, WorkerFailure
-from absa_cli.geometry import BatchGeometry
+from absa_cli.decide.geometry import BatchGeometry
+from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, StopState, Unchanged,
+                                      WorkerFailure)
+from absa_cli.errors import first_line
 
 _STOP_POLL_S = 0.25  # how soon a stop request reaches workers busy in a chunk
 
 
 class RayWorkerGroup:
-    def __init__(self, config: RunConfig, max_workers: int) -> None:
+    def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.max_workers = max_workers
         self.config_yaml = config_mod.to_yaml(config)
         self.resource = "GPU" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPU"
         self.actors: list[Any] = []
@@ -37,7 +42,7 @@ class RayWorkerGroup:
         self.generation = 0
         self._num_train_samples: int | None = None
         self.sample_log_dir = config.logging.sample_log_dir
-        self._stop = "none"  # "requested" by a signal handler, then "sent" to the workers by the main thread
+        self._stop = StopState.NONE
 
     # ------------------------------------------------------------------------------------------ membership
 
@@ -52,9 +57,10 @@ class RayWorkerGroup:
         return self._num_train_samples
 
     def capacity(self) -> int:
-        """Workers this group could have now: its own, its spares and the free slots, at most ``max_workers``."""
+        """Workers this group could have now: its own, its spares and the free slots; at least one (the first
+        worker is waited for, up to ``cluster.start_timeout_s``)."""
         free = int(ray.available_resources().get(self.resource, 0))
-        return max(1, min(self.max_workers, len(self.actors) + len(self.spares) + free))
+        return max(1, len(self.actors) + len(self.spares) + free)
 
     def _launch(self, count: int) -> list[Any]:
         per_worker = {"num_gpus": 1} if self.resource == "GPU" else {"num_cpus": 1}
@@ -68,7 +74,7 @@ class RayWorkerGroup:
         paid while training runs, and the grow itself is only the rendezvous and the state transfer.
         """
         free = int(ray.available_resources().get(self.resource, 0))
-        wanted = min(num_workers, self.max_workers) - len(self.actors) - len(self.spares)
+        wanted = num_workers - len(self.actors) - len(self.spares)
         if wanted > 0 and free > 0:
             self.spares += self._launch(min(wanted, free))
 
@@ -96,19 +102,20 @@ class RayWorkerGroup:
             ref = ray.put(state)
             ray.get([actor.load_state_dict.remote(ref) for actor in self.actors])
 
-    def resize(self, num_workers: int) -> dict[str, Any] | None:
-        """Live re-form to ``num_workers``; a ``resize`` record with each phase's seconds, or None if unchanged."""
+    def resize(self, num_workers: int) -> ResizeResult:
+        """Live re-form to ``num_workers``: what was done, with each phase's seconds; ``Shortfall`` if the
+        newcomers could not start (the group keeps its size and the driver decides again)."""
         old = len(self.actors)
         if num_workers == old:
-            return None
-        if old == 0:  # the first generation: nothing to keep, nothing to report
-            self.start(num_workers)
-            return None
+            return Unchanged(old)
         started = time.perf_counter()
+        if old == 0:  # the first generation: nothing to keep
+            self.start(num_workers)
+            return Resized(0, num_workers, resize_s=time.perf_counter() - started)
         try:
             newcomers = self._start(num_workers - old) if num_workers > old else []
-        except Exception:  # no room for them, or they died starting: keep the group, accumulation covers it
-            return None
+        except Exception as exc:  # no room for them, or they died starting: keep the group
+            return Shortfall(requested=num_workers, available=old, reason=first_line(exc, typed=True))
         for actor in self.actors[num_workers:]:
             self._retire(actor)
         actor_start_s = time.perf_counter() - started  # on a shrink: retiring the extra actors
@@ -122,11 +129,9 @@ class RayWorkerGroup:
             try:
                 ray.get([actor.load_state_dict.remote(state_ref) for actor in newcomers])
             except (RayActorError, ray.exceptions.RayTaskError) as exc:
-                raise GroupLost(f"sending the state to new workers failed: {_first_line(exc)}") from exc
-        transfer_s = time.perf_counter() - mark
-        return {"kind": "resize", "from_workers": old, "to_workers": num_workers, "actor_start_s": actor_start_s,
-                "rendezvous_s": rendezvous_s, "state_transfer_s": transfer_s,
-                "resize_s": time.perf_counter() - started}
+                raise GroupLost(f"sending the state to new workers failed: {first_line(exc, typed=True)}") from exc
+        return Resized(old, num_workers, actor_start_s=actor_start_s, rendezvous_s=rendezvous_s,
+                       state_transfer_s=time.perf_counter() - mark, resize_s=time.perf_counter() - started)
 
     def _retire(self, actor: Any) -> None:
         try:
@@ -140,7 +145,7 @@ class RayWorkerGroup:
         try:
             self._rendezvous()
         except (RayActorError, GetTimeoutError, ray.exceptions.RayTaskError) as exc:
-            raise GroupLost(f"re-forming the process group failed: {_first_line(exc)}") from exc
+            raise GroupLost(f"re-forming the process group failed: {first_line(exc, typed=True)}") from exc
 
     def restart(self, num_workers: int, state: dict) -> None:
         """Tear everything down and start a fresh group loaded with ``state`` (the checkpoint fallback)."""
@@ -178,8 +183,8 @@ class RayWorkerGroup:
         pending = list(futures)
         deadline = None
         while pending:
-            if self._stop == "requested":  # sent from here, not from the signal handler (no ray calls there)
-                self._stop = "sent"
+            if self._stop is StopState.REQUESTED:  # sent from here, not from the signal handler (no ray calls)
+                self._stop = StopState.SENT
                 for actor in self.actors:
                     actor.request_stop.remote()
             poll = _STOP_POLL_S if deadline is None else max(0.0, min(_STOP_POLL_S, deadline - time.monotonic()))
@@ -210,7 +215,7 @@ class RayWorkerGroup:
         if not lost:  # every worker is alive: the error is a bug or a bad input, not a failure to recover from
             raise errors[0]
         if not alive:
-            raise GroupLost(f"all {len(self.actors)} workers were lost: {_first_line(errors[0])}")
+            raise GroupLost(f"all {len(self.actors)} workers were lost: {first_line(errors[0], typed=True)}")
         old = len(self.actors)
         # The furthest survivor becomes rank 0 and its state is the truth (all agree unless the peer died inside
         # the last all-reduce, after which some ranks may have applied one more step than others).
@@ -219,21 +224,14 @@ class RayWorkerGroup:
         behind = [actor for position, actor in alive[1:] if position[:2] != (epoch, samples_seen)]
         for actor in lost:
             ray.kill(actor)
-        free = int(ray.available_resources().get(self.resource, 0)) + len(self.spares)
-        try:
-            replacements = self._start(min(len(lost), free, self.max_workers - len(alive))) if free else []
-        except Exception:  # no replacement now: continue with the survivors
-            replacements = []
-        self.actors = [actor for _, actor in alive] + replacements
+        self.actors = [actor for _, actor in alive]
         self._reform()
-        receivers = behind + replacements
-        if receivers:
+        if behind:
             state_ref = leader.state_dict.remote()
-            ray.get([actor.load_state_dict.remote(state_ref) for actor in receivers])
-        record = {"kind": "failure", "epoch": epoch + 1, "samples_seen": samples_seen, "from_workers": old,
-                  "lost_workers": len(lost), "replacements": len(replacements), "to_workers": len(self.actors),
-                  "error": _first_line(errors[0]), "recovery_s": time.perf_counter() - started}
-        return WorkerFailure(record, samples_seen, steps_done)
+            ray.get([actor.load_state_dict.remote(state_ref) for actor in behind])
+        return WorkerFailure(Failure(epoch, samples_seen, steps_done, from_workers=old, lost_workers=len(lost),
+                                     to_workers=len(self.actors), error=first_line(errors[0], typed=True),
+                                     recovery_s=time.perf_counter() - started))
 
     def evaluate(self) -> Any:
         return self._all("evaluate")[0]
@@ -253,15 +251,11 @@ class RayWorkerGroup:
 
     def request_stop(self) -> None:
         """From a signal handler: only a flag; the wait loop tells the workers, which stop after the same step."""
-        if self._stop == "none":
-            self._stop = "requested"
+        if self._stop is StopState.NONE:
+            self._stop = StopState.REQUESTED
 
     def close(self) -> None:
         for actor in self.actors + self.spares:
             ray.kill(actor)
         self.actors, self.spares = [], []
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]

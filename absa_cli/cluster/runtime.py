@@ -15,7 +15,7 @@ import os
 import ray
 
 from absa_cli.cluster import netns
-from absa_cli.errors import UserError
+from absa_cli.errors import UserError, first_line
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
@@ -27,8 +27,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot connect to the Ray cluster at {address} ({first[:200]}); check --address or "
+            raise UserError(f"cannot connect to the Ray cluster at {address} ({first_line(exc, limit=200)}); check --address or "
                             f"RAY_ADDRESS, or leave both unset to start a local cluster") from None
         where = f"ray: connected to {address}"
     else:

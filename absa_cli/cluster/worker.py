@@ -38,7 +38,8 @@ class WorkerActor:
         import torch
 
         from absa_cli import config as config_mod
-        from absa_cli.engine import Engine, pick_device
+        from absa_cli.worker.accel import pick_device
+        from absa_cli.worker.engine import Engine
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -71,9 +72,10 @@ class WorkerActor:
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s))
         self.engine.set_context(TorchDistContext())
         self.generation = generation
-        if sample_log_dir and self.engine.sample_log is None:
-            path = Path(sample_log_dir) / f"samples-pid{os.getpid()}.jsonl"
-            self.engine.sample_log = path.open("a")
+        if sample_log_dir and self.engine.audit is None:
+            from absa_cli.worker.audit import SampleAudit
+
+            self.engine.audit = SampleAudit(Path(sample_log_dir) / f"samples-pid{os.getpid()}.jsonl")
 
     def train_chunk(self, *args: Any) -> Any:
         return self.engine.train_chunk(*args)
@@ -103,10 +105,10 @@ class WorkerActor:
 
     def hessian(self, options: Any, state: dict) -> dict:
         """``absa hessian`` on this worker's shard; every rank returns the same (all-reduced) result."""
-        from absa_cli import hessian as hessian_mod
+        from absa_cli.worker import hessian as hessian_mod
 
         self.engine.model.load_state_dict(state["model"])
-        batches = hessian_mod.probe_batches(self.config, options, self.engine.ctx.rank, self.engine.ctx.world_size)
+        batches = hessian_mod.probe_batches(self.config, options, self.engine.ctx)
         device = self.engine.device
         batches = [(inputs.to(device), labels.to(device)) for inputs, labels in batches]
         return hessian_mod.analyse(self.engine.model, batches, options, self.engine.ctx)

@@ -1,4 +1,4 @@
-"""Batch geometry and learning-rate scaling (layer 0: pure).
+"""Batch geometry and learning-rate scaling (decide/: pure).
 
 ``global_batch_size = num_workers × per_worker_batch_size × grad_accum_steps``, exactly. The planner uses as few
 workers as it takes to avoid gradient accumulation (ABSA starts small on few devices and grows the worker group
@@ -64,8 +64,9 @@ class BatchGeometry:
 
 def steps_in_epoch(num_samples: int, global_batch_size: int) -> int:
     """Optimizer steps in an epoch: every one of exactly ``global_batch_size`` samples. The epoch's tail (fewer
-    samples than a global batch) is dropped, as the reference implementation skips a partial batch: an update of
-    fewer samples at the LR scaled for the full batch would be a different, larger step."""
+    samples than a global batch) is dropped: an update of fewer samples at the LR scaled for the full batch would
+    be a different, larger step. (The reference skips a partial micro-batch and carries full ones into the next
+    epoch's first update; docs/policy.md says why absa drops the tail instead.)"""
     return num_samples // global_batch_size
 
 

@@ -81,3 +81,18 @@ def place_datasets(setting: str, datasets: list[ImageDataset],
         if sum(d.num_bytes for d in datasets) > budget:
             return datasets, False
     return [d.to(device) for d in datasets], True
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def to_cpu(value):
+    """Tensors in (nested dicts, lists, tuples of) ``value`` detached and on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value

@@ -18,8 +18,8 @@ from absa_cli.config import RunConfig
 from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
 from absa_cli.data import build_dataset
 from absa_cli.data.order import probe_indices
-from absa_cli.dist import DistContext
-from absa_cli.errors import UserError
+from absa_cli.dist import DistContext, LocalContext
+from absa_cli.errors import UserError, first_line
 from absa_cli.models import build_model
 
 
@@ -56,19 +56,21 @@ def rebuild_model(config: RunConfig, state: dict[str, Any]) -> torch.nn.Module:
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"the checkpoint's weights do not fit {config.model.name} for {config.data.name} ({first}); "
+        raise UserError(f"the checkpoint's weights do not fit {config.model.name} for {config.data.name} "
+                        f"({first_line(exc)}); "
                         f"pass the preset it was trained with (--preset NAME)") from None
     return model
 
 
-def probe_batches(config: RunConfig, options: HessianOptions, rank: int = 0,
-                  world_size: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Rank ``rank``'s shard of each probe batch: the same samples whatever the number of workers."""
+def probe_batches(config: RunConfig, options: HessianOptions,
+                  ctx: DistContext | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's shard of each probe batch (``ctx``: the group; one process by default): the same samples
+    whatever the number of workers."""
     data = config.data
     train_set = build_dataset(data.name, data.train_split, data.resolved_root(), seed=data.seed,
                               size=data.train_size, download=data.download)
-    return [train_set.get_batch(torch.tensor_split(batch, world_size)[rank], None)
+    ctx = ctx or LocalContext()
+    return [train_set.get_batch(ctx.shard(batch), None)
             for batch in probe_indices(len(train_set), options.batch_size, options.num_batches, options.seed)]
 
 

@@ -1,48 +1,47 @@
-"""Per-worker training and evaluation (layer 1: torch; never imports ray).
+"""Per-worker training and evaluation (worker/: torch; never imports ray).
 
 One optimizer step consumes one global batch: ``EpochOrder`` positions ``[samples_seen, samples_seen + B)``, never
 fewer (an epoch's tail that does not fill a global batch is dropped, and recorded as dropped in the sample audit).
 This worker takes its contiguous share (rank r of W), cuts it into ``grad_accum_steps`` micro-batches, and
-back-propagates ``sum(loss) × W / B`` for each. After ``DistContext.all_reduce_mean`` every worker holds the gradient of the mean loss over the whole
-global batch, so W workers × b and 1 worker × W accumulation steps × b are the same computation on the same
-samples. The all-reduce precedes the optimizer step: a step that fails half-way was never applied.
+back-propagates ``sum(loss) × W / B`` for each. After ``DistContext.all_reduce_mean`` every worker holds the
+gradient of the mean loss over the whole global batch, so W workers × b and 1 worker × W accumulation steps × b
+are the same computation on the same samples. The all-reduce precedes the optimizer step: a step that fails
+half-way was never applied.
 
-BatchNorm running statistics follow the same rule, so they too are independent of the worker count: each
-micro-batch's update starts from the step's starting statistics, the updated values are averaged over every
-micro-batch of the global batch (in the same all-reduce as the gradients), and the step moves the statistics once.
-With one worker and no accumulation that is exactly PyTorch's own update. Every worker therefore holds the same
-statistics after every step, and a checkpoint taken mid-epoch is the same whoever wrote it.
+BatchNorm running statistics follow the same rule, so they too are independent of the worker count
+(``worker/norms.py``). The curvature probe is ``worker/probe.py``.
 
 A stop request (the driver got SIGINT/SIGTERM) rides in that all-reduce too: every rank learns of it after the same
 step and stops there, so a graceful stop never leaves ranks one step apart.
 
-On a GPU (``absa_cli.accel``): forward passes under bf16 autocast, model and inputs in channels_last, in-memory
+On a GPU (``worker/accel.py``): forward passes under bf16 autocast, model and inputs in channels_last, in-memory
 datasets on the device, file-backed ones decoded ahead by worker processes, optionally a compiled forward. The
-curvature probe always runs the uncompiled module (``self.model``), in fp32 unless ``probe.amp`` says otherwise:
-λ_max steers the batch size. ``self.model`` is also what state dicts hold, so their keys never change.
+probe always runs the uncompiled module (``self.model``), which is also what state dicts hold, so their keys
+never change.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from absa_cli.accel import Accel, place_datasets
-from absa_cli.adversarial import adversarial_runs, mix_adversarial, robust_accuracy
 from absa_cli.config import ProbeConfig, RunConfig
-from absa_cli.curvature import HessianOperator, lanczos, power_iteration
 from absa_cli.data import ImageDataset, build_dataset
 from absa_cli.data.loader import PrefetchLoader, Request
-from absa_cli.data.order import EpochOrder, derive_seed, probe_indices
+from absa_cli.data.order import EpochOrder
+from absa_cli.decide.geometry import BatchGeometry, samples_in_epoch
 from absa_cli.dist import DistContext, LocalContext
-from absa_cli.geometry import BatchGeometry, samples_in_epoch
 from absa_cli.models import build_model
+from absa_cli.worker.accel import Accel, pick_device, place_datasets, to_cpu
+from absa_cli.worker.adversarial import adversarial_runs, mix_adversarial
+from absa_cli.worker.audit import SampleAudit
+from absa_cli.worker.evaluation import EvalStats, evaluate
+from absa_cli.worker.norms import NormStep, tracked_norms
+from absa_cli.worker.probe import CurvatureProbe, ProbeStats
 
 
 @dataclass(frozen=True)
@@ -55,26 +54,6 @@ class ChunkStats:
     num_correct: int
     seconds: float
     params_finite: bool = True  # every weight on every worker finite after the chunk's last step
-
-
-@dataclass(frozen=True)
-class EvalStats:
-    samples: int
-    loss: float
-    accuracy: float
-    fgsm_accuracy: float | None = None  # robust accuracy at eval.adversarial_eps, when that is > 0
-
-
-@dataclass(frozen=True)
-class ProbeStats:
-    eigenvalue: float
-    hvp_count: int
-    converged: bool
-    seconds: float
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 class Engine:
@@ -115,17 +94,14 @@ class Engine:
         # from a survivor and resumes at exactly that sample.
         self.position: tuple[int, int] = (0, 0)  # (epoch, samples_seen)
         self.chunk_steps_done = 0
-        self.sample_log = None  # open file: the global sample indices of every applied step (exactly-once audit)
-        self._probe_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.probe_start: torch.Tensor | None = None  # the last probe's top eigenvector: the next one's first vector
-        self._norms = [m for m in self.model.modules()
-                       if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None]
+        self.audit: SampleAudit | None = None  # every applied step's samples (logging.sample_log_dir)
+        self.curvature = CurvatureProbe(config.probe, self.train_set, self.accel, self.device)
+        self._norms = tracked_norms(self.model)
         self.stop_requested = False  # set from another thread (the actor's control lane) or a signal handler
 
     def set_context(self, ctx: DistContext) -> None:
-        """Join a (re-formed) group: collectives go through ``ctx`` from now on; the probe shard is re-cut."""
+        """Join a (re-formed) group: collectives go through ``ctx`` from now on (the probe re-cuts its shard)."""
         self.ctx = ctx
-        self._probe_batches = None
 
     @property
     def num_train_samples(self) -> int:
@@ -168,10 +144,10 @@ class Engine:
             totals += step_totals
             self.position = (epoch, span.stop)
             self.chunk_steps_done += 1
-            if self.sample_log is not None:
-                self._log_samples(epoch, span.start, order.indices[span])
+            if self.audit is not None:
+                self.audit.applied(epoch, span.start, self.ctx, order.indices[span])
                 if span.stop == epoch_end and epoch_end < len(order):
-                    self._log_dropped(epoch, epoch_end, order.indices[epoch_end:])
+                    self.audit.dropped(epoch, epoch_end, self.ctx, order.indices[epoch_end:])
             if stop:  # agreed by every rank in the step's all-reduce: all stop after this same step
                 break
         # A step's loss is taken before its update, so a last step that makes the weights NaN or infinite shows in
@@ -227,7 +203,7 @@ class Engine:
         """One optimizer step on a global batch of ``batch_size``: this rank's micro-batches (``plan``: their
         positions in the global batch), taken from ``batches``; (this rank's loss/correct/samples, stop agreed)."""
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        norms = _NormStats(self._norms)
+        norms = NormStep(self._norms)
         try:
             return self._accumulate_and_apply(batches, plan, batch_size, lr, adv_ratio, totals, norms)
         except BaseException:  # a failed step (a dead peer in the all-reduce) leaves the statistics untouched too
@@ -236,7 +212,7 @@ class Engine:
 
     def _accumulate_and_apply(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
                               batch_size: int, lr: float, adv_ratio: float, totals: torch.Tensor,
-                              norms: "_NormStats") -> tuple[torch.Tensor, bool]:
+                              norms: NormStep) -> tuple[torch.Tensor, bool]:
         world_size = self.ctx.world_size
         model = self._forward_model()
         for micro in plan:
@@ -273,117 +249,29 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         return totals, bool(control[0] > 0)
 
-    def _log_samples(self, epoch: int, start: int, indices: torch.Tensor) -> None:
-        """Record an applied step: this worker's share and the whole global batch. A peer killed after the
-        all-reduce but before its own write still contributed to the step; the survivors' lines cover it."""
-        mine = torch.tensor_split(indices, self.ctx.world_size)[self.ctx.rank]
-        record = {"epoch": epoch, "start": start, "rank": self.ctx.rank, "world_size": self.ctx.world_size,
-                  "samples": mine.tolist(), "batch": indices.tolist()}
-        self.sample_log.write(json.dumps(record) + "\n")
-        self.sample_log.flush()
-
-    def _log_dropped(self, epoch: int, start: int, indices: torch.Tensor) -> None:
-        """Record the epoch's dropped tail (positions ``start`` to the end), once the step before it is applied.
-        Every rank writes the same line, so it survives the loss of any of them."""
-        record = {"epoch": epoch, "start": start, "rank": self.ctx.rank, "dropped": indices.tolist()}
-        self.sample_log.write(json.dumps(record) + "\n")
-        self.sample_log.flush()
-
     # ---------------------------------------------------------------------------------------- evaluation
 
     def evaluate(self) -> EvalStats:
-        """Loss and accuracy over the whole test set, sharded over workers (each sample counted once).
-
-        With ``eval.adversarial_eps`` > 0 also the accuracy on FGSM examples of the test set (robust accuracy).
-        """
-        self.model.eval()
-        eps = self.config.eval.adversarial_eps
-        spec = self.test_set.spec
-        shard = torch.tensor_split(torch.arange(len(self.test_set)), self.ctx.world_size)[self.ctx.rank]
-        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, samples, fgsm correct
-        for batch in torch.split(shard, self.config.eval.batch_size):
-            inputs, labels = self.test_set.get_batch(batch, None)
-            inputs, labels = self.accel.inputs(inputs.to(self.device)), labels.to(self.device)
-            with torch.no_grad(), self.accel.autocast(self.accel.amp_dtype):
-                logits = self.model(inputs)
-                totals[0] += F.cross_entropy(logits, labels, reduction="sum")
-                totals[1] += (logits.argmax(dim=1) == labels).sum()
-                totals[2] += len(batch)
-            if eps > 0:  # needs input gradients: outside no_grad
-                with self.accel.autocast(self.accel.amp_dtype):
-                    accuracy = robust_accuracy(self.model, [(inputs, labels)], eps, spec.mean, spec.std)
-                totals[3] += accuracy * len(batch)
-        self.ctx.all_reduce_sum([totals])
-        loss_sum, num_correct, num_samples, fgsm_correct = totals.tolist()
-        count = max(num_samples, 1)
-        return EvalStats(samples=int(num_samples), loss=loss_sum / count, accuracy=num_correct / count,
-                         fgsm_accuracy=fgsm_correct / count if eps > 0 else None)
+        """Loss and accuracy over the whole test set, sharded over workers: ``worker/evaluation.py``."""
+        return evaluate(self.model, self.test_set, self.ctx, self.accel, self.device, self.config.eval)
 
     # ------------------------------------------------------------------------------------------- probing
 
-    def probe_batches(self, epoch: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This worker's shard of the probe samples, unaugmented: ``probe.num_batches`` × ``probe.batch_size``
-        training samples. ``probe.data=fixed``: drawn once from ``probe.seed`` (kept), so successive probes measure
-        the same loss; ``fresh``: drawn anew for ``epoch`` from (``probe.seed``, epoch), as the reference does."""
-        probe = self.config.probe
-        fresh = probe.data == "fresh" and epoch is not None
-        if fresh or self._probe_batches is None:
-            batches = []
-            for batch in probe_indices(len(self.train_set), probe.batch_size, probe.num_batches, probe.seed,
-                                       epoch if fresh else None):
-                mine = torch.tensor_split(batch, self.ctx.world_size)[self.ctx.rank]
-                inputs, labels = self.train_set.get_batch(mine, None)
-                batches.append((self.accel.inputs(inputs.to(self.device)), labels.to(self.device)))
-            if fresh:
-                return batches
-            self._probe_batches = batches
-        return self._probe_batches
-
     def probe(self, epoch: int, probe: ProbeConfig | None = None) -> ProbeStats:
-        """Top Hessian eigenvalue of the mean training loss on the probe samples (averaged over workers), at the
-        end of ``epoch`` (0-based: the epoch just trained).
+        """λ_max at the end of ``epoch`` (0-based): ``worker/probe.py``."""
+        return self.curvature.measure(self.model, self.ctx, epoch, probe)
 
-        With ``probe.warm_start`` the solver starts from the previous probe's eigenvector (rank 0's, broadcast)
-        instead of a Gaussian. ``benchmarks/probe_warm.py`` measured it on the quickstart: 16% fewer HVPs, and
-        Lanczos no longer settles on the second eigenvalue (cold starts were 10% low on 2 of 9 epochs; warm starts
-        within 1e-4 on all). A cold start (and the first probe) draws a new Gaussian from (``probe.seed``, epoch),
-        as the reference draws a fresh random vector at every probe. The vector and the draws are part of the state
-        or functions of the epoch, so a resumed or re-formed group probes exactly as the uninterrupted one would."""
-        probe = probe or self.config.probe
-        started = time.perf_counter()
-        operator = HessianOperator(self.model, F.cross_entropy, self.probe_batches(epoch), self.ctx,
-                                   bn_mode=probe.bn_mode, amp_dtype=torch.bfloat16 if probe.amp == "bf16" else None)
-        start = self._agreed_probe_start(operator) if probe.warm_start else None
-        seed = derive_seed(probe.seed, epoch, 0x57A27)
-        if probe.method == "lanczos":
-            result = lanczos(operator, k=1, max_iter=probe.max_iter, tol=probe.tol, seed=seed,
-                             return_eigenvectors=probe.warm_start, start=start)
-        else:
-            result = power_iteration(operator, max_iter=probe.max_iter, tol=probe.tol, seed=seed, start=start)
-        if probe.warm_start:
-            vector = result.eigenvectors[0].detach()
-            self.probe_start = vector.clone() if bool(torch.isfinite(vector).all()) else None
-        operator.release()
-        self.model.zero_grad(set_to_none=True)
-        return ProbeStats(eigenvalue=result.eigenvalues[0], hvp_count=result.hvp_count,
-                          converged=result.converged, seconds=time.perf_counter() - started)
+    def probe_batches(self, epoch: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.curvature.batches(self.ctx, epoch)
 
-    def _agreed_probe_start(self, operator: HessianOperator) -> torch.Tensor | None:
-        """Rank 0's warm-start vector, on every rank. Ranks hold the same one in normal operation, but a peer lost
-        during a probe's last all-reduce can leave some survivors with the new vector and some with the old, and
-        ranks that started from different vectors would take different numbers of products (a collective each)."""
-        if self.ctx.world_size == 1:
-            return self.probe_start
-        have = torch.zeros(1, device=self.device)
-        have[0] = float(self.probe_start is not None)
-        self.ctx.broadcast([have])
-        if not bool(have[0] > 0):
-            self.probe_start = None
-            return None
-        if self.probe_start is None:
-            self.probe_start = operator.zeros()
-        self.ctx.broadcast([self.probe_start])
-        return self.probe_start
+    @property
+    def probe_start(self) -> torch.Tensor | None:
+        """The last probe's top eigenvector: the next warm-started probe's first vector."""
+        return self.curvature.start
+
+    @probe_start.setter
+    def probe_start(self, vector: torch.Tensor | None) -> None:
+        self.curvature.start = vector
 
     # --------------------------------------------------------------------------------------------- state
 
@@ -394,66 +282,12 @@ class Engine:
                  "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        if self.probe_start is not None:
-            state["probe_start"] = self.probe_start
-        return _to_cpu(state)
+        return to_cpu({**state, **self.curvature.state_dict()})
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        start = state.get("probe_start")  # absent in checkpoints written before warm starts, or before a probe
-        self.probe_start = None if start is None else start.to(self.device)
+        self.curvature.load_state_dict(state)
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-
-
-class _NormStats:
-    """One step's BatchNorm running-statistics rule (see the module docstring): every micro-batch updates from
-    the step's starting values; ``sums`` collects the updated values for the all-reduce; ``apply`` sets the mean."""
-
-    def __init__(self, norms: list[_BatchNorm]) -> None:
-        self.norms = norms
-        self.start = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-        self.sums = [torch.zeros_like(t) for m in norms for t in (m.running_mean, m.running_var)]
-        self.count = 0
-
-    @torch.no_grad()
-    def before_forward(self) -> None:
-        if self.count:  # the first micro-batch starts from the starting values already
-            self.restore()
-
-    @torch.no_grad()
-    def after_forward(self) -> None:
-        for total, value in zip(self.sums, (t for m in self.norms for t in (m.running_mean, m.running_var))):
-            total += value
-        self.count += 1
-
-    @torch.no_grad()
-    def apply(self, mean_count: torch.Tensor) -> None:
-        """``sums`` and the count were both averaged over ranks: their ratio is the mean over micro-batches."""
-        if not self.norms:
-            return
-        self.restore()
-        buffers = (t for m in self.norms for t in (m.running_mean, m.running_var))
-        for buffer, total in zip(buffers, self.sums):
-            buffer.copy_(total / mean_count)
-        for module in self.norms:
-            module.num_batches_tracked += 1
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for module, (mean, var, tracked) in zip(self.norms, self.start):
-            module.running_mean.copy_(mean)
-            module.running_var.copy_(var)
-            module.num_batches_tracked.copy_(tracked)
-
-
-def _to_cpu(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {key: _to_cpu(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(item) for item in value)
-    return value

@@ -31,8 +31,20 @@ class DistContext(Protocol):
     def barrier(self) -> None:
         """Wait until every rank arrives."""
 
+    def shard(self, items: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous share of ``items`` along the first dimension (the shares of all ranks, in rank
+        order, are ``items``; they differ in size by at most one)."""
 
-class LocalContext:
+
+class _Sharding:
+    rank: int
+    world_size: int
+
+    def shard(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.tensor_split(items, self.world_size)[self.rank]
+
+
+class LocalContext(_Sharding):
     """World size 1: every collective is the identity."""
 
     rank = 0
@@ -51,7 +63,7 @@ class LocalContext:
         pass
 
 
-class TorchDistContext:
+class TorchDistContext(_Sharding):
     """A ``DistContext`` over torch.distributed: the default process group (already initialised) or ``group``.
 
     Collectives are coalesced: the tensors of one call are packed into one flat buffer per (dtype, device), so a

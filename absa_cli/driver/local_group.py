@@ -1,13 +1,16 @@
-"""A worker group of one, in this process (``--local``, tests, debugging).
+"""A worker group of one, in this process (``--local``, tests, benchmarks, debugging).
 
-It has the interface of the Ray worker group, so the controller's epoch loop is the same code either way.
+It implements the worker-group contract (``driver/contract.py``), so the controller's epoch loop is the same code
+as on Ray. One worker is all it ever offers: asked for more, it reports a ``Shortfall`` and the controller
+accumulates instead.
 """
 
 from __future__ import annotations
 
 from absa_cli.config import RunConfig
-from absa_cli.engine import ChunkStats, Engine, EvalStats, ProbeStats
-from absa_cli.geometry import BatchGeometry
+from absa_cli.decide.geometry import BatchGeometry
+from absa_cli.driver.contract import ResizeResult, Shortfall, Unchanged
+from absa_cli.worker.engine import ChunkStats, Engine, EvalStats, ProbeStats
 
 
 class LocalGroup:
@@ -19,10 +22,13 @@ class LocalGroup:
     def capacity(self) -> int:
         return 1
 
-    def resize(self, num_workers: int) -> None:
-        if num_workers != 1:
-            raise ValueError(f"a local run has exactly one worker, not {num_workers}")
-        return None
+    def prepare(self, num_workers: int) -> None:
+        """Nothing to start ahead: there is only this process."""
+
+    def resize(self, num_workers: int) -> ResizeResult:
+        if num_workers == 1:
+            return Unchanged(1)
+        return Shortfall(requested=num_workers, available=1, reason="a local run has one worker")
 
     @property
     def num_train_samples(self) -> int:

@@ -9,6 +9,7 @@ and ``manifest.json``). Records written after the checkpoint a resume starts fro
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
@@ -21,9 +22,21 @@ from typing import Any
 
 from absa_cli import config as config_mod
 from absa_cli.errors import UserError
-from absa_cli.lock import RunLock
+from absa_cli.run.lock import RunLock
 
-STATUSES = ("running", "finished", "failed", "interrupted", "diverged")
+
+
+class Status(str, enum.Enum):
+    """A run's status in ``run.json``: the one vocabulary (``driver/outcome.py`` says which ending leaves which)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"  # an error stopped it; resumable
+    INTERRUPTED = "interrupted"  # a signal stopped it; resumable
+    DIVERGED = "diverged"  # a non-finite loss or weights; resumable, but would diverge again unchanged
+
+
+STATUSES = tuple(status.value for status in Status)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -85,7 +98,7 @@ class RunDir:
         run = cls(path)
         run.checkpoints_dir.mkdir()
         run.config_path.write_text(config_mod.to_yaml(config))
-        run.write_info(status="running", preset=config.preset, host=socket.gethostname(), pid=os.getpid(),
+        run.write_info(status=Status.RUNNING, preset=config.preset, host=socket.gethostname(), pid=os.getpid(),
                        started_at=_now(), last_epoch=0, epochs=config.epochs)
         return run
 
@@ -160,6 +173,8 @@ class RunDir:
         """Update ``run.json`` atomically with ``fields``."""
         if "status" in fields and fields["status"] not in STATUSES:
             raise ValueError(f"unknown run status {fields['status']!r}")
+        if isinstance(fields.get("status"), Status):
+            fields["status"] = fields["status"].value
         info = {**self.info(), **fields, "updated_at": _now()}
         tmp = self.info_path.with_suffix(".json.tmp")
         with tmp.open("w") as handle:
@@ -168,7 +183,7 @@ class RunDir:
             os.fsync(handle.fileno())
         os.replace(tmp, self.info_path)
 
-    def finish(self, status: str, **fields: Any) -> None:
+    def finish(self, status: Status, **fields: Any) -> None:
         self.write_info(status=status, ended_at=_now(), **fields)
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from absa_cli.errors import UserError
+from absa_cli.errors import UserError, first_line
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -90,7 +90,7 @@ def _load_unverified(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({reason[:200]}); "
                               f"it is truncated, corrupted or not an absa checkpoint") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "model" not in state:

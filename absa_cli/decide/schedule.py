@@ -8,7 +8,7 @@ during the first optim.warmup_epochs epochs.
 from __future__ import annotations
 
 from absa_cli.config import OptimConfig
-from absa_cli.geometry import scale_lr
+from absa_cli.decide.geometry import scale_lr
 
 
 def lr_at(optim: OptimConfig, global_batch_size: int, epoch_progress: float) -> float:

@@ -1,0 +1,3 @@
+"""Pure decisions (no torch, no Ray): batch geometry, the LR schedule, the batch/LR/adversarial policies, and worker
+membership.
+"""

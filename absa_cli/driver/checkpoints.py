@@ -1,0 +1,75 @@
+"""Checkpoints as the driver uses them: save where training stands, and find the newest good one to continue from.
+
+What a checkpoint holds is world-size independent: the group's model, optimizer, RNG and probe state (rank 0's,
+the same on every rank), the policy state, ``Progress`` and the size ``metrics.jsonl`` had, so a resume or a restart
+continues exactly — on any number of workers — and moves the records written after it aside. torch is imported by
+``run/checkpoint.py`` only when a checkpoint is written or read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from absa_cli.decide.policy import Decision, Policy
+from absa_cli.driver.progress import Progress
+from absa_cli.run.rundir import RunDir, checkpoint_name
+
+
+@dataclass(frozen=True)
+class Restored:
+    source: str  # the checkpoint's file name
+    progress: Progress
+    decision: Decision  # the policy's decision in force at the checkpoint
+    state: dict[str, Any]  # what the group loads
+    moved: int  # records written after the checkpoint, moved to metrics.superseded.jsonl
+
+
+class Checkpoints:
+    def __init__(self, run: RunDir, keep_last: int, report: Callable[[str], None]) -> None:
+        self.run = run
+        self.keep_last = keep_last
+        self.report = report  # one line per damaged checkpoint skipped
+        self.saved_at = 0  # `updates` at the last checkpoint written or restored; 0: none needed yet
+        self.saved_file: str | None = None  # that checkpoint's file name
+
+    def _store(self):
+        from absa_cli.run.checkpoint import CheckpointStore  # torch import: only when checkpoints are touched
+
+        return CheckpointStore(self.run.checkpoints_dir, self.keep_last)
+
+    def save(self, progress: Any, policy_state: dict[str, Any], group_state: Callable[[], dict], preset: str) -> str:
+        """Checkpoint ``progress`` (an epoch boundary, or mid-epoch on a stop request); the file name. Nothing is
+        written when no update was applied since the last one (e.g. a stop right after the boundary checkpoint)."""
+        name = checkpoint_name(progress.epoch, progress.samples_seen)
+        if self.saved_at == progress.updates:
+            return name
+        state = {**group_state(), "epoch": progress.epoch, "samples_seen": progress.samples_seen,
+                 "updates": progress.updates, "progress": progress.to_dict(), "policy": policy_state,
+                 "metrics_bytes": self.run.metrics_size(), "preset": preset}
+        self._store().save(name, state)
+        self.saved_at, self.saved_file = progress.updates, name
+        return name
+
+    def latest(self) -> tuple[str, dict[str, Any]] | None:
+        """(file name, state) of the newest checkpoint that verifies; damaged ones are reported and skipped."""
+        found = self._store().latest(report=self.report)
+        if found is None:
+            return None
+        entry, state = found
+        self.saved_at, self.saved_file = int(state["updates"]), entry.file
+        return entry.file, state
+
+    def restore(self, policy: Policy) -> Restored | None:
+        """The newest good checkpoint, its policy state loaded into ``policy``; the records written after it are
+        moved to ``metrics.superseded.jsonl``. None if there is none."""
+        found = self.latest()
+        if found is None:
+            return None
+        source, state = found
+        policy.load_state_dict(state["policy"])
+        s = policy.state
+        decision = Decision(global_batch_size=s.global_batch_size, adv_ratio=s.adv_ratio, probe_next=s.probe_next,
+                            growth=None, reason=f"restored from {source}")
+        moved = self.run.rewind_metrics(int(state["metrics_bytes"]))
+        return Restored(source, Progress.from_dict(state["progress"]), decision, state, moved)

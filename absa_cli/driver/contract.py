@@ -1,0 +1,138 @@
+"""The worker-group contract: what the driver asks of a group of workers, and the typed answers it gets back.
+
+The driver defines it; the groups implement it — ``driver/local_group.py`` (one worker in this process),
+``cluster/group.py`` (Ray actors) and ``tests/scripted_group.py`` (scripted failures and capacity, for tests). The
+controller talks to nothing else, so every recovery and capacity path runs the same code whichever group is below.
+
+Sizes change only through ``resize``, which reports what it did: ``Resized`` (live, with each phase's seconds),
+``Unchanged``, or ``Shortfall`` (the cluster could not start the newcomers; the group kept its size). Membership is
+decided above the group (``decide/membership.py``); a group never picks a worker count itself.
+
+Two events interrupt a call: ``WorkerFailure`` (workers were lost; the survivors have re-formed and report where the
+last applied step left the epoch) and ``GroupLost`` (no live re-form is possible: restart from a checkpoint).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from absa_cli.decide.geometry import BatchGeometry
+
+
+@dataclass(frozen=True)
+class Resized:
+    """A live change of size (``from_workers`` 0: the first start), with the seconds of each phase."""
+
+    from_workers: int
+    to_workers: int
+    actor_start_s: float = 0.0  # starting newcomers (spares started ahead are already running), or retiring extras
+    rendezvous_s: float = 0.0  # re-forming the process group
+    state_transfer_s: float = 0.0  # rank 0's state to the newcomers
+    resize_s: float = 0.0  # all of the above
+
+    @property
+    def live(self) -> bool:
+        """A resize of a running group (worth a ``resize`` record), not the first start."""
+        return self.from_workers > 0
+
+    def record(self, epoch: int, first_step_s: float) -> dict[str, Any]:
+        return {"kind": "resize", **asdict(self), "epoch": epoch, "first_step_s": first_step_s}
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """The newcomers could not start (no free slot in time, or they failed to start); the group kept its size."""
+
+    requested: int
+    available: int
+    reason: str
+
+
+ResizeResult = Resized | Unchanged | Shortfall
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Workers lost during a call; the survivors re-formed. ``samples_seen``: where the last step applied on every
+    survivor left epoch ``epoch`` (0-based); ``steps_done``: steps of the interrupted chunk that were applied."""
+
+    epoch: int
+    samples_seen: int
+    steps_done: int
+    from_workers: int
+    lost_workers: int
+    to_workers: int  # the survivors
+    error: str  # the first line of what the lost call raised
+    recovery_s: float
+
+    def record(self, replacements: int) -> dict[str, Any]:
+        """The ``failure`` record; ``replacements``: workers the driver then started to replace the lost ones."""
+        return {"kind": "failure", "epoch": self.epoch + 1, "samples_seen": self.samples_seen,
+                "from_workers": self.from_workers, "lost_workers": self.lost_workers,
+                "replacements": replacements, "to_workers": self.to_workers + replacements, "error": self.error,
+                "recovery_s": self.recovery_s}
+
+
+class WorkerFailure(Exception):
+    """Workers were lost mid-call. The group has already re-formed with the survivors (``failure`` says how many
+    and where the epoch stands); the driver decides whether to replace them."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.error)
+        self.failure = failure
+
+
+class GroupLost(RuntimeError):
+    """The group cannot continue live (every worker lost, or a re-form failed): restart from the last checkpoint."""
+
+
+class StopState(enum.Enum):
+    """A stop request on its way to the workers: asked for by a signal handler, then sent by the main thread."""
+
+    NONE = "none"
+    REQUESTED = "requested"
+    SENT = "sent"
+
+
+class WorkerGroup(Protocol):
+    """What the driver needs from a group of workers; every worker holds the same model after every step."""
+
+    @property
+    def num_workers(self) -> int: ...
+
+    @property
+    def num_train_samples(self) -> int: ...
+
+    def capacity(self) -> int:
+        """Workers the group could have now: its own, the spares it started ahead, and the cluster's free slots."""
+
+    def prepare(self, num_workers: int) -> None:
+        """Start spare workers now, without waiting, for a group of ``num_workers`` later (if the cluster has room)."""
+
+    def resize(self, num_workers: int) -> ResizeResult:
+        """Bring the group to ``num_workers`` live (or start it, the first time)."""
+
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
+                    adv_ratio: float = 0.0) -> Any:
+        """``len(lrs)`` optimizer steps from ``samples_seen`` of ``epoch``: reduced ``ChunkStats``."""
+
+    def evaluate(self) -> Any: ...
+
+    def probe(self, epoch: int) -> Any: ...
+
+    def state_dict(self) -> dict: ...
+
+    def restart(self, num_workers: int, state: dict) -> None:
+        """A fresh group of ``num_workers`` loaded with ``state`` (the fallback when a live re-form is impossible)."""
+
+    def request_stop(self) -> None:
+        """From a signal handler: the workers stop after the step in progress, all after the same one."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,300 @@
+"""The epoch loop: the one place that acts (no torch, no Ray at import).
+
+It acts on decisions made elsewhere — the policy's (``decide/``: the batch, the adversarial fraction, whether to
+probe) and the membership's (``decide/membership.py``: how many workers, how many to start ahead) — through the
+worker-group contract (``driver/contract.py``), so ``--local``, Ray and the tests' scripted group run one loop.
+
+Each epoch: decide the group for the policy's batch from what the cluster offers and resize live; run chunks of
+steps (a lost worker: continue from the exact sample on the survivors, replaced when the cluster has room);
+evaluate; probe if asked; hand the measurements to the policy; write the epoch record; checkpoint (with
+``Progress`` and the policy state, so a resume continues exactly, on any number of workers). ``train`` returns how
+the run ended (``driver/outcome.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from typing import Any
+
+from absa_cli.config import RunConfig
+from absa_cli.decide.geometry import BatchGeometry, samples_in_epoch, steps_in_epoch
+from absa_cli.decide.membership import Membership, decide_membership
+from absa_cli.decide.policy import Decision, EpochMeasurements, check_batch_fits, make_policy
+from absa_cli.driver import outcome
+from absa_cli.driver.checkpoints import Checkpoints
+from absa_cli.driver.contract import GroupLost, Resized, Shortfall, WorkerFailure, WorkerGroup
+from absa_cli.driver.progress import Progress
+from absa_cli.driver.records import epoch_record, event_record, geometry_record, same_geometry
+from absa_cli.errors import UserError
+from absa_cli.run.lock import LockLost
+from absa_cli.run.metrics import Console, FanOut, JsonlSink
+from absa_cli.run.rundir import RunDir
+
+MAX_RESTARTS = 3  # restarts from a checkpoint per run before giving up (a deterministic failure must not loop)
+
+
+class Controller:
+    def __init__(self, config: RunConfig, run: RunDir, group: WorkerGroup, console: Console, lock: Any = None):
+        self.config = config
+        self.run = run
+        self.group = group
+        self.console = console
+        self.lock = lock  # the run's RunLock when a CLI driver holds one: checked before every write
+        self.sink = JsonlSink(run.metrics_path)
+        if config.logging.tensorboard:
+            from absa_cli.run.tensorboard import TensorBoardSink  # torch import: only when asked for
+
+            self.sink = FanOut(self.sink, TensorBoardSink(run.path / "tensorboard"))
+        self.progress = Progress()
+        self.policy = make_policy(config)
+        self.decision: Decision = self.policy.initial()
+        self.checkpoints = Checkpoints(run, config.checkpoint.keep_last,
+                                       report=lambda problem: console.line(f"[red]checkpoint[/]: {problem}"))
+        self.last_record: dict[str, Any] | None = None
+        self.stop: outcome.StopRequest | None = None
+        self.abort_signal: int | None = None  # a second signal: the run ends at once (KeyboardInterrupt)
+
+    def close(self) -> None:
+        self.sink.close()
+
+    # ----------------------------------------------------------------------------------- how a run ends
+
+    def train(self, resume: bool = False) -> outcome.Outcome:
+        """Train (or resume) to the end; how it ended. An internal error is raised, not returned."""
+        try:
+            if resume:
+                self.resume()
+            summary = self.run_all()
+            return outcome.finished(summary, outcome.summary_line(summary, self.run.path))
+        except outcome.Stopped as stopped:
+            return outcome.stopped(self.stop.signum, stopped.checkpoint, self.progress.epoch, self.progress.updates)
+        except KeyboardInterrupt:  # the second signal: the last checkpoint stands
+            return outcome.aborted(self.abort_signal or signal.SIGINT, self.progress.epoch)
+        except LockLost as exc:  # the run is another driver's now: write nothing more
+            return outcome.lock_lost(str(exc))
+        except outcome.Diverged as exc:
+            return outcome.diverged(str(exc), self.progress.epoch, self.progress.updates)
+        except UserError as exc:  # e.g. no usable checkpoint: the run stays resumable
+            return outcome.user_error(str(exc), exc.exit_code)
+
+    def request_stop(self, signum: int) -> None:
+        """Called from a signal handler: flags only; the loop stops after the step in progress."""
+        self.stop = outcome.StopRequest(signum)
+        self.group.request_stop()
+
+    def _check_stop(self) -> None:
+        self._check_lock()
+        if self.stop is not None:
+            raise outcome.Stopped(self.save_checkpoint())
+
+    def _check_lock(self) -> None:
+        """``LockLost`` once another driver has taken the run over."""
+        if self.lock is not None:
+            self.lock.check()
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    def run_all(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.console.line(f"[bold]policy[/] {self.config.policy.name}: {self.decision.reason}")
+        self.console.status(policy=self.decision.reason, updates=self.progress.updates)
+        restarts = 0
+        while self.progress.epoch < self.config.epochs:
+            try:
+                self._check_stop()
+                self.last_record = self.run_epoch()
+            except GroupLost as lost:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise RuntimeError(f"the worker group was lost {restarts} times; last: {lost}") from lost
+                self.restart_from_checkpoint(str(lost))
+        if self.last_record is None:  # resumed from the last epoch's checkpoint: nothing was left to train
+            epochs = self.run.records("epoch")
+            self.last_record = epochs[-1] if epochs else None
+        return {"epochs": self.config.epochs, "updates": self.progress.updates,
+                "final_test_acc": self.last_record["test_acc"] if self.last_record else None,
+                "best_test_acc": self.progress.best_test_acc,
+                "final_global_batch_size": self.decision.global_batch_size,
+                "wall_s": time.perf_counter() - started}
+
+    def run_epoch(self) -> dict[str, Any]:
+        progress, trained = self.progress, self.decision
+        epoch_started = time.perf_counter()
+        geometry, resize = self._form_group()
+        self._check_stop()  # a stop requested while the group formed: before any step at the new size
+        totals, geometry, resize_s = self._train_epoch(geometry, resize)
+        evaluation = self._recovering(self.group.evaluate)
+        if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
+            raise outcome.Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
+                           geometry.global_batch_size, [totals.lr], self.checkpoints.saved_file)
+        probe = self._recovering(lambda: self.group.probe(progress.epoch)) if trained.probe_next else None
+        self.decision = self.policy.observe(EpochMeasurements(
+            epoch=progress.epoch + 1, num_epochs=self.config.epochs, eigenvalue=probe.eigenvalue if probe else None,
+            train_loss=totals.loss_sum / max(totals.samples, 1), test_acc=evaluation.accuracy))
+        record = epoch_record(progress.epoch + 1, progress, self.group.num_train_samples, geometry, totals,
+                              evaluation, probe, trained, self.decision, resize_s, time.perf_counter() - epoch_started)
+        progress.next_epoch(evaluation.accuracy)
+        self._check_lock()
+        self.sink.write(record)
+        self.console.epoch_done(record)
+        if progress.epoch % self.config.checkpoint.every_epochs == 0 or progress.epoch == self.config.epochs:
+            self.save_checkpoint()
+        self.run.write_info(last_epoch=progress.epoch, updates=progress.updates, best_test_acc=progress.best_test_acc,
+                            test_acc=evaluation.accuracy, global_batch_size=geometry.global_batch_size,
+                            num_workers=geometry.num_workers)
+        return record
+
+    # ------------------------------------------------------------------------------------- membership
+
+    def _membership(self, capacity: int) -> Membership:
+        return decide_membership(self.decision.global_batch_size, self.policy.next_global_batch(), capacity,
+                                 self.group.num_workers, self.config.cluster.max_workers,
+                                 self.config.batch.per_worker_max)
+
+    def _form_group(self) -> tuple[BatchGeometry, Resized | None]:
+        """Decide the workers from what the cluster offers, resize live, start spares for the next batch; the
+        geometry, and the live resize to time into the next step's record (None if none)."""
+        membership = self._membership(self.group.capacity())
+        result = self.group.resize(membership.num_workers)
+        if isinstance(result, Shortfall):  # the cluster gave fewer: decide again on what the group has
+            self.console.line(f"[yellow]cluster[/]: asked for {result.requested} workers, have {result.available} "
+                              f"({result.reason}); accumulation keeps the global batch exact")
+            membership = self._membership(result.available)
+            result = self.group.resize(membership.num_workers)  # as many as it has, or fewer: never a grow
+        self._log_geometry(membership)
+        if membership.prestart:
+            self.group.prepare(membership.prestart)
+        return membership.geometry, result if isinstance(result, Resized) and result.live else None
+
+    def _log_geometry(self, membership: Membership) -> None:
+        """A geometry record and a console line at the start and at every change."""
+        if same_geometry(self.progress.history[-1] if self.progress.history else None, membership.geometry):
+            return
+        record = geometry_record(self.progress.epoch + 1, membership.geometry, membership.reason)
+        self.progress.history.append({k: v for k, v in record.items() if k != "kind"})
+        self.sink.write(record)
+        self.console.line(f"[bold]geometry[/]: {membership.geometry.describe()} ({membership.reason})")
+
+    def _after_failure(self, lost: WorkerFailure) -> tuple[BatchGeometry, Resized | None]:
+        """Workers were lost and the survivors re-formed: replace them if the cluster has room (a live grow),
+        record the failure; the geometry to continue with."""
+        failure = lost.failure
+        geometry, resize = self._form_group()
+        record = failure.record(replacements=max(0, self.group.num_workers - failure.to_workers))
+        self.progress.resizes.append(record)
+        self.sink.write(record)
+        self.console.line(f"[red]failure[/]: lost {failure.lost_workers} worker(s) ({failure.error}); continuing "
+                          f"on {self.group.num_workers} from sample {failure.samples_seen} of epoch "
+                          f"{failure.epoch + 1}")
+        return geometry, resize
+
+    def _recovering(self, call: Any, attempts: int = 3) -> Any:
+        """An epoch-boundary call (evaluation, probe, state) retried on the re-formed group if a worker is lost
+        during it; nothing of the epoch's training is lost, since every step was already applied."""
+        for _ in range(attempts - 1):
+            try:
+                return call()
+            except WorkerFailure as lost:
+                self._after_failure(lost)
+        return call()
+
+    # ---------------------------------------------------------------------------------------- training
+
+    def _train_epoch(self, geometry: BatchGeometry, resize: Resized | None) -> tuple[Any, BatchGeometry, float]:
+        """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the epoch's last full global batch (the
+        tail that does not fill one is dropped; the epoch record counts it). (totals, final geometry, resize s).
+
+        After a live resize the first chunk is a single step, timed into the resize record (``first_step_s``). A
+        lost worker ends a chunk early: the survivors re-formed, the driver replaces what it can, and the epoch
+        continues from the exact sample where the last applied step stopped.
+        """
+        progress, num_samples = self.progress, self.group.num_train_samples
+        totals = progress.totals  # not empty when resumed mid-epoch
+        batch = geometry.global_batch_size  # a failure may change the geometry, never the global batch
+        num_steps, epoch_end = steps_in_epoch(num_samples, batch), samples_in_epoch(num_samples, batch)
+        if num_steps == 0:  # the CLI refuses such a config before anything starts; this guards every other caller
+            check_batch_fits(self.config, num_samples)
+        resize_s = resize.resize_s if resize else 0.0
+        self.console.status(adv_ratio=self.decision.adv_ratio)
+        self.console.epoch_started(progress.epoch + 1, self.config.epochs, num_steps, geometry.describe(),
+                                   steps_done=progress.samples_seen // batch)
+        while progress.samples_seen < epoch_end:
+            steps_left = (epoch_end - progress.samples_seen) // batch
+            count = 1 if resize is not None else min(self.config.logging.chunk_steps, steps_left)
+            lrs = [self.policy.lr(progress.epoch + (progress.samples_seen + i * batch) / num_samples)
+                   for i in range(count)]
+            try:
+                stats = self.group.train_chunk(progress.epoch, progress.samples_seen, lrs, geometry,
+                                               self.decision.adv_ratio)
+            except WorkerFailure as lost:
+                progress.samples_seen = lost.failure.samples_seen
+                progress.updates += lost.failure.steps_done
+                geometry, resize = self._after_failure(lost)
+                self._check_stop()
+                continue
+            if resize is not None:
+                self._record_resize(resize, stats.seconds)
+                resize = None
+            outcome.check_finite(stats, progress.epoch + 1, progress.updates, batch, lrs, self.checkpoints.saved_file)
+            progress.samples_seen += stats.samples
+            progress.updates += stats.steps
+            totals.add(stats, lrs[stats.steps - 1])  # a stop request may have cut the chunk short
+            self.console.chunk_done(num_steps - (steps_left - stats.steps), num_steps,
+                                    stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1),
+                                    lr=totals.lr, updates=progress.updates,
+                                    train_acc=totals.num_correct / max(totals.samples, 1))
+            if progress.samples_seen < epoch_end:  # a stop at the epoch's end finishes the epoch first
+                self._check_stop()
+        return totals, geometry, resize_s
+
+    def _record_resize(self, resize: Resized, first_step_s: float) -> None:
+        record = resize.record(self.progress.epoch + 1, first_step_s)
+        self.progress.resizes.append(record)
+        self.sink.write(record)
+        self.console.line(f"[bold]resize[/]: {resize.from_workers} → {resize.to_workers} workers live in "
+                          f"{resize.resize_s:.2f} s (first step {first_step_s:.2f} s)")
+
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> str:
+        """Checkpoint where training stands (an epoch boundary, or mid-epoch on a stop request); its file name."""
+        self._check_lock()
+        return self.checkpoints.save(self.progress, self.policy.state_dict(),
+                                     lambda: self._recovering(self.group.state_dict), self.config.preset)
+
+    def resume(self) -> str | None:
+        """Continue the run from its newest good checkpoint (None: none was written, so from the start)."""
+        source = self._restore_latest()
+        if source is None:
+            moved = self.run.rewind_metrics(0)
+            self.console.line("[yellow]resume[/]: no checkpoint was written yet; starting over from epoch 1"
+                              + (f" ({moved} records moved to {self.run.superseded_path.name})" if moved else ""))
+        self.sink.write(event_record("resume", self.progress, checkpoint=source,
+                                     max_workers=self.config.cluster.max_workers))
+        return source
+
+    def restart_from_checkpoint(self, why: str) -> None:
+        """The fallback when a live re-form is impossible: a new group from the newest good checkpoint."""
+        source = self._restore_latest()
+        if source is None:
+            raise RuntimeError(f"the worker group was lost ({why}) before any checkpoint was written")
+        self.sink.write(event_record("restart", self.progress, checkpoint=source,
+                                     num_workers=self.group.num_workers, reason=why))
+        self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
+                          f"{self.group.num_workers} worker(s) from {source}")
+
+    def _restore_latest(self) -> str | None:
+        """Load the newest checkpoint that verifies, into the controller and a fresh group; its file name."""
+        restored = self.checkpoints.restore(self.policy)
+        if restored is None:
+            return None
+        self.progress, self.decision = restored.progress, restored.decision
+        if restored.moved:
+            self.console.line(f"[yellow]resume[/]: {restored.moved} record(s) written after {restored.source} moved "
+                              f"to {self.run.superseded_path.name}")
+        membership = self._membership(self.group.capacity())
+        self.group.restart(membership.num_workers, restored.state)
+        self._log_geometry(membership)
+        return restored.source

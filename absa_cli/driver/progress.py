@@ -1,0 +1,53 @@
+"""Where training stands, independent of the number of workers: what every checkpoint carries beside the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EpochTotals:
+    """The epoch in progress so far (mid-epoch checkpoints carry it, so a resumed epoch's record is whole)."""
+
+    loss_sum: float = 0.0
+    num_correct: int = 0
+    samples: int = 0
+    lr: float = 0.0
+
+    def add(self, stats: Any, lr: float) -> None:
+        """A chunk's reduced statistics; ``lr``: the LR of its last applied step."""
+        self.loss_sum += stats.loss_sum
+        self.num_correct += stats.num_correct
+        self.samples += stats.samples
+        self.lr = lr
+
+
+@dataclass
+class Progress:
+    """Where training stands, independent of the number of workers."""
+
+    epoch: int = 0  # the epoch in progress, 0-based (records show it 1-based)
+    samples_seen: int = 0  # position inside the epoch's permutation
+    updates: int = 0  # optimizer steps so far
+    best_test_acc: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # geometry changes
+    resizes: list[dict[str, Any]] = field(default_factory=list)  # live resizes and failures, as recorded
+    totals: EpochTotals = field(default_factory=EpochTotals)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Progress":
+        return cls(epoch=int(data["epoch"]), samples_seen=int(data["samples_seen"]), updates=int(data["updates"]),
+                   best_test_acc=float(data["best_test_acc"]), history=list(data["history"]),
+                   resizes=list(data.get("resizes", [])), totals=EpochTotals(**data.get("totals", {})))
+
+    def next_epoch(self, test_acc: float) -> None:
+        """The epoch in progress is done."""
+        self.best_test_acc = max(self.best_test_acc, test_acc)
+        self.epoch += 1
+        self.samples_seen = 0
+        self.totals = EpochTotals()

@@ -1,0 +1,47 @@
+"""The records a run writes to ``metrics.jsonl`` (docs/metrics.md), built from what the controller measured."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from absa_cli.decide.geometry import BatchGeometry
+from absa_cli.decide.policy import Decision
+
+
+def epoch_record(epoch: int, progress: Any, num_train_samples: int, geometry: BatchGeometry, totals: Any,
+                 evaluation: Any, probe: Any, trained: Decision, decided: Decision, resize_s: float,
+                 epoch_s: float) -> dict[str, Any]:
+    """The ``epoch`` record of ``epoch`` (1-based): trained under ``trained``, ``decided`` after it."""
+    record = {
+        "kind": "epoch", "epoch": epoch, "updates": progress.updates, "samples_seen": progress.samples_seen,
+        "dropped_samples": num_train_samples - progress.samples_seen,
+        "global_batch_size": geometry.global_batch_size, "num_workers": geometry.num_workers,
+        "grad_accum_steps": geometry.grad_accum_steps, "lr": totals.lr, "adv_ratio": trained.adv_ratio,
+        "train_loss": totals.loss_sum / max(totals.samples, 1),
+        "train_acc": totals.num_correct / max(totals.samples, 1),
+        "test_loss": evaluation.loss, "test_acc": evaluation.accuracy,
+        "eigenvalue": probe.eigenvalue if probe else None,
+        "probe_hvps": probe.hvp_count if probe else 0, "probe_s": probe.seconds if probe else 0.0,
+        "policy_reason": decided.reason, "growth": decided.growth, "growth_epochs_early": decided.epochs_early,
+        "resize_s": resize_s, "epoch_s": epoch_s,
+    }
+    if evaluation.fgsm_accuracy is not None:
+        record["test_acc_fgsm"] = evaluation.fgsm_accuracy
+    return record
+
+
+def geometry_record(epoch: int, geometry: BatchGeometry, reason: str) -> dict[str, Any]:
+    """Written at the start and at every change of geometry; ``reason``: the membership decision's."""
+    return {"kind": "geometry", "epoch": epoch, **dataclasses.asdict(geometry), "reason": reason}
+
+
+def same_geometry(record: dict[str, Any] | None, geometry: BatchGeometry) -> bool:
+    shape = dataclasses.asdict(geometry)
+    return record is not None and {key: record.get(key) for key in shape} == shape
+
+
+def event_record(kind: str, progress: Any, **fields: Any) -> dict[str, Any]:
+    """A ``resume`` or ``restart`` record: where training continues from, and ``fields``."""
+    return {"kind": kind, "epoch": progress.epoch + 1, "samples_seen": progress.samples_seen,
+            "updates": progress.updates, **fields}

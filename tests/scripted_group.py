@@ -1,0 +1,167 @@
+"""A scripted worker group: the driver's contract (``absa_cli/driver/contract.py``) in process, no torch training.
+
+Tests tell it what the cluster does — lose workers at the n-th call of a method, lose the whole group, offer less
+capacity than the driver asks for, gain capacity later, deliver a stop request while a given call runs — and read
+back what the driver did: every call in order, and every global-batch span applied per epoch (kept in the state,
+so a restart from a checkpoint rewinds it as it rewinds the model). A run on it takes milliseconds, so every
+recovery, restart, shortfall and stop path of the controller is tested without Ray; the real-Ray SIGKILL tests in
+test_cluster.py stay as the end-to-end proof.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from absa_cli.decide.geometry import BatchGeometry
+from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, Unchanged,
+                                      WorkerFailure)
+
+
+@dataclass(frozen=True)
+class Lose:
+    """Lose ``workers`` during the call (``steps_done`` steps of a chunk applied first); the survivors re-form."""
+
+    workers: int = 1
+    steps_done: int = 0
+
+
+@dataclass(frozen=True)
+class LoseAll:
+    """No live re-form is possible (``GroupLost``)."""
+
+    reason: str = "scripted: the group was lost"
+
+
+@dataclass(frozen=True)
+class NoRoom:
+    """``resize`` cannot start the newcomers (``Shortfall``)."""
+
+    reason: str = "scripted: no room for the newcomers"
+
+
+@dataclass
+class Stats:  # what the controller reads of ChunkStats / EvalStats / ProbeStats
+    steps: int = 0
+    samples: int = 0
+    loss_sum: float = 0.0
+    num_correct: int = 0
+    seconds: float = 0.0
+    params_finite: bool = True
+    loss: float = 0.5
+    accuracy: float = 0.5
+    fgsm_accuracy: float | None = None
+    eigenvalue: float = 1.0
+    hvp_count: int = 1
+    converged: bool = True
+
+
+@dataclass
+class ScriptedGroup:
+    num_train_samples: int = 256
+    offered: int = 1  # the cluster's capacity: what ``capacity()`` reports
+    events: dict[tuple[str, int], Any] = field(default_factory=dict)  # (method, n-th call) → Lose | LoseAll | NoRoom
+    eigenvalues: list[float] = field(default_factory=lambda: [8.0])  # probe readings, the last one repeated
+    hooks: dict[tuple[str, int], Callable[["ScriptedGroup"], None]] = field(default_factory=dict)  # run on the call
+    train_loss: float = 1.0  # per sample; math.nan makes the chunk diverge
+    num_workers: int = 0
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    applied: list[list[int]] = field(default_factory=list)  # [epoch, start, stop] of every applied step
+    prepared: list[int] = field(default_factory=list)
+    stop_requested: bool = False
+    _counts: Counter = field(default_factory=Counter)
+
+    def _call(self, method: str, detail: Any = None) -> Any:
+        self._counts[method] += 1
+        self.calls.append((method, detail))
+        hook = self.hooks.get((method, self._counts[method]))
+        if hook is not None:
+            hook(self)
+        event = self.events.get((method, self._counts[method]))
+        if isinstance(event, LoseAll):
+            raise GroupLost(event.reason)
+        return event
+
+    def _lose(self, event: Lose, epoch: int, samples_seen: int, steps_done: int = 0) -> WorkerFailure:
+        survivors = self.num_workers - event.workers
+        if survivors < 1:
+            return GroupLost(f"scripted: all {self.num_workers} workers lost")
+        failure = Failure(epoch, samples_seen, steps_done, from_workers=self.num_workers, lost_workers=event.workers,
+                          to_workers=survivors, error="scripted: worker lost", recovery_s=0.0)
+        self.num_workers = survivors
+        return WorkerFailure(failure)
+
+    # ---------------------------------------------------------------------------------- the contract
+
+    def capacity(self) -> int:
+        return max(self.offered, self.num_workers)
+
+    def prepare(self, num_workers: int) -> None:
+        self.prepared.append(num_workers)
+
+    def resize(self, num_workers: int) -> ResizeResult:
+        event = self._call("resize", num_workers)
+        old = self.num_workers
+        if num_workers == old:
+            return Unchanged(old)
+        if isinstance(event, NoRoom) or (num_workers > old > 0 and num_workers > self.offered):
+            return Shortfall(requested=num_workers, available=old, reason=getattr(event, "reason", "no room"))
+        self.num_workers = num_workers
+        return Resized(old, num_workers, resize_s=0.001)
+
+    def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
+                    adv_ratio: float = 0.0) -> Stats:
+        event = self._call("train_chunk", (epoch, samples_seen, len(lrs), geometry.num_workers))
+        assert geometry.num_workers == self.num_workers, (geometry, self.num_workers)
+        assert all(math.isfinite(lr) and lr > 0 for lr in lrs), lrs
+        batch = geometry.global_batch_size
+        if isinstance(event, Lose):
+            for step in range(event.steps_done):
+                self.applied.append([epoch, samples_seen + step * batch, samples_seen + (step + 1) * batch])
+            raise self._lose(event, epoch, samples_seen + event.steps_done * batch, event.steps_done)
+        steps = 1 if self.stop_requested else len(lrs)  # a stop request: after the step in progress
+        assert samples_seen + steps * batch <= self.num_train_samples, "a step past the epoch's last full batch"
+        for step in range(steps):
+            self.applied.append([epoch, samples_seen + step * batch, samples_seen + (step + 1) * batch])
+        samples = steps * batch
+        return Stats(steps=steps, samples=samples, loss_sum=self.train_loss * samples, num_correct=samples // 2)
+
+    def evaluate(self) -> Stats:
+        event = self._call("evaluate")
+        if isinstance(event, Lose):
+            raise self._lose(event, 0, 0)
+        return Stats()
+
+    def probe(self, epoch: int) -> Stats:
+        event = self._call("probe", epoch)
+        if isinstance(event, Lose):
+            raise self._lose(event, epoch, 0)
+        return Stats(eigenvalue=self.eigenvalues[min(epoch, len(self.eigenvalues) - 1)])
+
+    def state_dict(self) -> dict:
+        self._call("state_dict")
+        return {"model": {"steps": torch.tensor(len(self.applied))}, "applied": [list(a) for a in self.applied]}
+
+    def restart(self, num_workers: int, state: dict) -> None:
+        self._call("restart", num_workers)
+        self.num_workers = num_workers
+        self.applied = [list(a) for a in state["applied"]]
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def close(self) -> None:
+        self.num_workers = 0
+
+    # ----------------------------------------------------------------------------------------- reading
+
+    def methods(self) -> list[str]:
+        return [method for method, _ in self.calls]
+
+    def positions(self, epoch: int) -> list[int]:
+        """Every sample position applied in ``epoch`` (0-based), in order."""
+        return [p for e, start, stop in self.applied if e == epoch for p in range(start, stop)]

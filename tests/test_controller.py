@@ -1,0 +1,236 @@
+"""The controller on a scripted worker group (tests/scripted_group.py): every recovery, restart, capacity and stop
+path, each in milliseconds, checked against what must hold whatever happened — every sample position of every
+epoch applied exactly once (the tail past the last full batch never), the records saying what happened, and the run
+ending with the right outcome (status, exit code, message)."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import time
+
+import pytest
+
+from absa_cli import config as config_mod
+from absa_cli.config import ConfigError
+from absa_cli.driver.controller import MAX_RESTARTS, Controller
+from absa_cli.run.metrics import Console
+from absa_cli.run.rundir import RunDir, Status
+
+from scripted_group import Lose, LoseAll, NoRoom, ScriptedGroup
+
+# 256 samples, batch 64 → 128 → 256 (the fallback grows it after every epoch), 32 per worker at most, 2 workers
+BASE = ["epochs=3", "data.train_size=256", "batch.global_batch_size=64", "batch.per_worker_max=32",
+        "policy.max_global_batch=256", "policy.name=abs", "policy.duration=1", "logging.chunk_steps=2",
+        "cluster.max_workers=2", "checkpoint.keep_last=5"]
+
+
+def _controller(tmp_path, group: ScriptedGroup, *overrides: str) -> tuple[Controller, RunDir, io.StringIO]:
+    config = config_mod.load("quickstart", [*BASE, *overrides])
+    run = RunDir.create(tmp_path / "runs", config)
+    out = io.StringIO()
+    return Controller(config, run, group, Console(stream=out, force_plain=True)), run, out
+
+
+def _records(run: RunDir, kind: str) -> list[dict]:
+    return run.records(kind)
+
+
+def _assert_exactly_once(group: ScriptedGroup, run: RunDir) -> None:
+    """Every epoch applied positions 0 … its last full batch once each, in order; the records agree."""
+    for record in _records(run, "epoch"):
+        epoch, batch = record["epoch"] - 1, record["global_batch_size"]
+        applied = group.positions(epoch)
+        assert applied == list(range(256 // batch * batch)), (epoch, applied)
+        assert record["samples_seen"] == len(applied) and record["dropped_samples"] == 256 - len(applied)
+
+
+@pytest.fixture(autouse=True)
+def _fast():
+    started = time.perf_counter()
+    yield
+    assert time.perf_counter() - started < 2.0, "a scripted controller test must take well under a second or two"
+
+
+def test_the_group_for_the_policys_next_batch_is_started_ahead(tmp_path):
+    group = ScriptedGroup(offered=2)
+    controller, run, _ = _controller(tmp_path, group, "batch.per_worker_max=64")
+    assert controller.train().status == Status.FINISHED
+    assert [r["num_workers"] for r in _records(run, "epoch")] == [1, 2, 2]
+    assert group.prepared == [2]  # during epoch 1 only: at 128 and 256 the group is at cluster.max_workers=2
+    assert "2 readied for the policy's next batch 128" in _records(run, "geometry")[0]["reason"]
+
+
+def test_a_run_without_incident_grows_by_the_rule(tmp_path):
+    group = ScriptedGroup(offered=2)
+    controller, run, out = _controller(tmp_path, group)
+    ending = controller.train()
+    assert (ending.status, ending.exit_code) == (Status.FINISHED, 0) and ending.message.startswith("summary: 3 epochs")
+    assert [r["global_batch_size"] for r in _records(run, "epoch")] == [64, 128, 256]
+    assert [r["num_workers"] for r in _records(run, "epoch")] == [2, 2, 2]  # 64 = 2 × 32 from the start
+    geometries = _records(run, "geometry")
+    assert [g["grad_accum_steps"] for g in geometries] == [1, 2, 4]
+    assert "2 workers for batch 64: batch.per_worker_max=32 each" in geometries[0]["reason"]
+    assert "cluster.max_workers=2" in geometries[1]["reason"]
+    _assert_exactly_once(group, run)
+    assert [c for c in group.calls if c[0] == "resize"][0] == ("resize", 2)
+
+
+def test_a_worker_lost_mid_chunk_is_replaced_and_the_epoch_continues_at_the_exact_sample(tmp_path):
+    group = ScriptedGroup(offered=2, events={("train_chunk", 2): Lose(workers=1, steps_done=1)})
+    controller, run, out = _controller(tmp_path, group)
+    assert controller.train().status == Status.FINISHED
+    (failure,) = _records(run, "failure")
+    assert (failure["epoch"], failure["samples_seen"], failure["lost_workers"]) == (1, 192, 1)
+    assert (failure["replacements"], failure["to_workers"]) == (1, 2)  # the driver replaced it, live
+    (replacement,) = [r for r in _records(run, "resize") if r["epoch"] == 1]
+    assert (replacement["from_workers"], replacement["to_workers"]) == (1, 2)
+    assert _records(run, "epoch")[0]["updates"] == 4  # 2 + 1 before the loss + 1 after: each step counted once
+    _assert_exactly_once(group, run)
+    assert "lost 1 worker(s)" in out.getvalue() and "continuing on 2 from sample 192 of epoch 1" in out.getvalue()
+
+
+def test_without_room_for_a_replacement_the_survivor_accumulates(tmp_path):
+    group = ScriptedGroup(offered=2, events={("train_chunk", 1): Lose(workers=1, steps_done=0)})
+    group.hooks[("train_chunk", 1)] = lambda g: setattr(g, "offered", 1)  # the lost slot does not come back
+    controller, run, _ = _controller(tmp_path, group, "epochs=1")
+    assert controller.train().status == Status.FINISHED
+    (failure,) = _records(run, "failure")
+    assert (failure["replacements"], failure["to_workers"]) == (0, 1)
+    assert _records(run, "geometry")[-1]["num_workers"] == 1 and _records(run, "geometry")[-1]["grad_accum_steps"] == 2
+    _assert_exactly_once(group, run)
+
+
+def test_a_worker_lost_at_the_epoch_boundary_is_retried_on_the_reformed_group(tmp_path):
+    group = ScriptedGroup(offered=2, events={("evaluate", 1): Lose(workers=1), ("probe", 2): Lose(workers=1)})
+    controller, run, _ = _controller(tmp_path, group)
+    assert controller.train().status == Status.FINISHED
+    assert [f["epoch"] for f in _records(run, "failure")] == [1, 2]
+    assert group.methods().count("evaluate") == 4  # epoch 1 twice, then once per epoch
+    assert [r["epoch"] for r in _records(run, "epoch")] == [1, 2, 3]  # one record per epoch, nothing retrained
+    _assert_exactly_once(group, run)
+
+
+def test_a_second_failure_during_recovery_restarts_from_the_last_checkpoint(tmp_path):
+    # epoch 2 (one chunk of two steps of 128): a worker is lost after the first step, and starting its replacement
+    # (the third resize: the start, epoch 2's, the replacement) loses the group
+    group = ScriptedGroup(offered=2, events={("train_chunk", 3): Lose(workers=1, steps_done=1),
+                                             ("resize", 3): LoseAll()})
+    controller, run, out = _controller(tmp_path, group)
+    assert controller.train().status == Status.FINISHED
+    (restart,) = _records(run, "restart")
+    assert (restart["checkpoint"], restart["epoch"], restart["samples_seen"]) == ("epoch-0001.pt", 2, 0)
+    assert "restart" in out.getvalue() and "epoch-0001.pt" in out.getvalue()
+    _assert_exactly_once(group, run)  # the steps applied before the loss were rewound with the checkpoint
+
+
+def test_a_group_lost_again_and_again_stops_after_the_restart_cap(tmp_path):
+    events = {("train_chunk", n): LoseAll() for n in range(3, 20)}  # from epoch 2 on, after epoch 1's checkpoint
+    group = ScriptedGroup(offered=2, events=events)
+    controller, run, _ = _controller(tmp_path, group)
+    with pytest.raises(RuntimeError, match=f"lost {MAX_RESTARTS + 1} times"):
+        controller.train()  # an internal error: not an outcome, the CLI marks the run failed and keeps the traceback
+    # each restart rewinds metrics.jsonl to its checkpoint: the earlier restart records are in the superseded file
+    superseded = [json.loads(line) for line in run.superseded_path.read_text().splitlines()]
+    assert len(_records(run, "restart") + [r for r in superseded if r["kind"] == "restart"]) == MAX_RESTARTS
+
+
+def test_a_group_lost_before_any_checkpoint_cannot_restart(tmp_path):
+    group = ScriptedGroup(offered=2, events={("train_chunk", 1): LoseAll("scripted: gone")})
+    controller, _, _ = _controller(tmp_path, group)
+    with pytest.raises(RuntimeError, match=r"lost \(scripted: gone\) before any checkpoint"):
+        controller.train()
+
+
+def test_a_grow_the_cluster_cannot_start_falls_back_to_accumulation(tmp_path):
+    # epoch 1 on one worker (capacity 1); then the cluster reports 2 but the newcomer fails to start
+    group = ScriptedGroup(offered=1, events={("resize", 2): NoRoom("scripted: the newcomer died starting")})
+    group.hooks[("evaluate", 1)] = lambda g: setattr(g, "offered", 2)
+    controller, run, out = _controller(tmp_path, group, "batch.per_worker_max=64", "epochs=2")
+    assert controller.train().status == Status.FINISHED
+    assert [r["num_workers"] for r in _records(run, "epoch")] == [1, 1]
+    assert _records(run, "epoch")[1]["grad_accum_steps"] == 2  # 128 = 1 × 64 × 2
+    assert "asked for 2 workers, have 1 (scripted: the newcomer died starting)" in out.getvalue()
+    assert not _records(run, "resize")
+    _assert_exactly_once(group, run)
+
+
+def test_capacity_that_appears_later_is_used_at_the_next_epoch(tmp_path):
+    group = ScriptedGroup(offered=1)
+    group.hooks[("probe", 2)] = lambda g: setattr(g, "offered", 2)  # a node joins during epoch 2's probe
+    controller, run, _ = _controller(tmp_path, group)
+    assert controller.train().status == Status.FINISHED
+    assert [r["num_workers"] for r in _records(run, "epoch")] == [1, 1, 2]
+    (resize,) = _records(run, "resize")
+    assert (resize["epoch"], resize["from_workers"], resize["to_workers"]) == (3, 1, 2)
+    assert "the cluster offers 1 of the 2 wanted" in _records(run, "geometry")[0]["reason"]
+    _assert_exactly_once(group, run)
+
+
+@pytest.mark.parametrize("phase, checkpoint", [
+    (("train_chunk", 2), "epoch-0000-sample-000000192.pt"),  # mid-epoch: after the step in progress
+    (("evaluate", 1), "epoch-0001.pt"),  # at the boundary: the epoch finishes, its checkpoint is the stop's
+    (("probe", 1), "epoch-0001.pt"),
+    (("resize", 2), "epoch-0001.pt"),  # while the group forms for epoch 2: stops before any step of it
+])
+def test_a_stop_request_in_each_phase_ends_resumable_after_the_step_in_progress(tmp_path, phase, checkpoint):
+    group = ScriptedGroup(offered=2)
+    controller, run, _ = _controller(tmp_path, group)
+    group.hooks[phase] = lambda g: controller.request_stop(signal.SIGTERM)
+    ending = controller.train()
+    assert (ending.status, ending.exit_code, ending.resumable) == (Status.INTERRUPTED, 128 + signal.SIGTERM, True)
+    assert ending.message.startswith("interrupted by SIGTERM") and ending.message.endswith(f"checkpoint {checkpoint}")
+    assert ending.fields["checkpoint"] == checkpoint and (run.checkpoints_dir / checkpoint).exists()
+    stops = [c for c in group.calls if c[0] == "train_chunk"]
+    assert all(epoch == 0 for _, (epoch, *_rest) in stops)  # nothing of epoch 2 was trained after the stop
+
+
+def test_a_second_signal_aborts_and_the_last_checkpoint_stands(tmp_path):
+    group = ScriptedGroup(offered=2)
+    controller, run, _ = _controller(tmp_path, group)
+
+    def second_signal(g):
+        controller.abort_signal = signal.SIGINT
+        raise KeyboardInterrupt
+
+    group.hooks[("train_chunk", 3)] = second_signal  # epoch 2
+    ending = controller.train()
+    assert (ending.status, ending.exit_code, ending.resumable) == (Status.INTERRUPTED, 130, True)
+    assert ending.message == "aborted; the last checkpoint stands"
+    assert sorted(p.name for p in run.checkpoints_dir.glob("*.pt")) == ["epoch-0001.pt"]
+
+
+def test_divergence_is_an_outcome_with_no_checkpoint_of_the_diverged_weights(tmp_path):
+    group = ScriptedGroup(offered=2, train_loss=float("nan"))
+    controller, run, _ = _controller(tmp_path, group)
+    ending = controller.train()
+    assert (ending.status, ending.exit_code) == (Status.DIVERGED, 1)
+    assert ending.message.startswith("error: training diverged: the training loss became nan by update 2")
+    assert not list(run.checkpoints_dir.glob("*.pt"))
+
+
+def test_a_damaged_checkpoint_on_resume_is_a_user_error_outcome(tmp_path):
+    group = ScriptedGroup(offered=2)
+    controller, run, _ = _controller(tmp_path, group)
+    controller.train()
+    (run.checkpoints_dir / "manifest.json").write_text("{not json")
+    again = Controller(controller.config, run, ScriptedGroup(offered=2), Console(stream=io.StringIO()))
+    ending = again.train(resume=True)
+    assert (ending.status, ending.exit_code) == (Status.FAILED, 2) and ending.message.startswith("error: ")
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_by_the_controller_itself(tmp_path):
+    group = ScriptedGroup(offered=2, num_train_samples=200)  # epoch 3's batch of 256 would apply no step
+    controller, run, _ = _controller(tmp_path, group)
+    with pytest.raises(ConfigError, match="policy.max_global_batch=256 is larger than the 200 training samples"):
+        controller.run_all()
+    assert [r["epoch"] for r in _records(run, "epoch")] == [1, 2]
+
+
+def test_records_are_json_lines_the_docs_describe(tmp_path):
+    group = ScriptedGroup(offered=2, events={("train_chunk", 2): Lose(workers=1, steps_done=1)})
+    controller, run, _ = _controller(tmp_path, group)
+    controller.train()
+    kinds = {json.loads(line)["kind"] for line in run.metrics_path.read_text().splitlines()}
+    assert kinds == {"geometry", "epoch", "failure", "resize"}
