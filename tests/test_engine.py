@@ -75,6 +75,20 @@ def test_accumulation_equals_one_big_micro_batch(tiny_config):
     assert not torch.allclose(_params(whole), _params(_engine_without_batchnorm(tiny_config)))  # it trained
 
 
+def test_fgsm_samples_do_not_depend_on_how_the_batch_is_cut(tiny_config):
+    """0.1 of every base batch of 64 is attacked: positions 0-5 of each step, whatever the micro-batches. Counted
+    per micro-batch instead, the cuts below would attack 1 sample at each of 0, 16, 32, 48 against 3 at each of
+    0, 32, and the weights would differ. (No BatchNorm: its batch statistics depend on the cut by themselves.)"""
+    sixteens, thirty_twos = _engine_without_batchnorm(tiny_config), _engine_without_batchnorm(tiny_config)
+    lrs = [0.05] * 4
+    sixteens.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 16, 4), adv_ratio=0.1)
+    thirty_twos.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2), adv_ratio=0.1)
+    assert torch.allclose(_params(sixteens), _params(thirty_twos), atol=1e-10, rtol=0)
+    clean = _engine_without_batchnorm(tiny_config)
+    clean.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2))
+    assert not torch.allclose(_params(clean), _params(thirty_twos), atol=1e-10, rtol=0)  # the attack mattered
+
+
 def test_chunking_does_not_change_the_result(tiny_config):
     geometry = BatchGeometry(64, 1, 32, 2)
     one_go, in_pieces = Engine(tiny_config), Engine(tiny_config)
