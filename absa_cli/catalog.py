@@ -1,4 +1,4 @@
-"""What datasets and models exist, as plain data (layer 0: no torch).
+"""What datasets and models exist, as plain data (the base, layer 0: no torch).
 
 The config validates names against this catalogue and ``absa plan`` reads dataset sizes from it without
 importing torch or opening any file. The loaders in ``absa_cli.data`` and the builders in ``absa_cli.models``

@@ -1,4 +1,4 @@
-"""Run configuration: schema, presets, overrides, validation (layer 0: omegaconf + stdlib only).
+"""Run configuration: schema, presets, overrides, validation (the base, layer 0: omegaconf + stdlib only).
 
 Precedence, lowest first: the schema defaults below < the preset's YAML (a delta: it names only what it
 changes) < ``KEY=VALUE`` overrides from the command line. The merged config is in struct mode, so an unknown key

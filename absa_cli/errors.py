@@ -6,6 +6,10 @@ the problem and the fix. Internal errors are not ``UserError`` and keep their tr
 
 from __future__ import annotations
 
+import re
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours (Ray's errors carry them)
+
 
 class UserError(Exception):
     """Bad input from the user: wrong key, wrong type, missing file, unknown name."""
@@ -18,9 +22,9 @@ class DataNotFoundError(UserError):
 
 
 def first_line(error: BaseException | str, typed: bool = False, limit: int = 300) -> str:
-    """The first line of an error's message, for one-line reports: an exception with no message gives its type's
-    name; ``typed`` prefixes the type (``RayActorError: ...``)."""
-    text = (str(error) if isinstance(error, BaseException) else error).strip()
+    """The first line of an error's message, for one-line reports and records, without terminal escape codes: an
+    exception with no message gives its type's name; ``typed`` prefixes the type (``RayActorError: ...``)."""
+    text = _ESCAPES.sub("", str(error) if isinstance(error, BaseException) else error).strip()
     line = text.splitlines()[0] if text else ""
     if isinstance(error, BaseException) and (typed or not line):
         line = f"{type(error).__name__}: {line}" if line else type(error).__name__

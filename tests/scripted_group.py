@@ -90,8 +90,9 @@ class ScriptedGroup:
         survivors = self.num_workers - event.workers
         if survivors < 1:
             return GroupLost(f"scripted: all {self.num_workers} workers lost")
+        lost = tuple(f"rank {rank}, pid 100{rank} on node scripted" for rank in range(survivors, self.num_workers))
         failure = Failure(epoch, samples_seen, steps_done, from_workers=self.num_workers, lost_workers=event.workers,
-                          to_workers=survivors, error="scripted: worker lost", recovery_s=0.0)
+                          to_workers=survivors, error="scripted: worker lost", recovery_s=0.0, lost=lost)
         self.num_workers = survivors
         return WorkerFailure(failure)
 
@@ -99,6 +100,12 @@ class ScriptedGroup:
 
     def capacity(self) -> int:
         return max(self.offered, self.num_workers)
+
+    def describe_capacity(self) -> str:
+        return f"the scripted cluster offers {self.offered}"
+
+    def name(self, run_id: str) -> None:
+        self.calls.append(("name", run_id))
 
     def prepare(self, num_workers: int) -> None:
         self.prepared.append(num_workers)
@@ -108,7 +115,7 @@ class ScriptedGroup:
         old = self.num_workers
         if num_workers == old:
             return Unchanged(old)
-        if isinstance(event, NoRoom) or (num_workers > old > 0 and num_workers > self.offered):
+        if isinstance(event, NoRoom) or num_workers > max(self.offered, old):
             return Shortfall(requested=num_workers, available=old, reason=getattr(event, "reason", "no room"))
         self.num_workers = num_workers
         return Resized(old, num_workers, resize_s=0.001)
@@ -130,25 +137,31 @@ class ScriptedGroup:
         samples = steps * batch
         return Stats(steps=steps, samples=samples, loss_sum=self.train_loss * samples, num_correct=samples // 2)
 
+    def _position(self) -> tuple[int, int]:
+        """Where the last applied step left the training (what survivors report at a boundary call)."""
+        return (self.applied[-1][0], self.applied[-1][2]) if self.applied else (0, 0)
+
     def evaluate(self) -> Stats:
         event = self._call("evaluate")
         if isinstance(event, Lose):
-            raise self._lose(event, 0, 0)
+            raise self._lose(event, *self._position())
         return Stats()
 
     def probe(self, epoch: int) -> Stats:
         event = self._call("probe", epoch)
         if isinstance(event, Lose):
-            raise self._lose(event, epoch, 0)
+            raise self._lose(event, *self._position())
         return Stats(eigenvalue=self.eigenvalues[min(epoch, len(self.eigenvalues) - 1)])
 
     def state_dict(self) -> dict:
-        self._call("state_dict")
+        event = self._call("state_dict")
+        if isinstance(event, Lose):
+            raise self._lose(event, *self._position())
         return {"model": {"steps": torch.tensor(len(self.applied))}, "applied": [list(a) for a in self.applied]}
 
-    def restart(self, num_workers: int, state: dict) -> None:
-        self._call("restart", num_workers)
-        self.num_workers = num_workers
+    def restart(self, state: dict) -> None:
+        self._call("restart")
+        self.num_workers = 0  # the next resize starts the new group
         self.applied = [list(a) for a in state["applied"]]
 
     def request_stop(self) -> None:

@@ -104,7 +104,7 @@ def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_p
                 workers = group.num_workers  # 2, or 1 if the lost worker could not be replaced
                 seen += group.train_chunk(0, seen, lrs(2), BatchGeometry(batch, workers, batch // workers, 1)).samples
             except WorkerFailure as lost:  # the survivors re-formed; as the driver does, replace the lost worker
-                failures.append(lost.failure.record(replacements=0))
+                failures.append(lost.failure.record())
                 seen = lost.failure.samples_seen
                 group.resize(2)
         killer.join()
@@ -206,7 +206,11 @@ def test_run_survives_a_sigkilled_worker(cluster, tmp_path):
     failures = [r for r in records if r["kind"] == "failure"]
     assert len(failures) == 1 and failures[0]["lost_workers"] == 1, output
     assert failures[0]["recovery_s"] < COLLECTIVE_TIMEOUT_S
+    assert failures[0]["lost"] and "on node" in failures[0]["lost"][0] and "\x1b[" not in failures[0]["error"]
     assert not [r for r in records if r["kind"] == "restart"]  # recovered live, not from disk
+    # the cluster had free slots: the driver replaced the lost worker at once, live
+    replacements = [r for r in records if r["kind"] == "resize" and r["reason"] == "failure"]
+    assert [(r["from_workers"], r["to_workers"]) for r in replacements] == [(1, 2)], output
     epochs = [r for r in records if r["kind"] == "epoch"]
     # 1,000 samples at a global batch of 32: 31 full steps (992 samples) per epoch, the last 8 dropped
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
@@ -261,7 +265,7 @@ def test_a_failure_in_the_first_step_of_an_epoch_resumes_that_epoch_at_its_start
         with pytest.raises(WorkerFailure) as info:
             group.train_chunk(1, 0, [0.02] * 4, geometry)
         failure = info.value.failure
-        assert (failure.record(0)["epoch"], failure.samples_seen, failure.steps_done) == (2, 0, 0)
+        assert (failure.record()["epoch"], failure.samples_seen, failure.steps_done) == (2, 0, 0)
     finally:
         group.close()
 

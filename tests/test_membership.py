@@ -73,3 +73,22 @@ def test_every_command_refuses_it_in_one_line(command, tmp_path):
                                       *([str(tmp_path)] if command[0] == "train" else [])])
     assert_user_error(result, "global batch 127 splits badly", "small factors")
     assert not any(tmp_path.iterdir())
+
+
+def test_resume_refuses_such_a_run_in_one_line_and_keeps_other_flag_errors_plain(tmp_path):
+    """A run whose saved config this version refuses cannot continue: one line saying so. A wrong flag on a good run
+    is the flag's own line, not a verdict on the run."""
+    from absa_cli.run.rundir import RunDir
+
+    good = RunDir.create(tmp_path, config_mod.load("quickstart"))
+    good.write_info(status="interrupted")
+    flags = CliRunner().invoke(app, ["resume", good.id, "--local", "--max-gpus", "2", "--runs-dir", str(tmp_path)])
+    assert_user_error(flags, "--local trains on one worker")
+    assert "cannot continue" not in flags.stderr
+    bad = RunDir.create(tmp_path, config_mod.load("quickstart"))
+    bad.config_path.write_text(bad.config_path.read_text().replace("global_batch_size: 128", "global_batch_size: 127")
+                               .replace("per_worker_max: 128", "per_worker_max: 32")
+                               .replace("max_global_batch: 1024", "max_global_batch: 127"))
+    bad.write_info(status="interrupted")
+    result = CliRunner().invoke(app, ["resume", bad.id, "--local", "--runs-dir", str(tmp_path)])
+    assert_user_error(result, f"run {bad.id} cannot continue with this version of absa", "splits badly")

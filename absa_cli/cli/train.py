@@ -74,12 +74,12 @@ def resume(
             _refuse_finished(run)  # again, under the lock: a driver may have finished it meanwhile
             config = run.load_config()
             _apply_workers(config, max_gpus, local)
-            check_schedule(config)
+            try:
+                check_schedule(config)
+            except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
+                raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new "
+                                  f"run from its config, {run.config_path}") from None
             group, where = make_group(config, address, local)
-        except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
-            lock.release()
-            raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new run "
-                              f"from its config, {run.config_path}") from None
         except BaseException:
             lock.release()
             raise

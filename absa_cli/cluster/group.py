@@ -15,6 +15,7 @@ driver's decision (``decide/membership.py``).
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import Any
 
@@ -25,11 +26,21 @@ from absa_cli import config as config_mod
 from absa_cli.cluster.worker import WorkerActor
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
-from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, StopState, Unchanged,
+from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, Unchanged,
                                       WorkerFailure)
 from absa_cli.errors import first_line
 
+class StopState(enum.Enum):
+    """A stop request on its way to the workers: asked for by a signal handler, then sent by the main thread (no Ray
+    call is made from a signal handler)."""
+
+    NONE = "none"
+    REQUESTED = "requested"
+    SENT = "sent"
+
+
 _STOP_POLL_S = 0.25  # how soon a stop request reaches workers busy in a chunk
+_START_ATTEMPT_S = 60.0  # one attempt to start workers; the driver keeps trying until cluster.start_timeout_s
 
 
 class RayWorkerGroup:
@@ -37,12 +48,16 @@ class RayWorkerGroup:
         self.config = config
         self.config_yaml = config_mod.to_yaml(config)
         self.resource = "GPU" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPU"
+        self.label: str | None = None  # the run id, once known (name): workers are named after it
         self.actors: list[Any] = []
+        self._workers: dict[str, dict[str, Any]] = {}  # actor id → its pid, host and node, from ready()
+        self._serial = 0
         self.spares: list[Any] = []  # started ahead of a likely grow: importing torch overlaps training
         self.generation = 0
         self._num_train_samples: int | None = None
         self.sample_log_dir = config.logging.sample_log_dir
         self._stop = StopState.NONE
+        self._pending_state: dict | None = None  # a checkpoint the next start loads (restart)
 
     # ------------------------------------------------------------------------------------------ membership
 
@@ -56,16 +71,31 @@ class RayWorkerGroup:
             self._num_train_samples = ray.get(self.actors[0].num_train_samples.remote())
         return self._num_train_samples
 
+    def name(self, run_id: str) -> None:
+        """Workers started from now on are named ``absa-<run id>-worker<N>`` (``ray list actors``)."""
+        self.label = run_id
+
     def capacity(self) -> int:
-        """Workers this group could have now: its own, its spares and the free slots; at least one (the first
-        worker is waited for, up to ``cluster.start_timeout_s``)."""
+        """Workers this group could have now: its own, its spares and the free slots (0: none can start now)."""
         free = int(ray.available_resources().get(self.resource, 0))
-        return max(1, len(self.actors) + len(self.spares) + free)
+        return len(self.actors) + len(self.spares) + free
+
+    def describe_capacity(self) -> str:
+        free = ray.available_resources().get(self.resource, 0)
+        total = ray.cluster_resources().get(self.resource, 0)
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        return (f"a worker needs 1 {self.resource}; the cluster has {free:g} of {total:g} {self.resource} free on "
+                f"{nodes} node(s), and this run holds {len(self.actors)} worker(s) and {len(self.spares)} spare(s)")
 
     def _launch(self, count: int) -> list[Any]:
         per_worker = {"num_gpus": 1} if self.resource == "GPU" else {"num_cpus": 1}
         threads = self.config.threads or (0 if self.resource == "GPU" else 1)
-        return [WorkerActor.options(**per_worker).remote(self.config_yaml, threads) for _ in range(count)]
+        actors = []
+        for _ in range(count):
+            self._serial += 1
+            name = {"name": f"absa-{self.label}-worker{self._serial}"} if self.label else {}
+            actors.append(WorkerActor.options(**per_worker, **name).remote(self.config_yaml, threads))
+        return actors
 
     def prepare(self, num_workers: int) -> None:
         """Start spare actors now for a group of ``num_workers`` later, if the cluster has room (non-blocking).
@@ -81,26 +111,35 @@ class RayWorkerGroup:
     def _start(self, count: int) -> list[Any]:
         reused, self.spares = self.spares[:count], self.spares[count:]
         actors = reused + self._launch(count - len(reused))
+        attempt_s = min(self.config.cluster.start_timeout_s, _START_ATTEMPT_S)
         try:
-            ready, pending = ray.wait([actor.ready.remote() for actor in actors], num_returns=count,
-                                      timeout=self.config.cluster.start_timeout_s)
+            futures = [actor.ready.remote() for actor in actors]
+            ready, pending = ray.wait(futures, num_returns=count, timeout=attempt_s)
             if pending:  # the cluster could not place them in time: never wait forever for capacity
-                raise TimeoutError(f"{len(pending)} of {count} worker(s) could not start within "
-                                   f"cluster.start_timeout_s={self.config.cluster.start_timeout_s}")
-            ray.get(ready)  # surfaces an error raised while a worker was starting
+                raise TimeoutError(f"{len(pending)} of {count} worker(s) could not be placed within {attempt_s:g} s")
+            for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
+                self._workers[actor._actor_id.hex()] = info
         except Exception:
             for actor in actors:
                 ray.kill(actor)
             raise
         return actors
 
+    def _describe(self, actor: Any, rank: int) -> str:
+        info = self._workers.get(actor._actor_id.hex(), {})
+        return f"rank {rank}, pid {info.get('pid', '?')} on node {info.get('node_ip', '?')}"
+
     def start(self, num_workers: int, state: dict | None = None) -> None:
         """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``."""
         self.actors = self._start(num_workers)
-        self._rendezvous()
-        if state is not None:
-            ref = ray.put(state)
-            ray.get([actor.load_state_dict.remote(ref) for actor in self.actors])
+        try:
+            self._rendezvous()
+            if state is not None:
+                ref = ray.put(state)
+                ray.get([actor.load_state_dict.remote(ref) for actor in self.actors])
+        except Exception:
+            self.close()
+            raise
 
     def resize(self, num_workers: int) -> ResizeResult:
         """Live re-form to ``num_workers``: what was done, with each phase's seconds; ``Shortfall`` if the
@@ -109,8 +148,12 @@ class RayWorkerGroup:
         if num_workers == old:
             return Unchanged(old)
         started = time.perf_counter()
-        if old == 0:  # the first generation: nothing to keep
-            self.start(num_workers)
+        if old == 0:  # the first generation (or a restart): nothing to keep
+            try:
+                self.start(num_workers, self._pending_state)
+            except Exception as exc:  # not placed in time, or failed to start: the driver waits or decides again
+                return Shortfall(requested=num_workers, available=0, reason=first_line(exc, typed=True))
+            self._pending_state = None
             return Resized(0, num_workers, resize_s=time.perf_counter() - started)
         try:
             newcomers = self._start(num_workers - old) if num_workers > old else []
@@ -147,10 +190,10 @@ class RayWorkerGroup:
         except (RayActorError, GetTimeoutError, ray.exceptions.RayTaskError) as exc:
             raise GroupLost(f"re-forming the process group failed: {first_line(exc, typed=True)}") from exc
 
-    def restart(self, num_workers: int, state: dict) -> None:
-        """Tear everything down and start a fresh group loaded with ``state`` (the checkpoint fallback)."""
+    def restart(self, state: dict) -> None:
+        """Tear everything down; the next ``resize`` starts fresh workers loaded with ``state``."""
         self.close()
-        self.start(num_workers, state)
+        self._pending_state = state
 
     def _rendezvous(self) -> None:
         """Every member leaves its old process group and joins a new one on a fresh port of rank 0's node."""
@@ -217,6 +260,7 @@ class RayWorkerGroup:
         if not alive:
             raise GroupLost(f"all {len(self.actors)} workers were lost: {first_line(errors[0], typed=True)}")
         old = len(self.actors)
+        described = tuple(self._describe(actor, self.actors.index(actor)) for actor in lost)
         # The furthest survivor becomes rank 0 and its state is the truth (all agree unless the peer died inside
         # the last all-reduce, after which some ranks may have applied one more step than others).
         alive.sort(key=lambda item: item[0][:2], reverse=True)  # (epoch, samples_seen): the furthest first
@@ -231,7 +275,7 @@ class RayWorkerGroup:
             ray.get([actor.load_state_dict.remote(state_ref) for actor in behind])
         return WorkerFailure(Failure(epoch, samples_seen, steps_done, from_workers=old, lost_workers=len(lost),
                                      to_workers=len(self.actors), error=first_line(errors[0], typed=True),
-                                     recovery_s=time.perf_counter() - started))
+                                     recovery_s=time.perf_counter() - started, lost=described))
 
     def evaluate(self) -> Any:
         return self._all("evaluate")[0]

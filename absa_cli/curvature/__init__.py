@@ -1,4 +1,4 @@
-"""Curvature engine (layer 1: torch and ``absa_cli.dist``; never ray).
+"""Curvature engine (curvature/: torch and ``absa_cli.dist``; never ray).
 
 One Hessian-vector-product primitive, ``HessianOperator``, feeds every estimate: power iteration (the paper's probe),
 Lanczos top-k, Hutchinson's trace and the stochastic-Lanczos-quadrature density. Products are averaged over batches

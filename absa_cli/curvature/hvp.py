@@ -1,4 +1,4 @@
-"""The one Hessian-vector-product primitive (layer 1: torch and ``absa_cli.dist`` only).
+"""The one Hessian-vector-product primitive (curvature/: torch and ``absa_cli.dist`` only).
 
 ``HessianOperator.matvec(v)`` returns ``H·v`` where ``H`` is the Hessian, with respect to the model's trainable
 parameters, of the *mean loss over every sample held by every worker*. Power iteration, Lanczos, Hutchinson's trace

@@ -1,4 +1,4 @@
-"""Flat-vector arithmetic and seeded random probes for the curvature algorithms (layer 1: torch only).
+"""Flat-vector arithmetic and seeded random probes for the curvature algorithms (curvature/: torch only).
 
 Every algorithm here works on one flat vector of all parameters (``HessianOperator.flatten``) rather than a list of
 per-parameter tensors: a flat vector is one kernel per operation, one collective per all-reduce, and a Lanczos basis

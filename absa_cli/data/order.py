@@ -1,4 +1,4 @@
-"""Exactly-once sample order (layer 1).
+"""Exactly-once sample order (data/: torch).
 
 Each epoch has one seeded global permutation of the training set and one augmentation seed per position. Step k
 of an epoch consumes positions ``[samples_seen, samples_seen + B)``, split over workers and micro-batches by the

@@ -1,4 +1,4 @@
-"""The learning rate at a point of training (layer 0: pure).
+"""The learning rate at a point of training (decide/: pure).
 
 LR = optim.lr scaled from optim.ref_batch_size to the global batch (optim.lr_scaling), times
 optim.decay_factor for every epoch in optim.decay_epochs already reached, times a linear warm-up factor

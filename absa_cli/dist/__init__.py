@@ -1,4 +1,4 @@
-"""The engine's only view of distribution (layer 1).
+"""The engine's only view of distribution (dist/: torch building blocks, layer 2).
 
 The engine and the curvature code call these methods and nothing else, so a local run and a distributed run are
 the same algorithm. ``LocalContext`` is world size 1 (single process, tests, ``--local``); ``TorchDistContext`` is

@@ -38,12 +38,14 @@ class Checkpoints:
 
         return CheckpointStore(self.run.checkpoints_dir, self.keep_last)
 
-    def save(self, progress: Any, policy_state: dict[str, Any], group_state: Callable[[], dict], preset: str) -> str:
+    def save(self, progress: Any, policy_state: dict[str, Any], group_state: Callable[[], dict],
+             preset: str) -> str | None:
         """Checkpoint ``progress`` (an epoch boundary, or mid-epoch on a stop request); the file name. Nothing is
-        written when no update was applied since the last one (e.g. a stop right after the boundary checkpoint)."""
+        written when no update was applied since the last one (e.g. a stop right after the boundary checkpoint:
+        that one's name; before the first update: None, nothing to keep)."""
         name = checkpoint_name(progress.epoch, progress.samples_seen)
         if self.saved_at == progress.updates:
-            return name
+            return self.saved_file
         state = {**group_state(), "epoch": progress.epoch, "samples_seen": progress.samples_seen,
                  "updates": progress.updates, "progress": progress.to_dict(), "policy": policy_state,
                  "metrics_bytes": self.run.metrics_size(), "preset": preset}

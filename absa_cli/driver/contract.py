@@ -4,9 +4,11 @@ The driver defines it; the groups implement it — ``driver/local_group.py`` (on
 ``cluster/group.py`` (Ray actors) and ``tests/scripted_group.py`` (scripted failures and capacity, for tests). The
 controller talks to nothing else, so every recovery and capacity path runs the same code whichever group is below.
 
-Sizes change only through ``resize``, which reports what it did: ``Resized`` (live, with each phase's seconds),
-``Unchanged``, or ``Shortfall`` (the cluster could not start the newcomers; the group kept its size). Membership is
-decided above the group (``decide/membership.py``); a group never picks a worker count itself.
+The driver changes the size through ``resize``, which reports what it did: ``Resized`` (live, with each phase's
+seconds), ``Unchanged``, or ``Shortfall`` (the cluster could not start the newcomers; the group kept its size).
+Only two other things change it: a failure shrinks the group to its survivors, and ``restart`` empties it (the next
+``resize`` starts new workers from the checkpoint). Membership is decided above the group
+(``decide/membership.py``); a group never picks a worker count itself.
 
 Two events interrupt a call: ``WorkerFailure`` (workers were lost; the survivors have re-formed and report where the
 last applied step left the epoch) and ``GroupLost`` (no live re-form is possible: restart from a checkpoint).
@@ -14,7 +16,6 @@ last applied step left the epoch) and ``GroupLost`` (no live re-form is possible
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -37,7 +38,7 @@ class Resized:
         """A resize of a running group (worth a ``resize`` record), not the first start."""
         return self.from_workers > 0
 
-    def record(self, epoch: int, first_step_s: float) -> dict[str, Any]:
+    def record(self, epoch: int, first_step_s: float | None) -> dict[str, Any]:
         return {"kind": "resize", **asdict(self), "epoch": epoch, "first_step_s": first_step_s}
 
 
@@ -69,15 +70,18 @@ class Failure:
     from_workers: int
     lost_workers: int
     to_workers: int  # the survivors
-    error: str  # the first line of what the lost call raised
+    error: str  # the first line of what the lost call raised (it may name a survivor whose collective failed)
     recovery_s: float
+    lost: tuple[str, ...] = ()  # the lost workers: "rank R, pid P on node N"
 
-    def record(self, replacements: int) -> dict[str, Any]:
-        """The ``failure`` record; ``replacements``: workers the driver then started to replace the lost ones."""
+    def describe_lost(self) -> str:
+        return "; ".join(self.lost) or f"{self.lost_workers} worker(s)"
+
+    def record(self) -> dict[str, Any]:
+        """The ``failure`` record (a replacement the driver then starts is a ``resize`` record of its own)."""
         return {"kind": "failure", "epoch": self.epoch + 1, "samples_seen": self.samples_seen,
-                "from_workers": self.from_workers, "lost_workers": self.lost_workers,
-                "replacements": replacements, "to_workers": self.to_workers + replacements, "error": self.error,
-                "recovery_s": self.recovery_s}
+                "from_workers": self.from_workers, "lost_workers": self.lost_workers, "lost": list(self.lost),
+                "to_workers": self.to_workers, "error": self.error, "recovery_s": self.recovery_s}
 
 
 class WorkerFailure(Exception):
@@ -93,14 +97,6 @@ class GroupLost(RuntimeError):
     """The group cannot continue live (every worker lost, or a re-form failed): restart from the last checkpoint."""
 
 
-class StopState(enum.Enum):
-    """A stop request on its way to the workers: asked for by a signal handler, then sent by the main thread."""
-
-    NONE = "none"
-    REQUESTED = "requested"
-    SENT = "sent"
-
-
 class WorkerGroup(Protocol):
     """What the driver needs from a group of workers; every worker holds the same model after every step."""
 
@@ -111,7 +107,14 @@ class WorkerGroup(Protocol):
     def num_train_samples(self) -> int: ...
 
     def capacity(self) -> int:
-        """Workers the group could have now: its own, the spares it started ahead, and the cluster's free slots."""
+        """Workers the group could have now: its own, the spares it started ahead, and the cluster's free slots
+        (0: not one worker could start now)."""
+
+    def describe_capacity(self) -> str:
+        """One line: what a worker needs and what the cluster has free, for a wait or a shortfall."""
+
+    def name(self, run_id: str) -> None:
+        """Name the workers after the run, where the cluster shows names (``ray list actors``)."""
 
     def prepare(self, num_workers: int) -> None:
         """Start spare workers now, without waiting, for a group of ``num_workers`` later (if the cluster has room)."""
@@ -129,8 +132,9 @@ class WorkerGroup(Protocol):
 
     def state_dict(self) -> dict: ...
 
-    def restart(self, num_workers: int, state: dict) -> None:
-        """A fresh group of ``num_workers`` loaded with ``state`` (the fallback when a live re-form is impossible)."""
+    def restart(self, state: dict) -> None:
+        """Start over from ``state`` (a checkpoint: resume, or the fallback when a live re-form is impossible): every
+        worker goes; the next ``resize`` starts new ones loaded with it."""
 
     def request_stop(self) -> None:
         """From a signal handler: the workers stop after the step in progress, all after the same one."""

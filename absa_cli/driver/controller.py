@@ -20,13 +20,13 @@ from typing import Any
 
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry, samples_in_epoch, steps_in_epoch
-from absa_cli.decide.membership import Membership, decide_membership
 from absa_cli.decide.policy import Decision, EpochMeasurements, check_batch_fits, make_policy
 from absa_cli.driver import outcome
 from absa_cli.driver.checkpoints import Checkpoints
-from absa_cli.driver.contract import GroupLost, Resized, Shortfall, WorkerFailure, WorkerGroup
+from absa_cli.driver.contract import GroupLost, WorkerFailure, WorkerGroup
+from absa_cli.driver.groups import GroupKeeper
 from absa_cli.driver.progress import Progress
-from absa_cli.driver.records import epoch_record, event_record, geometry_record, same_geometry
+from absa_cli.driver.records import epoch_record, event_record
 from absa_cli.errors import UserError
 from absa_cli.run.lock import LockLost
 from absa_cli.run.metrics import Console, FanOut, JsonlSink
@@ -55,6 +55,9 @@ class Controller:
         self.last_record: dict[str, Any] | None = None
         self.stop: outcome.StopRequest | None = None
         self.abort_signal: int | None = None  # a second signal: the run ends at once (KeyboardInterrupt)
+        group.name(run.id)
+        self.groups = GroupKeeper(config, group, self.policy, self.sink, console, check_stop=self._check_stop,
+                                  stopping=lambda: self.stop is not None)
 
     def close(self) -> None:
         self.sink.close()
@@ -122,14 +125,15 @@ class Controller:
     def run_epoch(self) -> dict[str, Any]:
         progress, trained = self.progress, self.decision
         epoch_started = time.perf_counter()
-        geometry, resize = self._form_group()
+        change = self.groups.form(progress)
         self._check_stop()  # a stop requested while the group formed: before any step at the new size
-        totals, geometry, resize_s = self._train_epoch(geometry, resize)
-        evaluation = self._recovering(self.group.evaluate)
+        totals, geometry, resize_s = self._train_epoch(change)
+        evaluation = self.groups.recovering(self.group.evaluate, progress)
         if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
             raise outcome.Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
                            geometry.global_batch_size, [totals.lr], self.checkpoints.saved_file)
-        probe = self._recovering(lambda: self.group.probe(progress.epoch)) if trained.probe_next else None
+        probe = self.groups.recovering(lambda: self.group.probe(progress.epoch), progress) \
+            if trained.probe_next else None
         self.decision = self.policy.observe(EpochMeasurements(
             epoch=progress.epoch + 1, num_epochs=self.config.epochs, eigenvalue=probe.eigenvalue if probe else None,
             train_loss=totals.loss_sum / max(totals.samples, 1), test_acc=evaluation.accuracy))
@@ -146,72 +150,20 @@ class Controller:
                             num_workers=geometry.num_workers)
         return record
 
-    # ------------------------------------------------------------------------------------- membership
-
-    def _membership(self, capacity: int) -> Membership:
-        return decide_membership(self.decision.global_batch_size, self.policy.next_global_batch(), capacity,
-                                 self.group.num_workers, self.config.cluster.max_workers,
-                                 self.config.batch.per_worker_max)
-
-    def _form_group(self) -> tuple[BatchGeometry, Resized | None]:
-        """Decide the workers from what the cluster offers, resize live, start spares for the next batch; the
-        geometry, and the live resize to time into the next step's record (None if none)."""
-        membership = self._membership(self.group.capacity())
-        result = self.group.resize(membership.num_workers)
-        if isinstance(result, Shortfall):  # the cluster gave fewer: decide again on what the group has
-            self.console.line(f"[yellow]cluster[/]: asked for {result.requested} workers, have {result.available} "
-                              f"({result.reason}); accumulation keeps the global batch exact")
-            membership = self._membership(result.available)
-            result = self.group.resize(membership.num_workers)  # as many as it has, or fewer: never a grow
-        self._log_geometry(membership)
-        if membership.prestart:
-            self.group.prepare(membership.prestart)
-        return membership.geometry, result if isinstance(result, Resized) and result.live else None
-
-    def _log_geometry(self, membership: Membership) -> None:
-        """A geometry record and a console line at the start and at every change."""
-        if same_geometry(self.progress.history[-1] if self.progress.history else None, membership.geometry):
-            return
-        record = geometry_record(self.progress.epoch + 1, membership.geometry, membership.reason)
-        self.progress.history.append({k: v for k, v in record.items() if k != "kind"})
-        self.sink.write(record)
-        self.console.line(f"[bold]geometry[/]: {membership.geometry.describe()} ({membership.reason})")
-
-    def _after_failure(self, lost: WorkerFailure) -> tuple[BatchGeometry, Resized | None]:
-        """Workers were lost and the survivors re-formed: replace them if the cluster has room (a live grow),
-        record the failure; the geometry to continue with."""
-        failure = lost.failure
-        geometry, resize = self._form_group()
-        record = failure.record(replacements=max(0, self.group.num_workers - failure.to_workers))
-        self.progress.resizes.append(record)
-        self.sink.write(record)
-        self.console.line(f"[red]failure[/]: lost {failure.lost_workers} worker(s) ({failure.error}); continuing "
-                          f"on {self.group.num_workers} from sample {failure.samples_seen} of epoch "
-                          f"{failure.epoch + 1}")
-        return geometry, resize
-
-    def _recovering(self, call: Any, attempts: int = 3) -> Any:
-        """An epoch-boundary call (evaluation, probe, state) retried on the re-formed group if a worker is lost
-        during it; nothing of the epoch's training is lost, since every step was already applied."""
-        for _ in range(attempts - 1):
-            try:
-                return call()
-            except WorkerFailure as lost:
-                self._after_failure(lost)
-        return call()
-
     # ---------------------------------------------------------------------------------------- training
 
-    def _train_epoch(self, geometry: BatchGeometry, resize: Resized | None) -> tuple[Any, BatchGeometry, float]:
+    def _train_epoch(self, change: Any) -> tuple[Any, BatchGeometry, float]:
         """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the epoch's last full global batch (the
         tail that does not fill one is dropped; the epoch record counts it). (totals, final geometry, resize s).
 
         After a live resize the first chunk is a single step, timed into the resize record (``first_step_s``). A
         lost worker ends a chunk early: the survivors re-formed, the driver replaces what it can, and the epoch
-        continues from the exact sample where the last applied step stopped.
+        continues from the exact sample where the last applied step stopped. Between chunks the group grows onto
+        capacity that appeared, if the batch wants more workers.
         """
         progress, num_samples = self.progress, self.group.num_train_samples
         totals = progress.totals  # not empty when resumed mid-epoch
+        geometry, resize, why = change.geometry, change.resize, "policy"
         batch = geometry.global_batch_size  # a failure may change the geometry, never the global batch
         num_steps, epoch_end = steps_in_epoch(num_samples, batch), samples_in_epoch(num_samples, batch)
         if num_steps == 0:  # the CLI refuses such a config before anything starts; this guards every other caller
@@ -231,38 +183,40 @@ class Controller:
             except WorkerFailure as lost:
                 progress.samples_seen = lost.failure.samples_seen
                 progress.updates += lost.failure.steps_done
-                geometry, resize = self._after_failure(lost)
+                totals.count_steps(geometry, lost.failure.steps_done)
+                if resize is not None:  # a resize whose first step never completed: recorded without it
+                    self.groups.record_resize(resize, progress, None, why)
+                change = self.groups.after_failure(lost, progress)
+                geometry, resize, why = change.geometry, change.resize, "failure"
                 self._check_stop()
                 continue
             if resize is not None:
-                self._record_resize(resize, stats.seconds)
+                self.groups.record_resize(resize, progress, stats.seconds, why)
                 resize = None
             outcome.check_finite(stats, progress.epoch + 1, progress.updates, batch, lrs, self.checkpoints.saved_file)
             progress.samples_seen += stats.samples
             progress.updates += stats.steps
-            totals.add(stats, lrs[stats.steps - 1])  # a stop request may have cut the chunk short
+            totals.add(stats, lrs[stats.steps - 1], geometry)  # a stop request may have cut the chunk short
             self.console.chunk_done(num_steps - (steps_left - stats.steps), num_steps,
                                     stats.samples / max(stats.seconds, 1e-9), stats.loss_sum / max(stats.samples, 1),
                                     lr=totals.lr, updates=progress.updates,
                                     train_acc=totals.num_correct / max(totals.samples, 1))
             if progress.samples_seen < epoch_end:  # a stop at the epoch's end finishes the epoch first
                 self._check_stop()
+                if self.groups.room_to_grow():
+                    change = self.groups.form(progress, why="capacity")
+                    geometry, resize, why = change.geometry, change.resize, "capacity"
         return totals, geometry, resize_s
-
-    def _record_resize(self, resize: Resized, first_step_s: float) -> None:
-        record = resize.record(self.progress.epoch + 1, first_step_s)
-        self.progress.resizes.append(record)
-        self.sink.write(record)
-        self.console.line(f"[bold]resize[/]: {resize.from_workers} → {resize.to_workers} workers live in "
-                          f"{resize.resize_s:.2f} s (first step {first_step_s:.2f} s)")
 
     # ------------------------------------------------------------------------------------- checkpoints
 
-    def save_checkpoint(self) -> str:
-        """Checkpoint where training stands (an epoch boundary, or mid-epoch on a stop request); its file name."""
+    def save_checkpoint(self) -> str | None:
+        """Checkpoint where training stands (an epoch boundary, or mid-epoch on a stop request); its file name
+        (None before the first update: nothing to keep)."""
         self._check_lock()
         return self.checkpoints.save(self.progress, self.policy.state_dict(),
-                                     lambda: self._recovering(self.group.state_dict), self.config.preset)
+                                     lambda: self.groups.recovering(self.group.state_dict, self.progress),
+                                     self.config.preset)
 
     def resume(self) -> str | None:
         """Continue the run from its newest good checkpoint (None: none was written, so from the start)."""
@@ -280,6 +234,7 @@ class Controller:
         source = self._restore_latest()
         if source is None:
             raise RuntimeError(f"the worker group was lost ({why}) before any checkpoint was written")
+        self.groups.form(self.progress, why="restart")
         self.sink.write(event_record("restart", self.progress, checkpoint=source,
                                      num_workers=self.group.num_workers, reason=why))
         self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
@@ -294,7 +249,5 @@ class Controller:
         if restored.moved:
             self.console.line(f"[yellow]resume[/]: {restored.moved} record(s) written after {restored.source} moved "
                               f"to {self.run.superseded_path.name}")
-        membership = self._membership(self.group.capacity())
-        self.group.restart(membership.num_workers, restored.state)
-        self._log_geometry(membership)
+        self.group.restart(restored.state)
         return restored.source

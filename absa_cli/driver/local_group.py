@@ -22,6 +22,12 @@ class LocalGroup:
     def capacity(self) -> int:
         return 1
 
+    def describe_capacity(self) -> str:
+        return "one worker, in this process"
+
+    def name(self, run_id: str) -> None:
+        """Nothing to name: the worker is this process."""
+
     def prepare(self, num_workers: int) -> None:
         """Nothing to start ahead: there is only this process."""
 
@@ -51,7 +57,7 @@ class LocalGroup:
         """From a signal handler: the engine stops after the step in progress."""
         self.engine.stop_requested = True
 
-    def restart(self, num_workers: int, state: dict) -> None:
+    def restart(self, state: dict) -> None:
         self.engine.load_state_dict(state)
 
     def close(self) -> None:

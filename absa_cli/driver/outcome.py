@@ -46,9 +46,10 @@ def finished(summary: dict[str, Any], message: str) -> Outcome:
     return Outcome(Status.FINISHED, 0, message, fields=fields, summary=summary)
 
 
-def stopped(signum: int, checkpoint: str, epoch: int, updates: int) -> Outcome:
+def stopped(signum: int, checkpoint: str | None, epoch: int, updates: int) -> Outcome:
+    kept = f"checkpoint {checkpoint}" if checkpoint else "nothing to checkpoint yet (a resume starts over)"
     return Outcome(Status.INTERRUPTED, 128 + signum,
-                   f"interrupted by {signal.Signals(signum).name} after update {updates}; checkpoint {checkpoint}",
+                   f"interrupted by {signal.Signals(signum).name} after update {updates}; {kept}",
                    resumable=True, fields={"last_epoch": epoch, "updates": updates, "checkpoint": checkpoint})
 
 
@@ -80,7 +81,7 @@ class StopRequest:
 class Stopped(Exception):
     """The loop stopped for a ``StopRequest``, after writing ``checkpoint``."""
 
-    def __init__(self, checkpoint: str) -> None:
+    def __init__(self, checkpoint: str | None) -> None:
         self.checkpoint = checkpoint
 
 

@@ -15,13 +15,24 @@ class EpochTotals:
     num_correct: int = 0
     samples: int = 0
     lr: float = 0.0
+    geometries: list[dict[str, int]] = field(default_factory=list)  # each geometry the epoch ran with, and its steps
 
-    def add(self, stats: Any, lr: float) -> None:
-        """A chunk's reduced statistics; ``lr``: the LR of its last applied step."""
+    def add(self, stats: Any, lr: float, geometry: Any) -> None:
+        """A chunk's reduced statistics; ``lr``: the LR of its last applied step; ``geometry``: what it ran on."""
         self.loss_sum += stats.loss_sum
         self.num_correct += stats.num_correct
         self.samples += stats.samples
         self.lr = lr
+        self.count_steps(geometry, stats.steps)
+
+    def count_steps(self, geometry: Any, steps: int) -> None:
+        """``steps`` applied on ``geometry`` (a chunk's, or those a failed chunk applied before the loss)."""
+        shape = {"num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
+                 "grad_accum_steps": geometry.grad_accum_steps}
+        if self.geometries and {k: self.geometries[-1][k] for k in shape} == shape:
+            self.geometries[-1]["steps"] += steps
+        elif steps:
+            self.geometries.append({**shape, "steps": steps})
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Model registry: one builder per name in ``catalog.MODEL_NAMES`` (layer 1: torch and torchvision only).
+"""Model registry: one builder per name in ``catalog.MODEL_NAMES`` (models/: torch and torchvision only).
 
 Every builder has the signature ``(num_classes, image_size, *, width=1.0) -> nn.Module``, takes NCHW float
 input of ``image_size`` pixels and returns logits of shape ``(N, num_classes)``. All models use BatchNorm,
@@ -36,7 +36,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "squeezenext": build_squeezenext,
 }
 
-# The catalogue (layer 0) is what the config validates against; fail at import if the two ever disagree.
+# The catalogue (the base layer) is what the config validates against; fail at import if the two ever disagree.
 assert set(MODEL_BUILDERS) == set(MODEL_NAMES), "models registry and catalog.MODEL_NAMES disagree"
 
 

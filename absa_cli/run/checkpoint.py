@@ -1,4 +1,4 @@
-"""TrainState files: atomic writes, a sha256 manifest, safe loads (layer 1).
+"""TrainState files: atomic writes, a sha256 manifest, safe loads (run/: torch only when a file is written or read).
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)``: a file carrying a pickled object that would run code is refused.

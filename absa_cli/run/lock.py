@@ -1,4 +1,4 @@
-"""One driver per run: a lock file with host, pid and a heartbeat (layer 0: stdlib only).
+"""One driver per run: a lock file with host, pid and a heartbeat (run/: stdlib only).
 
 ``runs/<id>/lock.json`` is written whole to a temporary file and hard-linked into place, which fails if the lock
 exists: two drivers cannot both create it, and nobody ever reads a half-written lock. A lock is *stale* when its

@@ -1,4 +1,4 @@
-"""Metrics records and where they go, and the console a human watches (layer 0: stdlib + rich).
+"""Metrics records and where they go, and the console a human watches (run/: stdlib + rich).
 
 Every record is one JSON object on one line of ``metrics.jsonl`` with a ``kind``:
 - ``geometry``: the batch geometry at the start and at every change;

@@ -1,4 +1,4 @@
-"""Training curves of one or more runs in one PNG (layer 3: reads run directories; matplotlib only inside functions).
+"""Training curves of one or more runs in one PNG (run/: reads run directories; matplotlib only inside functions).
 
 The x axis defaults to cumulative SGD updates because that is what ABSA saves: overlaid on the same axis, an absa
 run reaches the fixed baseline's accuracy in a fraction of its updates.

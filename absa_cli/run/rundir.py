@@ -1,4 +1,4 @@
-"""Run directories: ids, layout, status (layer 3).
+"""Run directories: ids, layout, status (run/).
 
 ``runs/<run-id>/`` holds ``config.yaml`` (the resolved config), ``run.json`` (status, driver, timestamps, latest
 figures), ``metrics.jsonl`` (one JSON record per line), ``lock.json`` while a driver runs it, and ``checkpoints/``

@@ -1,4 +1,4 @@
-"""TensorBoard event files beside ``metrics.jsonl`` when ``logging.tensorboard=true`` (layer 1: torch, lazily).
+"""TensorBoard event files beside ``metrics.jsonl`` when ``logging.tensorboard=true`` (run/: torch, lazily).
 
 ``metrics.jsonl`` stays the record of a run; this sink only mirrors its numbers so TensorBoard can show runs live
 and side by side. Steps are cumulative SGD updates, the axis on which ABSA's saving shows (as in `absa plot`).

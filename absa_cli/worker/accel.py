@@ -1,4 +1,4 @@
-"""The GPU fast path's switches, resolved for one worker's device (layer 1: torch).
+"""The GPU fast path's switches, resolved for one worker's device (worker/: torch).
 
 ``config.DeviceConfig`` (and ``data.on_device``, ``data.loader_workers``, ``probe.amp``) say what the user asked,
 ``auto`` included; ``Accel.resolve`` decides what this worker does on the device it got. ``auto`` is the fast

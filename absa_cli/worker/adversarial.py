@@ -1,4 +1,4 @@
-"""Adversarial examples: FGSM for ABSA's training mix, PGD for robustness evaluation (layer 1: torch).
+"""Adversarial examples: FGSM for ABSA's training mix, PGD for robustness evaluation (worker/: torch).
 
 Inputs are *normalised* ((x − mean) / std per channel); ε is in [0, 1] *pixel* units, as in the paper
 (ε = 0.005). A pixel step ε·sign(g) is the normalised step (ε / std_c)·sign(g) — the sign is the same in both

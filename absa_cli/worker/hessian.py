@@ -1,4 +1,4 @@
-"""Curvature of a saved model: what ``absa hessian`` computes (layer 1: torch).
+"""Curvature of a saved model: what ``absa hessian`` computes (worker/: torch).
 
 The model and the probe data are rebuilt from a run's config (or a preset), the weights come from a checkpoint
 loaded with ``weights_only=True``, and every quantity is computed by ``absa_cli.curvature`` on one
