@@ -11,11 +11,28 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
 from absa_cli.cluster import netns
 from absa_cli.errors import UserError, first_line
+
+
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """One line within seconds when nothing listens at a ``HOST:PORT`` address (Ray itself retries for minutes).
+    Other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "/" in address:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except OSError as exc:
+        reason = "nothing listens there" if isinstance(exc, ConnectionRefusedError) else first_line(exc)
+        raise UserError(f"cannot reach a Ray cluster at {address} ({reason}); start a head there with "
+                        f"`ray start --head --port {port}`, check --address or RAY_ADDRESS, or leave both unset to "
+                        f"start a local cluster") from None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
@@ -24,11 +41,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         return "ray: already connected"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"cannot connect to the Ray cluster at {address} ({first_line(exc, limit=200)}); check --address or "
-                            f"RAY_ADDRESS, or leave both unset to start a local cluster") from None
+            raise UserError(f"cannot connect to the Ray cluster at {address} ({first_line(exc, limit=200)}); check "
+                            f"--address or RAY_ADDRESS, or leave both unset to start a local cluster") from None
         where = f"ray: connected to {address}"
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
