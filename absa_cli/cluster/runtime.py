@@ -15,16 +15,22 @@ import socket
 
 import ray
 
-from absa_cli.cluster import netns
+from absa_cli.cluster import handshake, netns
 from absa_cli.errors import UserError, first_line
+
+
+def is_host_port(address: str) -> bool:
+    """``HOST:PORT`` (a head's GCS address), as opposed to ``auto``, ``local`` or a ``ray://`` URL."""
+    _, colon, port = address.rpartition(":")
+    return bool(colon) and port.isdigit() and "/" not in address
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:
     """One line within seconds when nothing listens at a ``HOST:PORT`` address (Ray itself retries for minutes).
     Other forms (``auto``, ``ray://...``) are left to Ray."""
-    host, colon, port = address.rpartition(":")
-    if not colon or not port.isdigit() or "/" in address:
+    if not is_host_port(address):
         return
+    host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             return
@@ -42,6 +48,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
+        if is_host_port(address) and handshake.ask(address).token:
+            handshake.send_token()
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -49,8 +57,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
                             f"--address or RAY_ADDRESS, or leave both unset to start a local cluster") from None
         where = f"ray: connected to {address}"
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+        # "local": a new cluster even where `ray start` left this machine's default address behind (Ray would
+        # otherwise join that cluster, which is not what leaving --address unset means).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=True,
+                 configure_logging=True)
         where = "ray: started a local cluster on 127.0.0.1"
         if os.environ.get(netns.ENV) == netns.INSIDE:
             where += " in a private network namespace (loopback only)"

@@ -1,0 +1,149 @@
+"""Joining a Ray cluster at an explicit address: every refusal is one `error:` line (exit 2) within seconds, and
+Ctrl-C is obeyed at once. The heads are real, started by hand as a user would, inside a loopback-only sandbox
+(tests/ray_sandbox.py); the listeners that are not Ray heads are plain sockets of this process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import ray
+
+import ray_sandbox
+from conftest import TINY
+
+
+def _absa_train(address: str, runs) -> list[str]:
+    return [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "--address", address, "--runs-dir",
+            str(runs)]
+
+
+def _one_error_line(outcome: dict | subprocess.CompletedProcess) -> str:
+    rc, stderr = (outcome["rc"], outcome["stderr"]) if isinstance(outcome, dict) else (outcome.returncode,
+                                                                                          outcome.stderr)
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("[")]  # Ray's own C++ log lines
+    assert rc == 2 and "Traceback" not in stderr and len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def test_an_address_where_nothing_listens_is_one_line_within_seconds(tmp_path):
+    """Ray retries an unreachable head for minutes; absa says so in one line first (exit 2, nothing created)."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    done = subprocess.run(_absa_train(f"127.0.0.1:{port}", tmp_path / "runs"), capture_output=True, text=True,
+                          timeout=60)
+    assert _one_error_line(done) == (
+        f"error: cannot reach a Ray cluster at 127.0.0.1:{port} (nothing listens there); start a head there with "
+        f"`ray start --head --port {port}`, check --address or RAY_ADDRESS, or leave both unset to start a local "
+        f"cluster")
+    assert time.perf_counter() - started < 10 and not (tmp_path / "runs").exists()
+
+
+class _Silent:
+    """A port that accepts connections and never answers (a dashboard or a Ray Client port, as Ray's GCS client
+    sees it)."""
+
+    def __enter__(self) -> str:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_port_that_is_not_a_ray_head_is_one_line_within_seconds(tmp_path):
+    with _Silent() as address:
+        started = time.perf_counter()
+        done = subprocess.run(_absa_train(address, tmp_path / "runs"), capture_output=True, text=True, timeout=120)
+        elapsed = time.perf_counter() - started
+    line = _one_error_line(done)
+    assert line.startswith(f"error: something at {address} accepts connections but did not answer as a Ray head "
+                           f"within 5 s; give the head's GCS address"), line
+    assert elapsed < 10 and not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_while_joining_exits_at_once(tmp_path):
+    """Ray's client retries inside native code that Ctrl-C cannot reach; absa's handshake is a child process."""
+    with _Silent() as address:
+        process = subprocess.Popen(_absa_train(address, tmp_path / "runs"), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)  # past start-up and the port check: inside the handshake
+        interrupted = time.perf_counter()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        waited = time.perf_counter() - interrupted
+    assert process.returncode != 0 and "Traceback" not in stderr, stderr
+    assert waited < 2, f"{waited:.1f} s after Ctrl-C"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_token_authentication_and_versions_against_a_real_head(tmp_path):
+    """A head started by hand with token authentication on (a token in its HOME, as Ray makes one): a client with
+    no token, a wrong one, or RAY_AUTH_MODE=disabled gets one line naming the fix; the machine's own token is sent
+    without any setting; a head that records another Ray version is named with both versions."""
+    reason = ray_sandbox.unavailable()
+    if reason:
+        pytest.skip(reason)
+    result = ray_sandbox.run("token_and_versions", tmp_path, timeout_s=600)
+    address = result["address"]
+    fix = ("copy the head's ~/.ray/auth_token to this machine (or set RAY_AUTH_TOKEN to its contents; "
+           "`ray get-auth-token` prints it on the head)")
+    assert _one_error_line(result["no_token"]) == (
+        f"error: the Ray cluster at {address} requires token authentication and this machine has no token; {fix}")
+    assert _one_error_line(result["wrong_token"]) == (
+        f"error: the Ray cluster at {address} rejected this machine's token (from RAY_AUTH_TOKEN); {fix}")
+    assert _one_error_line(result["mode_disabled"]) == (
+        f"error: the Ray cluster at {address} requires token authentication but RAY_AUTH_MODE=disabled here; "
+        f"unset it (absa then sends this machine's token, from ~/.ray/auth_token)")
+    assert not result["runs_before_joining"]  # nothing was created by a refused run
+    assert result["token_in_home"]["rc"] == 0 and result["statuses"] == ["finished"], result["token_in_home"]
+    assert f"ray: connected to {address}" in result["token_in_home"]["stdout"] + result["token_in_home"]["stderr"]
+    python = ".".join(map(str, sys.version_info[:3]))
+    assert _one_error_line(result["other_version"]) == (
+        f"error: the Ray cluster at {address} runs Ray 2.59.0 on Python 3.11.9, this machine Ray {ray.__version__} "
+        f"on Python {python}; Ray needs both to match: run absa on a machine of the cluster (or through "
+        f"`ray job submit`), or install Ray 2.59.0 on Python 3.11.9 here")
+    for name in ("no_token", "wrong_token", "mode_disabled", "other_version"):
+        assert result[name]["seconds"] < 10, (name, result[name]["seconds"])
+
+
+@pytest.mark.slow
+def test_without_an_address_absa_starts_its_own_cluster_even_where_ray_start_left_one_behind(tmp_path):
+    """`ray start --head` leaves its address in <ray temp>/ray_current_cluster, and a bare ray.init() joins that
+    cluster; leaving --address unset must still mean a cluster of the run's own."""
+    scratch = tempfile.mkdtemp(prefix="absa-", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        os.makedirs(f"{scratch}/ray")
+        with open(f"{scratch}/ray/ray_current_cluster", "w") as handle:
+            handle.write("127.0.0.1:1")  # a cluster somebody started, and stopped without `ray stop`
+        done = subprocess.run([sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=1",
+                               "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "RAY_TMPDIR": scratch})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ray: started a local cluster on 127.0.0.1" in done.stdout + done.stderr
