@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from absa_cli import config as config_mod
@@ -72,3 +74,22 @@ def assert_user_error(result, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def audited_epochs(audit) -> dict[int, tuple[list[int], list[int]]]:
+    """(applied, dropped) sample ids per epoch from every worker's audit log, each applied step and each dropped
+    tail counted once however many workers logged it; a worker that logged one position twice applied it twice."""
+    steps, dropped = {}, {}
+    for log in audit.glob("samples-pid*.jsonl"):
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        keys = [(r["epoch"], r["start"], "dropped" in r) for r in records]
+        assert len(keys) == len(set(keys)), f"{log.name} applied a step twice"
+        for record in records:
+            key = (record["epoch"], record["start"])
+            if "dropped" in record:
+                assert dropped.setdefault(key, record["dropped"]) == record["dropped"]
+            else:
+                assert steps.setdefault(key, record["batch"]) == record["batch"]
+    return {epoch: ([i for (e, _), batch in steps.items() if e == epoch for i in batch],
+                    [i for (e, _), tail in dropped.items() if e == epoch for i in tail])
+            for epoch in sorted({e for e, _ in steps})}

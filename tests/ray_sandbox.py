@@ -89,6 +89,24 @@ class Node:
         except ProcessLookupError:
             pass
 
+    def pids(self) -> list[int]:
+        """Every process of this node: ``ray start`` and all it started (raylet, agents, the workers)."""
+        import psutil
+
+        root = psutil.Process(self.process.pid)
+        return [root.pid, *(child.pid for child in root.children(recursive=True))]
+
+    def crash(self) -> list[int]:
+        """The node dies at once, as a machine would: SIGKILL to each of its processes."""
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        return pids
+
     def stop(self) -> None:
         self.signal(signal.SIGTERM)
         try:
@@ -96,6 +114,16 @@ class Node:
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL)
             self.process.wait()
+
+
+def _running(pid: int) -> bool:
+    """A process that exists and is not a zombie (orphans of a killed node end as zombies of this sandbox's init)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def alive_nodes(address: str) -> int:
@@ -189,6 +217,90 @@ def token_and_versions(work: Path, temp: Path) -> dict:
         head.stop()
     results["address"] = head.address
     return results
+
+
+def _elastic_run(head: Node, work: Path, *extra: str) -> subprocess.Popen:
+    """`absa train` on the cluster: fixed batch 32, at most 16 per worker (two workers wanted), every applied and
+    dropped sample logged by the workers in ``work/audit``."""
+    (work / "audit").mkdir()
+    command = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=3", "data.train_size=1000",
+               "policy.name=fixed", "batch.global_batch_size=32", "batch.per_worker_max=16",
+               "policy.max_global_batch=32", "logging.chunk_steps=1", "cluster.collective_timeout_s=30",
+               f"logging.sample_log_dir={work / 'audit'}", "--max-gpus", "2", "--address", head.address,
+               "--runs-dir", str(work / "runs"), *extra]
+    return subprocess.Popen(command, stdout=(work / "absa.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env=_env(None))
+
+
+def _wait_for(condition, process: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise TimeoutError(f"absa ended (or {timeout_s} s passed) before {what}")
+        time.sleep(0.1)
+
+
+def _steps_applied(work: Path, epoch: int) -> int:
+    return sum(1 for log in (work / "audit").glob("samples-pid*.jsonl")
+               for line in log.read_text().splitlines() if f'"epoch": {epoch},' in line and "dropped" not in line)
+
+
+def _finish(process: subprocess.Popen, work: Path, timeout_s: float = 300) -> dict:
+    try:
+        rc = process.wait(timeout=timeout_s)
+    finally:
+        process.kill()
+    return {"rc": rc, "log": (work / "absa.log").read_text(),
+            "records": [json.loads(line) for path in (work / "runs").glob("*/metrics.jsonl")
+                        for line in path.read_text().splitlines()],
+            "status": [json.loads(path.read_text())["status"] for path in (work / "runs").glob("*/run.json")]}
+
+
+@scenario
+def node_lost_mid_epoch(work: Path, temp: Path) -> dict:
+    """Two nodes of one CPU each, one worker on each; the second node dies (every process SIGKILLed) in the middle
+    of epoch 2. The run must re-form live on the head and finish."""
+    head = Node(temp, "head", cpus=1)
+    second = None
+    try:
+        wait_for_nodes(head.address, 1)
+        second = Node(temp, "second", cpus=1, head=head.address)
+        wait_for_nodes(head.address, 2)
+        process = _elastic_run(head, work)
+        _wait_for(lambda: _steps_applied(work, 1) >= 3, process, "epoch 2 was under way")
+        workers = sorted(int(p.stem.removeprefix("samples-pid")) for p in (work / "audit").glob("samples-pid*"))
+        killed = second.crash()
+        result = _finish(process, work)
+        survivors = [pid for pid in killed if _running(pid)]
+    finally:
+        if second is not None:
+            second.stop()
+        head.stop()
+    return {**result, "workers": workers, "second_node_pids": killed, "second_node_survivors": survivors}
+
+
+@scenario
+def node_added_mid_run(work: Path, temp: Path) -> dict:
+    """A head of one CPU: the run starts on one worker (accumulating two micro-batches per step); a second node
+    joins during epoch 1 and the run must grow onto it."""
+    head = Node(temp, "head", cpus=1)
+    second = None
+    try:
+        wait_for_nodes(head.address, 1)
+        process = _elastic_run(head, work, "epochs=6")  # long enough for a node to start during it
+        _wait_for(lambda: _steps_applied(work, 0) >= 3, process, "epoch 1 was under way")
+        second = Node(temp, "second", cpus=1, head=head.address)
+        wait_for_nodes(head.address, 2)
+        joined_at = _steps_applied(work, 0)
+        _wait_for(lambda: len(list((work / "audit").glob("samples-pid*"))) == 2, process, "a second worker")
+        second_pids = second.pids()
+        result = _finish(process, work)
+    finally:
+        if second is not None:
+            second.stop()
+        head.stop()
+    return {**result, "joined_after_steps": joined_at, "second_node_pids": second_pids,
+            "workers": sorted(int(p.stem.removeprefix("samples-pid")) for p in (work / "audit").glob("samples-pid*"))}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from absa_cli import config as config_mod
 from absa_cli.driver.contract import WorkerFailure
 from absa_cli.decide.geometry import BatchGeometry
 
-from conftest import TINY
+from conftest import TINY, audited_epochs
 
 ray = pytest.importorskip("ray")
 
@@ -181,25 +181,6 @@ def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]
     return output, [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
-def _audited_epochs(audit) -> dict[int, tuple[list[int], list[int]]]:
-    """(applied, dropped) sample ids per epoch from every worker's audit log, each applied step and each dropped
-    tail counted once however many workers logged it; a worker that logged one position twice applied it twice."""
-    steps, dropped = {}, {}
-    for log in audit.glob("samples-pid*.jsonl"):
-        records = [json.loads(line) for line in log.read_text().splitlines()]
-        keys = [(r["epoch"], r["start"], "dropped" in r) for r in records]
-        assert len(keys) == len(set(keys)), f"{log.name} applied a step twice"
-        for record in records:
-            key = (record["epoch"], record["start"])
-            if "dropped" in record:
-                assert dropped.setdefault(key, record["dropped"]) == record["dropped"]
-            else:
-                assert steps.setdefault(key, record["batch"]) == record["batch"]
-    return {epoch: ([i for (e, _), batch in steps.items() if e == epoch for i in batch],
-                    [i for (e, _), tail in dropped.items() if e == epoch for i in tail])
-            for epoch in sorted({e for e, _ in steps})}
-
-
 def test_run_survives_a_sigkilled_worker(cluster, tmp_path):
     started = time.perf_counter()
     output, records = _train_and_kill(cluster, tmp_path, kill_all=False)
@@ -215,7 +196,7 @@ def test_run_survives_a_sigkilled_worker(cluster, tmp_path):
     # 1,000 samples at a global batch of 32: 31 full steps (992 samples) per epoch, the last 8 dropped
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert all((r["samples_seen"], r["dropped_samples"]) == (992, 8) for r in epochs)
-    audited = _audited_epochs(tmp_path / "audit")
+    audited = audited_epochs(tmp_path / "audit")
     assert sorted(audited) == [0, 1, 2]
     for epoch, (applied, dropped) in audited.items():
         assert len(applied) == 992 and len(dropped) == 8, epoch
