@@ -246,12 +246,15 @@ class ClusterConfig:
     max_workers: int = 1  # most workers the group may grow to (`--max-gpus` overrides it)
     collective_timeout_s: float = 60.0  # a collective with a dead peer fails after this long: never a hang
     start_timeout_s: float = 300.0  # a worker that cannot be placed within this long counts as unavailable
+    placement: str = "pack"  # pack: fill the nodes this run uses first; spread: fewest of this run per node
 
     def __post_init__(self) -> None:
         _require(self.max_workers >= 1, f"cluster.max_workers must be >= 1, got {self.max_workers}")
         _require(self.start_timeout_s > 0, f"cluster.start_timeout_s must be > 0, got {self.start_timeout_s}")
         _require(self.collective_timeout_s > 0,
                  f"cluster.collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+        _require(self.placement in ("pack", "spread"),
+                 f"cluster.placement must be pack or spread, got {self.placement!r}")
 
 
 @dataclass

@@ -66,19 +66,22 @@ def free_port() -> int:
 class Node:
     """One Ray node: ``ray start ... --block`` in a session (process group) of its own."""
 
-    def __init__(self, workdir: Path, name: str, *, cpus: int, head: str | None = None,
-                 resources: dict | None = None, env: dict | None = None) -> None:
-        self.name, self.port = name, free_port() if head is None else None
+    def __init__(self, workdir: Path, name: str, *, cpus: int, gpus: int = 0, head: str | None = None,
+                 resources: dict | None = None, env: dict | None = None, args: tuple[str, ...] = (),
+                 port: int | None = None) -> None:
+        self.name, self.port = name, (port or free_port()) if head is None else None
         self.address = f"127.0.0.1:{self.port}" if head is None else head
-        command = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(cpus), "--num-gpus", "0",
+        command = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
                    "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
         if head is None:
-            command += ["--head", "--port", str(self.port), "--include-dashboard", "false",
-                        "--temp-dir", str(workdir)]
+            command += ["--head", "--port", str(self.port), "--temp-dir", str(workdir)]
+            if "--include-dashboard" not in args:
+                command += ["--include-dashboard", "false"]
         else:
             command += ["--address", head]
         if resources:
             command += ["--resources", json.dumps(resources)]
+        command += args
         self.log = workdir.parent / f"{name}.log"
         self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
                                         start_new_session=True, env=_env(env))
@@ -301,6 +304,186 @@ def node_added_mid_run(work: Path, temp: Path) -> dict:
         head.stop()
     return {**result, "joined_after_steps": joined_at, "second_node_pids": second_pids,
             "workers": sorted(int(p.stem.removeprefix("samples-pid")) for p in (work / "audit").glob("samples-pid*"))}
+
+
+def _group_nodes(group) -> list[str]:
+    """The node id of each of a group's workers, in rank order."""
+    return [group._workers[actor._actor_id.hex()]["node_id"] for actor in group.actors]
+
+
+def _slots_held() -> int:
+    from ray.util import placement_group_table
+
+    return sum(1 for entry in placement_group_table().values() if entry["state"] == "CREATED")
+
+
+@scenario
+def placement(work: Path, temp: Path) -> dict:
+    """Two nodes of two CPUs; a group of two workers under each strategy, then grown to three and shrunk to two:
+    where each worker lands, which survivors kept their process, and how many slots the run holds."""
+    import ray
+
+    from absa_cli import config as config_mod
+    from absa_cli.cluster.group import RayWorkerGroup
+
+    head = Node(temp, "head", cpus=2)
+    second = None
+    results: dict = {}
+    try:
+        wait_for_nodes(head.address, 1)
+        second = Node(temp, "second", cpus=2, head=head.address)
+        wait_for_nodes(head.address, 2)
+        ray.init(address=head.address)
+        for strategy in ("pack", "spread"):
+            config = config_mod.load("quickstart", [*TINY, "cluster.max_workers=3", f"cluster.placement={strategy}"])
+            group = RayWorkerGroup(config)
+            try:
+                group.resize(2)
+                two = _group_nodes(group)
+                pids = [group._workers[actor._actor_id.hex()]["pid"] for actor in group.actors]
+                group.resize(3)
+                three = _group_nodes(group)
+                held_three = _slots_held()
+                group.resize(2)
+                after = [group._workers[actor._actor_id.hex()]["pid"] for actor in group.actors]
+                results[strategy] = {"two": two, "three": three, "held_three": held_three, "held_two": _slots_held(),
+                                     "survivors_kept": after == pids}
+            finally:
+                group.close()
+            results[strategy]["held_after_close"] = _slots_held()
+            deadline = time.monotonic() + 30  # removing a placement group returns its CPU a moment later
+            while ray.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        ray.shutdown()
+    finally:
+        if second is not None:
+            second.stop()
+        head.stop()
+    return results
+
+
+@scenario
+def gpu_without_cuda(work: Path, temp: Path) -> dict:
+    """A head that declares a GPU on a machine where torch sees none: the group gives its worker a GPU slot, the
+    worker trains on the CPU, and the group says so once."""
+    import ray
+
+    from absa_cli import config as config_mod
+    from absa_cli.cluster.group import RayWorkerGroup
+
+    head = Node(temp, "head", cpus=1, gpus=1)
+    try:
+        wait_for_nodes(head.address, 1)
+        ray.init(address=head.address)
+        group = RayWorkerGroup(config_mod.load("quickstart", TINY))
+        try:
+            group.resize(1)
+            result = {"resource": group.resource, "first": group.notices(), "again": group.notices(),
+                      "device": group._workers[group.actors[0]._actor_id.hex()]["device"]}
+        finally:
+            group.close()
+        ray.shutdown()
+    finally:
+        head.stop()
+    return result
+
+
+def _autoscaling_head(temp: Path, work: Path, worker_cpus: int, max_nodes: int) -> Node:
+    """A head of one CPU whose autoscaler launches fake nodes (``worker_cpus`` CPUs each, at most ``max_nodes``) on
+    this machine, Ray's own simulated autoscaling cluster (``RAY_FAKE_CLUSTER``): each node is a real raylet."""
+    port = free_port()
+    config = {
+        "cluster_name": "absa-fake", "max_workers": max_nodes, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "ray.worker.cpu": {"resources": {"CPU": worker_cpus}, "node_config": {}, "min_workers": 0,
+                               "max_workers": max_nodes}},
+        "head_node_type": "ray.head.default", "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [],
+        "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "worker_start_ray_commands": []}
+    path = work / "autoscaler.json"
+    path.write_text(json.dumps(config))
+    head = Node(temp, "head", cpus=1, port=port, args=(f"--autoscaling-config={path}",),
+                env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    return head
+
+
+@scenario
+def autoscaling(work: Path, temp: Path) -> dict:
+    """The run wants two workers; the head has room for one. absa starts on the head, asks the autoscaler for two,
+    and grows onto the node it adds."""
+    head = _autoscaling_head(temp, work, worker_cpus=1, max_nodes=2)
+    try:
+        wait_for_nodes(head.address, 1)
+        process = _elastic_run(head, work)
+        result = _finish(process, work)
+        nodes = alive_nodes(head.address)
+    finally:
+        head.stop()
+    return {**result, "alive_nodes_at_end": nodes}
+
+
+@scenario
+def submitted_job(work: Path, temp: Path) -> dict:
+    """A head with its dashboard (the Jobs API) and a Prometheus export port, as a Ray user runs one; `absa train
+    --submit` sends a run to it. While the job runs, the run's figures are scraped from the export; afterwards the
+    job's status, metadata and logs, Ray's actor list, and the workers' log prefixes."""
+    import urllib.request
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
+
+    dashboard, metrics = free_port(), free_port()
+    head = Node(temp, "head", cpus=2, args=("--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                                             "--dashboard-port", str(dashboard), "--metrics-export-port", str(metrics)),
+                env={"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_metrics_report_interval_ms": "1000"})
+    address = f"http://127.0.0.1:{dashboard}"
+    result: dict = {}
+    try:
+        wait_for_nodes(head.address, 1)
+        deadline = time.monotonic() + 60
+        while True:  # the dashboard starts after the node registers
+            try:
+                client = JobSubmissionClient(address)
+                break
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        submit = absa("train", "quickstart", *TINY, "epochs=2", "data.train_size=512",  # policy abs: it probes
+                      "batch.global_batch_size=32", "batch.per_worker_max=16", "policy.max_global_batch=64",
+                      "logging.chunk_steps=1", "--max-gpus", "2", "--submit", "--address", address,
+                      "--runs-dir", str(work / "runs"))
+        result["submit"] = submit
+        job_id = next(line.split()[2] for line in submit["stdout"].splitlines() if line.startswith("submitted:"))
+        run_id = job_id.removeprefix("absa-")
+        families: set[str] = set()
+        deadline = time.monotonic() + 300
+        while client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+                families |= {line.split("{")[0] for line in body.splitlines()
+                             if line.startswith("ray_absa_") and f'run_id="{run_id}"' in line}
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the submitted job did not finish in 300 s")
+            time.sleep(1)
+        info = client.get_job_info(job_id)
+        result.update(job_id=job_id, run_id=run_id, status=str(info.status), metadata=info.metadata,
+                      logs=client.get_job_logs(job_id), families=sorted(families),
+                      actors=[actor.name for actor in list_actors(address=address, limit=1000,
+                                                                  raise_on_missing_output=False)],
+                      run_json=json.loads((work / "runs" / run_id / "run.json").read_text()),
+                      prefixes=sorted({line.strip() for log in temp.glob("session_*/logs/worker-*")
+                                       for line in log.read_text(errors="replace").splitlines()
+                                       if line.startswith(":actor_name:absa-")}))
+    finally:
+        head.stop()
+    return result
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class ScriptedGroup:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     applied: list[list[int]] = field(default_factory=list)  # [epoch, start, stop] of every applied step
     prepared: list[int] = field(default_factory=list)
+    demanded: list[int] = field(default_factory=list)  # every request to the autoscaler (0: withdrawn)
     stop_requested: bool = False
     _counts: Counter = field(default_factory=Counter)
 
@@ -109,6 +110,16 @@ class ScriptedGroup:
 
     def prepare(self, num_workers: int) -> None:
         self.prepared.append(num_workers)
+
+    def record_sink(self, run_id: str) -> None:
+        return None
+
+    def demand(self, num_workers: int) -> bool:
+        self.demanded.append(num_workers)
+        return True
+
+    def notices(self) -> list[str]:
+        return []
 
     def resize(self, num_workers: int) -> ResizeResult:
         event = self._call("resize", num_workers)

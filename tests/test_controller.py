@@ -61,6 +61,11 @@ def test_the_group_for_the_policys_next_batch_is_started_ahead(tmp_path):
     assert [r["num_workers"] for r in _records(run, "epoch")] == [1, 2, 2]
     assert group.prepared == [2]  # during epoch 1 only: at 128 and 256 the group is at cluster.max_workers=2
     assert "2 readied for the policy's next batch 128" in _records(run, "geometry")[0]["reason"]
+    # the autoscaler hears of it during epoch 1 and the request is withdrawn once the group has grown
+    assert group.demanded == [2, 0]
+    assert [(d["epoch"], d["workers"], d["reason"]) for d in _records(run, "demand")] == [
+        (1, 2, "2 workers wanted for the policy's next batch 128; the group has 1"),
+        (2, 0, "withdrawn: the group has the 2 worker(s) it wants")]
 
 
 def test_a_run_without_incident_grows_by_the_rule(tmp_path):
@@ -76,6 +81,7 @@ def test_a_run_without_incident_grows_by_the_rule(tmp_path):
     assert "cluster.max_workers=2" in geometries[1]["reason"]
     _assert_exactly_once(group, run)
     assert [c for c in group.calls if c[0] == "resize"][0] == ("resize", 2)
+    assert group.demanded == [] and not _records(run, "demand")  # the cluster offered all it was asked for
 
 
 def test_a_worker_lost_mid_chunk_is_replaced_and_the_epoch_continues_at_the_exact_sample(tmp_path):
@@ -168,7 +174,19 @@ def test_capacity_that_appears_later_is_used_at_the_next_epoch(tmp_path):
     (resize,) = _records(run, "resize")
     assert (resize["epoch"], resize["from_workers"], resize["to_workers"]) == (3, 1, 2)
     assert "the cluster offers 1 of the 2 wanted" in _records(run, "geometry")[0]["reason"]
+    assert group.demanded == [2, 0]  # asked for at the start, withdrawn when the second worker came
+    assert [d["epoch"] for d in _records(run, "demand")] == [1, 3]
     _assert_exactly_once(group, run)
+
+
+def test_a_growth_at_an_epoch_boundary_without_a_larger_batch_is_recorded_as_capacity(tmp_path):
+    group = ScriptedGroup(offered=1)
+    group.hooks[("evaluate", 1)] = lambda g: setattr(g, "offered", 2)  # a node joins at the end of epoch 1
+    controller, run, _ = _controller(tmp_path, group, "policy.name=fixed", "epochs=2")
+    assert controller.train().status == Status.FINISHED
+    (resize,) = _records(run, "resize")
+    assert (resize["epoch"], resize["to_workers"], resize["reason"]) == (2, 2, "capacity")
+    assert [g["cause"] for g in _records(run, "geometry")] == ["policy", "capacity"]
 
 
 @pytest.mark.parametrize("phase, checkpoint", [
@@ -232,14 +250,17 @@ def test_a_batch_larger_than_the_training_set_is_refused_by_the_controller_itsel
 
 
 def test_every_record_field_is_documented_in_metrics_md(tmp_path):
-    """A run with a failure, a replacement, growth and a stop-free end writes geometry, epoch, failure and resize
-    records; docs/metrics.md names each kind and every field they carry."""
+    """A run with a failure, a replacement, growth, a request to the autoscaler and a stop-free end writes
+    geometry, epoch, failure, resize and demand records; docs/metrics.md names each kind and every field they
+    carry."""
     docs = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
     group = ScriptedGroup(offered=2, events={("train_chunk", 2): Lose(workers=1, steps_done=1)})
+    group.hooks[("train_chunk", 2)] = lambda g: setattr(g, "offered", 1)  # the lost slot is gone for a while
+    group.hooks[("evaluate", 1)] = lambda g: setattr(g, "offered", 2)
     controller, run, _ = _controller(tmp_path, group)
     controller.train()
     records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
-    assert {r["kind"] for r in records} == {"geometry", "epoch", "failure", "resize"}
+    assert {r["kind"] for r in records} == {"geometry", "epoch", "failure", "resize", "demand"}
     for record in records:
         assert f'`"kind": "{record["kind"]}"`' in docs, record["kind"]
         for field in record:
@@ -356,6 +377,9 @@ def test_capacity_that_appears_while_waiting_starts_the_run(tmp_path):
     controller.groups.clock, controller.groups.sleep = fake.clock, sleep
     assert controller.train().status == Status.FINISHED
     assert _records(run, "epoch")[0]["num_workers"] == 1 and 10 <= fake.now < 13
+    # asked before waiting (batch 64 wants 2 × 32); one slot came, the request for two stands until the end
+    assert group.demanded == [2]
+    assert "asked the autoscaler for 2 workers (2 workers wanted for batch 64; the group has 0)" in out.getvalue()
     _assert_exactly_once(group, run)
 
 

@@ -33,8 +33,11 @@ NOT_RUN = {
     "make demo": "is `absa train quickstart` after installing: run whole by tests/test_quickstart.py",
     "make test": "is this test suite",
     "ray start": "starts a machine-wide Ray head; `--address` is exercised against the session cluster instead",
+    "ray up": "launches cloud machines; tests/test_multinode.py runs Ray's simulated autoscaling cluster instead",
     "ray stop": "would stop every Ray process on the machine, the test session's cluster included",
-    "ray job submit": "needs ray[default] (dashboard and Jobs API), not a dependency of absa",
+    "ray job submit": "needs a head with its dashboard: tests/test_jobs.py starts one and submits a run to it",
+    "absa train resnet18-imagenet --max-gpus 64 --submit": "needs a head with its dashboard and ImageNet: "
+                                                           "tests/test_jobs.py submits a quickstart run to one",
     "tensorboard --logdir": "starts a web server; tests/test_tensorboard.py reads the event files back",
 }
 

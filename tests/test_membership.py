@@ -41,6 +41,15 @@ def test_workers_for_the_next_batch_are_readied_only_when_it_needs_more():
     assert decide_membership(128, None, capacity=4, current=1, max_workers=4, per_worker_max=128).prestart == 0
 
 
+def test_the_target_is_what_the_batch_or_the_next_one_wants_where_there_is_room():
+    short = decide_membership(1024, None, capacity=2, current=4, max_workers=8, per_worker_max=128)
+    assert (short.num_workers, short.wanted, short.target) == (2, 8, 8)  # the cluster offers 2 of the 8 wanted
+    ahead = decide_membership(128, 256, capacity=4, current=1, max_workers=4, per_worker_max=128)
+    assert (ahead.wanted, ahead.prestart, ahead.target) == (1, 2, 2)  # the next batch's group, ahead
+    whole = decide_membership(256, None, capacity=8, current=1, max_workers=8, per_worker_max=128)
+    assert (whole.num_workers, whole.target) == (2, 2)  # the geometry has all it wants
+
+
 def test_no_capacity_at_all_is_an_error_not_a_geometry():
     with pytest.raises(ValueError, match="no worker can start"):
         decide_membership(128, None, capacity=0, current=0, max_workers=4, per_worker_max=128)

@@ -65,7 +65,8 @@ def make_group(config, address: str | None, local: bool) -> tuple[Any, str]:
     from absa_cli.cluster.runtime import connect
 
     where = connect(address)
-    return RayWorkerGroup(config), where
+    joined = bool(address or os.environ.get("RAY_ADDRESS"))  # as connect decides: else a local cluster, no autoscaler
+    return RayWorkerGroup(config, autoscaler=joined), where
 
 
 def resume_command(run) -> str:

@@ -18,6 +18,9 @@ MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU 
 ADDRESS_HELP = "Ray cluster to join (default: $RAY_ADDRESS, else start a local one on 127.0.0.1)."
 LOCAL_HELP = "Train in this process, without Ray (debugging)."
 RUNS_DIR_HELP = "Where run directories are (default: $ABSA_RUNS_DIR, else ./runs)."
+SUBMIT_HELP = ("Run the driver on the cluster as a Ray job (needs --address http://HEAD:8265, the dashboard's "
+               "address, and absa's `cluster` extra); prints the job id and how to follow, stop and resume it. "
+               "--runs-dir is then a path on the head node (default: its $ABSA_RUNS_DIR, else ~/absa-runs).")
 
 
 def train(
@@ -30,20 +33,30 @@ def train(
     address: Annotated[Optional[str], typer.Option("--address", help=ADDRESS_HELP)] = None,
     local: Annotated[bool, typer.Option("--local", help=LOCAL_HELP)] = False,
     runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help=RUNS_DIR_HELP)] = None,
+    submit: Annotated[bool, typer.Option("--submit", help=SUBMIT_HELP)] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", hidden=True)] = None,  # set by --submit
 ) -> None:
     """Train a preset on a Ray worker group that grows with the batch: prints `run: <run-id>` first and a summary
     last. Ctrl-C stops after the current step with a checkpoint; `absa resume <run-id>` continues."""
     from absa_cli import config as config_mod
     from absa_cli.cli.driver import drive, make_group, private_network
-    from absa_cli.run.rundir import RunDir, runs_root
+    from absa_cli.run.rundir import RunDir, check_run_id, new_run_id, runs_root
 
     with user_errors(), _interrupted_before_training():
         config = config_mod.load(preset, overrides or [])
         _apply_workers(config, max_gpus, local)
         check_schedule(config)
+        if run_id is not None:
+            check_run_id(run_id)
+        if submit:
+            _refuse_local(local)
+            new_id = run_id or new_run_id(config.preset)
+            argv = ["train", preset, *(overrides or []), "--run-id", new_id, *_max_gpus_args(max_gpus)]
+            _submitted(address, argv, new_id, runs_dir, config.preset, submission_id=f"absa-{new_id}")
+            return
         private_network(config, address, local)  # may re-run this command in a private network namespace
         group, where = make_group(config, address, local)
-        run = RunDir.create(runs_root(runs_dir), config)
+        run = RunDir.create(runs_root(runs_dir), config, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
     typer.echo(f"run: {run.id}")
     drive(config, run, group, lock, where, resume=False)
@@ -58,12 +71,20 @@ def resume(
     address: Annotated[Optional[str], typer.Option("--address", help=ADDRESS_HELP)] = None,
     local: Annotated[bool, typer.Option("--local", help=LOCAL_HELP)] = False,
     runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help=RUNS_DIR_HELP)] = None,
+    submit: Annotated[bool, typer.Option("--submit", help=SUBMIT_HELP)] = False,
 ) -> None:
     """Continue an interrupted, failed or killed run exactly where its newest good checkpoint stands."""
     from absa_cli.cli.driver import drive, make_group, private_network
     from absa_cli.config import ConfigError
-    from absa_cli.run.rundir import RunDir, Status, runs_root
+    from absa_cli.run.rundir import RunDir, Status, check_run_id, runs_root
 
+    if submit:  # the run directory is on the cluster: the job's `absa resume` checks it there
+        with user_errors():
+            _refuse_local(local)
+            check_run_id(run_id)
+            _submitted(address, ["resume", run_id, *_max_gpus_args(max_gpus)], run_id, runs_dir, "",
+                       resume_hint=False)
+        return
     with user_errors(), _interrupted_before_training():
         run = RunDir.open(runs_root(runs_dir), run_id)
         _refuse_finished(run)
@@ -88,6 +109,28 @@ def resume(
                    resumes=int(info.get("resumes", 0)) + 1, max_workers=config.cluster.max_workers)
     typer.echo(f"run: {run.id} (resumed)")
     drive(config, run, group, lock, where, resume=True)
+
+
+def _refuse_local(local: bool) -> None:
+    from absa_cli.errors import UserError
+
+    if local:
+        raise UserError("--submit runs the driver on a cluster and --local trains in this process; drop one")
+
+
+def _max_gpus_args(max_gpus: int | None) -> list[str]:
+    return [] if max_gpus is None else ["--max-gpus", str(max_gpus)]
+
+
+def _submitted(address: str | None, argv: list[str], run_id: str, runs_dir: Path | None, preset: str,
+               submission_id: str | None = None, resume_hint: bool = True) -> None:
+    """Submit ``absa ARGV`` as a Ray job and say how to reach it."""
+    from absa_cli.cluster import jobs
+
+    submitted = jobs.submit(address or os.environ.get("RAY_ADDRESS"), argv, run_id,
+                            None if runs_dir is None else str(runs_dir), preset, submission_id=submission_id)
+    for line in submitted.lines(resume_hint=resume_hint):
+        typer.echo(line)
 
 
 def _refuse_finished(run) -> None:

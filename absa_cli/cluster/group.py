@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import enum
 import time
+import uuid
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from absa_cli import config as config_mod
+from absa_cli.cluster.placement import Placement
 from absa_cli.cluster.worker import WorkerActor
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
@@ -44,12 +46,15 @@ _START_ATTEMPT_S = 60.0  # one attempt to start workers; the driver keeps trying
 
 
 class RayWorkerGroup:
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, autoscaler: bool = True) -> None:
         self.config = config
+        self.autoscaler = autoscaler  # False: a cluster absa started for the run, which has no autoscaler
         self.config_yaml = config_mod.to_yaml(config)
         self.resource = "GPU" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPU"
-        self.label: str | None = None  # the run id, once known (name): workers are named after it
+        self.label = f"x{uuid.uuid4().hex[:8]}"  # the run id, once known (name): workers are named after it
+        self.placement = Placement(self.resource, config.cluster.placement)
         self.actors: list[Any] = []
+        self._names: dict[str, str] = {}  # actor id → its name (and its placement group's)
         self._workers: dict[str, dict[str, Any]] = {}  # actor id → its pid, host and node, from ready()
         self._serial = 0
         self.spares: list[Any] = []  # started ahead of a likely grow: importing torch overlaps training
@@ -58,6 +63,9 @@ class RayWorkerGroup:
         self.sample_log_dir = config.logging.sample_log_dir
         self._stop = StopState.NONE
         self._pending_state: dict | None = None  # a checkpoint the next start loads (restart)
+        self._notices: list[str] = []  # lines for the console, once
+        self._demanded = 0  # workers asked of the autoscaler; withdrawn on close
+        self._warned_nodes: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ membership
 
@@ -72,8 +80,15 @@ class RayWorkerGroup:
         return self._num_train_samples
 
     def name(self, run_id: str) -> None:
-        """Workers started from now on are named ``absa-<run id>-worker<N>`` (``ray list actors``)."""
+        """Workers started from now on are named ``absa-<run id>-worker<N>`` (``ray list actors``); until then
+        after a random label."""
         self.label = run_id
+
+    def record_sink(self, run_id: str) -> Any:
+        """The run's figures as Ray metrics (Prometheus export, dashboard), tagged with the run id."""
+        from absa_cli.cluster.metrics import RayMetricsSink
+
+        return RayMetricsSink(run_id, self.config.preset)
 
     def capacity(self) -> int:
         """Workers this group could have now: its own, its spares and the free slots (0: none can start now)."""
@@ -88,14 +103,25 @@ class RayWorkerGroup:
                 f"{nodes} node(s), and this run holds {len(self.actors)} worker(s) and {len(self.spares)} spare(s)")
 
     def _launch(self, count: int) -> list[Any]:
+        """``count`` new actors, each in a placement group of its own on the node the placement strategy chose."""
         per_worker = {"num_gpus": 1} if self.resource == "GPU" else {"num_cpus": 1}
         threads = self.config.threads or (0 if self.resource == "GPU" else 1)
-        actors = []
+        names = []
         for _ in range(count):
             self._serial += 1
-            name = {"name": f"absa-{self.label}-worker{self._serial}"} if self.label else {}
-            actors.append(WorkerActor.options(**per_worker, **name).remote(self.config_yaml, threads))
+            names.append(f"absa-{self.label}-worker{self._serial}")
+        actors = []
+        for name, where in zip(names, self.placement.reserve(names)):
+            actor = WorkerActor.options(**per_worker, name=name, scheduling_strategy=where).remote(
+                self.config_yaml, threads)
+            self._names[actor._actor_id.hex()] = name
+            actors.append(actor)
         return actors
+
+    def _kill(self, actor: Any) -> None:
+        """Stop a worker and free its slot."""
+        ray.kill(actor)
+        self.placement.release(self._names.pop(actor._actor_id.hex(), ""))
 
     def prepare(self, num_workers: int) -> None:
         """Start spare actors now for a group of ``num_workers`` later, if the cluster has room (non-blocking).
@@ -108,6 +134,18 @@ class RayWorkerGroup:
         if wanted > 0 and free > 0:
             self.spares += self._launch(min(wanted, free))
 
+    def demand(self, num_workers: int) -> bool:
+        """Ask Ray's autoscaler for room for ``num_workers`` workers (0: withdraw). Ray keeps one such request per
+        cluster, the last caller's; it asks for the cluster's total shape, so slots other jobs hold do not count
+        as missing."""
+        if not self.autoscaler:
+            return False
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[dict(self.placement.bundle) for _ in range(num_workers)])
+        self._demanded = num_workers
+        return True
+
     def _start(self, count: int) -> list[Any]:
         reused, self.spares = self.spares[:count], self.spares[count:]
         actors = reused + self._launch(count - len(reused))
@@ -119,15 +157,35 @@ class RayWorkerGroup:
                 raise TimeoutError(f"{len(pending)} of {count} worker(s) could not be placed within {attempt_s:g} s")
             for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
                 self._workers[actor._actor_id.hex()] = info
+                self._check_device(info)
         except Exception:
             for actor in actors:
-                ray.kill(actor)
+                self._kill(actor)
             raise
         return actors
 
+    def _check_device(self, info: dict[str, Any]) -> None:
+        """A worker that holds a GPU slot but sees no CUDA device trains on the CPU: say so, once per node."""
+        if self.resource != "GPU" or info.get("device", "cuda").startswith("cuda"):
+            return
+        if info.get("node_id") in self._warned_nodes:
+            return
+        self._warned_nodes.add(info.get("node_id"))
+        self._notices.append(f"node {info.get('node_ip')} ({str(info.get('node_id'))[:8]}) declares GPUs to Ray but "
+                             f"torch sees no CUDA device there: its workers train on the CPU; start that node with "
+                             f"`ray start --num-gpus 0` or fix its CUDA install")
+
+    def notices(self) -> list[str]:
+        lines, self._notices = self._notices, []
+        return lines
+
+    def _node(self, actor: Any) -> str:
+        info = self._workers.get(actor._actor_id.hex(), {})
+        return f"{info.get('node_ip', '?')} ({str(info.get('node_id', '?'))[:8]})"
+
     def _describe(self, actor: Any, rank: int) -> str:
         info = self._workers.get(actor._actor_id.hex(), {})
-        return f"rank {rank}, pid {info.get('pid', '?')} on node {info.get('node_ip', '?')}"
+        return f"rank {rank}, pid {info.get('pid', '?')} on node {self._node(actor)}"
 
     def start(self, num_workers: int, state: dict | None = None) -> None:
         """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``."""
@@ -154,7 +212,8 @@ class RayWorkerGroup:
             except Exception as exc:  # not placed in time, or failed to start: the driver waits or decides again
                 return Shortfall(requested=num_workers, available=0, reason=first_line(exc, typed=True))
             self._pending_state = None
-            return Resized(0, num_workers, resize_s=time.perf_counter() - started)
+            return Resized(0, num_workers, resize_s=time.perf_counter() - started,
+                           placed=tuple(self._node(actor) for actor in self.actors))
         try:
             newcomers = self._start(num_workers - old) if num_workers > old else []
         except Exception as exc:  # no room for them, or they died starting: keep the group
@@ -174,14 +233,15 @@ class RayWorkerGroup:
             except (RayActorError, ray.exceptions.RayTaskError) as exc:
                 raise GroupLost(f"sending the state to new workers failed: {first_line(exc, typed=True)}") from exc
         return Resized(old, num_workers, actor_start_s=actor_start_s, rendezvous_s=rendezvous_s,
-                       state_transfer_s=time.perf_counter() - mark, resize_s=time.perf_counter() - started)
+                       state_transfer_s=time.perf_counter() - mark, resize_s=time.perf_counter() - started,
+                       placed=tuple(self._node(actor) for actor in newcomers))
 
     def _retire(self, actor: Any) -> None:
         try:
             ray.get(actor.leave.remote(), timeout=10)
         except (RayActorError, GetTimeoutError):
             pass
-        ray.kill(actor)
+        self._kill(actor)
 
     def _reform(self) -> None:
         """Re-form live; any failure to do so means the group is lost (the controller restarts from disk)."""
@@ -267,7 +327,7 @@ class RayWorkerGroup:
         (epoch, samples_seen, steps_done), leader = alive[0]
         behind = [actor for position, actor in alive[1:] if position[:2] != (epoch, samples_seen)]
         for actor in lost:
-            ray.kill(actor)
+            self._kill(actor)
         self.actors = [actor for _, actor in alive]
         self._reform()
         if behind:
@@ -300,6 +360,12 @@ class RayWorkerGroup:
 
     def close(self) -> None:
         for actor in self.actors + self.spares:
-            ray.kill(actor)
+            self._kill(actor)
         self.actors, self.spares = [], []
+        self.placement.release_all()
+        if self._demanded:
+            try:
+                self.demand(0)
+            except Exception:  # the cluster is gone already: no request stands
+                pass
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -47,8 +48,23 @@ class WorkerActor:
         self.engine = Engine(self.config, device=pick_device())
         self.generation = -1
 
+    def __repr__(self) -> str:
+        """Ray's prefix for this actor's log lines (``(absa-<run>-worker3 rank=1 gen=2 pid=...)``)."""
+        return getattr(self, "label", "") or (ray.get_runtime_context().get_actor_name() or "absa-worker")
+
+    def _announce(self, where: str) -> None:
+        """From now on, Ray prefixes this worker's log lines with its name, rank and generation (Ray's log
+        monitor reads a line starting with its actor-name marker from the worker's stdout and stderr)."""
+        from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME
+
+        self.label = f"{ray.get_runtime_context().get_actor_name() or 'absa-worker'} {where}"
+        print(LOG_PREFIX_ACTOR_NAME + self.label, flush=True)
+        print(LOG_PREFIX_ACTOR_NAME + self.label, file=sys.stderr, flush=True)
+
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address()}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.engine.device),
+                "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()]}
 
     def free_port(self) -> int:
         with socket.socket() as probe:
@@ -72,6 +88,7 @@ class WorkerActor:
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s))
         self.engine.set_context(TorchDistContext())
         self.generation = generation
+        self._announce(f"rank={rank} gen={generation}")
         if sample_log_dir and self.engine.audit is None:
             from absa_cli.worker.audit import SampleAudit
 

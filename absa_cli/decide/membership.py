@@ -27,10 +27,17 @@ class Membership:
     geometry: BatchGeometry
     prestart: int  # the group size to have started ahead for the policy's next batch; 0: nothing to start
     reason: str
+    wanted: int = 0  # the group size this batch wants where the cluster has room for it (0: as the geometry)
 
     @property
     def num_workers(self) -> int:
         return self.geometry.num_workers
+
+    @property
+    def target(self) -> int:
+        """The group size worth asking the cluster (its autoscaler) for: what this batch wants where there is room,
+        or the next batch's readied group if larger."""
+        return max(self.wanted, self.prestart)
 
 
 def decide_membership(global_batch_size: int, next_global_batch_size: int | None, capacity: int, current: int,
@@ -42,7 +49,9 @@ def decide_membership(global_batch_size: int, next_global_batch_size: int | None
     2. workers to start ahead: the group size the next batch would want, when the policy may grow to one that
        needs more workers than this geometry (starting actors is the whole cost of a grow; ahead, it overlaps
        training);
-    3. the reason: which limit decided the count.
+    3. the reason: which limit decided the count;
+    4. what to ask the cluster for (``target``): the workers the batch wants beyond ``capacity``, or the readied group
+       for the next batch — an autoscaler can add nodes for them before they are needed.
     """
     if capacity <= 0:
         raise ValueError(f"no worker can start: the cluster offers {capacity} slots (cluster.max_workers="
@@ -65,7 +74,7 @@ def decide_membership(global_batch_size: int, next_global_batch_size: int | None
         if wanted > geometry.num_workers:
             prestart = wanted
             reason += f"; {wanted} readied for the policy's next batch {next_global_batch_size}"
-    return Membership(geometry, prestart, reason)
+    return Membership(geometry, prestart, reason, wanted=unlimited.num_workers)
 
 
 def check_geometries(config: RunConfig, batches: list[int]) -> None:

@@ -32,6 +32,7 @@ class Resized:
     rendezvous_s: float = 0.0  # re-forming the process group
     state_transfer_s: float = 0.0  # rank 0's state to the newcomers
     resize_s: float = 0.0  # all of the above
+    placed: tuple[str, ...] = ()  # where the newcomers run: "node IP (node id prefix)" each
 
     @property
     def live(self) -> bool:
@@ -116,11 +117,23 @@ class WorkerGroup(Protocol):
     def name(self, run_id: str) -> None:
         """Name the workers after the run, where the cluster shows names (``ray list actors``)."""
 
+    def record_sink(self, run_id: str) -> Any | None:
+        """A sink for the run's records that shows its figures where the cluster's users look (Ray's metrics), or
+        None."""
+
     def prepare(self, num_workers: int) -> None:
         """Start spare workers now, without waiting, for a group of ``num_workers`` later (if the cluster has room)."""
 
     def resize(self, num_workers: int) -> ResizeResult:
         """Bring the group to ``num_workers`` live (or start it, the first time)."""
+
+    def demand(self, num_workers: int) -> bool:
+        """Tell the cluster (its autoscaler) that the group will want ``num_workers`` workers; 0 withdraws the
+        request. Nothing is started: the driver grows onto the capacity when it appears. False: this cluster has
+        nobody to tell (a local cluster absa started, one process)."""
+
+    def notices(self) -> list[str]:
+        """Lines to show once, then forgotten (e.g. a worker that got a GPU slot on a node without CUDA)."""
 
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> Any:

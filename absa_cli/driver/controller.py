@@ -47,6 +47,9 @@ class Controller:
             from absa_cli.run.tensorboard import TensorBoardSink  # torch import: only when asked for
 
             self.sink = FanOut(self.sink, TensorBoardSink(run.path / "tensorboard"))
+        cluster_sink = group.record_sink(run.id)
+        if cluster_sink is not None:
+            self.sink = FanOut(self.sink, cluster_sink)
         self.progress = Progress()
         self.policy = make_policy(config)
         self.decision: Decision = self.policy.initial()
@@ -163,7 +166,7 @@ class Controller:
         """
         progress, num_samples = self.progress, self.group.num_train_samples
         totals = progress.totals  # not empty when resumed mid-epoch
-        geometry, resize, why = change.geometry, change.resize, "policy"
+        geometry, resize, why = change.geometry, change.resize, change.why
         batch = geometry.global_batch_size  # a failure may change the geometry, never the global batch
         num_steps, epoch_end = steps_in_epoch(num_samples, batch), samples_in_epoch(num_samples, batch)
         if num_steps == 0:  # the CLI refuses such a config before anything starts; this guards every other caller
@@ -187,7 +190,7 @@ class Controller:
                 if resize is not None:  # a resize whose first step never completed: recorded without it
                     self.groups.record_resize(resize, progress, None, why)
                 change = self.groups.after_failure(lost, progress)
-                geometry, resize, why = change.geometry, change.resize, "failure"
+                geometry, resize, why = change.geometry, change.resize, change.why
                 self._check_stop()
                 continue
             if resize is not None:
@@ -205,7 +208,7 @@ class Controller:
                 self._check_stop()
                 if self.groups.room_to_grow():
                     change = self.groups.form(progress, why="capacity")
-                    geometry, resize, why = change.geometry, change.resize, "capacity"
+                    geometry, resize, why = change.geometry, change.resize, change.why
         return totals, geometry, resize_s
 
     # ------------------------------------------------------------------------------------- checkpoints

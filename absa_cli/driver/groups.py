@@ -42,6 +42,7 @@ class Change:
 
     geometry: BatchGeometry
     resize: Resized | None
+    why: str = "policy"  # the cause of the change: policy (the batch grew), capacity, failure or restart
 
 
 class GroupKeeper:
@@ -57,6 +58,7 @@ class GroupKeeper:
         self.check_stop = check_stop  # while waiting for capacity, a stop request still ends the run
         self.stopping = stopping  # a stop is requested: replace no lost worker, the run is about to end
         self.clock, self.sleep = clock, sleep
+        self.demanded = 0  # workers asked of the cluster's autoscaler (0: no request standing)
 
     def _decide(self, capacity: int) -> Membership:
         batch = self.policy.state.global_batch_size
@@ -65,22 +67,51 @@ class GroupKeeper:
 
     def form(self, progress: Any, why: str = "policy", capacity: int | None = None) -> Change:
         """The group for the policy's batch from what the cluster offers (waiting if it offers nothing; or from
-        ``capacity``), resized live; workers started ahead for the next batch."""
+        ``capacity``), resized live; workers started ahead for the next batch, and the cluster asked for what the
+        batch (or the next one) wants beyond what it offers."""
         deadline = self.clock() + self.config.cluster.start_timeout_s
-        membership = self._decide(capacity or self._capacity(deadline))
+        if capacity is None:
+            capacity = self.group.capacity()
+            if capacity == 0:  # ask before waiting: an autoscaler may bring the capacity
+                self._ask(self._decide(self.config.cluster.max_workers), progress)
+                capacity = self._capacity(deadline)
+        membership = self._decide(capacity)
         result = self.group.resize(membership.num_workers)
         while isinstance(result, Shortfall):  # the cluster gave fewer: decide again on what the group has
             self.console.line(f"[yellow]cluster[/]: asked for {result.requested} workers, have {result.available} "
                               f"({result.reason}); accumulation keeps the global batch exact")
             membership = self._decide(result.available or self._capacity(deadline, waited=True))
             result = self.group.resize(membership.num_workers)
+        self._ask(membership, progress)
+        for line in self.group.notices():
+            self.console.line(f"[yellow]cluster[/]: {line}")
         last = progress.history[-1] if progress.history else None
         if why == "policy" and last is not None and last["global_batch_size"] == membership.geometry.global_batch_size:
             why = "capacity"  # the same batch at an epoch boundary: only what the cluster offers changed
         self._log_geometry(membership, progress, why)
         if membership.prestart:
             self.group.prepare(membership.prestart)
-        return Change(membership.geometry, result if isinstance(result, Resized) and result.live else None)
+        return Change(membership.geometry, result if isinstance(result, Resized) and result.live else None, why)
+
+    def _ask(self, membership: Membership, progress: Any) -> None:
+        """Ask the cluster for the group ``membership`` wants beyond what the group has (or withdraw the request
+        once it has it): a ``demand`` record and a console line at every change."""
+        demand = membership.target if membership.target > self.group.num_workers else 0
+        if demand == self.demanded or self.stopping():
+            return
+        self.demanded = demand
+        if not self.group.demand(demand):
+            return
+        if demand:
+            batch = (f"the policy's next batch {self.policy.next_global_batch()}"
+                     if membership.prestart > membership.wanted else
+                     f"batch {membership.geometry.global_batch_size}")
+            reason = f"{demand} workers wanted for {batch}; the group has {self.group.num_workers}"
+        else:
+            reason = f"withdrawn: the group has the {self.group.num_workers} worker(s) it wants"
+        self.sink.write({"kind": "demand", "epoch": progress.epoch + 1, "workers": demand, "reason": reason})
+        self.console.line(f"[yellow]cluster[/]: asked the autoscaler for {demand} workers ({reason})" if demand
+                          else f"[yellow]cluster[/]: request to the autoscaler {reason}")
 
     def _capacity(self, deadline: float, waited: bool = False) -> int:
         """The cluster's capacity; while it is none (or no worker could be started: ``waited``), wait for some,

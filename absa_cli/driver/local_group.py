@@ -31,6 +31,16 @@ class LocalGroup:
     def prepare(self, num_workers: int) -> None:
         """Nothing to start ahead: there is only this process."""
 
+    def record_sink(self, run_id: str) -> None:
+        return None
+
+    def demand(self, num_workers: int) -> bool:
+        """No cluster to ask: the one worker is this process."""
+        return False
+
+    def notices(self) -> list[str]:
+        return []
+
     def resize(self, num_workers: int) -> ResizeResult:
         if num_workers == 1:
             return Unchanged(1)

@@ -86,16 +86,24 @@ class RunDir:
         return cls(path)
 
     @classmethod
-    def create(cls, runs_dir: Path, config: config_mod.RunConfig) -> "RunDir":
+    def create(cls, runs_dir: Path, config: config_mod.RunConfig, run_id: str | None = None) -> "RunDir":
+        """A new run directory; ``run_id``: a name drawn beforehand (``absa train --submit`` names the run before
+        the job starts it), refused if taken."""
         runs_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            path = runs_dir / check_run_id(new_run_id(config.preset or "run"))
+        if run_id is not None:
             try:
-                path.mkdir()
-                break
+                (runs_dir / check_run_id(run_id)).mkdir()
+            except FileExistsError:
+                raise UserError(f"run {run_id} exists already in {runs_dir}; continue it with `absa resume "
+                                f"{run_id}`") from None
+        while run_id is None:
+            drawn = check_run_id(new_run_id(config.preset or "run"))
+            try:
+                (runs_dir / drawn).mkdir()
+                run_id = drawn
             except FileExistsError:  # same second, same suffix: draw again
                 continue
-        run = cls(path)
+        run = cls(runs_dir / run_id)
         run.checkpoints_dir.mkdir()
         run.config_path.write_text(config_mod.to_yaml(config))
         run.write_info(status=Status.RUNNING, preset=config.preset, host=socket.gethostname(), pid=os.getpid(),

@@ -1,0 +1,82 @@
+"""absa as a Ray job (`absa train --submit`), and where a Ray user finds a run: on a head started by hand with its
+dashboard and a Prometheus export port, inside a loopback-only sandbox (tests/ray_sandbox.py). The submission prints
+the job id and how to follow, stop and resume; the job carries the run id; the run's figures appear in the cluster's
+Prometheus export tagged with it; actors and their log prefixes name the run, rank and generation. Bad input to
+--submit is one line before anything is sent."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import ray_sandbox
+from absa_cli.cli.app import app
+from absa_cli.cluster.metrics import COUNTERS, EPOCH_GAUGES
+
+from conftest import assert_user_error
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "quickstart", "--submit"], "--submit needs the head's dashboard address"),
+    (["train", "quickstart", "--submit", "--address", "10.0.0.1:6379"], "is not an http(s) URL"),
+    (["train", "quickstart", "--submit", "--local", "--address", "http://127.0.0.1:1"], "drop one"),
+    (["train", "quickstart", "--submit", "--address", "http://127.0.0.1:1"], "cannot reach the Ray dashboard"),
+    (["train", "quickstart", "epochs=0", "--submit", "--address", "http://127.0.0.1:1"], "epochs must be > 0"),
+    (["resume", "../elsewhere", "--submit", "--address", "http://127.0.0.1:1"], "is not a plain name"),
+])
+def test_bad_submissions_are_one_line_before_anything_is_sent(args, message, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert_user_error(runner.invoke(app, args), message)
+
+
+def test_a_run_id_given_twice_is_refused(tmp_path):
+    from absa_cli import config as config_mod
+    from absa_cli.errors import UserError
+    from absa_cli.run.rundir import RunDir
+
+    config = config_mod.load("quickstart", [])
+    RunDir.create(tmp_path, config, run_id="quickstart-1")
+    with pytest.raises(UserError, match="run quickstart-1 exists already"):
+        RunDir.create(tmp_path, config, run_id="quickstart-1")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    reason = ray_sandbox.unavailable()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("ray.job_submission", reason="needs ray[default] (absa's cluster extra)")
+    work = tmp_path_factory.mktemp("job")
+    return ray_sandbox.run("submitted_job", work, timeout_s=500)
+
+
+@pytest.mark.slow
+def test_a_submitted_run_prints_how_to_reach_it_and_finishes_on_the_cluster(job):
+    submit = job["submit"]
+    assert submit["rc"] == 0 and submit["seconds"] < 20, submit
+    out, job_id, run_id = submit["stdout"], job["job_id"], job["run_id"]
+    assert job_id == f"absa-{run_id}" and run_id.startswith("quickstart-")
+    for hint in (f"ray job logs --follow {job_id} --address http://127.0.0.1:", f"ray job stop {job_id}",
+                 f"absa resume {run_id} --submit --address http://127.0.0.1:", f"absa runs show {run_id} --runs-dir"):
+        assert hint in out, out
+    assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
+    assert job["metadata"]["absa_run_id"] == run_id and job["metadata"]["absa_preset"] == "quickstart"
+    assert job["run_json"]["status"] == "finished" and f"run: {run_id}" in job["logs"]
+
+
+@pytest.mark.slow
+def test_the_runs_figures_are_in_the_clusters_prometheus_export(job):
+    wanted = {f"ray_{name}" for name in (*EPOCH_GAUGES, "absa_samples_per_second")}
+    assert wanted <= set(job["families"]), sorted(wanted - set(job["families"]))
+    assert not {f"ray_{name}" for name in COUNTERS} & set(job["families"])  # no resize, failure or restart: no count
+
+
+@pytest.mark.slow
+def test_actors_and_their_log_prefixes_name_the_run_rank_and_generation(job):
+    run_id = job["run_id"]
+    workers = [name for name in job["actors"] if name and name.startswith(f"absa-{run_id}-worker")]
+    assert len(workers) >= 2, job["actors"]
+    assert f":actor_name:absa-{run_id}-worker1 rank=0 gen=1" in job["prefixes"], job["prefixes"]
+    assert any(prefix.endswith("rank=1 gen=1") for prefix in job["prefixes"]), job["prefixes"]
