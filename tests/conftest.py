@@ -29,6 +29,14 @@ def tiny_config() -> config_mod.RunConfig:
     return config_mod.load("quickstart", TINY)
 
 
+def pytest_configure(config):
+    """Under `make test` the suite runs in a network namespace of its own (Makefile), whose loopback starts down."""
+    from absa_cli.cluster import netns
+
+    if netns.interfaces() == ["lo"]:
+        netns.loopback_up()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole test session (starting one costs ~5 s). Four logical CPU slots let
@@ -52,6 +60,17 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+TIMINGS = {"epoch_s", "probe_s", "resize_s", "train_s", "eval_s", "step_s"}  # seconds: never equal across runs
+
+
+def untimed(record: dict) -> dict:
+    """An epoch record without its seconds (also each geometry's ``step_s``): what must match across runs."""
+    kept = {k: v for k, v in record.items() if k not in TIMINGS}
+    if "geometries" in kept:
+        kept["geometries"] = [{k: v for k, v in g.items() if k != "step_s"} for g in kept["geometries"]]
+    return kept
 
 
 def load_benchmark(name: str):
