@@ -247,6 +247,7 @@ class ClusterConfig:
     collective_timeout_s: float = 60.0  # a collective with a dead peer fails after this long: never a hang
     start_timeout_s: float = 300.0  # a worker that cannot be placed within this long counts as unavailable
     placement: str = "pack"  # pack: fill the nodes this run uses first; spread: fewest of this run per node
+    profile: str = ""  # a step-time profile (absa calibrate): the group grows only where it predicts a faster step
 
     def __post_init__(self) -> None:
         _require(self.max_workers >= 1, f"cluster.max_workers must be >= 1, got {self.max_workers}")

@@ -57,8 +57,10 @@ def test_two_workers_equal_one_worker_with_accumulation(cluster):
         lrs = [0.05] * 4
         # FGSM on 0.1 of every base batch of 64 (positions 0-5) in the mix: the same samples on either split (the
         # micro-batches are the same, as BatchNorm needs; tests/test_engine.py checks other cuts without it)
-        two.train_chunk(0, 0, lrs, BatchGeometry(64, 2, 32, 1), adv_ratio=0.1)
-        one.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2), adv_ratio=0.1)
+        on_two = two.train_chunk(0, 0, lrs, BatchGeometry(64, 2, 32, 1), adv_ratio=0.1)
+        on_one = one.train_chunk(0, 0, lrs, BatchGeometry(64, 1, 32, 2), adv_ratio=0.1)
+        # the step split (data, compute, all-reduce, optimizer): a real gloo all-reduce on two workers takes time
+        assert on_two.phase_s[2] > 0 and on_two.phase_s[1] > 0 and on_one.phase_s[1] > 0
         a, b = _params(two), _params(one)
         assert a.keys() == b.keys()
         for name in a:

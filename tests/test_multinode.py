@@ -65,7 +65,7 @@ def test_a_node_added_mid_run_is_used(tmp_path):
     # the second worker is a process of the node that joined
     (newcomer,) = [pid for pid in result["workers"] if pid in result["second_node_pids"]]
     assert len(result["workers"]) == 2 and newcomer
-    _check_every_sample_once(tmp_path / "audit", 6)
+    _check_every_sample_once(tmp_path / "audit", 8)
 
 
 def test_on_an_autoscaling_cluster_the_run_asks_for_nodes_and_grows_onto_them(tmp_path):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from absa_cli.cli.app import app
@@ -79,3 +80,54 @@ def test_plan_notes_batches_whose_epochs_drop_a_large_tail():
                                                                    "note: at global batch 1024"]
     assert "drops 476 of the 1500 training samples (32%" in plan["notes"][1]
     assert json.loads(runner.invoke(app, ["plan", "quickstart", "--json"]).stdout)["notes"] == []  # 8,192: none
+
+
+H100 = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks" / "profiles"
+           / "resnet18-imagenet-h100.json")
+
+
+def test_plan_with_the_h100_profile_prints_times_and_the_comparison_fast_and_imports_no_torch():
+    code = ("import sys; from absa_cli.cli.app import main; sys.argv = ['absa', 'plan', 'resnet18-imagenet', "
+            f"'--max-gpus', '64', '--profile', {H100!r}]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'plan imported torch'")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())  # the table wraps at the terminal's width
+    for text in ("Time, from the step-time model of resnet18", "worker-hours", "held idle",
+                 "fixed, on its fastest worker count", "fixed-large", "× faster", "Profile sources"):
+        assert text in out, (text, out)
+    assert elapsed < 2.0, f"absa plan --profile took {elapsed:.2f} s"
+
+
+def test_plan_time_in_json_follows_from_the_profile():
+    result = runner.invoke(app, ["plan", "resnet18-imagenet", "--max-gpus", "64", "--profile", H100, "--json"])
+    assert result.exit_code == 0, result.output
+    time_ = json.loads(result.stdout)["time"]
+    assert set(time_["cases"]) == {"fastest", "slowest", "fixed", "fixed-large"}
+    large = time_["cases"]["fixed-large"]
+    (phase,) = large["phases"]
+    assert (phase["global_batch_size"], phase["num_workers"], phase["first_epoch"], phase["last_epoch"]) == \
+        (16384, 64, 1, 90)
+    assert large["worker_hours"] == pytest.approx(sum(p["seconds"] * p["num_workers"] for p in large["phases"]) / 3600)
+    for case in time_["cases"].values():  # the total is the phases and the group's start
+        assert case["seconds"] > sum(p["seconds"] for p in case["phases"]) > 0
+        idle = sum(p["seconds"] * (64 - p["num_workers"]) for p in case["phases"]) / 3600
+        assert case["idle_worker_hours"] == pytest.approx(idle)
+
+
+def test_plan_without_a_profile_shows_no_time_and_says_how_to_get_one():
+    result = runner.invoke(app, ["plan", "resnet18-imagenet", "--max-gpus", "64"])
+    out = " ".join(result.stdout.split())
+    assert result.exit_code == 0 and "give a step-time profile (--profile FILE, made by `absa calibrate PRESET`" in out
+    assert "Time, from" not in out and " s a step" not in out
+    plan = json.loads(runner.invoke(app, ["plan", "resnet18-imagenet", "--json"]).stdout)
+    assert plan["time"] is None
+
+
+def test_plan_profile_errors_are_one_line(tmp_path):
+    assert_user_error(runner.invoke(app, ["plan", "quickstart", "--profile", str(tmp_path / "none.json")]),
+                      "cannot read the profile")
+    assert_user_error(runner.invoke(app, ["plan", "quickstart", "--profile", H100, "--from-run", "x"]),
+                      "not both")

@@ -21,9 +21,8 @@ from absa_cli.driver.local_group import LocalGroup
 from absa_cli.run.metrics import Console
 from absa_cli.run.rundir import RunDir
 
-from conftest import TINY
+from conftest import TINY, untimed
 
-TIMINGS = {"epoch_s", "probe_s", "resize_s"}
 
 
 def _config(*extra: str) -> config_mod.RunConfig:
@@ -38,7 +37,7 @@ def _controller(config, run) -> tuple[Controller, io.StringIO]:
 
 
 def epoch_records(run: RunDir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in run.records("epoch")]
+    return [untimed(r) for r in run.records("epoch")]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ import torch
 from absa_cli.run import checkpoint
 from absa_cli.run.rundir import RunDir
 
+from conftest import untimed
+
 ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.slow
@@ -32,7 +34,6 @@ pytestmark = pytest.mark.slow
 RUN = ["epochs=4", "data.train_size=2048", "data.test_size=128", "batch.global_batch_size=64",
        "batch.per_worker_max=64", "logging.chunk_steps=2", "policy.duration=1", "policy.max_global_batch=256",
        "checkpoint.keep_last=5", "cluster.collective_timeout_s=20"]
-TIMINGS = {"epoch_s", "probe_s", "resize_s"}
 
 
 class Driver:
@@ -90,7 +91,7 @@ def _final(run: RunDir) -> dict[str, torch.Tensor]:
 
 
 def _epochs(run: RunDir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in run.records("epoch")]
+    return [untimed(r) for r in run.records("epoch")]
 
 
 def _assert_same_model(got: dict, want: dict, atol: float) -> None:

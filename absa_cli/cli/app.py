@@ -7,7 +7,7 @@ import sys
 import typer
 
 from absa_cli import __version__
-from absa_cli.cli import hessian, plan, plot, presets, runs, train
+from absa_cli.cli import calibrate, hessian, plan, plot, presets, runs, train
 
 app = typer.Typer(
     name="absa",
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("resume")(train.resume)
 app.command("plan")(plan.plan)
+app.command("calibrate")(calibrate.calibrate)
 app.command("hessian")(hessian.hessian)
 app.command("plot")(plot.plot)
 app.add_typer(presets.app, name="presets")

@@ -23,11 +23,16 @@ def user_errors() -> Iterator[None]:
 
 def check_schedule(config) -> None:
     """One ``ConfigError`` line, before anything starts, for a config whose batches split badly into workers and
-    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch)."""
+    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch), or whose
+    ``cluster.profile`` cannot be read."""
     from absa_cli.decide.membership import check_geometries
     from absa_cli.decide.policy import reachable_batches
 
     check_geometries(config, reachable_batches(config))
+    if config.cluster.profile:  # a profile that cannot be read: one line now, not when the group first forms
+        from absa_cli.run import profile
+
+        profile.load(config.cluster.profile)
 
 
 def complete_preset(incomplete: str) -> list[str]:

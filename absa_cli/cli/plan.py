@@ -10,6 +10,7 @@ phase start, SGD updates, and why the policy set that batch, λ_ref included) an
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -26,8 +27,14 @@ def plan(
         "--max-gpus", min=1, help="Most workers the run may use (GPUs; CPU workers on a CPU cluster).",
         show_default="the preset's cluster.max_workers")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    profile: Annotated[Optional[Path], typer.Option("--profile", help="A step-time profile (`absa calibrate`): "
+                                                    "adds wall time and worker-hours.")] = None,
+    from_run: Annotated[Optional[str], typer.Option("--from-run", help="Fit the step-time profile from this "
+                                                    "run's records instead.")] = None,
+    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help="Where run directories are.")] = None,
 ) -> None:
-    """Dry-run a preset: batch phases, worker geometry, LR and SGD-update counts (no torch, no data)."""
+    """Dry-run a preset: batch phases, worker geometry, LR and SGD-update counts (no torch, no data); with a
+    step-time profile, wall time and worker-hours beside the fixed and fixed-large baselines."""
     from absa_cli import config as config_mod
     from absa_cli.errors import UserError
 
@@ -35,8 +42,19 @@ def plan(
         config = config_mod.load(preset, overrides or [])
         config.cluster.max_workers = max_gpus or config.cluster.max_workers
         check_schedule(config)
+        if profile is not None and from_run is not None:
+            raise UserError("give --profile FILE or --from-run RUN, not both")
+        model = None
+        if profile is not None:
+            from absa_cli.run import profile as profiles
+
+            model = profiles.load(profile)
+        elif from_run is not None:
+            from absa_cli.cli.calibrate import profile_from_run
+
+            model = profile_from_run(from_run, runs_dir)
         try:
-            result = build_plan(config, config.cluster.max_workers)
+            result = build_plan(config, config.cluster.max_workers, model)
         except ValueError as exc:  # an impossible geometry, e.g. per_worker_max against the cap
             raise UserError(f"cannot plan {preset}: {exc}") from None
     if as_json:
@@ -45,7 +63,7 @@ def plan(
         _print(result)
 
 
-def build_plan(config, max_workers: int) -> dict[str, Any]:
+def build_plan(config, max_workers: int, model: Any = None) -> dict[str, Any]:
     from absa_cli import catalog
     from absa_cli.decide.geometry import steps_in_epoch
     from absa_cli.decide.policy import check_batch_fits, dropped_share_notes
@@ -65,7 +83,17 @@ def build_plan(config, max_workers: int) -> dict[str, Any]:
         "cases": cases,
         "updates": {name: sum(p["updates"] for p in phases) for name, phases in cases.items()},
         "fixed_updates": base_updates,
+        "time": None if model is None else _time(config, model, bounds, num_samples, spec, max_workers),
     }
+
+
+def _time(config, model, bounds, num_samples: int, spec, max_workers: int) -> dict[str, Any]:
+    from absa_cli.decide.timeline import time_cases
+
+    test_samples = config.data.test_size or spec.num_test
+    cases = time_cases(config, model, {"fastest": bounds.fastest, "slowest": bounds.slowest}, num_samples,
+                       test_samples, max_workers)
+    return {"profile": model.describe(), "sources": list(model.sources), "cases": cases}
 
 
 def _phases(config, batches: list[int], growths: list[str | None], num_samples: int,
@@ -122,3 +150,41 @@ def _print(result: dict[str, Any]) -> None:
     for name, updates in result["updates"].items():
         console.print(f"SGD updates, {titles[name]}: {updates:,} ({fixed / max(updates, 1):.1f}× fewer than fixed)")
     console.print(f"SGD updates, fixed small-batch baseline: {fixed:,}")
+    _print_time(console, result["time"], result["max_workers"])
+
+
+def _print_time(console: Any, time: dict[str, Any] | None, max_workers: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    if time is None:
+        console.print("Wall time: give a step-time profile (--profile FILE, made by `absa calibrate PRESET`, or "
+                      "--from-run RUN) to see seconds and worker-hours; none is guessed.")
+        return
+    names = {"fastest": "absa, growth at every probe", "slowest": "absa, growth by policy.duration",
+             "fixed": "fixed, on its fastest worker count", "fixed-large": "fixed-large"}
+    fixed = time["cases"]["fixed"]["seconds"]
+    table = Table("run", "wall time", "vs fixed", "worker-hours", f"held idle (of {max_workers})",
+                  title=f"Time, from {escape(time['profile'])}", title_justify="left")
+    for name, case in time["cases"].items():
+        table.add_row(names[name], _duration(case["seconds"]), f"{fixed / case['seconds']:.2f}× faster",
+                      f"{case['worker_hours']:.3g}", f"{case['idle_worker_hours']:.3g}")
+    console.print(table)
+    for name, case in time["cases"].items():
+        phases = "; ".join(f"{_span(p)}: {p['global_batch_size']:,} on {p['num_workers']} "
+                           f"({_duration(p['step_s'])} a step)" for p in case["phases"])
+        console.print(f"  {names[name]}: {phases}")
+    console.print(f"Profile sources: {escape('; '.join(time['sources']) or 'not recorded')}")
+
+
+def _span(phase: dict[str, Any]) -> str:
+    first, last = phase["first_epoch"], phase["last_epoch"]
+    return f"epoch {first}" if first == last else f"epochs {first}–{last}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    if seconds < 600:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 3600:.3g} h" if seconds >= 7200 else f"{seconds / 60:.3g} min"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from absa_cli.config import ConfigError, RunConfig
 from absa_cli.decide.geometry import BatchGeometry
+from absa_cli.decide.throughput import StepModel, fastest_workers
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,21 @@ class Membership:
         return max(self.wanted, self.prestart)
 
 
+def _worth(model: StepModel | None, batch: int, max_workers: int, per_worker_max: int) -> tuple[int, str]:
+    """The most workers worth having for ``batch``: as many as carry it without accumulation (at most
+    ``max_workers``), or, with a step-time model, the count it predicts fastest; and why, when the model decided."""
+    unlimited = BatchGeometry.plan(batch, max_workers, per_worker_max)
+    if model is None:
+        return unlimited.num_workers, ""
+    best, predicted = fastest_workers(model, batch, unlimited.num_workers, per_worker_max, BatchGeometry.plan)
+    if best >= unlimited.num_workers:
+        return unlimited.num_workers, ""
+    return best, (f"{model.describe()} predicts {predicted[best]:.4g} s a step on {best} and "
+                  f"{predicted[unlimited.num_workers]:.4g} s on {unlimited.num_workers}")
+
+
 def decide_membership(global_batch_size: int, next_global_batch_size: int | None, capacity: int, current: int,
-                      max_workers: int, per_worker_max: int) -> Membership:
+                      max_workers: int, per_worker_max: int, model: StepModel | None = None) -> Membership:
     """The workers for ``global_batch_size`` given what the cluster offers.
 
     1. the geometry: as few workers as carry the batch without accumulation (``batch.per_worker_max`` each), at most
@@ -56,13 +70,17 @@ def decide_membership(global_batch_size: int, next_global_batch_size: int | None
     if capacity <= 0:
         raise ValueError(f"no worker can start: the cluster offers {capacity} slots (cluster.max_workers="
                          f"{max_workers})")
-    geometry = BatchGeometry.plan(global_batch_size, max_workers, per_worker_max, available_workers=capacity)
-    unlimited = BatchGeometry.plan(global_batch_size, max_workers, per_worker_max)
+    worth, by_model = _worth(model, global_batch_size, max_workers, per_worker_max)
+    geometry = BatchGeometry.plan(global_batch_size, max_workers, per_worker_max,
+                                  available_workers=min(capacity, worth))
+    unlimited = BatchGeometry.plan(global_batch_size, max_workers, per_worker_max, available_workers=worth)
     count = f"{geometry.num_workers} worker{'s' if geometry.num_workers != 1 else ''}"
     change = "" if current in (0, geometry.num_workers) else f" ({current}→{geometry.num_workers})"
     if geometry.num_workers < unlimited.num_workers:
         why = (f"the cluster offers {capacity} of the {unlimited.num_workers} wanted; accumulation keeps the batch "
                f"exact")
+    elif by_model:
+        why = f"no more: {by_model}"
     elif unlimited.grad_accum_steps > 1:
         why = f"at most cluster.max_workers={max_workers}"
     else:
@@ -70,7 +88,7 @@ def decide_membership(global_batch_size: int, next_global_batch_size: int | None
     reason = f"{count}{change} for batch {global_batch_size}: {why}"
     prestart = 0
     if next_global_batch_size is not None and next_global_batch_size > global_batch_size:
-        wanted = BatchGeometry.plan(next_global_batch_size, max_workers, per_worker_max).num_workers
+        wanted, _ = _worth(model, next_global_batch_size, max_workers, per_worker_max)
         if wanted > geometry.num_workers:
             prestart = wanted
             reason += f"; {wanted} readied for the policy's next batch {next_global_batch_size}"

@@ -130,8 +130,11 @@ class Controller:
         epoch_started = time.perf_counter()
         change = self.groups.form(progress)
         self._check_stop()  # a stop requested while the group formed: before any step at the new size
+        mark = time.perf_counter()
         totals, geometry, resize_s = self._train_epoch(change)
+        mark, train_s = time.perf_counter(), time.perf_counter() - mark
         evaluation = self.groups.recovering(self.group.evaluate, progress)
+        eval_s = time.perf_counter() - mark
         if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
             raise outcome.Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
                            geometry.global_batch_size, [totals.lr], self.checkpoints.saved_file)
@@ -141,7 +144,8 @@ class Controller:
             epoch=progress.epoch + 1, num_epochs=self.config.epochs, eigenvalue=probe.eigenvalue if probe else None,
             train_loss=totals.loss_sum / max(totals.samples, 1), test_acc=evaluation.accuracy))
         record = epoch_record(progress.epoch + 1, progress, self.group.num_train_samples, geometry, totals,
-                              evaluation, probe, trained, self.decision, resize_s, time.perf_counter() - epoch_started)
+                              evaluation, probe, trained, self.decision, resize_s, time.perf_counter() - epoch_started,
+                              train_s, eval_s)
         progress.next_epoch(evaluation.accuracy)
         self._check_lock()
         self.sink.write(record)

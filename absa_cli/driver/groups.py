@@ -26,6 +26,7 @@ from absa_cli.decide.policy import Policy
 from absa_cli.driver.contract import GroupLost, Resized, Shortfall, WorkerFailure, WorkerGroup
 from absa_cli.driver.records import geometry_record, same_geometry
 from absa_cli.errors import UserError
+from absa_cli.run import profile as profiles
 
 WAIT_POLL_S = 2.0  # how often to look for capacity while none is there
 WAIT_REPORT_S = 30.0  # how often to say so
@@ -59,11 +60,13 @@ class GroupKeeper:
         self.stopping = stopping  # a stop is requested: replace no lost worker, the run is about to end
         self.clock, self.sleep = clock, sleep
         self.demanded = 0  # workers asked of the cluster's autoscaler (0: no request standing)
+        profile = config.cluster.profile
+        self.model = profiles.load(profile) if profile else None  # decide/throughput.py: a step-time model
 
     def _decide(self, capacity: int) -> Membership:
         batch = self.policy.state.global_batch_size
         return decide_membership(batch, self.policy.next_global_batch(), capacity, self.group.num_workers,
-                                 self.config.cluster.max_workers, self.config.batch.per_worker_max)
+                                 self.config.cluster.max_workers, self.config.batch.per_worker_max, self.model)
 
     def form(self, progress: Any, why: str = "policy", capacity: int | None = None) -> Change:
         """The group for the policy's batch from what the cluster offers (waiting if it offers nothing; or from

@@ -42,7 +42,8 @@ class Outcome:
 
 def finished(summary: dict[str, Any], message: str) -> Outcome:
     fields = {"last_epoch": summary["epochs"], "updates": summary["updates"],
-              "final_test_acc": summary["final_test_acc"], "best_test_acc": summary["best_test_acc"]}
+              "final_test_acc": summary["final_test_acc"], "best_test_acc": summary["best_test_acc"],
+              "wall_s": round(summary["wall_s"], 3)}  # the training, first worker start to last checkpoint
     return Outcome(Status.FINISHED, 0, message, fields=fields, summary=summary)
 
 

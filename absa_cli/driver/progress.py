@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+PHASES = ("data", "compute", "allreduce", "optimizer")  # worker/timing.py's, in its order (the driver imports no torch)
+
 
 @dataclass
 class EpochTotals:
@@ -24,6 +26,14 @@ class EpochTotals:
         self.samples += stats.samples
         self.lr = lr
         self.count_steps(geometry, stats.steps)
+        phases = getattr(stats, "phase_s", ())
+        if phases and stats.steps:  # the time of whole chunks only (a failed chunk's steps are counted untimed)
+            entry = self.geometries[-1]
+            timed = entry.setdefault("timed", {"steps": 0, "wall_s": 0.0, **dict.fromkeys(PHASES, 0.0)})
+            timed["steps"] += stats.steps
+            timed["wall_s"] += stats.seconds
+            for phase, seconds in zip(PHASES, phases):
+                timed[phase] += seconds
 
     def count_steps(self, geometry: Any, steps: int) -> None:
         """``steps`` applied on ``geometry`` (a chunk's, or those a failed chunk applied before the loss)."""

@@ -8,16 +8,15 @@ gradient of the mean loss over the whole global batch, so W workers × b and 1 w
 are the same computation on the same samples. The all-reduce precedes the optimizer step: a step that fails
 half-way was never applied.
 
-BatchNorm running statistics follow the same rule, so they too are independent of the worker count
+BatchNorm running statistics follow the same rule, so they are independent of the worker count too
 (``worker/norms.py``). The curvature probe is ``worker/probe.py``.
-
 A stop request (the driver got SIGINT/SIGTERM) rides in that all-reduce too: every rank learns of it after the same
-step and stops there, so a graceful stop never leaves ranks one step apart.
+step and stops there, so a graceful stop never leaves ranks one step apart. Each step's time is split into data,
+compute, all-reduce and optimizer by ``worker/timing.py``, reported per chunk.
 
-On a GPU (``worker/accel.py``): forward passes under bf16 autocast, model and inputs in channels_last, in-memory
-datasets on the device, file-backed ones decoded ahead by worker processes, optionally a compiled forward. The
-probe always runs the uncompiled module (``self.model``), which is also what state dicts hold, so their keys
-never change.
+On a GPU (``worker/accel.py``): bf16 autocast, channels_last, in-memory datasets on the device, file-backed ones
+decoded ahead by worker processes, optionally a compiled forward. The probe always runs the uncompiled module
+(``self.model``), which is also what state dicts hold, so their keys never change.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from absa_cli.worker.audit import SampleAudit
 from absa_cli.worker.evaluation import EvalStats, evaluate
 from absa_cli.worker.norms import NormStep, tracked_norms
 from absa_cli.worker.probe import CurvatureProbe, ProbeStats
+from absa_cli.worker.timing import StepTimer
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class ChunkStats:
     num_correct: int
     seconds: float
     params_finite: bool = True  # every weight on every worker finite after the chunk's last step
+    phase_s: tuple[float, ...] = ()  # seconds per phase (worker/timing.py PHASES), the mean over workers
 
 
 class Engine:
@@ -61,8 +62,7 @@ class Engine:
 
     def __init__(self, config: RunConfig, ctx: DistContext | None = None, device: torch.device | None = None,
                  datasets: tuple[ImageDataset, ImageDataset] | None = None):
-        """``datasets``: (train, test) to use instead of building them from ``config.data``: benchmarks need sets
-        the catalogue cannot name (224-px synthetic images; random CIFAR-shaped pixels with CIFAR's augmentation)."""
+        """``datasets``: (train, test) instead of ``config.data``'s, for benchmarks' sets the catalogue cannot name."""
         self.config = config
         self.ctx = ctx or LocalContext()
         self.device = device or pick_device()
@@ -139,8 +139,9 @@ class Engine:
         plans = [self._micro_batches(geometry) for _ in spans]
         batches = self._training_batches(order, spans, plans)
         epoch_end = samples_in_epoch(len(order), geometry.global_batch_size)
+        timer = StepTimer(self.device)
         for lr, span, plan in zip(lrs, spans, plans):
-            step_totals, stop = self._step(batches, plan, geometry.global_batch_size, lr, adv_ratio)
+            step_totals, stop = self._step(batches, plan, geometry.global_batch_size, lr, adv_ratio, timer)
             totals += step_totals
             self.position = (epoch, span.stop)
             self.chunk_steps_done += 1
@@ -150,16 +151,17 @@ class Engine:
                     self.audit.dropped(epoch, epoch_end, self.ctx, order.indices[epoch_end:])
             if stop:  # agreed by every rank in the step's all-reduce: all stop after this same step
                 break
-        # A step's loss is taken before its update, so a last step that makes the weights NaN or infinite shows in
-        # no loss of this chunk: count the workers whose weights are no longer finite, in the same all-reduce.
+        # A last step that makes the weights NaN shows in no loss of the chunk (taken before the update): count
+        # the workers whose weights are no longer finite, in the same all-reduce.
         with torch.no_grad():
             finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
-        totals = torch.cat([totals, (~finite).to(totals.dtype).reshape(1)])
-        self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step
-        loss_sum, num_correct, num_samples, num_nonfinite = totals.tolist()
+        phases = torch.tensor(timer.totals(), dtype=totals.dtype, device=self.device) / self.ctx.world_size
+        totals = torch.cat([totals, (~finite).to(totals.dtype).reshape(1), phases])
+        self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step; the phases become means over ranks
+        loss_sum, num_correct, num_samples, num_nonfinite, *phase_s = totals.tolist()
         return ChunkStats(steps=self.chunk_steps_done, samples=int(num_samples), loss_sum=loss_sum,
                           num_correct=int(num_correct), seconds=time.perf_counter() - started,
-                          params_finite=num_nonfinite == 0)
+                          params_finite=num_nonfinite == 0, phase_s=tuple(phase_s))
 
     def _micro_batches(self, geometry: BatchGeometry) -> list[slice]:
         """This rank's micro-batches of a global batch, as ranges of positions within it: rank r's contiguous share,
@@ -199,27 +201,29 @@ class Engine:
         return self._compiled[1]
 
     def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
-              batch_size: int, lr: float, adv_ratio: float) -> tuple[torch.Tensor, bool]:
+              batch_size: int, lr: float, adv_ratio: float, timer: StepTimer) -> tuple[torch.Tensor, bool]:
         """One optimizer step on a global batch of ``batch_size``: this rank's micro-batches (``plan``: their
         positions in the global batch), taken from ``batches``; (this rank's loss/correct/samples, stop agreed)."""
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         norms = NormStep(self._norms)
         try:
-            return self._accumulate_and_apply(batches, plan, batch_size, lr, adv_ratio, totals, norms)
+            return self._accumulate_and_apply(batches, plan, batch_size, lr, adv_ratio, totals, norms, timer)
         except BaseException:  # a failed step (a dead peer in the all-reduce) leaves the statistics untouched too
             norms.restore()
             raise
 
     def _accumulate_and_apply(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
                               batch_size: int, lr: float, adv_ratio: float, totals: torch.Tensor,
-                              norms: NormStep) -> tuple[torch.Tensor, bool]:
+                              norms: NormStep, timer: StepTimer) -> tuple[torch.Tensor, bool]:
         world_size = self.ctx.world_size
         model = self._forward_model()
+        timer.start()
         for micro in plan:
             norms.before_forward()
             inputs, labels = next(batches)
             inputs = self.accel.inputs(inputs.to(self.device, non_blocking=True))
             labels = labels.to(self.device, non_blocking=True)
+            timer.lap("data")
             with self.accel.autocast(self.accel.amp_dtype):
                 runs = adversarial_runs(micro.start, micro.stop - micro.start, adv_ratio,
                                         self.config.batch.global_batch_size) if adv_ratio > 0 else []
@@ -235,6 +239,7 @@ class Engine:
                 totals[0] += loss_sum.detach()
                 totals[1] += (logits.argmax(dim=1) == labels).sum()
                 totals[2] += len(labels)
+            timer.lap("compute")
         for param in self.model.parameters():  # a parameter the forward did not use must still join the all-reduce
             if param.requires_grad and param.grad is None:
                 param.grad = torch.zeros_like(param)
@@ -242,11 +247,13 @@ class Engine:
         control[0], control[1] = float(self.stop_requested), float(norms.count)
         self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None]
                                  + norms.sums + [control])
+        timer.lap("allreduce")
         norms.apply(control[1])
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        timer.lap("optimizer")
         return totals, bool(control[0] > 0)
 
     # ---------------------------------------------------------------------------------------- evaluation

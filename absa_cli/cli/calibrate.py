@@ -1,0 +1,223 @@
+"""``absa calibrate``: a step-time profile (decide/throughput.py), measured or read from a finished run.
+
+``absa calibrate PRESET [KEY=VALUE ...] [--max-gpus N]`` starts the preset's worker group as ``absa train`` would
+and times a few chunks of optimizer steps (the median chunk counts) at three per-worker batches (a quarter, half and all of ``batch.per_worker_max``) on
+one worker and on ``--max-gpus`` workers (and two, in between), one evaluation, a curvature probe (after the timed
+steps and a first probe, as most of a run's are), one checkpoint and the group's start; then fits the model and writes the profile. About a minute for the quickstart here.
+
+``absa calibrate --from-run RUN`` fits the same model from a run's epoch records (their ``step_s`` per geometry,
+``eval_s``, ``probe_s``) and its wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, user_errors
+
+WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
+CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
+
+
+def calibrate(
+    preset: Annotated[Optional[str], typer.Argument(help="Preset recipe to time (see `absa presets list`).",
+                                                    autocompletion=complete_preset, show_default=False)] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE config overrides.",
+                                                             show_default=False)] = None,
+    max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=1, help="Time up to this many workers.",
+                                                    show_default="the preset's cluster.max_workers")] = None,
+    from_run: Annotated[Optional[str], typer.Option("--from-run", help="Fit the profile from this run's records "
+                                                    "instead of timing anything.", autocompletion=complete_run_id)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the profile.",
+                                                   show_default="PRESET.profile.json")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to time on (default: "
+                                                   "$RAY_ADDRESS, else a local one).")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Time one worker in this process, without Ray.")] = False,
+    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help="Where run directories are "
+                                                     "(with --from-run).")] = None,
+) -> None:
+    """Measure a step-time profile for `absa plan --profile` and `cluster.profile` (about a minute), or fit one from
+    a finished run (--from-run)."""
+    from absa_cli.errors import UserError
+    from absa_cli.run import profile as profiles
+
+    with user_errors(), _interrupted():
+        if (preset is None) == (from_run is None):
+            raise UserError("give a preset to time, or --from-run RUN to fit a run's records (not both)")
+        path = output or Path(f"{from_run or preset}.profile.json")
+        if not path.parent.is_dir():  # before a minute of measuring, not after
+            raise UserError(f"cannot write the profile to {path}: the folder {path.parent} does not exist; create it "
+                            f"or choose another --output")
+        if from_run is not None:
+            model = profile_from_run(from_run, runs_dir)
+        else:
+            model = _measure(preset, overrides or [], max_gpus, address, local)
+        try:
+            profiles.save(model, path)
+        except OSError as exc:
+            raise UserError(f"cannot write the profile to {path} ({exc.strerror}); choose another --output") from None
+    _report(model, path)
+
+
+@contextmanager
+def _interrupted() -> Iterator[None]:
+    """Ctrl-C while timing: one line and exit 130 (the profile is written only when complete)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("interrupted; no profile was written", err=True)
+        raise typer.Exit(130) from None
+
+
+def _gradient_bytes(config) -> int:
+    """4 bytes per trained parameter (the gradient all-reduced in fp32), from the model alone (no data)."""
+    from absa_cli import catalog
+    from absa_cli.models import build_model
+
+    spec = catalog.dataset_spec(config.data.name)
+    model = build_model(config.model.name, spec.num_classes, spec.image_size, width=config.model.width)
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
+    from absa_cli import catalog
+    from absa_cli.decide.throughput import fit
+    from absa_cli.errors import UserError
+    from absa_cli.run.rundir import RunDir, runs_root
+
+    run = RunDir.open(runs_root(runs_dir), run_id)
+    config = run.load_config()
+    epochs = run.records("epoch")
+    if not epochs:
+        raise UserError(f"run {run.id} has no epoch records yet; let it train an epoch, or time the preset with "
+                        f"`absa calibrate {config.preset}`")
+    test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
+    probed = [r["probe_s"] for r in epochs if r.get("eigenvalue") is not None]
+    measured = [r for r in epochs if r.get("eval_s")]
+    eval_per_sample = (sum(r["eval_s"] * r["num_workers"] for r in measured) / (len(measured) * test)
+                       if measured else 0.0)
+    wall = run.info().get("wall_s")
+    inside = sum(r["epoch_s"] for r in epochs)
+    extra = [r["epoch_s"] - r.get("train_s", 0) - r.get("eval_s", 0) - r["probe_s"] for r in epochs]
+    epoch_extra = sum(extra) / len(extra) + ((wall - inside) / len(epochs) if wall else 0.0)
+    device = f"{_device_name()}, host {run.info().get('host', '?')}"  # runs record no device: this machine's kind
+    return fit([g for r in epochs for g in r["geometries"]], _model_name(config), device,
+               _gradient_bytes(config), sources=[f"the records of run {run.id}"],
+               eval_s_per_sample=eval_per_sample, probe_s=sum(probed) / len(probed) if probed else 0.0,
+               epoch_s=max(epoch_extra, 0.0))
+
+
+def _model_name(config) -> str:
+    return f"{config.model.name} (width {config.model.width:g}) on {config.data.name}"
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: str | None, local: bool) -> Any:
+    from absa_cli import config as config_mod
+    from absa_cli.cli.driver import make_group, private_network
+    from absa_cli.cli.train import _apply_workers
+    from absa_cli.decide.geometry import BatchGeometry
+    from absa_cli.decide.throughput import fit
+    from absa_cli.driver.contract import GroupLost, Shortfall, WorkerFailure
+    from absa_cli.errors import UserError
+    from absa_cli.run import checkpoint
+
+    config = config_mod.load(preset, overrides)
+    _apply_workers(config, max_gpus, local)
+    check_schedule(config)
+    private_network(config, address, local)
+    group, where = make_group(config, address, local)
+    typer.echo(where, err=True)
+    most = config.cluster.max_workers
+    counts = sorted({1, min(2, most), most})
+    per_worker = config.batch.per_worker_max
+    batches = sorted({max(per_worker // 4, 1), max(per_worker // 2, 1), per_worker})
+    entries: list[dict[str, Any]] = []
+    try:
+        started = time.perf_counter()
+        if isinstance(group.resize(1), Shortfall):
+            raise UserError(f"calibrate: no worker could start ({group.describe_capacity()}); free a slot and run "
+                            f"it again")
+        start_s = time.perf_counter() - started
+        group.probe(0)  # a run's first probe starts cold; later ones start from the last eigenvector (probe.warm),
+        num_train, epoch = group.num_train_samples, 0  # after an epoch's training: the one timed below
+        for workers in counts:
+            if isinstance(group.resize(workers), Shortfall):
+                typer.echo(f"calibrate: the cluster could not start {workers} workers; timed up to "
+                           f"{group.num_workers}", err=True)
+                break
+            for b in batches:
+                geometry = BatchGeometry(workers * b, workers, b, 1)
+                fits = num_train // geometry.global_batch_size  # steps in one epoch at this batch
+                if fits < 2:
+                    continue
+                group.train_chunk(epoch, 0, [config.optim.lr] * min(WARMUP, fits - 1), geometry)
+                timed, position = [], min(WARMUP, fits - 1)
+                for _ in range(CHUNKS):
+                    steps = min(STEPS, fits - position)
+                    if steps < 1:  # the epoch is used up: the next one, same order of business
+                        epoch, position, steps = epoch + 1, 0, min(STEPS, fits)
+                    timed.append(group.train_chunk(epoch, position * geometry.global_batch_size,
+                                                   [config.optim.lr] * steps, geometry))
+                    position += steps
+                stats = sorted(timed, key=lambda chunk: chunk.seconds / chunk.steps)[len(timed) // 2]
+                epoch += 1
+                split = dict(zip(("data", "compute", "allreduce", "optimizer"), stats.phase_s))
+                split = {k: v / stats.steps for k, v in split.items()}
+                total = stats.seconds / stats.steps
+                entries.append({"num_workers": workers, "per_worker_batch_size": b, "grad_accum_steps": 1,
+                                "steps": stats.steps, "step_s": {**split, "total": total,
+                                                                 "other": max(total - sum(split.values()), 0.0)}})
+                typer.echo(f"calibrate: {workers} worker(s) × {b}: {total * 1000:.1f} ms a step", err=True)
+        group.resize(1)
+        mark = time.perf_counter()
+        group.evaluate()
+        eval_s = time.perf_counter() - mark
+        mark = time.perf_counter()
+        group.probe(1)
+        probe_s = time.perf_counter() - mark
+        mark = time.perf_counter()
+        state = group.state_dict()
+        with tempfile.TemporaryDirectory() as scratch:
+            checkpoint.save(Path(scratch) / "timed.pt", state)
+        checkpoint_s = time.perf_counter() - mark
+    except (WorkerFailure, GroupLost) as lost:  # nothing to keep: the measurements of a broken group mislead
+        raise UserError(f"calibrate: a worker was lost while timing ({lost}); nothing was written, run it again"
+                        ) from None
+    finally:
+        group.close()
+    from absa_cli import catalog
+
+    test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
+    return fit(entries, _model_name(config), _device_name(), _gradient_bytes(config),
+               sources=[f"absa calibrate {preset} {' '.join(overrides)} --max-gpus {most} ({where})".replace("  ", " ")],
+               eval_s_per_sample=eval_s / test, probe_s=probe_s, epoch_s=checkpoint_s, start_s=start_s)
+
+
+def _report(model, path: Path) -> None:
+    bandwidth = ("—" if model.allreduce_bandwidth == float("inf")
+                 else f"{model.allreduce_bandwidth / 1e9:.3g} GB/s")
+    typer.echo(f"profile: {path} ({model.describe()}; gradient {model.gradient_bytes / 1e6:.3g} MB)")
+    typer.echo(f"  per micro-batch of b samples: compute {model.compute_s[0] * 1000:.3g} + "
+               f"{model.compute_s[1] * 1000:.3g}·b ms, data {model.data_s[0] * 1000:.3g} + "
+               f"{model.data_s[1] * 1000:.3g}·b ms")
+    typer.echo(f"  all-reduce: {model.allreduce_latency_s * 1e6:.3g} µs a hop, {bandwidth} a link; optimizer "
+               f"{model.optimizer_s * 1000:.3g} ms, rest {model.other_s * 1000:.3g} ms a step")
+    typer.echo(f"  per epoch: evaluation {model.eval_s_per_sample * 1e6:.3g} µs a test sample, probe "
+               f"{model.probe_s:.3g} s, rest {model.epoch_s:.3g} s; group start {model.start_s:.3g} s")
+    typer.echo(f"  use it: absa plan PRESET --profile {path}; absa train PRESET cluster.profile={path}")

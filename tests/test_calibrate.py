@@ -1,0 +1,81 @@
+"""`absa calibrate`: a profile measured on real workers (one in this process; two Ray actors on the session
+cluster) or fitted from a finished run's records, written where asked, loadable, and used by `absa plan`; bad
+input is one line."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from absa_cli import config as config_mod
+from absa_cli.cli.app import app
+from absa_cli.run import profile as profiles
+from absa_cli.driver.controller import Controller
+from absa_cli.driver.local_group import LocalGroup
+from absa_cli.run.metrics import Console
+from absa_cli.run.rundir import RunDir
+
+from conftest import TINY, assert_user_error
+
+runner = CliRunner()
+SMALL = ["data.train_size=256", "data.test_size=64", "batch.per_worker_max=32", "policy.max_global_batch=128",
+         "probe.max_iter=3"]
+
+
+def test_calibrate_one_local_worker_writes_a_profile_plan_can_use(tmp_path):
+    path = tmp_path / "q.json"
+    result = runner.invoke(app, ["calibrate", "quickstart", *SMALL, "--local", "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"profile: {path}" in result.stdout and "use it: absa plan PRESET --profile" in result.stdout
+    model = profiles.load(path)
+    assert model.compute_s[1] > 0 and model.eval_s_per_sample > 0 and model.probe_s > 0 and model.start_s >= 0
+    assert model.allreduce_bandwidth == float("inf")  # one worker: no all-reduce was timed
+    assert "absa calibrate quickstart" in model.sources[0]
+    plan = runner.invoke(app, ["plan", "quickstart", "--profile", str(path), "--json"])
+    assert json.loads(plan.stdout)["time"]["cases"]["fixed"]["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_calibrate_two_ray_workers_times_the_all_reduce(tmp_path, ray_cluster):
+    path = tmp_path / "q2.json"
+    result = runner.invoke(app, ["calibrate", "quickstart", *SMALL, "--max-gpus", "2", "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 worker(s) × 32" in result.stderr
+    model = profiles.load(path)
+    assert 0 < model.allreduce_bandwidth < float("inf")  # a real gloo all-reduce between two actors
+
+
+def test_a_profile_from_a_finished_run(tmp_path):
+    config = config_mod.load("quickstart", [*TINY, "policy.name=fixed", "cluster.max_workers=1"])
+    run = RunDir.create(tmp_path / "runs", config)
+    outcome = Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True)).train()
+    run.finish("finished", **outcome.fields)
+    path = tmp_path / "from-run.json"
+    result = runner.invoke(app, ["calibrate", "--from-run", run.id, "--runs-dir", str(tmp_path / "runs"),
+                                 "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    model = profiles.load(path)
+    assert model.sources == (f"the records of run {run.id}",)
+    assert model.compute_s[1] > 0 and model.eval_s_per_sample > 0 and model.epoch_s > 0
+    # one geometry throughout: the fitted step time is the recorded mean over every step of the run (less the
+    # all-reduce of one worker with itself, which the model takes as none)
+    geometries = [g for r in run.records("epoch") for g in r["geometries"]]
+    recorded = sum((g["step_s"]["total"] - g["step_s"]["allreduce"]) * g["steps"] for g in geometries) / \
+        sum(g["steps"] for g in geometries)
+    g = geometries[0]
+    assert model.step_s(1, g["per_worker_batch_size"], g["grad_accum_steps"]) == pytest.approx(recorded, rel=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["calibrate"], "give a preset to time, or --from-run RUN"),
+    (["calibrate", "quickstart", "--from-run", "x"], "not both"),
+    (["calibrate", "--from-run", "../x"], "is not a plain name"),
+    (["calibrate", "quickstart", "epochs=0", "--local"], "epochs must be > 0"),
+    (["calibrate", "quickstart", "--local", "-o", "/nonexistent/folder/q.json"], "the folder /nonexistent/folder does "
+                                                                                  "not exist"),
+])
+def test_bad_calibrate_input_is_one_line(args, message):
+    assert_user_error(runner.invoke(app, args), message)
