@@ -78,6 +78,11 @@ def test_one_free_slot_starts_the_run_and_a_second_is_taken_when_it_frees(ray_cl
         (run_dir,) = tmp_path.iterdir()
         named = [n["name"] for n in ray.util.list_named_actors(all_namespaces=True)]
         assert f"absa-{run_dir.name}-worker1" in named, named  # `ray list actors` shows whose worker it is
+        from ray._raylet import GcsClient  # the job table, as `ray list jobs` and the dashboard read it
+
+        jobs = GcsClient(address=ray_cluster).get_all_job_info(timeout=10).values()
+        runs = [dict(job.config.metadata) for job in jobs if not job.is_dead]
+        assert {"absa_run_id": run_dir.name, "absa_preset": "quickstart"} in runs, runs  # the job names its run
         ray.kill(holders.pop())  # a slot frees during epoch 2
         output, _ = process.communicate(timeout=180)
     finally:

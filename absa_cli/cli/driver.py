@@ -44,9 +44,10 @@ def check_datasets(config) -> None:
                 typer.echo(note, err=True)
 
 
-def make_group(config, address: str | None, local: bool) -> tuple[Any, str]:
+def make_group(config, address: str | None, local: bool, run_id: str | None = None) -> tuple[Any, str]:
     """The worker group and a line saying where it runs. The dataset is opened here first, so a missing one fails
-    in one line before a Ray cluster starts (and, for `absa train`, before a run directory exists)."""
+    in one line before a Ray cluster starts (and, for `absa train`, before a run directory exists). ``run_id``: the
+    Ray job carries it (and the preset) in its metadata."""
     if config.logging.tensorboard:
         from absa_cli.run.tensorboard import check_available
 
@@ -64,7 +65,8 @@ def make_group(config, address: str | None, local: bool) -> tuple[Any, str]:
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.cluster.runtime import connect
 
-    where = connect(address)
+    metadata = {"absa_run_id": run_id, "absa_preset": config.preset} if run_id else None
+    where = connect(address, metadata=metadata)
     joined = bool(address or os.environ.get("RAY_ADDRESS"))  # as connect decides: else a local cluster, no autoscaler
     return RayWorkerGroup(config, autoscaler=joined), where
 

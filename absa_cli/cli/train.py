@@ -55,7 +55,8 @@ def train(
             _submitted(address, argv, new_id, runs_dir, config.preset, submission_id=f"absa-{new_id}")
             return
         private_network(config, address, local)  # may re-run this command in a private network namespace
-        group, where = make_group(config, address, local)
+        run_id = run_id or new_run_id(config.preset or "run")  # drawn now: the Ray job carries it
+        group, where = make_group(config, address, local, run_id)
         run = RunDir.create(runs_root(runs_dir), config, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
     typer.echo(f"run: {run.id}")
@@ -100,7 +101,7 @@ def resume(
             except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
                 raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new "
                                   f"run from its config, {run.config_path}") from None
-            group, where = make_group(config, address, local)
+            group, where = make_group(config, address, local, run.id)
         except BaseException:
             lock.release()
             raise

@@ -14,6 +14,7 @@ import os
 import socket
 
 import ray
+import ray.job_config
 
 from absa_cli.cluster import handshake, netns
 from absa_cli.errors import UserError, first_line
@@ -41,17 +42,19 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
                         f"start a local cluster") from None
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Initialise Ray once per process; returns a one-line description of the cluster."""
+def connect(address: str | None = None, num_cpus: int | None = None, metadata: dict[str, str] | None = None) -> str:
+    """Initialise Ray once per process; returns a one-line description of the cluster. ``metadata``: the job's
+    (``ray list jobs``, the dashboard), e.g. the run id; a job submitted through Ray Jobs keeps its own as well."""
     if ray.is_initialized():
         return "ray: already connected"
+    job = ray.job_config.JobConfig(metadata=metadata or {})
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
         if is_host_port(address) and handshake.ask(address).token:
             handshake.send_token()
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, job_config=job)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot connect to the Ray cluster at {address} ({first_line(exc, limit=200)}); check "
                             f"--address or RAY_ADDRESS, or leave both unset to start a local cluster") from None
@@ -61,7 +64,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         # otherwise join that cluster, which is not what leaving --address unset means).
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=True,
-                 configure_logging=True)
+                 configure_logging=True, job_config=job)
         where = "ray: started a local cluster on 127.0.0.1"
         if os.environ.get(netns.ENV) == netns.INSIDE:
             where += " in a private network namespace (loopback only)"
