@@ -320,14 +320,15 @@ def _slots_held() -> int:
 @scenario
 def placement(work: Path, temp: Path) -> dict:
     """Two nodes of two CPUs; a group of two workers under each strategy, then grown to three and shrunk to two:
-    where each worker lands, which survivors kept their process, and how many slots the run holds."""
+    where each worker lands, which survivors kept their process, and how many slots the run holds. Then a node that
+    declares a GPU without CUDA."""
     import ray
 
     from absa_cli import config as config_mod
     from absa_cli.cluster.group import RayWorkerGroup
 
     head = Node(temp, "head", cpus=2)
-    second = None
+    second = third = None
     results: dict = {}
     try:
         wait_for_nodes(head.address, 1)
@@ -354,38 +355,24 @@ def placement(work: Path, temp: Path) -> dict:
             deadline = time.monotonic() + 30  # removing a placement group returns its CPU a moment later
             while ray.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
                 time.sleep(0.2)
-        ray.shutdown()
-    finally:
-        if second is not None:
-            second.stop()
-        head.stop()
-    return results
-
-
-@scenario
-def gpu_without_cuda(work: Path, temp: Path) -> dict:
-    """A head that declares a GPU on a machine where torch sees none: the group gives its worker a GPU slot, the
-    worker trains on the CPU, and the group says so once."""
-    import ray
-
-    from absa_cli import config as config_mod
-    from absa_cli.cluster.group import RayWorkerGroup
-
-    head = Node(temp, "head", cpus=1, gpus=1)
-    try:
-        wait_for_nodes(head.address, 1)
-        ray.init(address=head.address)
+        # A third node declares a GPU on this machine, where torch sees none: a cluster with a GPU gives every worker
+        # a GPU slot, so the worker lands there, trains on the CPU, and the group says so once.
+        third = Node(temp, "gpu", cpus=1, gpus=1, head=head.address)
+        wait_for_nodes(head.address, 3)
         group = RayWorkerGroup(config_mod.load("quickstart", TINY))
         try:
             group.resize(1)
-            result = {"resource": group.resource, "first": group.notices(), "again": group.notices(),
-                      "device": group._workers[group.actors[0]._actor_id.hex()]["device"]}
+            results["gpu"] = {"resource": group.resource, "first": group.notices(), "again": group.notices(),
+                              "device": group._workers[group.actors[0]._actor_id.hex()]["device"]}
         finally:
             group.close()
         ray.shutdown()
     finally:
+        for node in (third, second):
+            if node is not None:
+                node.stop()
         head.stop()
-    return result
+    return results
 
 
 def _autoscaling_head(temp: Path, work: Path, worker_cpus: int, max_nodes: int) -> Node:

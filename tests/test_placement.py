@@ -39,16 +39,16 @@ def test_unknown_strategy_is_one_line():
 
 
 @pytest.fixture(scope="module")
-def sandboxes():
+def placed(tmp_path_factory):
     reason = ray_sandbox.unavailable()
     if reason:
         pytest.skip(reason)
+    return ray_sandbox.run("placement", tmp_path_factory.mktemp("placement"), timeout_s=400)
 
 
 @pytest.mark.slow
-def test_pack_and_spread_on_two_nodes_and_resizes_keep_survivors(sandboxes, tmp_path):
-    result = ray_sandbox.run("placement", tmp_path, timeout_s=400)
-    pack, spread = result["pack"], result["spread"]
+def test_pack_and_spread_on_two_nodes_and_resizes_keep_survivors(placed):
+    pack, spread = placed["pack"], placed["spread"]
     assert len(set(pack["two"])) == 1, pack  # both workers on one node (it has two slots)
     assert len(set(pack["three"])) == 2 and pack["three"][:2] == pack["two"]  # the third on the other node
     assert len(set(spread["two"])) == 2, spread  # one worker on each node
@@ -58,8 +58,8 @@ def test_pack_and_spread_on_two_nodes_and_resizes_keep_survivors(sandboxes, tmp_
 
 
 @pytest.mark.slow
-def test_a_node_declaring_a_gpu_without_cuda_is_named(sandboxes, tmp_path):
-    result = ray_sandbox.run("gpu_without_cuda", tmp_path, timeout_s=300)
+def test_a_node_declaring_a_gpu_without_cuda_is_named(placed):
+    result = placed["gpu"]
     assert (result["resource"], result["device"]) == ("GPU", "cpu")  # a GPU slot, yet torch sees no CUDA device
     (line,) = result["first"]
     assert "declares GPUs to Ray but torch sees no CUDA device there" in line and "ray start --num-gpus 0" in line
