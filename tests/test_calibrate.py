@@ -79,3 +79,20 @@ def test_a_profile_from_a_finished_run(tmp_path):
 ])
 def test_bad_calibrate_input_is_one_line(args, message):
     assert_user_error(runner.invoke(app, args), message)
+
+
+def test_ctrl_c_while_timing_or_before_training_is_one_line_and_exit_130(tmp_path, monkeypatch):
+    from absa_cli.cli import calibrate as calibrate_mod
+    from absa_cli.cli import driver as driver_mod
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(calibrate_mod, "_measure", interrupt)
+    result = runner.invoke(app, ["calibrate", "quickstart", "--local", "-o", str(tmp_path / "q.json")])
+    assert (result.exit_code, result.stderr.strip()) == (130, "interrupted; no profile was written")
+    assert not (tmp_path / "q.json").exists()
+    monkeypatch.setattr(driver_mod, "make_group", interrupt)
+    result = runner.invoke(app, ["train", "quickstart", "--local", "--runs-dir", str(tmp_path / "runs")])
+    assert (result.exit_code, result.stderr.strip()) == (130, "interrupted before training started; nothing to save")
+    assert "Traceback" not in result.output

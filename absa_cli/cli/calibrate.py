@@ -15,13 +15,12 @@ import os
 import platform
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, user_errors
+from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, interrupted, user_errors
 
 WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
 CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
@@ -49,7 +48,7 @@ def calibrate(
     from absa_cli.errors import UserError
     from absa_cli.run import profile as profiles
 
-    with user_errors(), _interrupted():
+    with user_errors(), interrupted("interrupted; no profile was written"):
         if (preset is None) == (from_run is None):
             raise UserError("give a preset to time, or --from-run RUN to fit a run's records (not both)")
         path = output or Path(f"{from_run or preset}.profile.json")
@@ -65,16 +64,6 @@ def calibrate(
         except OSError as exc:
             raise UserError(f"cannot write the profile to {path} ({exc.strerror}); choose another --output") from None
     _report(model, path)
-
-
-@contextmanager
-def _interrupted() -> Iterator[None]:
-    """Ctrl-C while timing: one line and exit 130 (the profile is written only when complete)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        typer.echo("interrupted; no profile was written", err=True)
-        raise typer.Exit(130) from None
 
 
 def _gradient_bytes(config) -> int:
@@ -132,7 +121,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
     from absa_cli.cli.driver import make_group, private_network
     from absa_cli.cli.train import _apply_workers
     from absa_cli.decide.geometry import BatchGeometry
-    from absa_cli.decide.throughput import fit
+    from absa_cli.decide.throughput import PHASES, fit
     from absa_cli.driver.contract import GroupLost, Shortfall, WorkerFailure
     from absa_cli.errors import UserError
     from absa_cli.run import checkpoint
@@ -177,7 +166,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
                     position += steps
                 stats = sorted(timed, key=lambda chunk: chunk.seconds / chunk.steps)[len(timed) // 2]
                 epoch += 1
-                split = dict(zip(("data", "compute", "allreduce", "optimizer"), stats.phase_s))
+                split = dict(zip(PHASES, stats.phase_s))
                 split = {k: v / stats.steps for k, v in split.items()}
                 total = stats.seconds / stats.steps
                 entries.append({"num_workers": workers, "per_worker_batch_size": b, "grad_accum_steps": 1,

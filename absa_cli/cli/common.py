@@ -21,6 +21,17 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
+@contextmanager
+def interrupted(message: str) -> Iterator[None]:
+    """Ctrl-C before there is anything to save (Ray starting, workers loading, a calibration timing): ``message``
+    on stderr and exit code 130, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(message, err=True)
+        raise typer.Exit(130) from None
+
+
 def check_schedule(config) -> None:
     """One ``ConfigError`` line, before anything starts, for a config whose batches split badly into workers and
     micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch), or whose

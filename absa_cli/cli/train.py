@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, user_errors
+from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, interrupted, user_errors
 
 MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU slot on a cluster without GPUs "
                  "(so on a laptop --max-gpus bounds CPU workers).")
 ADDRESS_HELP = "Ray cluster to join (default: $RAY_ADDRESS, else start a local one on 127.0.0.1)."
 LOCAL_HELP = "Train in this process, without Ray (debugging)."
 RUNS_DIR_HELP = "Where run directories are (default: $ABSA_RUNS_DIR, else ./runs)."
+BEFORE_TRAINING = "interrupted before training started; nothing to save"
 SUBMIT_HELP = ("Run the driver on the cluster as a Ray job (needs --address http://HEAD:8265, the dashboard's "
                "address, and absa's `cluster` extra); prints the job id and how to follow, stop and resume it. "
                "--runs-dir is then a path on the head node (default: its $ABSA_RUNS_DIR, else ~/absa-runs).")
@@ -42,7 +42,7 @@ def train(
     from absa_cli.cli.driver import drive, make_group, private_network
     from absa_cli.run.rundir import RunDir, check_run_id, new_run_id, runs_root
 
-    with user_errors(), _interrupted_before_training():
+    with user_errors(), interrupted(BEFORE_TRAINING):
         config = config_mod.load(preset, overrides or [])
         _apply_workers(config, max_gpus, local)
         check_schedule(config)
@@ -86,7 +86,7 @@ def resume(
             _submitted(address, ["resume", run_id, *_max_gpus_args(max_gpus)], run_id, runs_dir, "",
                        resume_hint=False)
         return
-    with user_errors(), _interrupted_before_training():
+    with user_errors(), interrupted(BEFORE_TRAINING):
         run = RunDir.open(runs_root(runs_dir), run_id)
         _refuse_finished(run)
         private_network(run.load_config(), address, local)  # before the lock: the re-run takes it
@@ -142,16 +142,6 @@ def _refuse_finished(run) -> None:
     if info.get("status") == Status.FINISHED:
         raise UserError(f"run {run.id} already finished ({info.get('last_epoch')} of {info.get('epochs')} "
                         f"epochs); start a new one with `absa train {info.get('preset') or 'PRESET'}`")
-
-
-@contextmanager
-def _interrupted_before_training() -> Iterator[None]:
-    """Ctrl-C while Ray starts or workers load: one line and exit 130, not a traceback (nothing to save yet)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        typer.echo("interrupted before training started; nothing to save", err=True)
-        raise typer.Exit(130) from None
 
 
 def _apply_workers(config, max_gpus: int | None, local: bool) -> None:

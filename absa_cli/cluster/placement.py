@@ -63,10 +63,14 @@ class Placement:
 
     def free_slots(self) -> dict[str, int]:
         """Free worker slots per alive node (a slot: one bundle's worth of free resources)."""
-        from ray._private.state import available_resources_per_node  # no public per-node form in Ray 2.60
+        try:
+            from ray._private.state import available_resources_per_node  # no public per-node form in Ray 2.60
 
+            per_node = available_resources_per_node()
+        except Exception:  # noqa: BLE001 - a Ray without it: no node preference, Ray places every bundle
+            return {}
         slots = {}
-        for node, resources in available_resources_per_node().items():
+        for node, resources in per_node.items():
             slots[node] = int(min(resources.get(key, 0) // need for key, need in self.bundle.items()))
         return slots
 

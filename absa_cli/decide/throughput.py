@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from absa_cli.config import ConfigError
 
 PROFILE_FORMAT = 1
+PHASES = ("data", "compute", "allreduce", "optimizer")  # a step's phases, as workers time them (worker/timing.py)
 
 
 @dataclass(frozen=True)

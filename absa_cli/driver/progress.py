@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("data", "compute", "allreduce", "optimizer")  # worker/timing.py's, in its order (the driver imports no torch)
+from absa_cli.decide.throughput import PHASES
 
 
 @dataclass

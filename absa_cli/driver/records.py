@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from absa_cli.decide.geometry import BatchGeometry
-from absa_cli.driver.progress import PHASES
+from absa_cli.decide.throughput import PHASES
 from absa_cli.decide.policy import Decision
 
 

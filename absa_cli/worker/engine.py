@@ -54,7 +54,7 @@ class ChunkStats:
     num_correct: int
     seconds: float
     params_finite: bool = True  # every weight on every worker finite after the chunk's last step
-    phase_s: tuple[float, ...] = ()  # seconds per phase (worker/timing.py PHASES), the mean over workers
+    phase_s: tuple[float, ...] = ()  # seconds per phase (decide/throughput.py PHASES), the mean over workers
 
 
 class Engine:

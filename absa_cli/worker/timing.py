@@ -13,7 +13,7 @@ import time
 
 import torch
 
-PHASES = ("data", "compute", "allreduce", "optimizer")
+from absa_cli.decide.throughput import PHASES
 
 
 class StepTimer:
