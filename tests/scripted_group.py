@@ -68,6 +68,7 @@ class ScriptedGroup:
     eigenvalues: list[float] = field(default_factory=lambda: [8.0])  # probe readings, the last one repeated
     hooks: dict[tuple[str, int], Callable[["ScriptedGroup"], None]] = field(default_factory=dict)  # run on the call
     train_loss: float = 1.0  # per sample; math.nan makes the chunk diverge
+    drift: float = 0.0  # loss and accuracy of a step grow with its position in the epoch by this much (0: flat)
     num_workers: int = 0
     calls: list[tuple[str, Any]] = field(default_factory=list)
     applied: list[list[int]] = field(default_factory=list)  # [epoch, start, stop] of every applied step
@@ -87,13 +88,16 @@ class ScriptedGroup:
             raise GroupLost(event.reason)
         return event
 
-    def _lose(self, event: Lose, epoch: int, samples_seen: int, steps_done: int = 0) -> WorkerFailure:
+    def _lose(self, event: Lose, epoch: int, samples_seen: int, steps_done: int = 0,
+              sums: tuple[float, int] = (0.0, 0)) -> WorkerFailure:
+        """``sums``: the loss and correct predictions of the ``steps_done`` steps, as survivors report them."""
         survivors = self.num_workers - event.workers
         if survivors < 1:
             return GroupLost(f"scripted: all {self.num_workers} workers lost")
         lost = tuple(f"rank {rank}, pid 100{rank} on node scripted" for rank in range(survivors, self.num_workers))
         failure = Failure(epoch, samples_seen, steps_done, from_workers=self.num_workers, lost_workers=event.workers,
-                          to_workers=survivors, error="scripted: worker lost", recovery_s=0.0, lost=lost)
+                          to_workers=survivors, error="scripted: worker lost", recovery_s=0.0, lost=lost,
+                          loss_sum=sums[0], num_correct=sums[1])
         self.num_workers = survivors
         return WorkerFailure(failure)
 
@@ -138,15 +142,23 @@ class ScriptedGroup:
         assert all(math.isfinite(lr) and lr > 0 for lr in lrs), lrs
         batch = geometry.global_batch_size
         if isinstance(event, Lose):
-            for step in range(event.steps_done):
-                self.applied.append([epoch, samples_seen + step * batch, samples_seen + (step + 1) * batch])
-            raise self._lose(event, epoch, samples_seen + event.steps_done * batch, event.steps_done)
+            sums = self._apply(epoch, samples_seen, event.steps_done, batch)
+            raise self._lose(event, epoch, samples_seen + event.steps_done * batch, event.steps_done, sums)
         steps = 1 if self.stop_requested else len(lrs)  # a stop request: after the step in progress
         assert samples_seen + steps * batch <= self.num_train_samples, "a step past the epoch's last full batch"
+        loss_sum, num_correct = self._apply(epoch, samples_seen, steps, batch)
+        return Stats(steps=steps, samples=steps * batch, loss_sum=loss_sum, num_correct=num_correct)
+
+    def _apply(self, epoch: int, samples_seen: int, steps: int, batch: int) -> tuple[float, int]:
+        """Apply ``steps`` steps from ``samples_seen``: their loss sum and correct predictions."""
+        loss_sum, num_correct = 0.0, 0
         for step in range(steps):
-            self.applied.append([epoch, samples_seen + step * batch, samples_seen + (step + 1) * batch])
-        samples = steps * batch
-        return Stats(steps=steps, samples=samples, loss_sum=self.train_loss * samples, num_correct=samples // 2)
+            start = samples_seen + step * batch
+            self.applied.append([epoch, start, start + batch])
+            along = self.drift * start / self.num_train_samples
+            loss_sum += self.train_loss * (1 + along) * batch
+            num_correct += int(batch * (0.5 + along / 4))
+        return loss_sum, num_correct
 
     def _position(self) -> tuple[int, int]:
         """Where the last applied step left the training (what survivors report at a boundary call)."""

@@ -2,7 +2,8 @@
 
 Checked: 2 workers × b equals 1 worker × 2 accumulation steps × b (parameters after k steps), with FGSM examples in
 the mix too; every sample of an epoch is consumed exactly once across a grow, a SIGKILLed worker and a shrink (from
-the workers' own audit logs); `absa train --max-gpus 2` grows from 1 to 2 workers live and records it; a run
+the workers' own audit logs), and the epoch's loss and accuracy sums cover every applied step once, those of the chunk
+the SIGKILL cut short too; `absa train --max-gpus 2` grows from 1 to 2 workers live and records it; a run
 survives a SIGKILLed worker and finishes, with a failure record, well within the collective timeout, and every
 sample of every epoch is either applied once or recorded as dropped (the tail that does not fill a global batch).
 """
@@ -78,45 +79,73 @@ def test_two_workers_equal_one_worker_with_accumulation(cluster):
         one.close()
 
 
-def _kill_one_worker_later(group, delay_s: float) -> threading.Thread:
+def _kill_one_worker_after_step(group, audit, start: int) -> threading.Thread:
+    """SIGKILL the last worker as soon as its audit log shows the step at position ``start`` applied: the kill lands
+    inside a chunk that has applied steps, the case whose steps must still count in the epoch's train metrics."""
     pid = ray.get(group.actors[-1].ready.remote())["pid"]
-    thread = threading.Timer(delay_s, os.kill, args=(pid, signal.SIGKILL))
+    log = audit / f"samples-pid{pid}.jsonl"
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(json.loads(line)["start"] == start for line in log.read_text().splitlines()):
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
 
 
-def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_path):
+def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_path, one_thread):
     from absa_cli.cluster.group import RayWorkerGroup
+    from absa_cli.worker.engine import Engine
 
     config = _config(f"logging.sample_log_dir={tmp_path}")
     group = RayWorkerGroup(config)
     num_samples, batch = 256, 16
     lrs = lambda n: [0.02] * n  # noqa: E731
-    seen, failures = 0, []
+    seen, failures, ran, sums = 0, [], [], [0.0, 0]  # ran: (start, steps, per-worker batch) of every applied step
+
+    def train(steps: int, workers: int) -> None:
+        nonlocal seen
+        stats = group.train_chunk(0, seen, lrs(steps), BatchGeometry(batch, workers, batch // workers, 1))
+        ran.append((seen, stats.steps, batch // workers))
+        seen, sums[0], sums[1] = seen + stats.samples, sums[0] + stats.loss_sum, sums[1] + stats.num_correct
+
     started = time.perf_counter()
     try:
         group.resize(1)
-        seen += group.train_chunk(0, seen, lrs(2), BatchGeometry(batch, 1, 16, 1)).samples  # 1 worker
+        train(2, 1)
         assert group.resize(2).to_workers == 2  # grow, live
-        seen += group.train_chunk(0, seen, lrs(2), BatchGeometry(batch, 2, 8, 1)).samples
-        killer = _kill_one_worker_later(group, 0.1)
-        while not failures:  # the SIGKILL lands inside one of these chunks (or between two: the next one fails)
-            assert seen < 13 * batch, "the killed worker was never noticed"
-            try:
-                workers = group.num_workers  # 2, or 1 if the lost worker could not be replaced
-                seen += group.train_chunk(0, seen, lrs(2), BatchGeometry(batch, workers, batch // workers, 1)).samples
-            except WorkerFailure as lost:  # the survivors re-formed; as the driver does, replace the lost worker
-                failures.append(lost.failure.record())
-                seen = lost.failure.samples_seen
-                group.resize(2)
+        train(2, 2)
+        # the rest of the epoch in one chunk; the SIGKILL lands once its first step is applied
+        killer = _kill_one_worker_after_step(group, tmp_path, seen)
+        with pytest.raises(WorkerFailure) as lost:
+            train(num_samples // batch - 4, 2)
+        failure = lost.value.failure  # the survivor re-formed; as the driver does, replace the lost worker
+        failures.append(failure.record())
+        assert 1 <= failure.steps_done < num_samples // batch - 4, failure
+        ran.append((seen, failure.steps_done, batch // 2))
+        seen, sums[0], sums[1] = failure.samples_seen, sums[0] + failure.loss_sum, sums[1] + failure.num_correct
+        group.resize(2)
         killer.join()
         assert group.resize(1).to_workers == 1  # shrink, live
         while seen < num_samples:
-            seen += group.train_chunk(0, seen, lrs(1), BatchGeometry(batch, 1, 16, 1)).samples
+            train(1, 1)
     finally:
         group.close()
     assert len(failures) == 1 and failures[0]["lost_workers"] == 1
     assert time.perf_counter() - started < 4 * COLLECTIVE_TIMEOUT_S
+    # The epoch's train loss and accuracy cover every applied step once, those of the chunk cut short by the kill
+    # too: the same as one worker computes on the same steps (2 workers × b = 1 worker × 2 accumulation steps × b).
+    alone, alone_sums = Engine(config), [0.0, 0]
+    for start, steps, micro in ran:
+        stats = alone.train_chunk(0, start, lrs(steps), BatchGeometry(batch, 1, micro, batch // micro))
+        alone_sums[0], alone_sums[1] = alone_sums[0] + stats.loss_sum, alone_sums[1] + stats.num_correct
+    assert sum(steps for _, steps, _ in ran) == num_samples // batch
+    assert sums[0] == pytest.approx(alone_sums[0], rel=1e-5) and sums[1] == alone_sums[1]
     steps: dict[tuple[int, int], list[int]] = {}  # applied steps, by (epoch, first position)
     shares: list[int] = []  # what each worker itself consumed
     logs = list(tmp_path.glob("samples-pid*.jsonl"))

@@ -85,7 +85,7 @@ def test_a_run_without_incident_grows_by_the_rule(tmp_path):
 
 
 def test_a_worker_lost_mid_chunk_is_replaced_and_the_epoch_continues_at_the_exact_sample(tmp_path):
-    group = ScriptedGroup(offered=2, events={("train_chunk", 2): Lose(workers=1, steps_done=1)})
+    group = ScriptedGroup(offered=2, drift=1.0, events={("train_chunk", 2): Lose(workers=1, steps_done=1)})
     controller, run, out = _controller(tmp_path, group)
     assert controller.train().status == Status.FINISHED
     (failure,) = _records(run, "failure")
@@ -98,6 +98,13 @@ def test_a_worker_lost_mid_chunk_is_replaced_and_the_epoch_continues_at_the_exac
     _assert_exactly_once(group, run)
     assert "lost 1 worker(s) (rank 1, pid 1001 on node scripted: scripted: worker lost); 1 continue from sample 192 " \
            "of epoch 1" in out.getvalue()
+    # the step applied before the loss counts in the epoch's train loss and accuracy, as it would without the loss
+    # (the scripted loss and accuracy grow along the epoch, so leaving any step out shows)
+    unharmed = ScriptedGroup(offered=2, drift=1.0)
+    reference, reference_run, _ = _controller(tmp_path / "unharmed", unharmed)
+    assert reference.train().status == Status.FINISHED
+    for harmed, whole in zip(_records(run, "epoch"), _records(reference_run, "epoch"), strict=True):
+        assert (harmed["train_loss"], harmed["train_acc"]) == pytest.approx((whole["train_loss"], whole["train_acc"]))
 
 
 def test_without_room_for_a_replacement_the_survivor_accumulates(tmp_path):

@@ -324,7 +324,7 @@ class RayWorkerGroup:
         # The furthest survivor becomes rank 0 and its state is the truth (all agree unless the peer died inside
         # the last all-reduce, after which some ranks may have applied one more step than others).
         alive.sort(key=lambda item: item[0][:2], reverse=True)  # (epoch, samples_seen): the furthest first
-        (epoch, samples_seen, steps_done), leader = alive[0]
+        (epoch, samples_seen, steps_done, loss_sum, num_correct), leader = alive[0]
         behind = [actor for position, actor in alive[1:] if position[:2] != (epoch, samples_seen)]
         for actor in lost:
             self._kill(actor)
@@ -335,7 +335,8 @@ class RayWorkerGroup:
             ray.get([actor.load_state_dict.remote(state_ref) for actor in behind])
         return WorkerFailure(Failure(epoch, samples_seen, steps_done, from_workers=old, lost_workers=len(lost),
                                      to_workers=len(self.actors), error=first_line(errors[0], typed=True),
-                                     recovery_s=time.perf_counter() - started, lost=described))
+                                     recovery_s=time.perf_counter() - started, lost=described,
+                                     loss_sum=loss_sum, num_correct=num_correct))
 
     def evaluate(self) -> Any:
         return self._all("evaluate")[0]

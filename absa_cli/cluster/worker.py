@@ -101,9 +101,10 @@ class WorkerActor:
     def request_stop(self) -> None:
         self.engine.stop_requested = True
 
-    def position(self) -> tuple[int, int, int]:
-        """(epoch, samples_seen, steps completed in the last chunk) after the last applied step."""
-        return (*self.engine.position, self.engine.chunk_steps_done)
+    def position(self) -> tuple[int, int, int, float, int]:
+        """(epoch, samples_seen, steps completed in the last chunk, their loss sum, their correct predictions) after
+        the last applied step; the sums are over all ranks (reduced with each step)."""
+        return (*self.engine.position, self.engine.chunk_steps_done, *self.engine.chunk_sums)
 
     def evaluate(self) -> Any:
         return self.engine.evaluate()

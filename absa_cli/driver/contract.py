@@ -63,7 +63,9 @@ ResizeResult = Resized | Unchanged | Shortfall
 @dataclass(frozen=True)
 class Failure:
     """Workers lost during a call; the survivors re-formed. ``samples_seen``: where the last step applied on every
-    survivor left epoch ``epoch`` (0-based); ``steps_done``: steps of the interrupted chunk that were applied."""
+    survivor left epoch ``epoch`` (0-based); ``steps_done``: steps of the interrupted chunk that were applied, and
+    ``loss_sum``/``num_correct`` their training loss and correct predictions over the whole global batches (so the
+    epoch's train metrics cover them too, as they cover every other applied step)."""
 
     epoch: int
     samples_seen: int
@@ -74,6 +76,8 @@ class Failure:
     error: str  # the first line of what the lost call raised (it may name a survivor whose collective failed)
     recovery_s: float
     lost: tuple[str, ...] = ()  # the lost workers: "rank R, pid P on node N"
+    loss_sum: float = 0.0
+    num_correct: int = 0
 
     def describe_lost(self) -> str:
         return "; ".join(self.lost) or f"{self.lost_workers} worker(s)"

@@ -190,7 +190,7 @@ class Controller:
             except WorkerFailure as lost:
                 progress.samples_seen = lost.failure.samples_seen
                 progress.updates += lost.failure.steps_done
-                totals.count_steps(geometry, lost.failure.steps_done)
+                totals.add_interrupted(lost.failure, geometry)  # its applied steps' loss and accuracy too
                 if resize is not None:  # a resize whose first step never completed: recorded without it
                     self.groups.record_resize(resize, progress, None, why)
                 change = self.groups.after_failure(lost, progress)

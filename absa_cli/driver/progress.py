@@ -35,6 +35,14 @@ class EpochTotals:
             for phase, seconds in zip(PHASES, phases):
                 timed[phase] += seconds
 
+    def add_interrupted(self, failure: Any, geometry: Any) -> None:
+        """The steps a chunk applied before workers were lost (``Failure``, from a survivor): in the loss and
+        accuracy as any chunk's are (each step one global batch), in the step counts untimed."""
+        self.loss_sum += failure.loss_sum
+        self.num_correct += failure.num_correct
+        self.samples += failure.steps_done * geometry.global_batch_size
+        self.count_steps(geometry, failure.steps_done)
+
     def count_steps(self, geometry: Any, steps: int) -> None:
         """``steps`` applied on ``geometry`` (a chunk's, or those a failed chunk applied before the loss)."""
         shape = {"num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,

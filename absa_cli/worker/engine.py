@@ -8,15 +8,18 @@ gradient of the mean loss over the whole global batch, so W workers × b and 1 w
 are the same computation on the same samples. The all-reduce precedes the optimizer step: a step that fails
 half-way was never applied.
 
-BatchNorm running statistics follow the same rule, so they are independent of the worker count too
-(``worker/norms.py``). The curvature probe is ``worker/probe.py``.
-A stop request (the driver got SIGINT/SIGTERM) rides in that all-reduce too: every rank learns of it after the same
-step and stops there, so a graceful stop never leaves ranks one step apart. Each step's time is split into data,
-compute, all-reduce and optimizer by ``worker/timing.py``, reported per chunk.
+BatchNorm running statistics follow the same rule (``worker/norms.py``), and random layers (dropout) draw from the
+global generator seeded for each micro-batch from (seed, epoch, position of its first sample), so their masks depend
+neither on the worker that runs it nor on what ran before (two ranks holding one generator state would otherwise drop
+the same units). With the same micro-batches, 2 workers × 1 and 1 worker × 2 accumulation steps are thus bitwise
+equal; with more micro-batches per worker the gradient's float sum runs in another order (docs/runs.md, "Exactness").
+The probe is ``worker/probe.py``. A stop request (SIGINT/SIGTERM at the driver) rides in that all-reduce: every rank
+stops after the same step. So do each step's loss and correct counts: the steps a chunk applied before a peer died
+still count in the epoch's train metrics (survivors report them). ``worker/timing.py`` splits each step into data,
+compute, all-reduce, optimizer.
 
 On a GPU (``worker/accel.py``): bf16 autocast, channels_last, in-memory datasets on the device, file-backed ones
-decoded ahead by worker processes, optionally a compiled forward. The probe always runs the uncompiled module
-(``self.model``), which is also what state dicts hold, so their keys never change.
+decoded ahead, optionally a compiled forward; the probe and state dicts use the uncompiled module (``self.model``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from absa_cli.config import ProbeConfig, RunConfig
 from absa_cli.data import ImageDataset, build_dataset
 from absa_cli.data.loader import PrefetchLoader, Request
-from absa_cli.data.order import EpochOrder
+from absa_cli.data.order import EpochOrder, derive_seed
 from absa_cli.decide.geometry import BatchGeometry, samples_in_epoch
 from absa_cli.dist import DistContext, LocalContext
 from absa_cli.models import build_model
@@ -42,6 +45,8 @@ from absa_cli.worker.evaluation import EvalStats, evaluate
 from absa_cli.worker.norms import NormStep, tracked_norms
 from absa_cli.worker.probe import CurvatureProbe, ProbeStats
 from absa_cli.worker.timing import StepTimer
+
+_DROPOUT_STREAM = 0xD0D0  # derive_seed's tag for the per-micro-batch generator seed (EpochOrder's is 0x5A17)
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,10 @@ class Engine:
             self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
             nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
         self._order: EpochOrder | None = None
-        # Where the last *completed* step left this worker: after a peer dies mid-chunk, the driver reads it
-        # from a survivor and resumes at exactly that sample.
+        # Where the last *completed* step left this worker: after a peer dies mid-chunk, the driver resumes there.
         self.position: tuple[int, int] = (0, 0)  # (epoch, samples_seen)
         self.chunk_steps_done = 0
+        self.chunk_sums: tuple[float, int] = (0.0, 0)  # (loss sum, correct) of those steps, over all ranks
         self.audit: SampleAudit | None = None  # every applied step's samples (logging.sample_log_dir)
         self.curvature = CurvatureProbe(config.probe, self.train_set, self.accel, self.device)
         self._norms = tracked_norms(self.model)
@@ -128,10 +133,9 @@ class Engine:
         started = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)  # a step that failed half-way may have left gradients
-        self.chunk_steps_done = 0
+        self.chunk_steps_done, self.chunk_sums = 0, (0.0, 0)
         self.position = (epoch, samples_seen)  # so a failure in this chunk's first step reports this epoch
         order = self.epoch_order(epoch)
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
         spans, position = [], samples_seen
         for _ in lrs:  # the chunk's steps are known up front, so a loader can decode ahead across steps
             spans.append(order.positions(position, geometry.global_batch_size))
@@ -141,10 +145,13 @@ class Engine:
         epoch_end = samples_in_epoch(len(order), geometry.global_batch_size)
         timer = StepTimer(self.device)
         for lr, span, plan in zip(lrs, spans, plans):
-            step_totals, stop = self._step(batches, plan, geometry.global_batch_size, lr, adv_ratio, timer)
-            totals += step_totals
+            seeds = [derive_seed(self.config.seed, epoch, span.start + micro.start, _DROPOUT_STREAM)
+                     for micro in plan]
+            (loss_sum, num_correct), stop = self._step(batches, plan, seeds, geometry.global_batch_size, lr,
+                                                       adv_ratio, timer)
             self.position = (epoch, span.stop)
             self.chunk_steps_done += 1
+            self.chunk_sums = (self.chunk_sums[0] + loss_sum, self.chunk_sums[1] + num_correct)
             if self.audit is not None:
                 self.audit.applied(epoch, span.start, self.ctx, order.indices[span])
                 if span.stop == epoch_end and epoch_end < len(order):
@@ -155,12 +162,13 @@ class Engine:
         # the workers whose weights are no longer finite, in the same all-reduce.
         with torch.no_grad():
             finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
-        phases = torch.tensor(timer.totals(), dtype=totals.dtype, device=self.device) / self.ctx.world_size
-        totals = torch.cat([totals, (~finite).to(totals.dtype).reshape(1), phases])
+        phases = torch.tensor(timer.totals(), dtype=torch.float64, device=self.device) / self.ctx.world_size
+        totals = torch.cat([(~finite).to(phases.dtype).reshape(1), phases])
         self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step; the phases become means over ranks
-        loss_sum, num_correct, num_samples, num_nonfinite, *phase_s = totals.tolist()
-        return ChunkStats(steps=self.chunk_steps_done, samples=int(num_samples), loss_sum=loss_sum,
-                          num_correct=int(num_correct), seconds=time.perf_counter() - started,
+        num_nonfinite, *phase_s = totals.tolist()
+        loss_sum, num_correct = self.chunk_sums
+        return ChunkStats(steps=self.chunk_steps_done, samples=self.position[1] - samples_seen, loss_sum=loss_sum,
+                          num_correct=num_correct, seconds=time.perf_counter() - started,
                           params_finite=num_nonfinite == 0, phase_s=tuple(phase_s))
 
     def _micro_batches(self, geometry: BatchGeometry) -> list[slice]:
@@ -200,25 +208,33 @@ class Engine:
             self._compiled = (self.model, torch.compile(self.model))
         return self._compiled[1]
 
-    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
-              batch_size: int, lr: float, adv_ratio: float, timer: StepTimer) -> tuple[torch.Tensor, bool]:
-        """One optimizer step on a global batch of ``batch_size``: this rank's micro-batches (``plan``: their
-        positions in the global batch), taken from ``batches``; (this rank's loss/correct/samples, stop agreed)."""
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+    def _seed_random_layers(self, seed: int) -> None:
+        """Seed the generators a training forward draws from: the CPU's, and the GPU's on a GPU (``torch.manual_seed``
+        seeds every backend torch knows of: ~80 µs per call here, against ~1 µs)."""
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
+
+    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice], seeds: list[int],
+              batch_size: int, lr: float, adv_ratio: float, timer: StepTimer) -> tuple[tuple[float, int], bool]:
+        """One optimizer step on a global batch of ``batch_size`` (this rank's micro-batches: ``plan``, from
+        ``batches``, each forward with the generator seeded from ``seeds``); ((loss sum, correct) over the whole
+        global batch, stop agreed)."""
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # this rank's loss sum, correct
         norms = NormStep(self._norms)
         try:
-            return self._accumulate_and_apply(batches, plan, batch_size, lr, adv_ratio, totals, norms, timer)
+            return self._accumulate_and_apply(batches, plan, seeds, batch_size, lr, adv_ratio, totals, norms, timer)
         except BaseException:  # a failed step (a dead peer in the all-reduce) leaves the statistics untouched too
             norms.restore()
             raise
 
     def _accumulate_and_apply(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
-                              batch_size: int, lr: float, adv_ratio: float, totals: torch.Tensor,
-                              norms: NormStep, timer: StepTimer) -> tuple[torch.Tensor, bool]:
+                              seeds: list[int], batch_size: int, lr: float, adv_ratio: float, totals: torch.Tensor,
+                              norms: NormStep, timer: StepTimer) -> tuple[tuple[float, int], bool]:
         world_size = self.ctx.world_size
         model = self._forward_model()
         timer.start()
-        for micro in plan:
+        for micro, seed in zip(plan, seeds):
             norms.before_forward()
             inputs, labels = next(batches)
             inputs = self.accel.inputs(inputs.to(self.device, non_blocking=True))
@@ -231,6 +247,7 @@ class Engine:
                     spec = self.train_set.spec
                     inputs = mix_adversarial(self.model, inputs, labels, runs, self.config.policy.adv_eps,
                                              spec.mean, spec.std)
+                self._seed_random_layers(seed)  # this micro-batch's dropout masks (FGSM above, in eval mode: none)
                 logits = model(inputs)
                 norms.after_forward()
                 loss_sum = F.cross_entropy(logits, labels, reduction="sum")
@@ -238,13 +255,13 @@ class Engine:
             with torch.no_grad():
                 totals[0] += loss_sum.detach()
                 totals[1] += (logits.argmax(dim=1) == labels).sum()
-                totals[2] += len(labels)
             timer.lap("compute")
         for param in self.model.parameters():  # a parameter the forward did not use must still join the all-reduce
             if param.requires_grad and param.grad is None:
                 param.grad = torch.zeros_like(param)
-        control = torch.zeros(2, device=self.device)  # filled from scalars: torch.tensor(list) on a GPU would sync
+        control = torch.zeros(4, device=self.device)  # filled from scalars: torch.tensor(list) on a GPU would sync
         control[0], control[1] = float(self.stop_requested), float(norms.count)
+        control[2:] = totals  # the step's loss sum and correct, reduced with it (exact counts up to 2^24 per step)
         self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None]
                                  + norms.sums + [control])
         timer.lap("allreduce")
@@ -254,7 +271,8 @@ class Engine:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         timer.lap("optimizer")
-        return totals, bool(control[0] > 0)
+        stop, _, loss_sum, num_correct = control.tolist()  # the step's one sync, after the update was queued
+        return (loss_sum * world_size, round(num_correct * world_size)), stop > 0
 
     # ---------------------------------------------------------------------------------------- evaluation
 
