@@ -3,9 +3,12 @@
 References: for the collectives, the values each rank contributed (sum, mean, rank ``src``'s copy), over tensors of
 several dtypes and shapes, including a non-contiguous view; for the probe, the same computation in one process.
 Each rank holds its half of a 15-sample batch (8 and 7 samples, so the sample-count weighting matters) for a small
-conv net with BatchNorm in eval mode; its ``H·v`` through ``TorchDistContext`` must equal the single-process ``H·v``
-over the whole batch, and sharded Lanczos must find the single-process eigenvalues. The group has a 30 s timeout and
-the parent joins with a deadline, so a broken collective fails the test instead of hanging the suite.
+conv net with BatchNorm; its ``H·v`` through ``TorchDistContext`` must equal the single-process ``H·v`` over the whole
+batch, and sharded Lanczos (and, in train mode, Hutchinson's trace) must find the single-process numbers. In train
+mode BatchNorm must normalise with the statistics of the whole batch, not of a rank's shard: checked for one batch
+(the kept graph) and for two batches of different sizes recomputed at every product, and the model must come back
+unchanged. The group has a 30 s timeout and the parent joins with a deadline, so a broken collective fails the test
+instead of hanging the suite.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from absa_cli.curvature import HessianOperator, lanczos
+from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos
 from absa_cli.dist import LocalContext, TorchDistContext, init_process_group
 
 WORLD_SIZE = 2
 NUM_SAMPLES = 15
+SPLIT = 9  # the train-mode probe's two batches: samples [0, 9) and [9, 15), sharded 5/4 and 3/3
 DEADLINE_S = 60.0
 
 
@@ -53,11 +57,36 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         op = HessianOperator(model, F.cross_entropy, [(inputs[mine], labels[mine])], ctx, bn_mode="eval")
         results["hvp"] = op.matvec(v)
         results["top2"] = lanczos(op, k=2, max_iter=40, tol=1e-6).eigenvalues
+        results.update(_train_mode(ctx))
         results.update(_warm_probe(ctx))
         ctx.barrier()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def train_mode_products(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, v: torch.Tensor,
+                        ctx: TorchDistContext | LocalContext, shard) -> dict:
+    """BatchNorm in train mode: ``H·v``, the top two eigenvalues and a 4-probe trace for the whole batch, and ``H·v``
+    for two uneven batches (recomputed at every product, and kept), each through ``shard`` of its samples."""
+    def op(batches: list[torch.Tensor], **kwargs) -> HessianOperator:
+        return HessianOperator(model, F.cross_entropy, [(inputs[shard(b)], labels[shard(b)]) for b in batches], ctx,
+                               bn_mode="train", **kwargs)
+
+    whole, parts = [torch.arange(NUM_SAMPLES)], list(torch.tensor_split(torch.arange(NUM_SAMPLES), [SPLIT]))
+    one = op(whole)
+    return {"train_hvp": one.matvec(v), "train_top2": lanczos(one, k=2, max_iter=40, tol=1e-6).eigenvalues,
+            "train_trace": hutchinson_trace(op(whole), num_samples=4, seed=3).trace,
+            "train_hvp_two_batches": op(parts).matvec(v), "train_hvp_two_kept": op(parts, reuse_graph=True).matvec(v)}
+
+
+def _train_mode(ctx: TorchDistContext) -> dict:
+    model, inputs, labels, v = make_problem()
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    results = train_mode_products(model, inputs, labels, v, ctx,
+                                  lambda batch: torch.tensor_split(batch, WORLD_SIZE)[ctx.rank])
+    changed = [k for k, t in model.state_dict().items() if not torch.equal(t, before[k])]
+    return {**results, "train_changed": changed, "train_flags": [m.training for m in model.modules()]}
 
 
 def _warm_probe(ctx: TorchDistContext) -> dict:
@@ -139,6 +168,24 @@ def test_sharded_hvp_equals_the_single_process_hvp(rank_results):
         torch.testing.assert_close(results["hvp"], expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
         assert results["top2"] == pytest.approx(top2, rel=1e-4)
     assert torch.equal(rank_results[0]["hvp"], rank_results[1]["hvp"])  # ranks hold identical products
+
+
+def test_sharded_train_mode_batchnorm_uses_the_whole_batchs_statistics(rank_results):
+    """Each rank's shard alone has other BatchNorm statistics (with them ``H·v`` was 4-7% off, the trace 0.6%); the
+    probe's must be those of every sample of the batch, through the double backward too, and it must not move the
+    running statistics."""
+    model, inputs, labels, v = make_problem()
+    expected = train_mode_products(model, inputs, labels, v, LocalContext(), lambda batch: batch)
+    for results in rank_results:
+        for key in ("train_hvp", "train_hvp_two_batches", "train_hvp_two_kept"):
+            scale = float(expected[key].abs().max())
+            torch.testing.assert_close(results[key], expected[key], rtol=1e-4, atol=1e-5 * scale,
+                                       msg=lambda message, key=key: f"{key}: {message}")
+        assert results["train_top2"] == pytest.approx(expected["train_top2"], rel=1e-4)
+        assert results["train_trace"] == pytest.approx(expected["train_trace"], rel=1e-4)
+        assert results["train_changed"] == [] and all(results["train_flags"])  # left in train mode, as found
+    assert not torch.allclose(expected["train_hvp_two_batches"], expected["train_hvp"], rtol=1e-3)  # per-batch stats
+    assert torch.equal(rank_results[0]["train_hvp"], rank_results[1]["train_hvp"])
 
 
 

@@ -25,6 +25,11 @@ class DistContext(Protocol):
     def all_reduce_sum(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace each tensor, in place, by its sum over all ranks."""
 
+    def all_reduce_sum_autograd(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over all ranks as a new tensor that autograd differentiates, to any order: the
+        gradient of a sum over ranks is the sum over ranks of the gradients, itself differentiable again. Every rank
+        must call it, and back-propagate through it, in the same order."""
+
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite each tensor, in place, with rank ``src``'s copy."""
 
@@ -55,6 +60,9 @@ class LocalContext(_Sharding):
 
     def all_reduce_sum(self, tensors: Sequence[torch.Tensor]) -> None:
         pass
+
+    def all_reduce_sum_autograd(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
 
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         pass
@@ -88,6 +96,11 @@ class TorchDistContext(_Sharding):
     def all_reduce_sum(self, tensors: Sequence[torch.Tensor]) -> None:
         self._coalesced(tensors, self._all_reduce)
 
+    def all_reduce_sum_autograd(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        return _AllReduceSum.apply(tensor, self.group)
+
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         global_src = src if self.group is None else dist.get_global_rank(self.group, src)
 
@@ -120,6 +133,24 @@ class TorchDistContext(_Sharding):
                 flat = collective(torch.cat([t.reshape(-1) for t in bucket]))
                 for tensor, piece in zip(bucket, torch.split(flat, [t.numel() for t in bucket])):
                     tensor.copy_(piece.view_as(tensor))
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A SUM all-reduce in the autograd graph. Its backward is the same all-reduce applied as this Function again, so
+    a graph built with ``create_graph=True`` can be differentiated once more: the curvature probe's Hessian-vector
+    products back-propagate twice through BatchNorm statistics summed over ranks. (``torch.distributed.nn``'s
+    equivalent is deprecated in PyTorch 2.14.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _AllReduceSum.apply(grad, ctx.group), None
 
 
 def init_process_group(backend: str, rank: int, world_size: int, init_method: str,
