@@ -150,6 +150,9 @@ class PolicyConfig:
     adv_ratio: float = 0.2  # initial fraction of each base batch replaced by FGSM examples (absa only)
     adv_eps: float = 0.005  # FGSM step in [0, 1] pixel units
     adv_stop_frac: float = 0.5  # adversarial training in the first floor(adv_stop_frac × epochs) epochs only
+    # end the run, as a divergence, when an epoch's loss blows up or its accuracy falls back to chance
+    # (decide/collapse.py); false: train on regardless
+    stop_on_collapse: bool = True
 
     def __post_init__(self) -> None:
         _require(self.name in POLICIES, f"policy.name={self.name!r}; choose one of {', '.join(POLICIES)}")

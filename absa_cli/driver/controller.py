@@ -138,6 +138,8 @@ class Controller:
         if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
             raise outcome.Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
                            geometry.global_batch_size, [totals.lr], self.checkpoints.saved_file)
+        outcome.check_collapsed(self.config, progress, totals, evaluation.accuracy, geometry.global_batch_size,
+                                self.checkpoints.saved_file)  # finite, but blown up or back at chance: no probe
         probe = self.groups.recovering(lambda: self.group.probe(progress.epoch), progress) \
             if trained.probe_next else None
         self.decision = self.policy.observe(EpochMeasurements(

@@ -8,7 +8,7 @@ with its code. The endings, with the status each leaves (``run.rundir.Status``, 
 | finished | finished | 0 | the summary on stdout |
 | stopped by SIGINT/SIGTERM after the step in progress, with a checkpoint | interrupted | 128 + signal | stderr |
 | aborted by a second signal (the last checkpoint stands) | interrupted | 128 + signal | stderr |
-| diverged (a non-finite loss or weights) | diverged | 1 | stderr |
+| diverged (a non-finite loss or weights), or collapsed (``decide/collapse.py``) | diverged | 1 | stderr |
 | a user error found while running (e.g. no usable checkpoint) | failed | 2 | stderr |
 | the lock was taken over by another driver | unchanged (the run is the other driver's) | 1 | stderr |
 
@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from absa_cli import catalog
+from absa_cli.config import RunConfig
+from absa_cli.decide.collapse import check_collapse
 from absa_cli.run.rundir import Status
 
 
@@ -86,6 +89,10 @@ class Stopped(Exception):
         self.checkpoint = checkpoint
 
 
+FIX = ("Start a new run with a lower optim.lr, a lower policy.max_global_batch, or policy.lr_ramp_epochs > 0 "
+       "(docs/policy.md)")  # what to change after a divergence or a collapse
+
+
 class Diverged(RuntimeError):
     """The training loss, the weights or the test loss became NaN or infinite. The step that did it is applied on
     every worker, so nothing after the last checkpoint is worth keeping: no checkpoint is written and the run stops,
@@ -93,12 +100,25 @@ class Diverged(RuntimeError):
 
     def __init__(self, what: str, epoch: int, updates: int, global_batch: int, lrs: list[float],
                  checkpoint: str | None) -> None:
-        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
         lr = f"LR {lrs[0]:.4g}" if len(set(lrs)) == 1 else f"LR {min(lrs):.4g}–{max(lrs):.4g}"
-        super().__init__(
-            f"training diverged: {what} by update {updates} (epoch {epoch}, global batch {global_batch}, {lr}); "
-            f"{kept}. Start a new run with a lower optim.lr, a lower policy.max_global_batch, or "
-            f"policy.lr_ramp_epochs > 0 (docs/policy.md)")
+        super().__init__(f"training diverged: {what} by update {updates} (epoch {epoch}, global batch {global_batch}, "
+                         f"{lr}); {_kept(checkpoint)}. {FIX}")
+
+
+class Collapsed(Diverged):
+    """The run collapsed without a NaN (``decide/collapse.py``): its loss blew up to finite values, or its accuracy
+    fell back to chance. It ends as a divergence does, for the same reasons: the epoch that showed it is not worth a
+    checkpoint (nor a record), and resuming unchanged would collapse again; the message says what to change."""
+
+    def __init__(self, what: str, epoch: int, updates: int, global_batch: int, lr: float,
+                 checkpoint: str | None) -> None:
+        RuntimeError.__init__(  # Diverged's own message says "diverged" and names the update first
+            self, f"training collapsed in epoch {epoch}: {what}; update {updates}, global batch {global_batch}, "
+                  f"LR {lr:.4g}; {_kept(checkpoint)}. {FIX}, or train on regardless with policy.stop_on_collapse=false")
+
+
+def _kept(checkpoint: str | None) -> str:
+    return f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
 
 
 def check_finite(stats: Any, epoch: int, updates: int, batch: int, lrs: list[float], checkpoint: str | None) -> None:
@@ -108,6 +128,18 @@ def check_finite(stats: Any, epoch: int, updates: int, batch: int, lrs: list[flo
     what = (f"the training loss became {stats.loss_sum / max(stats.samples, 1)}" if not math.isfinite(stats.loss_sum)
             else "the weights became NaN or infinite")
     raise Diverged(what, epoch, updates + stats.steps, batch, lrs[:stats.steps], checkpoint)
+
+
+def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: float, batch: int,
+                    checkpoint: str | None) -> None:
+    """``Collapsed`` if the epoch in progress, trained (``totals``) and evaluated (``test_acc``), shows a collapse
+    against the epochs before it (``progress``), unless ``policy.stop_on_collapse`` is off."""
+    if not config.policy.stop_on_collapse:
+        return
+    collapse = check_collapse(catalog.DATASETS[config.data.name].num_classes, totals.loss_sum / max(totals.samples, 1),
+                              test_acc, progress.best_test_acc)
+    if collapse is not None:
+        raise Collapsed(collapse.what, progress.epoch + 1, progress.updates, batch, totals.lr, checkpoint)
 
 
 def summary_line(summary: dict[str, Any], run_path: Path) -> str:

@@ -33,7 +33,7 @@ class Status(str, enum.Enum):
     FINISHED = "finished"
     FAILED = "failed"  # an error stopped it; resumable
     INTERRUPTED = "interrupted"  # a signal stopped it; resumable
-    DIVERGED = "diverged"  # a non-finite loss or weights; resumable, but would diverge again unchanged
+    DIVERGED = "diverged"  # a non-finite loss or weights, or a collapse; resumable, but would end so again unchanged
 
 
 STATUSES = tuple(status.value for status in Status)
