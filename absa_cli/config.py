@@ -371,6 +371,43 @@ def _renamed_keys(layer: Any, origin: str) -> Any:
                       f"growth is now given in epochs, e.g. policy.lr_ramp_epochs=1")
 
 
+# What a checkpoint's numbers mean: the keys that fix the model, the data and the training trajectory. Not in it:
+# where the run happens and how it reports (cluster, device, logging, checkpoint, eval), its length (epochs) and
+# where the data lives (data.root), all of which a resume may meet changed.
+IDENTITY_KEYS = ("seed", "data.name", "data.train_split", "data.train_size", "data.seed", "data.augment", "model",
+                 "optim", "batch", "policy", "probe")
+
+
+def identity(config: RunConfig) -> dict[str, str]:
+    """The ``IDENTITY_KEYS`` of ``config``, flattened to ``{"model.width": "1.0", ...}`` (plain strings: a
+    checkpoint stores them and still loads with ``weights_only=True``)."""
+    tree = OmegaConf.to_container(OmegaConf.structured(config))
+    flat: dict[str, str] = {}
+    for key in IDENTITY_KEYS:
+        node: Any = tree
+        for part in key.split("."):
+            node = node[part]
+        items = node.items() if isinstance(node, dict) else [("", node)]
+        for leaf, value in items:
+            flat[f"{key}.{leaf}" if leaf else key] = str(value)
+    return flat
+
+
+def fingerprint(keys: dict[str, str]) -> str:
+    """A short hash of an ``identity``: equal fingerprints, same run recipe."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_differences(saved: dict[str, str], current: dict[str, str]) -> list[str]:
+    """``key=saved (now current)`` for each key both name with different values. A key only one side has is no
+    difference: a newer absa may add keys, and the saved config holds every value it resolved."""
+    return [f"{key}={saved[key]} (this run: {current[key]})" for key in sorted(saved.keys() & current.keys())
+            if saved[key] != current[key]]
+
+
 def to_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 

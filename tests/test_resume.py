@@ -177,3 +177,46 @@ def test_a_damaged_run_json_is_listed_not_a_traceback(finished, tmp_path):
     run.info_path.write_text("{not json")
     listing = runner.invoke(app, ["runs", "list", "--runs-dir", str(run.path.parent)])
     assert listing.exit_code == 0 and "damaged" in listing.output
+
+
+def _foreign(run: RunDir, name: str, **owner: str) -> None:
+    """Rewrite checkpoint ``name`` (and its manifest entry) as if another run had written it: its weights, with
+    ``owner`` in place of this run's name in it, as a checkpoints/ folder copied between runs would bring."""
+    from absa_cli.run.checkpoint import CheckpointStore, load
+
+    state = load(run.checkpoints_dir / name)
+    state["run"] = {**state["run"], **owner}
+    CheckpointStore(run.checkpoints_dir, keep_last=3).save(name, state)
+
+
+def test_another_runs_checkpoint_is_refused_in_one_line_and_resume_falls_back(finished, tmp_path, one_thread):
+    source, final_model, records = finished
+    run = _copy_run(source, tmp_path)  # a renamed copy: same run (its uid in run.json), so its checkpoints are its own
+    _foreign(run, "epoch-0003.pt", uid="0123456789abcdef", id="quickstart-other-seed")
+    controller, out = _controller(_config(), run)
+    assert controller.resume() == "epoch-0002.pt"
+    controller.run_all()
+    (line,) = [line for line in out.getvalue().splitlines() if "epoch-0003.pt belongs to" in line]
+    assert "run 'quickstart-other-seed', not" in line and "falling back to the previous one" in line
+    for name, value in controller.group.state_dict()["model"].items():
+        assert torch.equal(value, final_model[name]), name
+    assert epoch_records(run) == records
+
+
+def test_checkpoints_that_are_all_foreign_or_of_another_config_stop_resume_in_one_line(finished, tmp_path):
+    for damage in ("foreign", "config"):
+        run = _copy_run(finished[0], tmp_path / damage)
+        run.write_info(status="interrupted")
+        if damage == "foreign":
+            for name in ("epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"):
+                _foreign(run, name, uid="0123456789abcdef", id="another-run")
+        else:  # a config.yaml edited to another model width: the weights would not even fit
+            run.config_path.write_text(run.config_path.read_text().replace("width: 0.5", "width: 2.0"))
+        result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "no usable checkpoint" in errors[0] and "Traceback" not in result.output
+        assert ("belongs to run 'another-run'" if damage == "foreign" else "model.width=0.5 (this run: 2.0)") \
+            in errors[0]
+        assert "size mismatch" not in result.output
+        assert epoch_records(run) == finished[2] and not run.superseded_path.exists()  # nothing moved or lost

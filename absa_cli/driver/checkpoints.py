@@ -26,9 +26,15 @@ class Restored:
 
 
 class Checkpoints:
-    def __init__(self, run: RunDir, keep_last: int, report: Callable[[str], None]) -> None:
+    def __init__(self, run: RunDir, keep_last: int, report: Callable[[str], None], config: Any) -> None:
+        from absa_cli.config import fingerprint, identity
+
         self.run = run
         self.keep_last = keep_last
+        self.uid = run.uid()
+        self.keys = identity(config)
+        # what every checkpoint says about whose it is (check_identity refuses another run's on restore)
+        self.owner = {"uid": self.uid, "id": run.id, "fingerprint": fingerprint(self.keys), "config": self.keys}
         self.report = report  # one line per damaged checkpoint skipped
         self.saved_at = 0  # `updates` at the last checkpoint written or restored; 0: none needed yet
         self.saved_file: str | None = None  # that checkpoint's file name
@@ -48,14 +54,17 @@ class Checkpoints:
             return self.saved_file
         state = {**group_state(), "epoch": progress.epoch, "samples_seen": progress.samples_seen,
                  "updates": progress.updates, "progress": progress.to_dict(), "policy": policy_state,
-                 "metrics_bytes": self.run.metrics_size(), "preset": preset}
+                 "metrics_bytes": self.run.metrics_size(), "preset": preset, "run": self.owner}
         self._store().save(name, state)
         self.saved_at, self.saved_file = progress.updates, name
         return name
 
     def latest(self) -> tuple[str, dict[str, Any]] | None:
         """(file name, state) of the newest checkpoint that verifies; damaged ones are reported and skipped."""
-        found = self._store().latest(report=self.report)
+        from absa_cli.run.checkpoint import check_identity
+
+        found = self._store().latest(report=self.report, accept=lambda file, state: check_identity(
+            file, state, self.uid, self.run.id, self.keys))
         if found is None:
             return None
         entry, state = found

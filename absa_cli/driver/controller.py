@@ -54,7 +54,8 @@ class Controller:
         self.policy = make_policy(config)
         self.decision: Decision = self.policy.initial()
         self.checkpoints = Checkpoints(run, config.checkpoint.keep_last,
-                                       report=lambda problem: console.line(f"[red]checkpoint[/]: {problem}"))
+                                       report=lambda problem: console.line(f"[red]checkpoint[/]: {problem}"),
+                                       config=config)
         self.last_record: dict[str, Any] | None = None
         self.stop: outcome.StopRequest | None = None
         self.abort_signal: int | None = None  # a second signal: the run ends at once (KeyboardInterrupt)

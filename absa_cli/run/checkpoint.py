@@ -98,6 +98,37 @@ def _load_unverified(path: Path) -> dict[str, Any]:
     return state
 
 
+def check_identity(file: str, state: dict[str, Any], run_uid: str | None, run_id: str,
+                   keys: dict[str, str]) -> None:
+    """``CheckpointError`` (one line) for a checkpoint that is not this run's: written by another run (neither its
+    uid, kept in run.json, nor its name matches) or with another recipe (``config.identity`` keys that differ, e.g.
+    a config.yaml edited to another model width). A checkpoint from before runs were named in them is accepted."""
+    from absa_cli.config import identity_differences
+
+    owner = state.get("run")
+    if not isinstance(owner, dict):
+        return
+    if owner.get("uid") != run_uid and owner.get("id") != run_id:
+        raise CheckpointError(f"checkpoint {file} belongs to run {owner.get('id')!r}, not {run_id!r} (copied from "
+                              f"another run's checkpoints/?)")
+    differences = identity_differences(owner.get("config") or {}, keys)
+    if differences:
+        shown = ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise CheckpointError(f"checkpoint {file} was written with another config: {shown} (config.yaml edited "
+                              f"since?)")
+
+
+def owner_line(state: dict[str, Any]) -> str:
+    """Whose checkpoint this is, for `absa hessian`: ``run X (preset P, config 1a2b…), epoch N``."""
+    owner = state.get("run") if isinstance(state.get("run"), dict) else {}
+    where = f"epoch {state.get('epoch', '?')}" + (f" + {state['samples_seen']} samples" if state.get("samples_seen")
+                                                  else "")
+    if not owner:
+        return f"a checkpoint that names no run (written before absa recorded it; preset " \
+               f"{state.get('preset') or '?'}), {where}"
+    return f"run {owner.get('id')} (preset {state.get('preset') or '?'}, config {owner.get('fingerprint')}), {where}"
+
+
 @dataclass(frozen=True)
 class Entry:
     """One manifest line: where training stood when the file was written, and what the file must hash to."""
@@ -168,8 +199,10 @@ class CheckpointStore:
             (self.directory / old.file).unlink(missing_ok=True)
         return entry
 
-    def latest(self, report: Callable[[str], None]) -> tuple[Entry, dict[str, Any]] | None:
-        """The newest checkpoint that verifies and loads; each bad one is reported in one line and skipped.
+    def latest(self, report: Callable[[str], None],
+               accept: Callable[[str, dict[str, Any]], None] | None = None) -> tuple[Entry, dict[str, Any]] | None:
+        """The newest checkpoint that verifies and loads (and that ``accept(file, state)`` does not refuse with a
+        ``CheckpointError``: another run's); each bad one is reported in one line and skipped.
 
         None when no checkpoint was ever written; ``CheckpointError`` when some were but none is usable.
         """
@@ -181,7 +214,10 @@ class CheckpointStore:
         for entry in reversed(entries):
             try:
                 verify(self.directory / entry.file, entry)
-                return entry, _load_unverified(self.directory / entry.file)
+                state = _load_unverified(self.directory / entry.file)
+                if accept is not None:
+                    accept(entry.file, state)
+                return entry, state
             except CheckpointError as exc:
                 problems.append(str(exc))
                 older = "falling back to the previous one" if entry is not entries[0] else "no older checkpoint"

@@ -107,8 +107,14 @@ class RunDir:
         run.checkpoints_dir.mkdir()
         run.config_path.write_text(config_mod.to_yaml(config))
         run.write_info(status=Status.RUNNING, preset=config.preset, host=socket.gethostname(), pid=os.getpid(),
-                       started_at=_now(), last_epoch=0, epochs=config.epochs)
+                       started_at=_now(), last_epoch=0, epochs=config.epochs, uid=secrets.token_hex(8))
         return run
+
+    def uid(self) -> str | None:
+        """The run's own id, drawn once at creation and kept in run.json: its checkpoints carry it, so a renamed
+        run directory still owns them and another run's copied in does not (None for a run made before)."""
+        uid = self.info().get("uid")
+        return uid if isinstance(uid, str) else None
 
     def lock(self) -> RunLock:
         return RunLock(self.lock_path, self.id)
