@@ -1,7 +1,8 @@
 """Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``, e.g. under ``ray job submit``) or a
 local one started here.
 
-The local cluster uses 127.0.0.1 as its node address and starts no dashboard. Ray 2.60's own gRPC servers (GCS,
+The local cluster uses 127.0.0.1 as its node address and starts no dashboard; ``absa_cli.cluster.reaper`` stops
+it when the driver exits, however it exits. Ray 2.60's own gRPC servers (GCS,
 raylet, workers) nevertheless listen on all interfaces, protected by Ray's token authentication; binding them to
 loopback only is not possible through ``ray.init`` in this version, so the ``absa`` command starts its local
 cluster inside a private network namespace whose only interface is loopback (``absa_cli.cluster.netns``).
@@ -16,7 +17,7 @@ import socket
 import ray
 import ray.job_config
 
-from absa_cli.cluster import handshake, netns
+from absa_cli.cluster import handshake, netns, reaper
 from absa_cli.errors import UserError, first_line
 
 
@@ -65,6 +66,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, metadata: d
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=True,
                  configure_logging=True, job_config=job)
+        reaper.start()  # the cluster goes when this process does, even SIGKILLed
         where = "ray: started a local cluster on 127.0.0.1"
         if os.environ.get(netns.ENV) == netns.INSIDE:
             where += " in a private network namespace (loopback only)"
