@@ -115,7 +115,8 @@ def _line(points: list[tuple[float, float, float]]) -> tuple[float, float]:
     if spread <= 1e-12:  # one per-worker batch only: all of it is the slope through the origin
         return 0.0, mean_y / mean_x if mean_x else 0.0
     slope = sum(w * (x - mean_x) * (y - mean_y) for x, y, w in points) / spread
-    if mean_y - slope * mean_x < 0:  # a negative fixed cost is noise: the line through the origin instead
+    if mean_y - slope * mean_x < 0 or slope < 0:  # a negative fixed or per-sample cost is noise (a loaded machine
+        # timed the small batch slow): the line through the origin instead
         return 0.0, sum(w * x * y for x, y, w in points) / sum(w * x * x for x, _, w in points)
     return mean_y - slope * mean_x, slope
 
