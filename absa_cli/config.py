@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -329,7 +330,13 @@ def load(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
 
 def from_yaml(text: str) -> RunConfig:
     """Rebuild a saved (resolved) config, e.g. a run directory's ``config.yaml``."""
-    return from_layers([(OmegaConf.create(text), "the saved config")])
+    try:
+        layer = OmegaConf.create(text)
+    except (yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"not valid YAML: {_yaml_problem(exc, text)}") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError("not a mapping of config keys")
+    return from_layers([(layer, "the saved config")])
 
 
 def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
@@ -417,10 +424,35 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         key = item.partition("=")[0]
         if "=" not in item or not key:
             raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. optim.lr=0.05")
+    for item in overrides:  # one at a time first, so an error names the override it comes from
+        try:
+            OmegaConf.from_dotlist([item])
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
+            problem = _yaml_problem(exc, item.partition("=")[2])
+            raise ConfigError(f"cannot parse override {item!r}: {problem}; {_override_hint(item)}") from None
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {first_line(exc)}") from None
+
+
+def _yaml_problem(exc: BaseException, value: str) -> str:
+    """What a YAML error says, in one line: its problem (``found unexpected end of stream``) without the
+    ``in "<unicode string>", line 1`` marks, which point into absa's own buffer, not the user's input."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if isinstance(exc, yaml.constructor.ConstructorError):  # a tag: only plain values are read, nothing is built
+        return "this YAML tag is not allowed (only plain values are read)" if "!" in value else \
+            f"{value!r} is not a value"
+    return str(problem).strip() if problem else first_line(exc)
+
+
+def _override_hint(item: str) -> str:
+    key, _, value = item.partition("=")
+    if value.count("[") != value.count("]"):
+        return f"close the list, e.g. {key}=[30,60]"
+    if value.count("'") % 2 or value.count('"') % 2:
+        return f"close the quote, or drop it: {key}={value.strip(chr(39) + chr(34))}"
+    return f"write the value as plain YAML, e.g. {key}=3, {key}=0.1, {key}=name or {key}=[30,60]"
 
 
 def _unknown_key_message(exc: ConfigKeyError, origin: str) -> str:

@@ -7,6 +7,8 @@ import torch or ray.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,6 +87,42 @@ def test_missing_dataset_exit_2_and_no_run_dir(tmp_path):
     result = _invoke("train", "c1-cifar10", f"data.root={data_root}", "--runs-dir", str(tmp_path / "runs"))
     assert_user_error(result, str(data_root / "cifar-10-batches-py"), "data.download=true")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare for a private read-only file system")
+def test_a_read_only_runs_dir_is_one_line_before_a_ray_cluster_starts(tmp_path):
+    """Found by writing (as root in a user namespace, permission bits alone would not stop a write): a real
+    read-only tmpfs in a private mount namespace, and no Ray cluster is started (which takes ~10 s) first."""
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    script = (f"mount -t tmpfs -o ro none {readonly} && exec {sys.executable} -m absa_cli train quickstart "
+              f"--runs-dir {readonly / 'runs'}")
+    started = time.monotonic()
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=120, env=env)
+    if "mount" in result.stderr and result.returncode != 2:
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    assert result.returncode == 2 and not result.stdout, result.stderr
+    assert result.stderr == (f"error: runs directory {readonly / 'runs'} cannot be written (Read-only file system); "
+                             f"pass a writable --runs-dir (or set ABSA_RUNS_DIR)\n")
+    assert time.monotonic() - started < 8  # a Python start and the config; a Ray cluster alone takes longer
+
+
+def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_one_line(tmp_path):
+    result = _invoke("train", "quickstart", *TINY, "epochs=1", "--local", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.iterdir()
+    (run / "config.yaml").unlink()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    listing = _invoke("runs", "list", "--runs-dir", str(tmp_path))
+    assert listing.exit_code == 0 and run.name in listing.output and "damaged" in listing.output
+    shown = _invoke("runs", "show", run.name, "--runs-dir", str(tmp_path))
+    assert shown.exit_code == 0, shown.output
+    assert f"status damaged: {run / 'config.yaml'} is missing" in shown.output and "epoch-0001.pt" in shown.output
+    assert_user_error(_invoke("resume", run.name, "--local", "--runs-dir", str(tmp_path)),
+                      f"run {run.name} is damaged: {run / 'config.yaml'} is missing")
 
 
 @pytest.mark.parametrize("where", [["--local"], []])

@@ -56,6 +56,30 @@ def test_invalid_values_are_config_errors():
         config_mod.load("c1-cifar10", ["epochs"])
 
 
+@pytest.mark.parametrize(("override", "says"), [
+    ("optim.decay_epochs=[8,", "close the list"),
+    ("data==", "'=' is not a value"),
+    ("epochs='4", "close the quote"),
+    ('epochs="4', "close the quote"),
+    ("epochs=!!python/object/apply:os.system", "YAML tag is not allowed"),
+])
+def test_yaml_errors_in_an_override_are_one_line_naming_it(override, says):
+    with pytest.raises(ConfigError) as info:
+        config_mod.load("c1-cifar10", ["epochs=3", override])
+    message = str(info.value)
+    assert f"override {override!r}" in message and says in message and "\n" not in message
+    assert "unicode string" not in message  # no marks pointing into absa's own YAML buffer
+
+
+def test_a_yaml_tag_in_an_override_never_constructs_anything(tmp_path):
+    marker = tmp_path / "constructed"
+    for value in (f"!!python/object/apply:os.system ['touch {marker}']",
+                  f"!!python/object/new:subprocess.call [['touch', '{marker}']]", "!!python/name:os.system"):
+        with pytest.raises(ConfigError, match="YAML tag is not allowed"):
+            config_mod.load("c1-cifar10", [f"epochs={value}"])
+    assert not marker.exists()
+
+
 def test_unknown_preset_suggests():
     with pytest.raises(ConfigError, match="did you mean 'resnet20-cifar10'"):
         config_mod.load("resnet20-cifar1")

@@ -7,6 +7,9 @@ with the library on the same model and batch, and produce a PNG.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -75,3 +78,57 @@ def test_power_with_top_k_is_refused_before_any_work(tmp_path):
     result = runner.invoke(app, ["hessian", str(tmp_path / "missing.pt"), "--method", "power", "--top-k", "2"])
     assert result.exit_code == 2 and "use --method lanczos" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_it_says_whose_checkpoint_it_reads_and_takes_a_run_directory(trained_checkpoint):
+    run_dir = trained_checkpoint.parent.parent
+    result = runner.invoke(app, ["hessian", str(run_dir), "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["checkpoint"] == str(trained_checkpoint) and payload["run_id"] == run_dir.name
+    assert payload["owner"].startswith(f"run {run_dir.name} (preset quickstart, config ")
+    assert payload["config_fingerprint"] in payload["owner"] and "epoch 1" in payload["owner"]
+    assert f"reading {trained_checkpoint}, the newest good checkpoint in {run_dir}" in result.stderr
+
+
+def test_unconverged_eigenvalues_are_marked_and_a_raised_max_iter_is_said(trained_checkpoint):
+    result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--top-k", "6", "--max-iter", "3", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "note: --max-iter 3 raised to 8" in result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert "eigenvalues did not converge" in warning and "raise --max-iter" in warning
+    assert result.stdout.count("(not converged)") == int(warning.split("warning: ")[1].split()[0]) >= 1
+    payload = json.loads(runner.invoke(app, ["hessian", str(trained_checkpoint), "--json", "--top-k", "6",
+                                             "--max-iter", "3", *FAST]).stdout)
+    assert payload["iterations"] == 8 and not all(payload["eigen_converged_each"])
+    converged = runner.invoke(app, ["hessian", str(trained_checkpoint), "--top-k", "1", "--tol", "0.5", *FAST])
+    assert converged.exit_code == 0 and "warning" not in converged.stderr and "note" not in converged.stderr
+
+
+def test_checks_that_need_the_model_come_before_the_computation(trained_checkpoint, tmp_path):
+    too_many = runner.invoke(app, ["hessian", str(trained_checkpoint), "--top-k", "100000000"])
+    assert too_many.exit_code == 2 and not too_many.stdout
+    assert too_many.stderr.startswith("error: --top-k 100000000 is more eigenvalues than the model has parameters")
+    for plot, says in ((tmp_path / "missing" / "d.png", "does not exist"), (tmp_path / "d.csv", "not an image"),
+                       (tmp_path, "is a directory")):
+        result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--plot", str(plot), *FAST])
+        assert result.exit_code == 2 and not result.stdout and says in result.stderr, result.output
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare for a private, tiny file system")
+def test_a_plot_that_cannot_be_written_after_the_computation_loses_no_number(trained_checkpoint, tmp_path):
+    """A file system that fills up while the density is computed (here: a real 8 KiB tmpfs, in a private mount
+    namespace): the numbers are printed first, then one error line; exit code 2."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    script = (f"mount -t tmpfs -o size=8k none {tiny} && exec {sys.executable} -m absa_cli hessian "
+              f"{trained_checkpoint} --json --density --plot {tiny / 'density.png'} {' '.join(FAST)}")
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=300)
+    if "mount" in result.stderr and result.returncode != 2:
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    assert result.returncode == 2, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["top_eigenvalues"][0] > 0 and payload["density"]["grid"]
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: cannot write the plot") and "No space left on device" in line

@@ -192,9 +192,8 @@ def test_missing_matplotlib(runs, monkeypatch):
 
 def test_bad_x_axis(runs):
     result = runner.invoke(app, ["plot", "absa-run", "--x", "steps", "--runs-dir", str(runs)])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    message = " ".join(result.stderr.replace("│", " ").split())  # the usage error comes in a wrapped box
-    assert "Invalid value for '--x'" in message and "'steps' is not one of 'updates', 'epoch', 'time'" in message
+    assert_user_error(result, "invalid value for '--x'", "'steps' is not one of 'updates', 'epoch', 'time'",
+                      "see `absa plot --help`")
 
 
 def test_importing_plot_loads_neither_matplotlib_nor_torch():

@@ -3,14 +3,58 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer 0.2x carries its own copy of click, whose exceptions are the ones raised
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - typer on the public click
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from absa_cli import __version__
 from absa_cli.cli import calibrate, hessian, plan, plot, presets, runs, train
 
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors (a missing argument, an option out of range, an unknown command) in absa's format: one
+    ``error:`` line naming the problem and where the help is, exit code 2, instead of click's boxed block. Bare
+    ``absa`` or ``absa runs`` still print their help."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            sys.stderr.write(f"error: {usage_line(exc)}\n")
+            sys.exit(2)
+        except ClickException as exc:  # e.g. a file option that cannot be opened
+            sys.stderr.write(f"error: {_sentence(exc.format_message())}\n")
+            sys.exit(2)
+        except typer.Abort:  # Ctrl-C or end of input at a prompt
+            sys.stderr.write("aborted\n")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_line(exc: UsageError) -> str:
+    """``Missing argument 'preset'.`` → ``missing argument 'preset'; see `absa train --help```."""
+    where = exc.ctx.command_path if exc.ctx is not None else "absa"
+    return f"{_sentence(exc.format_message())}; see `{where} --help`"
+
+
+def _sentence(message: str) -> str:
+    message = " ".join(message.split()).replace("Value error, ", "").rstrip(".")  # pydantic's prefix
+    return message[:1].lower() + message[1:]
+
+
 app = typer.Typer(
     name="absa",
+    cls=_OneLineUsageErrors,
     help="Elastic, adaptive-batch-size training of image classifiers (ABSA: Hessian-guided batch growth + FGSM).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

@@ -45,12 +45,20 @@ def calibrate(
 ) -> None:
     """Measure a step-time profile for `absa plan --profile` and `cluster.profile` (about a minute), or fit one from
     a finished run (--from-run)."""
+    from absa_cli.cli.train import refuse_local_with_address
     from absa_cli.errors import UserError
     from absa_cli.run import profile as profiles
 
     with user_errors(), interrupted("interrupted; no profile was written"):
         if (preset is None) == (from_run is None):
             raise UserError("give a preset to time, or --from-run RUN to fit a run's records (not both)")
+        timing = [name for name, given in (("--local", local), ("--address", address is not None),
+                                           ("--max-gpus", max_gpus is not None), ("KEY=VALUE", bool(overrides)))
+                  if given]
+        if from_run is not None and timing:
+            raise UserError(f"--from-run fits a run's records and times nothing, so {', '.join(timing)} would be "
+                            f"ignored; drop it, or time a preset instead")
+        refuse_local_with_address(local, address)
         path = output or Path(f"{from_run or preset}.profile.json")
         if not path.parent.is_dir():  # before a minute of measuring, not after
             raise UserError(f"cannot write the profile to {path}: the folder {path.parent} does not exist; create it "

@@ -52,7 +52,8 @@ def hessian(
         "--preset", help="Rebuild model and data from this preset (for a checkpoint outside a run directory).",
         autocompletion=complete_preset)] = None,
 ) -> None:
-    """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config)."""
+    """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config). CHECKPOINT may
+    also be a run directory or its checkpoints/ folder: the newest good checkpoint there is read."""
     from absa_cli.run import checkpoint as checkpoint_mod
     from absa_cli import config as config_mod
     from absa_cli.worker import hessian as hessian_mod
@@ -65,6 +66,12 @@ def hessian(
         bn_mode=bn_mode.value, seed=seed)
     with user_errors():
         hessian_mod.check_options(options)
+        if address is not None and max_gpus == 1:
+            raise UserError("--address names a Ray cluster for --max-gpus > 1; one worker computes here: drop "
+                            "--address, or pass --max-gpus N")
+        if plot is not None:  # before the computation, which a plotting error must never lose
+            hessian_mod.check_plot_path(plot)
+        checkpoint, found_in = _checkpoint_file(checkpoint)
         state = checkpoint_mod.load(checkpoint)
         if preset is not None:
             config = config_mod.load(preset)
@@ -75,6 +82,12 @@ def hessian(
                                 f"pass the preset it was trained with: --preset NAME")
             config = config_mod.from_yaml(saved.read_text())
         model = hessian_mod.rebuild_model(config, state)  # checks that the weights fit, in one clear line
+        max_iter_used = hessian_mod.check_against_model(options, model)
+        if found_in is not None:
+            typer.echo(f"reading {checkpoint}, the newest good checkpoint in {found_in}", err=True)
+        if max_iter_used != options.max_iter:
+            typer.echo(f"note: --max-iter {options.max_iter} raised to {max_iter_used}: Lanczos needs --top-k + 2 "
+                       f"iterations for {options.top_k} eigenvalues", err=True)
         if max_gpus > 1:
             from absa_cli.cli.driver import private_network
 
@@ -83,17 +96,47 @@ def hessian(
             result = _distributed(config, options, state, max_gpus, address)
         else:
             result = hessian_mod.analyse(model, hessian_mod.probe_batches(config, options), options)
-        if plot is not None:
-            hessian_mod.plot_density(result, str(plot), f"{config.model.name} on {config.data.name}: "
-                                                        f"{checkpoint.name}")
-    result.pop("_density_full", None)
+    density_full = result.pop("_density_full", None)
     result["checkpoint"] = str(checkpoint)
+    result["owner"] = checkpoint_mod.owner_line(state)
+    owner = state.get("run") if isinstance(state.get("run"), dict) else {}
+    result["run_id"], result["config_fingerprint"] = owner.get("id"), owner.get("fingerprint")
     if plot is not None:
         result["plot"] = str(plot)
     if as_json:
         typer.echo(json.dumps(result))
     else:
         _print(result)
+    _warn_unconverged(result)
+    if plot is not None:  # after the numbers are out: a failure here loses nothing computed
+        with user_errors():
+            hessian_mod.plot_density({**result, "_density_full": density_full}, str(plot),
+                                     f"{config.model.name} on {config.data.name}: {checkpoint.name}")
+
+
+def _checkpoint_file(path: Path) -> tuple[Path, Path | None]:
+    """``path`` itself, or for a run directory or a checkpoints/ folder the newest checkpoint that verifies and the
+    directory it was found in; one line when there is none."""
+    from absa_cli.run.checkpoint import CheckpointStore
+    from absa_cli.errors import UserError
+
+    if not path.is_dir():
+        return path, None
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = CheckpointStore(folder).latest(report=lambda problem: typer.echo(f"checkpoint: {problem}", err=True))
+    if found is None:
+        raise UserError(f"{path} is a directory with no checkpoint in it; pass a .pt file from a run's "
+                        f"checkpoints/ folder, or a run directory that has one")
+    return folder / found[0].file, path
+
+
+def _warn_unconverged(result: dict) -> None:
+    flags = result.get("eigen_converged_each") or []
+    missed = [rank for rank, ok in enumerate(flags, start=1) if not ok]
+    if missed:
+        names = ", ".join(f"λ_{rank}" for rank in missed)
+        typer.echo(f"warning: {len(missed)} of {len(flags)} eigenvalues did not converge ({names}) in "
+                   f"{result['iterations']} iterations; raise --max-iter or loosen --tol", err=True)
 
 
 def _distributed(config, options, state: dict, num_workers: int, address: str | None) -> dict:
@@ -118,8 +161,10 @@ def _print(result: dict) -> None:
     console = Console(highlight=False)
     table = Table("quantity", "value", title=f"Hessian of the training loss: {result['checkpoint']}",
                   title_justify="left")
-    for rank, value in enumerate(result["top_eigenvalues"], start=1):
-        table.add_row(f"λ_{rank}", f"{value:.6g}")
+    table.add_row("checkpoint of", result["owner"])
+    flags = result.get("eigen_converged_each") or [True] * len(result["top_eigenvalues"])
+    for rank, (value, ok) in enumerate(zip(result["top_eigenvalues"], flags), start=1):
+        table.add_row(f"λ_{rank}", f"{value:.6g}" + ("" if ok else " (not converged)"))
     if result["trace"] is not None:
         table.add_row("trace", f"{result['trace']:.6g} ± {result['trace_std_error']:.2g}")
     for layer, value in (result.get("per_layer_trace") or {}).items():

@@ -21,6 +21,8 @@ def _status(run) -> str:
     from absa_cli.run import lock
 
     status = run.info().get("status", "?")
+    if status != "damaged" and run.damage():
+        return "damaged"
     if status == "running":
         holder = lock.read(run.lock_path)
         if holder is None or lock.is_stale(holder):
@@ -34,9 +36,14 @@ def list_runs(runs_dir: RunsDir = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from absa_cli.errors import UserError
     from absa_cli.run.rundir import list_runs as find_runs, runs_root
 
     root = runs_root(runs_dir)
+    if root.exists() and not root.is_dir():
+        with user_errors():
+            raise UserError(f"runs directory {root} is not a directory; pass the folder runs are in with "
+                            f"--runs-dir (or set ABSA_RUNS_DIR)")
     runs = find_runs(root)
     if not runs:
         typer.echo(f"no runs in {root}; start one with `absa train quickstart`")
@@ -62,10 +69,16 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
 
     with user_errors():
         run = RunDir.open(runs_root(runs_dir), run_id)
-        config = run.load_config()
         info = run.info()
         records = run.records()
     console = Console(width=200, highlight=False)
+    damage = run.damage()
+    if damage:  # listed by `absa runs list`, so shown here: what is wrong, and what is left
+        console.print(f"[bold]run[/] {run.id}  [bold]status[/] damaged: {damage}")
+        console.print(_history_table(records))
+        console.print(_checkpoint_table(run))
+        return
+    config = run.load_config()
     console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}  [bold]driver[/] "
                   f"pid {info.get('pid')} on {info.get('host')}  [bold]started[/] {info.get('started_at')}  "
                   f"[bold]ended[/] {info.get('ended_at') or '-'}  [bold]resumes[/] {info.get('resumes', 0)}")

@@ -40,14 +40,17 @@ def train(
     last. Ctrl-C stops after the current step with a checkpoint; `absa resume <run-id>` continues."""
     from absa_cli import config as config_mod
     from absa_cli.cli.driver import drive, make_group, private_network
-    from absa_cli.run.rundir import RunDir, check_run_id, new_run_id, runs_root
+    from absa_cli.run.rundir import RunDir, check_run_id, check_writable, new_run_id, runs_root
 
     with user_errors(), interrupted(BEFORE_TRAINING):
+        refuse_local_with_address(local, address)
         config = config_mod.load(preset, overrides or [])
         _apply_workers(config, max_gpus, local)
         check_schedule(config)
         if run_id is not None:
             check_run_id(run_id)
+        if not submit:  # --submit: the runs directory is on the head node
+            check_writable(runs_root(runs_dir))
         if submit:
             _refuse_local(local)
             new_id = run_id or new_run_id(config.preset)
@@ -77,7 +80,7 @@ def resume(
     """Continue an interrupted, failed or killed run exactly where its newest good checkpoint stands."""
     from absa_cli.cli.driver import drive, make_group, private_network
     from absa_cli.config import ConfigError
-    from absa_cli.run.rundir import RunDir, Status, check_run_id, runs_root
+    from absa_cli.run.rundir import RunDir, Status, check_run_id, check_writable, runs_root
 
     if submit:  # the run directory is on the cluster: the job's `absa resume` checks it there
         with user_errors():
@@ -87,7 +90,9 @@ def resume(
                        resume_hint=False)
         return
     with user_errors(), interrupted(BEFORE_TRAINING):
+        refuse_local_with_address(local, address)
         run = RunDir.open(runs_root(runs_dir), run_id)
+        check_writable(run.path, what="run directory")
         _refuse_finished(run)
         private_network(run.load_config(), address, local)  # before the lock: the re-run takes it
         lock = run.lock().acquire()
@@ -142,6 +147,15 @@ def _refuse_finished(run) -> None:
     if info.get("status") == Status.FINISHED:
         raise UserError(f"run {run.id} already finished ({info.get('last_epoch')} of {info.get('epochs')} "
                         f"epochs); start a new one with `absa train {info.get('preset') or 'PRESET'}`")
+
+
+def refuse_local_with_address(local: bool, address: str | None) -> None:
+    """``--local`` (no Ray, this process) and ``--address`` (a Ray cluster) cannot both hold: refused, not guessed."""
+    from absa_cli.errors import UserError
+
+    if local and address is not None:
+        raise UserError(f"--local trains in this process without Ray and --address {address} joins a Ray cluster; "
+                        f"drop one")
 
 
 def _apply_workers(config, max_gpus: int | None, local: bool) -> None:

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import socket
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,6 @@ from typing import Any
 from absa_cli import config as config_mod
 from absa_cli.errors import UserError
 from absa_cli.run.lock import RunLock
-
 
 
 class Status(str, enum.Enum):
@@ -43,6 +43,25 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def runs_root(runs_dir: str | os.PathLike | None) -> Path:
     """``--runs-dir``, else ``$ABSA_RUNS_DIR``, else ``./runs``."""
     return Path(runs_dir or os.environ.get("ABSA_RUNS_DIR") or "runs").expanduser()
+
+
+def check_writable(directory: Path, what: str = "runs directory") -> Path:
+    """One line for a directory that cannot take a run's files: a regular file, a path under a file, no write
+    permission, a read-only file system. Checked before anything starts (a Ray cluster takes seconds), by writing:
+    a temporary folder is made and removed in the nearest existing ancestor, as the run's own would be."""
+    fix = "pass a writable --runs-dir (or set ABSA_RUNS_DIR)"
+    probe = Path(directory)
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is" if probe == Path(directory) else f"is under {probe}, which is"
+        raise UserError(f"{what} {directory} {where} not a directory; {fix}")
+    try:
+        with tempfile.TemporaryDirectory(dir=probe, prefix=".absa-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {directory} cannot be written ({exc.strerror or exc}); {fix}") from None
+    return Path(directory)
 
 
 def check_run_id(run_id: str) -> str:
@@ -80,7 +99,7 @@ class RunDir:
     def open(cls, runs_dir: Path, run_id: str) -> "RunDir":
         """An existing run; one line naming the problem otherwise."""
         path = Path(runs_dir) / check_run_id(run_id)
-        if not (path / "run.json").is_file() or not (path / "config.yaml").is_file():
+        if not (path / "run.json").is_file():  # what makes a run, as for list_runs: a damaged one is still found
             raise UserError(f"no run {run_id!r} in {runs_dir}; list runs with `absa runs list` "
                             f"(or pass --runs-dir / set ABSA_RUNS_DIR)")
         return cls(path)
@@ -89,7 +108,11 @@ class RunDir:
     def create(cls, runs_dir: Path, config: config_mod.RunConfig, run_id: str | None = None) -> "RunDir":
         """A new run directory; ``run_id``: a name drawn beforehand (``absa train --submit`` names the run before
         the job starts it), refused if taken."""
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:  # made unusable since it was checked: the same line as check_writable's
+            check_writable(runs_dir)
+            raise
         if run_id is not None:
             try:
                 (runs_dir / check_run_id(run_id)).mkdir()
@@ -174,7 +197,25 @@ class RunDir:
         return [r for r in records if kind is None or r.get("kind") == kind]
 
     def load_config(self) -> config_mod.RunConfig:
-        return config_mod.from_yaml(self.config_path.read_text())
+        """The run's saved config; one line naming the damage if it is missing or unreadable."""
+        try:
+            return config_mod.from_yaml(self.config_path.read_text())
+        except OSError as exc:
+            problem = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
+        except config_mod.ConfigError as exc:
+            problem = f"is not a valid config ({exc})"
+        raise UserError(f"run {self.id} is damaged: {self.config_path} {problem}; start a new run, or restore "
+                        f"the file from a copy")
+
+    def damage(self) -> str | None:
+        """What is wrong with this run's own files (``run.json``, ``config.yaml``), or None."""
+        if self.info().get("status") == "damaged":
+            return self.info().get("error")
+        try:
+            self.load_config()
+        except UserError as exc:
+            return str(exc).split(": ", 1)[1].split(";")[0]
+        return None
 
     def info(self) -> dict[str, Any]:
         """``run.json``; a damaged one reads as status ``damaged`` (listed, never a traceback)."""

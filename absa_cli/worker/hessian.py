@@ -7,6 +7,8 @@ loaded with ``weights_only=True``, and every quantity is computed by ``absa_cli.
 
 from __future__ import annotations
 
+import importlib.util
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +50,47 @@ def check_options(options: HessianOptions) -> None:
                         f"{options.top_k}")
 
 
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
+
+
+def lanczos_iterations(options: HessianOptions) -> int:
+    """The iterations Lanczos gets: ``max_iter``, raised to ``top_k + 2`` (it needs more steps than eigenvalues)."""
+    return options.max_iter if options.method == "power" else max(options.max_iter, options.top_k + 2)
+
+
+def check_against_model(options: HessianOptions, model: torch.nn.Module) -> int:
+    """User errors that need the model (built in a moment, unlike the analysis): ``--top-k`` beyond the number of
+    parameters. Returns the iterations the eigen solver will get (``lanczos_iterations``)."""
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if options.top_k > dim:
+        raise UserError(f"--top-k {options.top_k} is more eigenvalues than the model has parameters ({dim:,}); "
+                        f"pass --top-k {min(dim, 20)} or fewer")
+    return lanczos_iterations(options)
+
+
+def check_plot_path(path) -> None:
+    """Refuse a --plot path that cannot be written, before a computation that may take minutes."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--plot {path} is a directory; give a file name, e.g. {path / 'density.png'}")
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        kind = f"the extension .{suffix} is not an image format" if suffix else "the name has no extension"
+        raise UserError(f"--plot {path}: {kind}; end the name with one of .{', .'.join(PLOT_FORMATS[:4])}")
+    if not path.parent.is_dir():
+        raise UserError(f"--plot {path}: the folder {path.parent} does not exist; create it or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".absa-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--plot {path}: the folder {path.parent} cannot be written ({exc.strerror}); choose "
+                        f"another path") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib; install it with `pip install 'absa-train[plot]'`")
+
+
 def rebuild_model(config: RunConfig, state: dict[str, Any]) -> torch.nn.Module:
     from absa_cli.catalog import dataset_spec
 
@@ -87,11 +130,16 @@ def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     if options.method == "power":
         eigen = power_iteration(operator, max_iter=options.max_iter, tol=options.tol, seed=options.seed)
     else:
-        eigen = lanczos(operator, k=options.top_k, max_iter=max(options.max_iter, options.top_k + 2),
+        eigen = lanczos(operator, k=options.top_k, max_iter=lanczos_iterations(options),
                         tol=options.tol, seed=options.seed)
+    # each eigenvalue with whether it met the tolerance (Lanczos: its own residual; power: the run's verdict)
+    residuals = eigen.residuals or [None] * len(eigen.eigenvalues)
+    pairs = sorted(((value, eigen.converged or (residual is not None and residual <= options.tol * abs(value)))
+                    for value, residual in zip(eigen.eigenvalues, residuals)), key=lambda pair: -pair[0])
     result: dict[str, Any] = {
-        "top_eigenvalues": sorted(eigen.eigenvalues, reverse=True), "method": options.method,
-        "eigen_converged": eigen.converged, "trace": None, "trace_std_error": None,
+        "top_eigenvalues": [value for value, _ in pairs], "method": options.method,
+        "eigen_converged": eigen.converged, "eigen_converged_each": [ok for _, ok in pairs],
+        "iterations": eigen.iterations, "trace": None, "trace_std_error": None,
         "num_parameters": operator.dim, "num_samples": _total_samples(batches, ctx),
         "bn_mode": options.bn_mode, "seed": options.seed,
     }
@@ -151,5 +199,9 @@ def plot_density(result: dict[str, Any], path: str, title: str) -> None:
     axes.legend(loc="upper right")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        figure.savefig(path)
+    except (OSError, ValueError) as exc:  # checked beforehand; a disk that fills meanwhile still gets one line
+        raise UserError(f"cannot write the plot {path} ({first_line(exc)}); the numbers above stand") from None
+    finally:
+        plt.close(figure)
