@@ -96,3 +96,12 @@ def to_cpu(value):
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(item) for item in value)
     return value
+
+
+def seed_generators(device: torch.device, seed: int) -> None:
+    """Seed the generators a training forward draws from (dropout): the CPU's, and the GPU's on a GPU.
+    (``torch.manual_seed`` seeds every backend torch knows of: ~80 µs per call here, against ~1 µs.)"""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.default_generators[index].manual_seed(seed)

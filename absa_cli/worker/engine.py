@@ -8,15 +8,11 @@ gradient of the mean loss over the whole global batch, so W workers × b and 1 w
 are the same computation on the same samples. The all-reduce precedes the optimizer step: a step that fails
 half-way was never applied.
 
-BatchNorm running statistics follow the same rule (``worker/norms.py``), and random layers (dropout) draw from the
-global generator seeded for each micro-batch from (seed, epoch, position of its first sample), so their masks depend
-neither on the worker that runs it nor on what ran before (two ranks holding one generator state would otherwise drop
-the same units). With the same micro-batches, 2 workers × 1 and 1 worker × 2 accumulation steps are thus bitwise
-equal; with more micro-batches per worker the gradient's float sum runs in another order (docs/runs.md, "Exactness").
-The probe is ``worker/probe.py``. A stop request (SIGINT/SIGTERM at the driver) rides in that all-reduce: every rank
-stops after the same step. So do each step's loss and correct counts: the steps a chunk applied before a peer died
-still count in the epoch's train metrics (survivors report them). ``worker/timing.py`` splits each step into data,
-compute, all-reduce, optimizer.
+BatchNorm running statistics follow the same rule (``worker/norms.py``); dropout draws from the generator seeded
+per micro-batch from (seed, epoch, position), whichever worker runs it. So with the same micro-batches, 2 workers × 1
+and 1 worker × 2 accumulation steps are bitwise equal (docs/runs.md, "Exactness"). A stop request (SIGINT/SIGTERM)
+rides in that all-reduce, so every rank stops after the same step; so do each step's loss and correct counts, which
+survivors report for the steps a chunk applied before a peer died. ``worker/timing.py`` times each step's phases.
 
 On a GPU (``worker/accel.py``): bf16 autocast, channels_last, in-memory datasets on the device, file-backed ones
 decoded ahead, optionally a compiled forward; the probe and state dicts use the uncompiled module (``self.model``).
@@ -38,7 +34,7 @@ from absa_cli.data.order import EpochOrder, derive_seed
 from absa_cli.decide.geometry import BatchGeometry, samples_in_epoch
 from absa_cli.dist import DistContext, LocalContext
 from absa_cli.models import build_model
-from absa_cli.worker.accel import Accel, pick_device, place_datasets, to_cpu
+from absa_cli.worker.accel import Accel, pick_device, place_datasets, seed_generators, to_cpu
 from absa_cli.worker.adversarial import adversarial_runs, mix_adversarial
 from absa_cli.worker.audit import SampleAudit
 from absa_cli.worker.evaluation import EvalStats, evaluate
@@ -128,8 +124,7 @@ class Engine:
         adversarial regulariser, counted as the reference counts it in each base batch).
         """
         if geometry.num_workers != self.ctx.world_size:
-            raise ValueError(f"geometry is for {geometry.num_workers} workers but this group has "
-                             f"{self.ctx.world_size}")
+            raise ValueError(f"geometry is for {geometry.num_workers} workers but this group has {self.ctx.world_size}")
         started = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)  # a step that failed half-way may have left gradients
@@ -208,13 +203,6 @@ class Engine:
             self._compiled = (self.model, torch.compile(self.model))
         return self._compiled[1]
 
-    def _seed_random_layers(self, seed: int) -> None:
-        """Seed the generators a training forward draws from: the CPU's, and the GPU's on a GPU (``torch.manual_seed``
-        seeds every backend torch knows of: ~80 µs per call here, against ~1 µs)."""
-        torch.default_generator.manual_seed(seed)
-        if self.device.type == "cuda":
-            torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
-
     def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice], seeds: list[int],
               batch_size: int, lr: float, adv_ratio: float, timer: StepTimer) -> tuple[tuple[float, int], bool]:
         """One optimizer step on a global batch of ``batch_size`` (this rank's micro-batches: ``plan``, from
@@ -247,7 +235,7 @@ class Engine:
                     spec = self.train_set.spec
                     inputs = mix_adversarial(self.model, inputs, labels, runs, self.config.policy.adv_eps,
                                              spec.mean, spec.std)
-                self._seed_random_layers(seed)  # this micro-batch's dropout masks (FGSM above, in eval mode: none)
+                seed_generators(self.device, seed)  # this micro-batch's dropout masks (FGSM above: eval mode, none)
                 logits = model(inputs)
                 norms.after_forward()
                 loss_sum = F.cross_entropy(logits, labels, reduction="sum")
@@ -274,13 +262,9 @@ class Engine:
         stop, _, loss_sum, num_correct = control.tolist()  # the step's one sync, after the update was queued
         return (loss_sum * world_size, round(num_correct * world_size)), stop > 0
 
-    # ---------------------------------------------------------------------------------------- evaluation
-
     def evaluate(self) -> EvalStats:
         """Loss and accuracy over the whole test set, sharded over workers: ``worker/evaluation.py``."""
         return evaluate(self.model, self.test_set, self.ctx, self.accel, self.device, self.config.eval)
-
-    # ------------------------------------------------------------------------------------------- probing
 
     def probe(self, epoch: int, probe: ProbeConfig | None = None) -> ProbeStats:
         """λ_max at the end of ``epoch`` (0-based): ``worker/probe.py``."""
@@ -297,8 +281,6 @@ class Engine:
     @probe_start.setter
     def probe_start(self, vector: torch.Tensor | None) -> None:
         self.curvature.start = vector
-
-    # --------------------------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
         """Model and optimizer state: world-size independent (every worker holds the same copy), on the CPU so
