@@ -336,6 +336,9 @@ def from_yaml(text: str) -> RunConfig:
         raise ConfigError(f"not valid YAML: {_yaml_problem(exc, text)}") from None
     if not isinstance(layer, DictConfig):
         raise ConfigError("not a mapping of config keys")
+    missing = [section for section in ("data", "model", "optim", "batch", "policy") if section not in layer]
+    if missing:  # absa saves every section: an empty or cut file must not read as the schema's defaults
+        raise ConfigError(f"no {', '.join(missing)} section (an empty or cut file)")
     return from_layers([(layer, "the saved config")])
 
 
@@ -383,6 +386,7 @@ def _renamed_keys(layer: Any, origin: str) -> Any:
 # where the data lives (data.root), all of which a resume may meet changed.
 IDENTITY_KEYS = ("seed", "data.name", "data.train_split", "data.train_size", "data.seed", "data.augment", "model",
                  "optim", "batch", "policy", "probe")
+NOT_IDENTITY = ("policy.stop_on_collapse",)  # whether to stop, not how to train: a run stopped by it may turn it off
 
 
 def identity(config: RunConfig) -> dict[str, str]:
@@ -397,7 +401,7 @@ def identity(config: RunConfig) -> dict[str, str]:
         items = node.items() if isinstance(node, dict) else [("", node)]
         for leaf, value in items:
             flat[f"{key}.{leaf}" if leaf else key] = str(value)
-    return flat
+    return {key: value for key, value in flat.items() if key not in NOT_IDENTITY}
 
 
 def fingerprint(keys: dict[str, str]) -> str:

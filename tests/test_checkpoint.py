@@ -144,3 +144,22 @@ def test_a_listed_checkpoint_carrying_code_is_refused_and_the_code_does_not_run(
     entry, _ = store.latest(report=lines.append)
     assert entry.file == "epoch-0001.pt"
     assert "cannot be loaded safely" in lines[0] and not marker.exists()
+
+
+def test_a_checkpoint_is_this_runs_by_uid_or_where_a_side_has_none_by_run_id():
+    from absa_cli.run.checkpoint import check_identity
+
+    keys = {"seed": "0", "model.width": "0.5"}
+
+    def state(uid, run_id, **config):
+        return {"run": {"uid": uid, "id": run_id, "fingerprint": "f", "config": {**keys, **config}}}
+
+    check_identity("a.pt", state("u1", "old-name", ), "u1", "renamed", keys)  # a renamed run keeps its own
+    check_identity("a.pt", {"model": {}}, "u1", "run", keys)  # written before checkpoints named their run
+    check_identity("a.pt", state(None, "run"), None, "run", keys)  # both made before uids: the ids agree
+    with pytest.raises(CheckpointError, match="belongs to run 'other', not 'run'"):
+        check_identity("a.pt", state(None, "other"), None, "run", keys)
+    with pytest.raises(CheckpointError, match="belongs to another run named 'run'"):
+        check_identity("a.pt", state("u2", "run"), "u1", "run", keys)  # the same --run-id in another runs dir
+    with pytest.raises(CheckpointError, match=r"another config: model.width=2.0 \(this run: 0.5\)"):
+        check_identity("a.pt", state("u1", "run", **{"model.width": "2.0"}), "u1", "run", keys)

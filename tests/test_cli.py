@@ -92,13 +92,12 @@ def test_missing_dataset_exit_2_and_no_run_dir(tmp_path):
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare for a private read-only file system")
 def test_a_read_only_runs_dir_is_one_line_before_a_ray_cluster_starts(tmp_path):
     """Found by writing (as root in a user namespace, permission bits alone would not stop a write): a real
-    read-only tmpfs in a private mount namespace, and no Ray cluster is started (which takes ~10 s) first."""
+    read-only tmpfs in a private mount namespace. Nothing started first: stderr is that one line, no Ray output."""
     readonly = tmp_path / "ro"
     readonly.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     script = (f"mount -t tmpfs -o ro none {readonly} && exec {sys.executable} -m absa_cli train quickstart "
               f"--runs-dir {readonly / 'runs'}")
-    started = time.monotonic()
     result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
                             capture_output=True, text=True, timeout=120, env=env)
     if "mount" in result.stderr and result.returncode != 2:
@@ -106,7 +105,6 @@ def test_a_read_only_runs_dir_is_one_line_before_a_ray_cluster_starts(tmp_path):
     assert result.returncode == 2 and not result.stdout, result.stderr
     assert result.stderr == (f"error: runs directory {readonly / 'runs'} cannot be written (Read-only file system); "
                              f"pass a writable --runs-dir (or set ABSA_RUNS_DIR)\n")
-    assert time.monotonic() - started < 8  # a Python start and the config; a Ray cluster alone takes longer
 
 
 def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_one_line(tmp_path):
@@ -123,6 +121,21 @@ def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_o
     assert f"status damaged: {run / 'config.yaml'} is missing" in shown.output and "epoch-0001.pt" in shown.output
     assert_user_error(_invoke("resume", run.name, "--local", "--runs-dir", str(tmp_path)),
                       f"run {run.name} is damaged: {run / 'config.yaml'} is missing")
+    (run / "config.yaml").write_text("")  # empty (cut) is damaged too, not the schema's defaults
+    assert_user_error(_invoke("resume", run.name, "--local", "--runs-dir", str(tmp_path)), "an empty or cut file")
+    for text, says in (("{not json", "is not valid JSON"), ("[]", "is not a JSON object"), ("null", "not a JSON")):
+        (run / "run.json").write_text(text)  # resuming would rewrite it without the run's uid: refused
+        for command in (["runs", "list"], ["runs", "show", run.name]):
+            shown = _invoke(*command, "--runs-dir", str(tmp_path))
+            assert shown.exit_code == 0 and "damaged" in shown.output and "Traceback" not in shown.output, text
+        assert_user_error(_invoke("resume", run.name, "--local", "--runs-dir", str(tmp_path)),
+                          f"run {run.name} is damaged", says)
+
+
+@pytest.mark.parametrize("command", [[], ["runs"], ["presets"]])
+def test_a_bare_group_prints_its_help_once(command):
+    result = _invoke(*command)
+    assert result.exit_code == 2 and result.stdout.count("Usage:") == 1 and not result.stderr.strip(), result.output
 
 
 @pytest.mark.parametrize("where", [["--local"], []])

@@ -155,3 +155,21 @@ def test_the_renamed_lr_ramp_key_is_explained_not_translated():
     assert "lr_ramp_steps: 0" in saved and config_mod.from_yaml(saved).policy.lr_ramp_epochs == 0.0
     with pytest.raises(ConfigError, match="saved by an earlier version of absa"):
         config_mod.from_yaml(saved.replace("lr_ramp_steps: 0", "lr_ramp_steps: 500"))
+
+
+def test_a_saved_config_missing_its_sections_is_an_error_not_the_defaults():
+    for text in ("", "preset: quickstart\n", "model:\n  name: c1\n"):
+        with pytest.raises(ConfigError, match="an empty or cut file"):
+            config_mod.from_yaml(text)
+
+
+def test_the_identity_is_the_recipe_not_the_switches_around_it():
+    base = config_mod.load("quickstart")
+    moved = config_mod.load("quickstart", ["cluster.max_workers=8", "epochs=20", "policy.stop_on_collapse=false",
+                                           "logging.chunk_steps=3", "device.amp=off"])
+    assert config_mod.identity(base) == config_mod.identity(moved)  # what a resume may change
+    other = config_mod.load("quickstart", ["model.width=1.0", "policy.eig_ratio=3"])
+    assert config_mod.identity_differences(config_mod.identity(base), config_mod.identity(other)) == \
+        ["model.width=0.5 (this run: 1.0)", "policy.eig_ratio=2.0 (this run: 3.0)"]
+    newer = {**config_mod.identity(base), "policy.added_later": "1"}  # a key only one side has is no difference
+    assert config_mod.identity_differences(config_mod.identity(base), newer) == []

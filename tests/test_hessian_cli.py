@@ -130,5 +130,6 @@ def test_a_plot_that_cannot_be_written_after_the_computation_loses_no_number(tra
     assert result.returncode == 2, result.stderr
     payload = json.loads(result.stdout)
     assert payload["top_eigenvalues"][0] > 0 and payload["density"]["grid"]
+    assert "plot" not in payload and "No space left on device" in payload["plot_error"]  # names no missing file
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("error: cannot write the plot") and "No space left on device" in line

@@ -26,8 +26,10 @@ class _OneLineUsageErrors(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except NoArgsIsHelpError as exc:
-            typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message(), err=True)
+        except NoArgsIsHelpError as exc:  # building it printed the help already (rich); else its message holds it
+            message = exc.format_message()
+            if message.strip():
+                typer.echo(message, err=True)
             sys.exit(exc.exit_code)
         except UsageError as exc:
             sys.stderr.write(f"error: {usage_line(exc)}\n")

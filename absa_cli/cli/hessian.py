@@ -55,7 +55,6 @@ def hessian(
     """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config). CHECKPOINT may
     also be a run directory or its checkpoints/ folder: the newest good checkpoint there is read."""
     from absa_cli.run import checkpoint as checkpoint_mod
-    from absa_cli import config as config_mod
     from absa_cli.worker import hessian as hessian_mod
     from absa_cli.errors import UserError
 
@@ -71,27 +70,23 @@ def hessian(
                             "--address, or pass --max-gpus N")
         if plot is not None:  # before the computation, which a plotting error must never lose
             hessian_mod.check_plot_path(plot)
-        checkpoint, found_in = _checkpoint_file(checkpoint)
+        checkpoint, found_in, skipped = _checkpoint_file(checkpoint)
+        config = _config_for(checkpoint, preset)
+        if max_gpus > 1:
+            from absa_cli.cli.driver import private_network
+
+            private_network(config, address, local=False)  # may re-run this command: nothing is said before it
         state = checkpoint_mod.load(checkpoint)
-        if preset is not None:
-            config = config_mod.load(preset)
-        else:
-            saved = checkpoint.resolve().parent.parent / "config.yaml"
-            if not saved.is_file():
-                raise UserError(f"no run config at {saved} for checkpoint {checkpoint}; "
-                                f"pass the preset it was trained with: --preset NAME")
-            config = config_mod.from_yaml(saved.read_text())
         model = hessian_mod.rebuild_model(config, state)  # checks that the weights fit, in one clear line
         max_iter_used = hessian_mod.check_against_model(options, model)
+        for problem in skipped:
+            typer.echo(f"checkpoint: {problem}", err=True)
         if found_in is not None:
             typer.echo(f"reading {checkpoint}, the newest good checkpoint in {found_in}", err=True)
         if max_iter_used != options.max_iter:
             typer.echo(f"note: --max-iter {options.max_iter} raised to {max_iter_used}: Lanczos needs --top-k + 2 "
                        f"iterations for {options.top_k} eigenvalues", err=True)
         if max_gpus > 1:
-            from absa_cli.cli.driver import private_network
-
-            private_network(config, address, local=False)  # may re-run this command in a private network
             hessian_mod.probe_batches(config, options)  # a missing dataset fails here, in one line
             result = _distributed(config, options, state, max_gpus, address)
         else:
@@ -101,33 +96,57 @@ def hessian(
     result["owner"] = checkpoint_mod.owner_line(state)
     owner = state.get("run") if isinstance(state.get("run"), dict) else {}
     result["run_id"], result["config_fingerprint"] = owner.get("id"), owner.get("fingerprint")
-    if plot is not None:
-        result["plot"] = str(plot)
+    plot_error = None
+    if plot is not None:  # checked before the computation; a failure now (a disk that fills) loses no number
+        try:
+            hessian_mod.plot_density({**result, "_density_full": density_full}, str(plot),
+                                     f"{config.model.name} on {config.data.name}: {checkpoint.name}")
+            result["plot"] = str(plot)
+        except UserError as exc:
+            plot_error = result["plot_error"] = str(exc)
     if as_json:
         typer.echo(json.dumps(result))
     else:
         _print(result)
     _warn_unconverged(result)
-    if plot is not None:  # after the numbers are out: a failure here loses nothing computed
-        with user_errors():
-            hessian_mod.plot_density({**result, "_density_full": density_full}, str(plot),
-                                     f"{config.model.name} on {config.data.name}: {checkpoint.name}")
+    if plot_error is not None:  # after the numbers
+        typer.echo(f"error: {plot_error}", err=True)
+        raise typer.Exit(2)
 
 
-def _checkpoint_file(path: Path) -> tuple[Path, Path | None]:
-    """``path`` itself, or for a run directory or a checkpoints/ folder the newest checkpoint that verifies and the
-    directory it was found in; one line when there is none."""
+def _config_for(checkpoint: Path, preset: str | None):
+    """The config to rebuild the model and data from: ``--preset``, else the run's config.yaml beside checkpoints/."""
+    from absa_cli import config as config_mod
+    from absa_cli.errors import UserError
+
+    if preset is not None:
+        return config_mod.load(preset)
+    saved = checkpoint.resolve().parent.parent / "config.yaml"
+    if not saved.is_file():
+        from absa_cli.run import checkpoint as checkpoint_mod
+
+        checkpoint_mod.load(checkpoint)  # a missing or bad checkpoint's own line first: it names the real problem
+        raise UserError(f"no run config at {saved} for checkpoint {checkpoint}; "
+                        f"pass the preset it was trained with: --preset NAME")
+    return config_mod.from_yaml(saved.read_text())
+
+
+def _checkpoint_file(path: Path) -> tuple[Path, Path | None, list[str]]:
+    """``path`` itself, or for a run directory or a checkpoints/ folder the newest checkpoint that verifies, the
+    directory it was found in and the newer ones skipped (their problems, said once the command is sure to run);
+    one line when there is none."""
     from absa_cli.run.checkpoint import CheckpointStore
     from absa_cli.errors import UserError
 
     if not path.is_dir():
-        return path, None
+        return path, None, []
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = CheckpointStore(folder).latest(report=lambda problem: typer.echo(f"checkpoint: {problem}", err=True))
+    skipped: list[str] = []
+    found = CheckpointStore(folder).latest(report=skipped.append)
     if found is None:
         raise UserError(f"{path} is a directory with no checkpoint in it; pass a .pt file from a run's "
                         f"checkpoints/ folder, or a run directory that has one")
-    return folder / found[0].file, path
+    return folder / found[0].file, path, skipped
 
 
 def _warn_unconverged(result: dict) -> None:

@@ -92,8 +92,9 @@ def resume(
     with user_errors(), interrupted(BEFORE_TRAINING):
         refuse_local_with_address(local, address)
         run = RunDir.open(runs_root(runs_dir), run_id)
-        check_writable(run.path, what="run directory")
         _refuse_finished(run)
+        _refuse_damaged(run)
+        check_writable(run.path, what="run directory")
         private_network(run.load_config(), address, local)  # before the lock: the re-run takes it
         lock = run.lock().acquire()
         try:
@@ -156,6 +157,16 @@ def refuse_local_with_address(local: bool, address: str | None) -> None:
     if local and address is not None:
         raise UserError(f"--local trains in this process without Ray and --address {address} joins a Ray cluster; "
                         f"drop one")
+
+
+def _refuse_damaged(run) -> None:
+    """A run whose run.json or config.yaml is damaged is not continued: resuming would rewrite run.json without
+    what it held (the run's uid, which its checkpoints name) or train a config that is not the run's."""
+    from absa_cli.errors import UserError
+
+    damage = run.damage()
+    if damage:
+        raise UserError(f"run {run.id} is damaged: {damage}; restore the file from a copy, or start a new run")
 
 
 def _apply_workers(config, max_gpus: int | None, local: bool) -> None:

@@ -5,7 +5,8 @@ and runtime-env agents and the workers, all as descendants of the driver. ``ray.
 that is SIGKILLed (or OOM-killed) cannot, and Ray's own fate-sharing leaves some of them (the agents, the
 dashboard) running for 30-90 s, holding memory and CPU while the user starts the next ``absa``.
 
-How: right after starting a local cluster the driver starts this file as a small separate process (its own
+How: just before starting a local cluster, the ``absa`` command (not an in-process caller, whose other children
+are not absa's to end) starts this file as a small separate process (its own
 session, so a Ctrl-C meant for the driver does not reach it) and keeps the write end of a pipe to it. The reaper
 notes the driver's descendants (pid and start time, read from ``/proc``) once a second. When the pipe reaches end
 of file, the driver has exited, however it exited: the kernel closes the pipe of a killed process too. The reaper
@@ -32,19 +33,20 @@ _reaper: subprocess.Popen | None = None  # this process's reaper (its stdin is t
 
 
 def start() -> subprocess.Popen | None:
-    """Start the reaper for this process's local cluster (once; Linux only). Call right after ``ray.init``
-    started one: its processes already exist, later ones (workers) are noted as they come."""
+    """Start the reaper for this process's local cluster (once; Linux only). Call just before ``ray.init`` starts
+    one, so that a driver killed while it starts still takes it along: processes are noted as they come."""
     global _reaper
     if _reaper is not None or not os.path.isdir("/proc/self"):
         return _reaper
-    _reaper = subprocess.Popen([sys.executable, "-S", "-u", os.path.abspath(__file__), str(os.getpid())],
+    _reaper = subprocess.Popen([sys.executable, "-I", "-S", "-u", os.path.abspath(__file__), str(os.getpid())],
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True, close_fds=True)
     return _reaper
 
 
 def _processes() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, start time in clock ticks) of every process visible in ``/proc``."""
+    """pid -> (parent pid, start time in clock ticks) of every running process visible in ``/proc`` (zombies, which
+    have exited and wait only for their parent to read their status, are left out)."""
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -55,7 +57,8 @@ def _processes() -> dict[int, tuple[int, int]]:
         except OSError:  # exited meanwhile
             continue
         fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ..., starttime (#22)
-        table[int(name)] = (int(fields[1]), int(fields[19]))
+        if fields[0] != "Z":
+            table[int(name)] = (int(fields[1]), int(fields[19]))
     return table
 
 

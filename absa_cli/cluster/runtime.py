@@ -63,10 +63,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, metadata: d
     else:
         # "local": a new cluster even where `ray start` left this machine's default address behind (Ray would
         # otherwise join that cluster, which is not what leaving --address unset means).
+        # The absa command's cluster goes when the command does, even SIGKILLed; not an in-process caller's (a
+        # notebook, a test), whose other children are not absa's to end.
+        if netns.entry_argv is not None:
+            reaper.start()
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=True,
                  configure_logging=True, job_config=job)
-        reaper.start()  # the cluster goes when this process does, even SIGKILLed
         where = "ray: started a local cluster on 127.0.0.1"
         if os.environ.get(netns.ENV) == netns.INSIDE:
             where += " in a private network namespace (loopback only)"

@@ -100,17 +100,20 @@ def _load_unverified(path: Path) -> dict[str, Any]:
 
 def check_identity(file: str, state: dict[str, Any], run_uid: str | None, run_id: str,
                    keys: dict[str, str]) -> None:
-    """``CheckpointError`` (one line) for a checkpoint that is not this run's: written by another run (neither its
-    uid, kept in run.json, nor its name matches) or with another recipe (``config.identity`` keys that differ, e.g.
-    a config.yaml edited to another model width). A checkpoint from before runs were named in them is accepted."""
+    """``CheckpointError`` (one line) for a checkpoint that is not this run's: written by another run (another uid,
+    kept in run.json; where either side has none, another run id) or with another recipe (``config.identity`` keys
+    that differ, e.g. a config.yaml edited to another model width). One from before checkpoints named their run is
+    accepted."""
     from absa_cli.config import identity_differences
 
     owner = state.get("run")
     if not isinstance(owner, dict):
         return
-    if owner.get("uid") != run_uid and owner.get("id") != run_id:
-        raise CheckpointError(f"checkpoint {file} belongs to run {owner.get('id')!r}, not {run_id!r} (copied from "
-                              f"another run's checkpoints/?)")
+    both_named = owner.get("uid") is not None and run_uid is not None  # else (a run made before uids): the ids
+    if (owner.get("uid") != run_uid) if both_named else (owner.get("id") != run_id):
+        other = f"another run named {run_id!r}" if owner.get("id") == run_id else f"run {owner.get('id')!r}"
+        raise CheckpointError(f"checkpoint {file} belongs to {other}, not {run_id!r} (copied from another run's "
+                              f"checkpoints/?)")
     differences = identity_differences(owner.get("config") or {}, keys)
     if differences:
         shown = ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")

@@ -49,7 +49,8 @@ def check_writable(directory: Path, what: str = "runs directory") -> Path:
     """One line for a directory that cannot take a run's files: a regular file, a path under a file, no write
     permission, a read-only file system. Checked before anything starts (a Ray cluster takes seconds), by writing:
     a temporary folder is made and removed in the nearest existing ancestor, as the run's own would be."""
-    fix = "pass a writable --runs-dir (or set ABSA_RUNS_DIR)"
+    fix = "pass a writable --runs-dir (or set ABSA_RUNS_DIR)" if what == "runs directory" else \
+        "make it writable, or copy the run to a writable --runs-dir"
     probe = Path(directory)
     while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
         probe = probe.parent
@@ -220,9 +221,12 @@ class RunDir:
     def info(self) -> dict[str, Any]:
         """``run.json``; a damaged one reads as status ``damaged`` (listed, never a traceback)."""
         try:
-            return json.loads(self.info_path.read_text()) if self.info_path.exists() else {}
+            info = json.loads(self.info_path.read_text()) if self.info_path.exists() else {}
         except ValueError:
             return {"status": "damaged", "error": f"{self.info_path} is not valid JSON"}
+        if not isinstance(info, dict):
+            return {"status": "damaged", "error": f"{self.info_path} is not a JSON object"}
+        return info
 
     def write_info(self, **fields: Any) -> None:
         """Update ``run.json`` atomically with ``fields``."""
