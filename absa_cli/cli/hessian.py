@@ -70,13 +70,13 @@ def hessian(
                             "--address, or pass --max-gpus N")
         if plot is not None:  # before the computation, which a plotting error must never lose
             hessian_mod.check_plot_path(plot)
-        checkpoint, found_in, skipped = _checkpoint_file(checkpoint)
+        checkpoint, found_in, skipped, state = _checkpoint_file(checkpoint)
         config = _config_for(checkpoint, preset)
         if max_gpus > 1:
             from absa_cli.cli.driver import private_network
 
             private_network(config, address, local=False)  # may re-run this command: nothing is said before it
-        state = checkpoint_mod.load(checkpoint)
+        state = state or checkpoint_mod.load(checkpoint)
         model = hessian_mod.rebuild_model(config, state)  # checks that the weights fit, in one clear line
         max_iter_used = hessian_mod.check_against_model(options, model)
         for problem in skipped:
@@ -131,22 +131,22 @@ def _config_for(checkpoint: Path, preset: str | None):
     return config_mod.from_yaml(saved.read_text())
 
 
-def _checkpoint_file(path: Path) -> tuple[Path, Path | None, list[str]]:
+def _checkpoint_file(path: Path) -> tuple[Path, Path | None, list[str], dict | None]:
     """``path`` itself, or for a run directory or a checkpoints/ folder the newest checkpoint that verifies, the
-    directory it was found in and the newer ones skipped (their problems, said once the command is sure to run);
-    one line when there is none."""
+    directory it was found in, the newer ones skipped (their problems, said once the command is sure to run) and
+    the state it holds (loaded to verify it); one line when there is none."""
     from absa_cli.run.checkpoint import CheckpointStore
     from absa_cli.errors import UserError
 
     if not path.is_dir():
-        return path, None, []
+        return path, None, [], None
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     skipped: list[str] = []
     found = CheckpointStore(folder).latest(report=skipped.append)
     if found is None:
         raise UserError(f"{path} is a directory with no checkpoint in it; pass a .pt file from a run's "
                         f"checkpoints/ folder, or a run directory that has one")
-    return folder / found[0].file, path, skipped
+    return folder / found[0].file, path, skipped, found[1]
 
 
 def _warn_unconverged(result: dict) -> None:
