@@ -112,3 +112,25 @@ def audited_epochs(audit) -> dict[int, tuple[list[int], list[int]]]:
     return {epoch: ([i for (e, _), batch in steps.items() if e == epoch for i in batch],
                     [i for (e, _), tail in dropped.items() if e == epoch for i in tail])
             for epoch in sorted({e for e, _ in steps})}
+
+
+def run_gloo_ranks(worker, out, nprocs: int, deadline_s: float) -> list[dict]:
+    """Run ``worker(rank, init_file, out_dir)`` in ``nprocs`` spawned processes (a real gloo group they form through
+    ``init_file``) and return what each saved as ``out_dir/rank{R}.pt``; fails the test past ``deadline_s``."""
+    import time
+
+    import torch
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=(str(out / "init"), str(out)), nprocs=nprocs, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + deadline_s
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {nprocs} gloo workers did not finish within {deadline_s:.0f} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(nprocs)]

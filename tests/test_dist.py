@@ -13,17 +13,17 @@ instead of hanging the suite.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos
 from absa_cli.dist import LocalContext, TorchDistContext, init_process_group
+
+from conftest import run_gloo_ranks
 
 WORLD_SIZE = 2
 NUM_SAMPLES = 15
@@ -130,18 +130,7 @@ def _collectives(ctx: TorchDistContext) -> dict:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("dist")
-    context = mp.start_processes(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD_SIZE, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two gloo workers did not finish within {DEADLINE_S:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return run_gloo_ranks(_worker, out, WORLD_SIZE, DEADLINE_S)
 
 
 def test_collectives_reduce_and_broadcast(rank_results):

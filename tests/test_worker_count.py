@@ -11,17 +11,17 @@ ranks and the single process run one torch thread, as Ray workers do.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from absa_cli import config as config_mod
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.dist import init_process_group
 from absa_cli.worker.engine import Engine
+
+from conftest import run_gloo_ranks
 
 OVERRIDES = ["model.name=alexnet", "model.width=0.25", "data.train_size=512", "data.test_size=64",
              "policy.max_global_batch=256"]
@@ -54,18 +54,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("worker-count")
-    context = mp.start_processes(_worker, args=(str(out / "init"), str(out)), nprocs=2, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two gloo workers did not finish within {DEADLINE_S:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+    return run_gloo_ranks(_worker, out, 2, DEADLINE_S)
 
 
 def _differences(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict[str, float]:
