@@ -199,24 +199,27 @@ class RunDir:
 
     def load_config(self) -> config_mod.RunConfig:
         """The run's saved config; one line naming the damage if it is missing or unreadable."""
+        config, problem = self._read_config()
+        if config is None:
+            raise UserError(f"run {self.id} is damaged: {problem}; start a new run, or restore the file from a copy")
+        return config
+
+    def damage(self) -> str | None:
+        """What is wrong with this run's own files (``run.json``, ``config.yaml``), or None."""
+        info = self.info()
+        if info.get("status") == "damaged":
+            return info.get("error")
+        return self._read_config()[1]
+
+    def _read_config(self) -> tuple[config_mod.RunConfig | None, str | None]:
+        """(the saved config, None), or (None, what is wrong with ``config.yaml``)."""
         try:
-            return config_mod.from_yaml(self.config_path.read_text())
+            return config_mod.from_yaml(self.config_path.read_text()), None
         except OSError as exc:
             problem = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
         except config_mod.ConfigError as exc:
             problem = f"is not a valid config ({exc})"
-        raise UserError(f"run {self.id} is damaged: {self.config_path} {problem}; start a new run, or restore "
-                        f"the file from a copy")
-
-    def damage(self) -> str | None:
-        """What is wrong with this run's own files (``run.json``, ``config.yaml``), or None."""
-        if self.info().get("status") == "damaged":
-            return self.info().get("error")
-        try:
-            self.load_config()
-        except UserError as exc:
-            return str(exc).split(": ", 1)[1].split(";")[0]
-        return None
+        return None, f"{self.config_path} {problem}"
 
     def info(self) -> dict[str, Any]:
         """``run.json``; a damaged one reads as status ``damaged`` (listed, never a traceback)."""
