@@ -260,50 +260,65 @@ def _finish(process: subprocess.Popen, work: Path, timeout_s: float = 300) -> di
 
 
 @scenario
-def node_lost_mid_epoch(work: Path, temp: Path) -> dict:
-    """Two nodes of one CPU each, one worker on each; the second node dies (every process SIGKILLed) in the middle
-    of epoch 2. The run must re-form live on the head and finish."""
+def node_added_then_lost(work: Path, temp: Path) -> dict:
+    """Two runs on the same two nodes of one CPU each (one sandbox, one head: starting them is most of the cost).
+
+    ``added``: the run starts on the head alone (one worker, accumulating two micro-batches per step); a second
+    node joins during epoch 1 and the run must grow onto it. ``lost``: with both nodes up, a second run takes one
+    worker on each; the second node dies (every process SIGKILLed) in the middle of epoch 2, and the run must
+    re-form live on the head and finish."""
     head = Node(temp, "head", cpus=1)
     second = None
+    results = {}
     try:
         wait_for_nodes(head.address, 1)
+        added = work / "added"
+        added.mkdir()
+        process = _elastic_run(head, added, "epochs=8")  # long enough for a node to start during it, under load too
+        _wait_for(lambda: _steps_applied(added, 0) >= 1, process, "epoch 1 was under way")
         second = Node(temp, "second", cpus=1, head=head.address)
         wait_for_nodes(head.address, 2)
-        process = _elastic_run(head, work)
-        _wait_for(lambda: _steps_applied(work, 1) >= 3, process, "epoch 2 was under way")
-        workers = sorted(int(p.stem.removeprefix("samples-pid")) for p in (work / "audit").glob("samples-pid*"))
-        killed = second.crash()
-        result = _finish(process, work)
-        survivors = [pid for pid in killed if _running(pid)]
-    finally:
-        if second is not None:
-            second.stop()
-        head.stop()
-    return {**result, "workers": workers, "second_node_pids": killed, "second_node_survivors": survivors}
-
-
-@scenario
-def node_added_mid_run(work: Path, temp: Path) -> dict:
-    """A head of one CPU: the run starts on one worker (accumulating two micro-batches per step); a second node
-    joins during epoch 1 and the run must grow onto it."""
-    head = Node(temp, "head", cpus=1)
-    second = None
-    try:
-        wait_for_nodes(head.address, 1)
-        process = _elastic_run(head, work, "epochs=8")  # long enough for a node to start during it, under load too
-        _wait_for(lambda: _steps_applied(work, 0) >= 1, process, "epoch 1 was under way")
-        second = Node(temp, "second", cpus=1, head=head.address)
-        wait_for_nodes(head.address, 2)
-        joined_at = _steps_applied(work, 0)
-        _wait_for(lambda: len(list((work / "audit").glob("samples-pid*"))) == 2, process, "a second worker")
+        joined_at = _steps_applied(added, 0)
+        _wait_for(lambda: len(list((added / "audit").glob("samples-pid*"))) == 2, process, "a second worker")
         second_pids = second.pids()
-        result = _finish(process, work)
+        results["added"] = {**_finish(process, added), "joined_after_steps": joined_at,
+                            "second_node_pids": second_pids, "workers": _workers(added)}
+
+        lost = work / "lost"
+        lost.mkdir()
+        _wait_for_slots(head.address, 2)  # the first run's workers have given their CPUs back
+        process = _elastic_run(head, lost)
+        _wait_for(lambda: _steps_applied(lost, 1) >= 3, process, "epoch 2 was under way")
+        workers = _workers(lost)
+        killed = second.crash()
+        result = _finish(process, lost)
+        results["lost"] = {**result, "workers": workers, "second_node_pids": killed,
+                           "second_node_survivors": [pid for pid in killed if _running(pid)]}
     finally:
         if second is not None:
             second.stop()
         head.stop()
-    return {**result, "joined_after_steps": joined_at, "second_node_pids": second_pids,
-            "workers": sorted(int(p.stem.removeprefix("samples-pid")) for p in (work / "audit").glob("samples-pid*"))}
+    return results
+
+
+def _workers(work: Path) -> list[int]:
+    """The pids of a run's workers, from their sample-audit files (``samples-pid<PID>.jsonl``)."""
+    return sorted(int(p.stem.removeprefix("samples-pid")) for p in (work / "audit").glob("samples-pid*"))
+
+
+def _wait_for_slots(address: str, cpus: float, timeout_s: float = 60) -> None:
+    """Until the cluster has ``cpus`` CPUs free (a finished run's actors are reclaimed within seconds)."""
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while ray.available_resources().get("CPU", 0) < cpus:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{cpus} CPUs not free after {timeout_s} s: {ray.available_resources()}")
+            time.sleep(0.2)
+    finally:
+        ray.shutdown()
 
 
 def _group_nodes(group) -> list[str]:

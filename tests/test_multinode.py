@@ -1,7 +1,7 @@
 """absa across two Ray nodes started by hand (`ray start --head`, `ray start --address`), each with its own CPU
 slot, inside a loopback-only user/net/pid sandbox (tests/ray_sandbox.py): a whole node dies in the middle of an
 epoch and the run re-forms live on the other, every sample applied once; a node joins during a run and the run
-grows onto it. Every process is stopped through its own id; the sandbox's PID namespace reaps anything left."""
+grows onto it (both on the same two nodes, in one sandbox). Every process is stopped through its own id; the sandbox's PID namespace reaps anything left."""
 
 from __future__ import annotations
 
@@ -29,8 +29,16 @@ def _check_every_sample_once(audit, epochs: int) -> None:
         assert sorted(applied + dropped) == list(range(1000)), f"epoch {epoch}: a sample lost or repeated"
 
 
-def test_a_node_lost_mid_epoch_the_run_reforms_live_on_the_other(tmp_path):
-    result = ray_sandbox.run("node_lost_mid_epoch", tmp_path, timeout_s=600)
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """Both two-node scenarios in one sandbox, on one head: a node joins a run, then a node dies under another."""
+    work = tmp_path_factory.mktemp("two-nodes")
+    return work, ray_sandbox.run("node_added_then_lost", work, timeout_s=900)
+
+
+def test_a_node_lost_mid_epoch_the_run_reforms_live_on_the_other(two_nodes):
+    work, results = two_nodes
+    result = results["lost"]
     log = result["log"]
     assert result["rc"] == 0 and result["status"] == ["finished"], log
     assert result["second_node_pids"] and not result["second_node_survivors"]  # the second node really died
@@ -47,11 +55,12 @@ def test_a_node_lost_mid_epoch_the_run_reforms_live_on_the_other(tmp_path):
     assert [r["samples_seen"] for r in epochs] == [992, 992, 992]
     # epoch 2 ran on both nodes, then on the head alone, accumulating
     assert [(g["num_workers"], g["grad_accum_steps"]) for g in epochs[1]["geometries"]] == [(2, 1), (1, 2)]
-    _check_every_sample_once(tmp_path / "audit", 3)
+    _check_every_sample_once(work / "lost" / "audit", 3)
 
 
-def test_a_node_added_mid_run_is_used(tmp_path):
-    result = ray_sandbox.run("node_added_mid_run", tmp_path, timeout_s=600)
+def test_a_node_added_mid_run_is_used(two_nodes):
+    work, results = two_nodes
+    result = results["added"]
     assert result["rc"] == 0 and result["status"] == ["finished"], result["log"]
     records = result["records"]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -65,7 +74,7 @@ def test_a_node_added_mid_run_is_used(tmp_path):
     # the second worker is a process of the node that joined
     (newcomer,) = [pid for pid in result["workers"] if pid in result["second_node_pids"]]
     assert len(result["workers"]) == 2 and newcomer
-    _check_every_sample_once(tmp_path / "audit", 8)
+    _check_every_sample_once(work / "added" / "audit", 8)
 
 
 def test_on_an_autoscaling_cluster_the_run_asks_for_nodes_and_grows_onto_them(tmp_path):
