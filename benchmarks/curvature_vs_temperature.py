@@ -9,9 +9,10 @@ the two epochs: the batch (×1 or ×2) and η/B (the epoch records' ``lr`` and `
 epochs 1 and 2 is its own group: there the network leaves its starting point whatever the schedule does.
 
 Per group: the number of pairs, the geometric mean and the range of λ(e+1) / λ(e), and how many of them halved
-(≤ 0.5: what the rule asks of a curvature growth at policy.eig_ratio=2). If λ_max followed the batch, a growth
-under linear scaling would lower it; if it follows η/B, λ_max stays put there and falls where η/B falls (an LR
-decay, or a growth whose LR is not scaled linearly).
+(≤ 0.5: what the rule asks of a curvature growth at policy.eig_ratio=2), and beside it the geometric mean of the
+test loss's ratio over the same pairs, to see whether λ_max moves with how fast the fit improves. If λ_max followed
+the batch, a growth under linear scaling would lower it; if it followed η/B, it would stay put there and fall where
+η/B falls (an LR decay, or a growth whose LR is not scaled linearly: `optim.lr_scaling=sqrt` or `none`).
 
     .venv/bin/python benchmarks/curvature_vs_temperature.py RESULTS.json [MORE.json ...] [--out table.json]
 """
@@ -43,13 +44,20 @@ def change_label(before: dict[str, Any], after: dict[str, Any]) -> str:
     return f"batch ×{batch:g}, η/B ×{float(f'{temperature:.2g}'):g}"
 
 
-def pairs(epochs: list[dict[str, Any]]) -> list[tuple[str, float]]:
-    """(what changed, λ(e+1) / λ(e)) for every two consecutive epochs that were both probed."""
+def pairs(epochs: list[dict[str, Any]]) -> list[tuple[str, float, float | None]]:
+    """(what changed, λ(e+1) / λ(e), test loss(e+1) / test loss(e)) for every two consecutive epochs that were
+    both probed (the loss ratio None where a loss is missing or not finite)."""
     out = []
     for before, after in zip(epochs, epochs[1:]):
         if after["epoch"] == before["epoch"] + 1 and _finite(before["eigenvalue"]) and _finite(after["eigenvalue"]):
-            out.append((change_label(before, after), after["eigenvalue"] / before["eigenvalue"]))
+            losses = before.get("test_loss"), after.get("test_loss")
+            loss_ratio = losses[1] / losses[0] if all(_finite(v) for v in losses) else None
+            out.append((change_label(before, after), after["eigenvalue"] / before["eigenvalue"], loss_ratio))
     return out
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def adaptive_runs(saved: dict[str, Any]) -> list[dict[str, Any]]:
@@ -60,14 +68,17 @@ def adaptive_runs(saved: dict[str, Any]) -> list[dict[str, Any]]:
 def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per kind of change, ordered by the η/B factor (largest first), the first epochs' group first."""
     grouped: dict[str, list[float]] = defaultdict(list)
+    losses: dict[str, list[float]] = defaultdict(list)
     for run in runs:
-        for label, ratio in pairs(run["epochs"]):
+        for label, ratio, loss_ratio in pairs(run["epochs"]):
             grouped[label].append(ratio)
+            if loss_ratio is not None:
+                losses[label].append(loss_ratio)
     rows = []
     for label, ratios in grouped.items():
-        logs = [math.log(r) for r in ratios]
-        rows.append({"change": label, "pairs": len(ratios), "geomean": math.exp(sum(logs) / len(logs)),
-                     "min": min(ratios), "max": max(ratios), "halved": sum(r <= HALVED for r in ratios)})
+        rows.append({"change": label, "pairs": len(ratios), "geomean": _geomean(ratios), "min": min(ratios),
+                     "max": max(ratios), "halved": sum(r <= HALVED for r in ratios),
+                     "test_loss_geomean": _geomean(losses[label]) if losses[label] else None})
 
     def order(row: dict[str, Any]) -> tuple[int, float, float]:
         if row["change"] == FIRST:
@@ -79,11 +90,13 @@ def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| between two probed epochs | pairs | λ(e+1) / λ(e), geometric mean | range | halved (≤ 0.5) |",
-             "|---|---|---|---|---|"]
+    lines = ["| between two probed epochs | pairs | λ(e+1) / λ(e), geometric mean | range | halved (≤ 0.5) "
+             "| test loss(e+1) / test loss(e), geometric mean |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
+        loss = "—" if r["test_loss_geomean"] is None else f"{r['test_loss_geomean']:.2f}"
         lines.append(f"| {r['change']} | {r['pairs']} | {r['geomean']:.2f} | {r['min']:.2f}–{r['max']:.2f} "
-                     f"| {r['halved']} of {r['pairs']} |")
+                     f"| {r['halved']} of {r['pairs']} | {loss} |")
     return "\n".join(lines)
 
 

@@ -18,8 +18,8 @@ def bench():
     return load_benchmark("curvature_vs_temperature")
 
 
-def _epoch(epoch: int, batch: int, lr: float, eigenvalue: float | None) -> dict:
-    return {"epoch": epoch, "global_batch_size": batch, "lr": lr, "eigenvalue": eigenvalue}
+def _epoch(epoch: int, batch: int, lr: float, eigenvalue: float | None, test_loss: float = 1.0) -> dict:
+    return {"epoch": epoch, "global_batch_size": batch, "lr": lr, "eigenvalue": eigenvalue, "test_loss": test_loss}
 
 
 def _results(tmp_path, runs: list[dict]) -> str:
@@ -32,11 +32,11 @@ ABSA = {"policy": "absa", "seed": 0, "epochs": [
     _epoch(1, 128, 0.02, 100.0),
     _epoch(2, 128, 0.02, 40.0),    # 1 → 2: 0.4, its own group
     _epoch(3, 256, 0.04, 50.0),    # growth, η/B kept: 1.25
-    _epoch(4, 256, 0.04, 45.0),    # nothing changed: 0.9
-    _epoch(5, 256, 0.008, 9.0),    # LR decay, η/B × 0.2: 0.2
+    _epoch(4, 256, 0.04, 45.0, test_loss=0.8),   # nothing changed: 0.9 (test loss 0.8)
+    _epoch(5, 256, 0.008, 9.0, test_loss=0.4),   # LR decay, η/B × 0.2: 0.2 (test loss 0.5)
     _epoch(6, 512, 0.016, None),   # not probed: no pair with 5 or 7
     _epoch(7, 512, 0.016, 12.0),
-    _epoch(8, 512, 0.016, 6.0),    # nothing changed: 0.5, a halving
+    _epoch(8, 512, 0.016, 6.0, test_loss=float("nan")),  # nothing changed: 0.5, a halving (no loss ratio)
 ]}
 NOSCALE = {"policy": "absa[noscale]", "seed": 0, "epochs": [
     _epoch(1, 128, 0.02, 80.0),
@@ -60,9 +60,11 @@ def test_pairs_are_grouped_by_what_changed(bench, tmp_path, capsys):
     assert rows["batch ×2, η/B ×1"]["geomean"] == pytest.approx(1.25) and rows["batch ×2, η/B ×1"]["halved"] == 0
     assert rows["batch ×2, η/B ×0.5"]["geomean"] == pytest.approx(0.4)
     assert rows["batch ×1, η/B ×0.2"]["geomean"] == pytest.approx(0.2)
+    assert rows["batch ×1, η/B ×0.2"]["test_loss_geomean"] == pytest.approx(0.5)
+    assert same["test_loss_geomean"] == pytest.approx(0.8)  # epochs 3 → 4 only: epoch 8's loss is NaN
     assert sum(r["pairs"] for r in rows.values()) == 6
     printed = capsys.readouterr().out
-    assert "2 runs: absa, absa[noscale]" in printed and "| batch ×2, η/B ×0.5 | 1 | 0.40 |" in printed
+    assert "2 runs: absa, absa[noscale]" in printed and "| batch ×2, η/B ×0.5 | 1 | 0.40 | 0.40–0.40 | 1 of 1 | 1.00 |" in printed
 
 
 def test_policies_filter_and_bad_input(bench, tmp_path, capsys):
