@@ -174,15 +174,18 @@ class ProbeConfig:
 
     batch_size: int = 128  # the paper: one batch of 128
     num_batches: int = 1
-    # fixed: the same samples at every probe, drawn once from `seed` | fresh: new samples at every probe, drawn
-    # from (`seed`, epoch), as the reference draws a fresh random batch each epoch
-    data: str = "fixed"
+    # fresh: new samples at every probe, drawn from (`seed`, epoch), as the reference draws a fresh random batch
+    # each epoch | fixed: the same samples at every probe, drawn once from `seed` (the quickstart's: measured to
+    # grow its batch earlier there; docs/policy.md)
+    data: str = "fresh"
     method: str = "power"  # power (the paper) | lanczos
     max_iter: int = 10  # the paper: at most 10 power iterations
     tol: float = 1e-2  # relative tolerance (the paper: 1e-2)
     bn_mode: str = "eval"  # BatchNorm in eval mode during the probe, as PyHessian and the paper do
     seed: int = 0  # the probe samples and the starting vectors (a cold start draws a new one from seed and epoch)
-    warm_start: bool = True  # start each probe from the previous probe's top eigenvector (docs/policy.md)
+    # false: a new random start vector at every probe, as the reference | true: start from the previous probe's top
+    # eigenvector (fewer HVPs; the quickstart's; docs/policy.md)
+    warm_start: bool = False
     amp: str = "off"  # off: fp32 HVPs whatever device.amp says (λ_max steers the batch size) | bf16
 
     def __post_init__(self) -> None:

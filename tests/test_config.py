@@ -135,6 +135,11 @@ def test_paper_presets_use_the_paper_and_reference_recipe(name):
     assert config.optim.decay_factor == (0.1 if name == "resnet18-imagenet" else 0.2)
     # the reference's growth multiplies the LR at once; only ImageNet, as the paper's final runs, warms up after it
     assert (config.policy.lr_ramp_epochs > 0) == (name == "resnet18-imagenet")
+    # the reference's probe: power iteration (at most 10, tolerance 1e-2) on a fresh random batch of 128 in eval mode,
+    # from a fresh random start, every epoch
+    p = config.probe
+    assert (p.method, p.max_iter, p.tol, p.batch_size, p.num_batches, p.bn_mode) == ("power", 10, 1e-2, 128, 1, "eval")
+    assert (p.data, p.warm_start) == ("fresh", False)
 
 
 def test_data_root_defaults(monkeypatch, tmp_path):
