@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -85,18 +86,38 @@ def test_a_port_that_is_not_a_ray_head_is_one_line_within_seconds(tmp_path):
     assert elapsed < 10 and not (tmp_path / "runs").exists()
 
 
+def _wait_for_handshake(pid: int, timeout_s: float = 60) -> None:
+    """Until absa (``pid``) has started its handshake child: a fixed sleep could land in start-up under load."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            try:
+                if b"absa_cli.cluster.handshake" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return
+            except OSError:  # exited meanwhile
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"absa (pid {pid}) started no handshake within {timeout_s} s")
+
+
 def test_ctrl_c_while_joining_exits_at_once(tmp_path):
-    """Ray's client retries inside native code that Ctrl-C cannot reach; absa's handshake is a child process."""
+    """Ray's client retries inside native code that Ctrl-C cannot reach; absa's handshake is a child process. The
+    answer to Ctrl-C (its line) comes within 2 s; the process itself is gone soon after (leaving an interpreter
+    that imported torch and Ray takes about 1 s here, 2-3 s on a loaded machine)."""
     with _Silent() as address:
         process = subprocess.Popen(_absa_train(address, tmp_path / "runs"), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-        time.sleep(2.5)  # past start-up and the port check: inside the handshake
+        _wait_for_handshake(process.pid)  # past start-up (seconds under load) and the port check
         interrupted = time.perf_counter()
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-        waited = time.perf_counter() - interrupted
-    assert process.returncode != 0 and "Traceback" not in stderr, stderr
-    assert waited < 2, f"{waited:.1f} s after Ctrl-C"
+        first = process.stderr.readline()
+        answered = time.perf_counter() - interrupted
+        _, rest = process.communicate(timeout=30)
+        ended = time.perf_counter() - interrupted
+    stderr = first + rest
+    # ended by the Ctrl-C (130), not by the handshake's own 5 s deadline (2) that a missed Ctrl-C would wait for
+    assert process.returncode == 130 and first.startswith("interrupted") and "Traceback" not in stderr, stderr
+    assert answered < 2 and ended < 10, f"answered {answered:.1f} s, ended {ended:.1f} s after Ctrl-C"
     assert not (tmp_path / "runs").exists()
 
 
