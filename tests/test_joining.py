@@ -86,10 +86,11 @@ def test_a_port_that_is_not_a_ray_head_is_one_line_within_seconds(tmp_path):
     assert elapsed < 10 and not (tmp_path / "runs").exists()
 
 
-def _wait_for_handshake(pid: int, timeout_s: float = 60) -> None:
-    """Until absa (``pid``) has started its handshake child: a fixed sleep could land in start-up under load."""
-    deadline = time.monotonic() + timeout_s
+def _wait_for_handshake(process: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Until absa has started its handshake child: a fixed sleep could land in start-up under load."""
+    pid, deadline = process.pid, time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        assert process.poll() is None, f"absa ended before its handshake: {process.communicate()}"
         for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
             try:
                 if b"absa_cli.cluster.handshake" in Path(f"/proc/{child}/cmdline").read_bytes():
@@ -107,7 +108,7 @@ def test_ctrl_c_while_joining_exits_at_once(tmp_path):
     with _Silent() as address:
         process = subprocess.Popen(_absa_train(address, tmp_path / "runs"), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-        _wait_for_handshake(process.pid)  # past start-up (seconds under load) and the port check
+        _wait_for_handshake(process)  # past start-up (seconds under load) and the port check
         interrupted = time.perf_counter()
         process.send_signal(signal.SIGINT)
         first = process.stderr.readline()
