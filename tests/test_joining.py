@@ -101,14 +101,37 @@ def _wait_for_handshake(process: subprocess.Popen, timeout_s: float = 60) -> Non
     raise AssertionError(f"absa (pid {pid}) started no handshake within {timeout_s} s")
 
 
+def _as_a_terminal_starts(command: list[str]) -> list[str]:
+    """``command`` with SIGINT handled and unblocked, as a shell starts a foreground command: a small Python sets
+    both and execs it (same pid). The pytest process's own state (what Ray's and torch's threads left) must not
+    decide whether absa can see a Ctrl-C; preexec_fn would do the same but is unsafe in a threaded parent."""
+    reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-S", "-c", reset, *command]
+
+
+def _signal_state(pid: int) -> str:
+    """The SigBlk/SigIgn/SigCgt masks of every thread of ``pid`` (for a failure's message)."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+        try:
+            status = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        lines.append(f"{task.name}: " + " ".join(line.replace("\t", "") for line in status
+                                                  if line.startswith(("SigBlk", "SigIgn", "SigCgt"))))
+    return "; ".join(lines)
+
+
 def test_ctrl_c_while_joining_exits_at_once(tmp_path):
     """Ray's client retries inside native code that Ctrl-C cannot reach; absa's handshake is a child process. The
     answer to Ctrl-C (its line) comes within 2 s; the process itself is gone soon after (leaving an interpreter
     that imported torch and Ray takes about 1 s here, 2-3 s on a loaded machine)."""
     with _Silent() as address:
-        process = subprocess.Popen(_absa_train(address, tmp_path / "runs"), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(_as_a_terminal_starts(_absa_train(address, tmp_path / "runs")),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for_handshake(process)  # past start-up (seconds under load) and the port check
+        state = _signal_state(process.pid)
         interrupted = time.perf_counter()
         process.send_signal(signal.SIGINT)
         first = process.stderr.readline()
@@ -117,7 +140,8 @@ def test_ctrl_c_while_joining_exits_at_once(tmp_path):
         ended = time.perf_counter() - interrupted
     stderr = first + rest
     # ended by the Ctrl-C (130), not by the handshake's own 5 s deadline (2) that a missed Ctrl-C would wait for
-    assert process.returncode == 130 and first.startswith("interrupted") and "Traceback" not in stderr, stderr
+    assert process.returncode == 130 and first.startswith("interrupted") and "Traceback" not in stderr, \
+        f"{stderr}\nsignal masks before the Ctrl-C: {state}"
     assert answered < 2 and ended < 10, f"answered {answered:.1f} s, ended {ended:.1f} s after Ctrl-C"
     assert not (tmp_path / "runs").exists()
 
