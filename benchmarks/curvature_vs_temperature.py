@@ -27,6 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iterations import is_adaptive  # noqa: E402 - the same rule for which contenders follow the curvature
+
 HALVED = 0.5  # the rule's drop at policy.eig_ratio=2
 FIRST = "epochs 1 → 2 (leaving the start)"
 
@@ -61,8 +64,7 @@ def _geomean(values: list[float]) -> float:
 
 
 def adaptive_runs(saved: dict[str, Any]) -> list[dict[str, Any]]:
-    return [run for measured in saved["results"] for run in measured["runs"]
-            if run["policy"].split("[")[0] in ("absa", "abs")]
+    return [run for measured in saved["results"] for run in measured["runs"] if is_adaptive(run["policy"])]
 
 
 def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -103,10 +103,9 @@ def _wait_for_handshake(process: subprocess.Popen, timeout_s: float = 60) -> Non
 
 def _as_a_terminal_starts(command: list[str]) -> list[str]:
     """``command`` with SIGINT handled and unblocked, as a shell starts a foreground command: a small Python sets
-    both and execs it (same pid). The pytest process's own state must not
-    decide whether absa can see a Ctrl-C: a suite started as a background job (``make test &``) has SIGINT ignored,
-    and an ignored signal is inherited through exec. preexec_fn would do the same but is unsafe in a threaded
-    parent."""
+    both and execs it (same pid). The pytest process's own state must not decide whether absa can see a Ctrl-C: a
+    suite started as a background job (``make test &``) has SIGINT ignored, and an ignored signal is inherited
+    through exec. preexec_fn would do the same but is unsafe in a threaded parent."""
     reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
              "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])")
     return [sys.executable, "-S", "-c", reset, *command]
