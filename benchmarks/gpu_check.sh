@@ -7,7 +7,9 @@
 #      medians), plus one Lanczos probe (seconds, HVPs):
 #      ResNet-18 at 224 px on synthetic data, batch 256, bf16 + channels_last (absa's CUDA defaults);
 #      ResNet-20 on GPU-resident CIFAR-shaped data with CIFAR's crop-and-flip done on the GPU, batch 512, bf16;
-#      ResNet-20, batch 128, fp32 NCHW (the ANCHORS.md fp32 row).
+#      ResNet-20, batch 128, fp32 NCHW (the ANCHORS.md fp32 row);
+#   4. with the rest of BUDGET_S (default 560 s from the start): issue 13's paper schedule, absa vs fixed on
+#      CIFAR-sized shapes (benchmarks/gpu_paper_schedule.sh), cut at its deadline.
 #
 # Every part has its own time limit; a part that fails or runs out of time is recorded and the next one still runs;
 # the exit status says whether all passed. The tables go to stdout and to $OUT/gpu_check.md ($OUT: the folder the
@@ -74,6 +76,14 @@ part resnet20-augmented 110 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, crop
 part resnet20-fp32 70 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, fp32 NCHW, batch 128 (the ANCHORS fp32 row)" \
   --model resnet20 --data augmented --batch 128 --steps 50 --repeats 5 --amp off --channels-last off \
   --epoch-samples 50000
+# Last, with what is left of the call (BUDGET_S from the script's start, default 560 s): issue 13's paper schedule,
+# absa vs fixed, 3 seeds side by side (benchmarks/gpu_paper_schedule.sh; it stops at its deadline and keeps what ran).
+LEFT=$((${BUDGET_S:-560} - SECONDS - 15))
+if ((LEFT >= 60)); then
+  part paper-schedule $((LEFT + 15)) bash benchmarks/gpu_paper_schedule.sh "$LEFT" ${SMOKE[@]+"${SMOKE[@]}"}
+else
+  echo "=== paper-schedule: skipped, ${LEFT}s left of BUDGET_S" | tee -a "$LOG" "$REPORT"
+fi
 
 if ((${#FAILED[@]})); then
   echo "gpu_check: FAILED parts: ${FAILED[*]} (log: $LOG)" | tee -a "$REPORT"

@@ -35,11 +35,13 @@ files are missing, it is skipped with a message. ``--epochs`` and the overrides 
     .venv/bin/python benchmarks/iterations.py [KEY=VALUE ...] [--preset quickstart] [--policies absa fixed ...]
         [--variant 'LABEL: KEY=VALUE ...' ...] [--seeds 0 1 2] [--epochs N] [--threads 1] [--data-root DIR]
         [--out results.json [--resume]]
-    .venv/bin/python benchmarks/iterations.py --tables-from results.json
+    .venv/bin/python benchmarks/iterations.py --tables-from results.json [more.json ...]
 
 Arguments of the form ``key.path=value`` are config overrides, wherever they stand on the command line. ``--out``
 is rewritten after every run, so a benchmark that is stopped keeps its finished runs; the same command with
-``--resume`` keeps those (same preset, same config, same variant overrides) and runs the rest.
+``--resume`` keeps those (same preset, same config, same variant overrides) and runs the rest. Invocations run side
+by side (one per seed or policy, each with its own ``--out``) make one table with ``--tables-from A.json B.json ...``:
+runs of the same preset and config are merged; a (policy, seed) pair found in two files is an error.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write every number measured here (JSON)")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of the --out file a stopped "
                    "benchmark left (same preset, config and variant overrides) and run only the rest")
-    p.add_argument("--tables-from", type=Path, metavar="JSON", help="only print the tables of a saved --out file")
+    p.add_argument("--tables-from", type=Path, nargs="+", metavar="JSON",
+                   help="only print the tables of saved --out files; several files (e.g. from invocations run side "
+                   "by side) are merged, run by run, into one table per configuration")
     args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
     args.overrides = overrides
     args.contenders = [(policy, [f"policy.name={policy}"]) for policy in args.policies]
@@ -107,7 +111,8 @@ def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.cuda.is_available(), "load_avg_1min_start": round(os.getloadavg()[0], 2),
+            "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "load_avg_1min_start": round(os.getloadavg()[0], 2),
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -339,11 +344,41 @@ def report(measured: dict[str, Any]) -> str:
     return text
 
 
-def print_saved(path: Path) -> int:
-    saved = json.loads(path.read_text())
-    print(json.dumps(saved["machine"]))
-    if not saved.get("complete", True):
-        print("incomplete: the benchmark stopped before its last run; these are the runs it finished")
+def merge_saved(paths: list[Path]) -> dict[str, Any]:
+    """Saved --out files as one: the runs of results with the same config (preset, overrides, epochs) are joined in
+    file order, each machine kept; ValueError if two files hold the same (policy, seed, overrides) run."""
+    merged: dict[str, Any] = {"machines": [], "complete": True, "results": [], "skipped": []}
+    by_config: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        saved = json.loads(path.read_text())
+        merged["machines"].append(saved["machine"])
+        merged["complete"] = merged["complete"] and saved.get("complete", True)
+        merged["skipped"] += [s for s in saved["skipped"] if s not in merged["skipped"]]
+        for measured in saved["results"]:
+            into = by_config.get(measured["config"])
+            if into is None:
+                into = by_config[measured["config"]] = {**measured, "runs": [], "policies": []}
+                merged["results"].append(into)
+            seen = {(r["policy"], r["seed"], str(r.get("extra"))) for r in into["runs"]}
+            for run in measured["runs"]:
+                key = (run["policy"], run["seed"], str(run.get("extra")))
+                if key in seen:
+                    raise ValueError(f"{run['policy']} seed {run['seed']} of {measured['preset']} is in more than "
+                                     f"one file; pass each run once")
+                into["runs"].append(run)
+                seen.add(key)
+            policies = measured.get("policies") or [r["policy"] for r in measured["runs"]]
+            into["policies"] += [p for p in policies if p not in into["policies"]]
+            into.setdefault("variants", {}).update(measured.get("variants", {}))
+    return merged
+
+
+def print_saved(paths: list[Path]) -> int:
+    saved = merge_saved(paths)
+    for machine_info in saved["machines"]:
+        print(json.dumps(machine_info))
+    if not saved["complete"]:
+        print("incomplete: a benchmark stopped before its last run; these are the runs it finished")
     for measured in saved["results"]:
         print(f"\n{measured.get('header', '## ' + measured['preset'])}\n\n{report(measured)}")
     for skipped in saved["skipped"]:
@@ -358,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables_from:
         try:
             return print_saved(args.tables_from)
-        except ValueError as error:  # records from an older absa
-            print(f"error: {args.tables_from}: {error}", file=sys.stderr)
+        except ValueError as error:  # records from an older absa, or one run in two files
+            print(f"error: {' '.join(map(str, args.tables_from))}: {error}", file=sys.stderr)
             return 2
     prior: dict[str, list[dict[str, Any]]] = {}
     if args.resume:

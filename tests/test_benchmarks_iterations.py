@@ -82,3 +82,33 @@ def test_tiny_comparison_end_to_end(iterations, tmp_path, capsys, one_thread):
     printed = capsys.readouterr().out
     assert "fixed seed 0 (kept from --out)" in printed and "absa[fresh] seed 0 (kept" not in printed
     assert len(list((tmp_path / "runs").iterdir())) == 4  # the changed variant trained again
+
+
+def test_tables_from_merges_files_run_side_by_side(iterations, tmp_path, capsys):
+    def saved(name, runs, complete=True):
+        measured = {"preset": "quickstart", "header": "## quickstart", "config": "epochs: 30\n",
+                    "envelope": {"fastest": 100, "slowest": 500, "fixed": 600},
+                    "policies": list(dict.fromkeys(r["policy"] for r in runs)), "runs": runs}
+        path = tmp_path / name
+        path.write_text(json.dumps({"machine": {"cpu": name}, "complete": complete, "results": [measured],
+                                    "skipped": []}))
+        return path
+
+    def run(policy, seed, acc, updates):
+        return {"policy": policy, "seed": seed, "final_test_acc": acc, "best_test_acc": acc, "updates": updates,
+                "final_global_batch": 128, "batches": [128], "wall_s": 1.0, "probe_s": 0.0,
+                "epochs": [{"growth": None, "growth_epochs_early": 0, "train_loss": 0.5}],
+                "extra": [f"policy.name={policy}"]}
+
+    seed0 = saved("a.json", [run("absa", 0, 0.80, 120), run("fixed", 0, 0.81, 600)])
+    seed1 = saved("b.json", [run("absa", 1, 0.90, 100), run("fixed", 1, 0.92, 600)], complete=False)
+    assert iterations.main(["--tables-from", str(seed0), str(seed1)]) == 0
+    printed = capsys.readouterr().out
+    assert '"cpu": "a.json"' in printed and '"cpu": "b.json"' in printed
+    assert "incomplete" in printed  # one of the files was left by a stopped benchmark
+    # one table over both files: two seeds per policy, the ratio over all four runs (600 / 110), paired deltas
+    assert "| absa | 2 | 85.00 ± 7.07 | -1.50 ± 0.71 | 110 ± 14 | 5.45× |" in printed
+    assert "| fixed | 2 | 86.50 ± 7.78 | — | 600 ± 0 | 1.00× |" in printed
+
+    assert iterations.main(["--tables-from", str(seed0), str(seed0)]) == 2
+    assert "absa seed 0 of quickstart is in more than one file" in capsys.readouterr().err
