@@ -6,7 +6,8 @@
 #   3. side by side in one process each (benchmarks/throughput.py: plain PyTorch loop vs absa's Engine, interleaved,
 #      medians), plus one Lanczos probe (seconds, HVPs):
 #      ResNet-18 at 224 px on synthetic data, batch 256, bf16 + channels_last (absa's CUDA defaults);
-#      ResNet-20 on GPU-resident CIFAR-shaped data with CIFAR's crop-and-flip done on the GPU, batch 512, bf16;
+#      ResNet-20 on GPU-resident CIFAR-shaped data with CIFAR's crop-and-flip done on the GPU, batch 512, bf16, and
+#      where its step's time goes (--profile: launches, synchronisations, device busy time per step);
 #      ResNet-20, batch 128, fp32 NCHW (the ANCHORS.md fp32 row);
 #   4. with the rest of BUDGET_S (default 560 s from the start): issue 13's paper schedule, absa vs fixed on
 #      CIFAR-sized shapes (benchmarks/gpu_paper_schedule.sh), cut at its deadline.
@@ -72,7 +73,8 @@ part "pytest -m gpu" 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continu
 part resnet18-224 170 "${BENCH[@]}" --title "ResNet-18, 224 px, synthetic" --model resnet18 --image-size 224 \
   --num-classes 1000 --data synthetic --batch 256 --steps 20 --repeats 5 --epoch-samples 1281167
 part resnet20-augmented 110 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, crop+flip on the device" \
-  --model resnet20 --data augmented --batch 512 --steps 50 --repeats 5 --epoch-samples 50000
+  --model resnet20 --data augmented --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 \
+  --profile "$OUT_DIR/profile_resnet20.txt"
 part resnet20-fp32 70 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, fp32 NCHW, batch 128 (the ANCHORS fp32 row)" \
   --model resnet20 --data augmented --batch 128 --steps 50 --repeats 5 --amp off --channels-last off \
   --epoch-samples 50000

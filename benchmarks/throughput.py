@@ -13,9 +13,15 @@ repetition each, so that machine load hits them alike; the table gives medians a
   includes the Ray call. The actor builds its data from the config, so this contender needs ``--data synthetic``
   at the catalogue's 32 px.
 
-``--probe`` also times the curvature probe through the engine (Lanczos, ``--probe-batch``, at most
-``--probe-iters`` HVPs; median of ``--probe-repeats`` after a warm-up) and states it against one training step and
-against one epoch of ``--epoch-samples`` at the engine's rate.
+``--probe`` also times the curvature probe through the engine (Lanczos from a cold start, as the paper presets
+probe, ``--probe-batch``, at most ``--probe-iters`` HVPs; median of ``--probe-repeats`` after a warm-up) and states
+it against one training step and against one epoch of ``--epoch-samples`` at the engine's rate. (A warm start would
+begin every repeat at the last repeat's converged eigenvector of the same weights and samples: one HVP.)
+
+``--profile FILE`` then runs one more repetition of each contender under ``torch.profiler`` and writes where the
+time goes to FILE (each contender's operators by self CPU time and by self device time); the printed table gives,
+per step, the wall time under the profiler, the device's busy time (the sum of its kernels and copies), kernel
+launches, host-device synchronisations and copies: the lead when the engine is slower than the plain loop.
 
 Data: ``synthetic``: uniform random pixels at ``--image-size`` (absa's ``synthetic`` set, no augmentation);
 ``augmented``: the same pixels with CIFAR's crop-and-flip (pad = size / 8) applied by absa on the device the data
@@ -81,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every part runs (CPU, seconds)")
     p.add_argument("--out", type=Path, help="also append the markdown tables to this file")
     p.add_argument("--title", help="a '## TITLE' heading above the tables")
+    p.add_argument("--profile", type=Path, help="also profile one repetition of each contender; details to this file")
     p.add_argument("--run-dir", type=Path, help="only report the probe share of this finished run")
     args = p.parse_args(argv)
     if args.smoke:
@@ -112,7 +119,8 @@ def build_config(args: argparse.Namespace, num_train: int) -> config_mod.RunConf
         f"batch.global_batch_size={args.batch}", f"batch.per_worker_max={args.batch}",
         f"policy.max_global_batch={max(args.batch, 1024)}", f"threads={args.threads}",
         f"device.amp={args.amp}", f"device.channels_last={args.channels_last}", f"data.on_device={args.on_device}",
-        f"device.compile={str(args.compile).lower()}", "probe.method=lanczos", f"probe.batch_size={args.probe_batch}",
+        f"device.compile={str(args.compile).lower()}", "probe.method=lanczos", "probe.warm_start=false",
+        f"probe.batch_size={args.probe_batch}",
         f"probe.max_iter={args.probe_iters}", "cluster.max_workers=1"])
 
 
@@ -180,6 +188,42 @@ def time_probe(engine: Engine, repeats: int) -> tuple[float, int]:
     return statistics.median(r.seconds for r in runs), runs[-1].hvp_count
 
 
+_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+_COPIES = ("cudaMemcpyAsync", "cudaMemcpy")
+_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def profile_contenders(contenders: dict[str, Callable[[], object]], steps: int, device: torch.device,
+                       details: Path) -> list[str]:
+    """One profiled repetition of each contender (they are warm): a per-step table; operator tables to ``details``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    device_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines = ["", "Profiled (one repetition each, under torch.profiler, which slows the host side), per step:", "",
+             "| contender | wall ms | device busy ms | kernel launches | synchronisations | host-device copies |",
+             "|---|---|---|---|---|---|"]
+    sections = []
+    for name, run in contenders.items():
+        with profile(activities=activities) as prof:
+            started = time.perf_counter()
+            run()
+            wall = time.perf_counter() - started
+        averages = prof.key_averages()
+        count = {key: sum(e.count for e in averages if e.key in names)
+                 for key, names in (("syncs", _SYNCS), ("copies", _COPIES), ("launches", _LAUNCHES))}
+        busy = sum(getattr(e, "self_device_time_total", 0.0) for e in averages
+                   if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")) / 1e3
+        lines.append(f"| {name} | {1e3 * wall / steps:.2f} | {busy / steps:.2f} | {count['launches'] / steps:.0f} | "
+                     f"{count['syncs'] / steps:.1f} | {count['copies'] / steps:.1f} |")
+        sections.append(f"## {name}: by self CPU time\n\n"
+                        f"{averages.table(sort_by='self_cpu_time_total', row_limit=25)}\n\n"
+                        f"## {name}: by self device time\n\n{averages.table(sort_by=device_key, row_limit=25)}\n")
+    details.parent.mkdir(parents=True, exist_ok=True)
+    details.write_text("\n".join(sections))
+    return lines + ["", f"Operator tables: {details}"]
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
@@ -209,6 +253,7 @@ def throughput_tables(args: argparse.Namespace) -> str:
         contenders["ray"], group = ray_contender(config, geometry, lrs)
     try:
         seconds = interleaved(contenders, args.repeats)
+        profiled = profile_contenders(contenders, args.steps, device, args.profile) if args.profile else []
     finally:
         if group is not None:
             group.close()
@@ -220,6 +265,7 @@ def throughput_tables(args: argparse.Namespace) -> str:
     for name, values in seconds.items():
         low, high = num_train / max(values), num_train / min(values)
         lines.append(f"| {name} | {rates[name]:,.0f} | {low:,.0f}–{high:,.0f} | {rates[name] / rates['plain']:.2f}× |")
+    lines += profiled
     if args.probe:
         probe_s, hvps = time_probe(engine, args.probe_repeats)
         step_s = args.batch / rates["engine"]
