@@ -260,12 +260,16 @@ class _DeadPeer:
     all_reduce_sum = all_reduce_mean
 
 
-def test_a_step_that_fails_in_the_all_reduce_leaves_weights_and_statistics_untouched(tiny_config):
+@pytest.mark.parametrize("geometry", [BatchGeometry(64, 2, 16, 2), BatchGeometry(64, 2, 32, 1)],
+                         ids=["accumulating", "one-micro-batch"])
+def test_a_step_that_fails_in_the_all_reduce_leaves_weights_and_statistics_untouched(tiny_config, geometry):
+    """With one micro-batch per rank the statistics the forward moved are all-reduced in place (NormStep's single
+    path): a failed step must still put back the step's starting values."""
     engine = Engine(tiny_config)
     before = {k: v.clone() for k, v in engine.model.state_dict().items()}
     engine.set_context(_DeadPeer())
     try:
-        engine.train_chunk(0, 0, [0.05], BatchGeometry(64, 2, 16, 2))
+        engine.train_chunk(0, 0, [0.05], geometry)
     except RuntimeError as exc:
         assert "peer" in str(exc)
     else:

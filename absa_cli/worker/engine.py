@@ -209,7 +209,7 @@ class Engine:
         ``batches``, each forward with the generator seeded from ``seeds``); ((loss sum, correct) over the whole
         global batch, stop agreed)."""
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # this rank's loss sum, correct
-        norms = NormStep(self._norms)
+        norms = NormStep(self._norms, micro_batches=len(plan))
         try:
             return self._accumulate_and_apply(batches, plan, seeds, batch_size, lr, adv_ratio, totals, norms, timer)
         except BaseException:  # a failed step (a dead peer in the all-reduce) leaves the statistics untouched too

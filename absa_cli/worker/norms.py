@@ -20,12 +20,23 @@ def tracked_norms(model: torch.nn.Module) -> list[_BatchNorm]:
 
 class NormStep:
     """One step's BatchNorm running-statistics rule: every micro-batch updates from the step's starting values;
-    ``sums`` collects the updated values for the all-reduce; ``apply`` sets the mean."""
+    ``sums`` collects the updated values for the all-reduce; ``apply`` sets the mean.
 
-    def __init__(self, norms: list[_BatchNorm]) -> None:
+    On a GPU a step is often bound by how fast the host launches work, so the rule runs as a handful of multi-tensor
+    operations whatever the number of BatchNorm layers: the starting values are one flat copy per dtype, restoring
+    them is one ``_foreach_copy_``, the sums one ``_foreach_add_``. With one micro-batch per rank (``micro_batches``
+    = 1) there is nothing to restore between micro-batches and the sum of one update is that update: ``sums`` are
+    the statistics themselves (all-reduced in place) and ``apply`` divides them by the mean count, 1 — the same values
+    as the general path, without its copies. The starting values are kept either way, so that a step that fails (a
+    dead peer in the all-reduce) can ``restore`` them."""
+
+    def __init__(self, norms: list[_BatchNorm], micro_batches: int = 2) -> None:
         self.norms = norms
-        self.start = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-        self.sums = [torch.zeros_like(t) for m in norms for t in (m.running_mean, m.running_var)]
+        self.stats = [t for m in norms for t in (m.running_mean, m.running_var)]
+        self.tracked = [m.num_batches_tracked for m in norms]
+        self._start = (_flat_copy(self.stats), _flat_copy(self.tracked)) if norms else None
+        self.single = micro_batches == 1
+        self.sums = self.stats if self.single else _zeros_like(self.stats)
         self.count = 0
 
     @torch.no_grad()
@@ -35,8 +46,8 @@ class NormStep:
 
     @torch.no_grad()
     def after_forward(self) -> None:
-        for total, value in zip(self.sums, (t for m in self.norms for t in (m.running_mean, m.running_var))):
-            total += value
+        if not self.single and self.stats:
+            torch._foreach_add_(self.sums, self.stats)
         self.count += 1
 
     @torch.no_grad()
@@ -44,16 +55,35 @@ class NormStep:
         """``sums`` and the count were both averaged over ranks: their ratio is the mean over micro-batches."""
         if not self.norms:
             return
+        if self.single:  # the forward moved num_batches_tracked by one already, as the general path does
+            torch._foreach_div_(self.stats, mean_count)
+            return
         self.restore()
-        buffers = (t for m in self.norms for t in (m.running_mean, m.running_var))
-        for buffer, total in zip(buffers, self.sums):
-            buffer.copy_(total / mean_count)
-        for module in self.norms:
-            module.num_batches_tracked += 1
+        torch._foreach_copy_(self.stats, torch._foreach_div(self.sums, mean_count))
+        torch._foreach_add_(self.tracked, 1)
 
     @torch.no_grad()
     def restore(self) -> None:
-        for module, (mean, var, tracked) in zip(self.norms, self.start):
-            module.running_mean.copy_(mean)
-            module.running_var.copy_(var)
-            module.num_batches_tracked.copy_(tracked)
+        if self._start is None:
+            return
+        for buffers, flat in zip((self.stats, self.tracked), self._start):
+            torch._foreach_copy_(buffers, _split_like(flat, buffers))
+
+
+def _flat_copy(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors' values, concatenated into one new 1-D tensor (one copy, whatever their number; mixed dtypes
+    are promoted to a common one, which holds each exactly)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _split_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``flat`` shaped like ``tensors`` (the inverse of ``_flat_copy``)."""
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def _zeros_like(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zeros shaped like ``tensors``, as views of one allocation."""
+    if len({(t.dtype, t.device) for t in tensors}) != 1:
+        return [torch.zeros_like(t) for t in tensors]
+    return _split_like(torch.zeros(sum(t.numel() for t in tensors), dtype=tensors[0].dtype,
+                                   device=tensors[0].device), tensors)
