@@ -21,7 +21,8 @@ begin every repeat at the last repeat's converged eigenvector of the same weight
 ``--profile FILE`` then runs one more repetition of each contender under ``torch.profiler`` and writes where the
 time goes to FILE (each contender's operators by self CPU time and by self device time); the printed table gives,
 per step, the wall time under the profiler, the device's busy time (the sum of its kernels and copies), kernel
-launches, host-device synchronisations and copies: the lead when the engine is slower than the plain loop.
+launches, host-device synchronisations and copies: the lead when the engine is slower than the plain loop. On a GPU
+it also names the lines that synchronise (one more repetition under ``torch.cuda.set_sync_debug_mode``).
 
 Data: ``synthetic``: uniform random pixels at ``--image-size`` (absa's ``synthetic`` set, no augmentation);
 ``augmented``: the same pixels with CIFAR's crop-and-flip (pad = size / 8) applied by absa on the device the data
@@ -44,6 +45,9 @@ import platform
 import statistics
 import sys
 import time
+import traceback
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,9 +223,38 @@ def profile_contenders(contenders: dict[str, Callable[[], object]], steps: int, 
         sections.append(f"## {name}: by self CPU time\n\n"
                         f"{averages.table(sort_by='self_cpu_time_total', row_limit=25)}\n\n"
                         f"## {name}: by self device time\n\n{averages.table(sort_by=device_key, row_limit=25)}\n")
+    if device.type == "cuda":
+        lines += ["", "Synchronising calls per step, by the innermost absa or benchmark line that made them "
+                  "(torch.cuda.set_sync_debug_mode):", ""]
+        for name, run in contenders.items():
+            sources = sync_sources(run)
+            lines.append(f"- {name}: " + (", ".join(f"{where} ×{count / steps:.2f}"
+                                                    for where, count in sources.most_common(6)) or "none"))
     details.parent.mkdir(parents=True, exist_ok=True)
     details.write_text("\n".join(sections))
     return lines + ["", f"Operator tables: {details}"]
+
+
+def sync_sources(run: Callable[[], object]) -> Counter[str]:
+    """Where one repetition synchronises the host with the GPU: the count of CUDA's synchronisation warnings by the
+    innermost frame of absa_cli/ or benchmarks/ on the stack when each was raised."""
+    ours = ("absa_cli", "benchmarks")
+    sources: Counter[str] = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        frames = [f for f in traceback.extract_stack()[:-1] if set(ours) & set(Path(f.filename).parent.parts)]
+        where = frames[-1] if frames else None
+        sources[f"{Path(where.filename).name}:{where.lineno}" if where else f"{Path(filename).name}:{lineno}"] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sources
 
 
 def machine(device: torch.device) -> str:

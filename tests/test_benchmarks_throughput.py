@@ -30,3 +30,28 @@ def test_tiny_throughput_with_a_cold_probe_and_a_profile(throughput, tmp_path, c
         assert re.search(rf"^\| {name} \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+ \| [\d.]+ \|$", printed, re.M)
         assert f"## {name}: by self CPU time" in details.read_text()
     assert "aten::convolution" in details.read_text()
+
+
+def test_sync_sources_counts_each_synchronising_call_by_its_line(throughput, monkeypatch):
+    """The GPU-only diagnostic, with CUDA's sync warnings stood in for: every warning raised while the repetition
+    runs is counted by the innermost absa or benchmark frame, and the debug mode is put back even if the run fails."""
+    import warnings
+
+    modes = []
+    monkeypatch.setattr(throughput.torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def run():
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation")
+
+    sources = throughput.sync_sources(run)
+    assert sum(sources.values()) == 3 and len(sources) == 1
+    assert next(iter(sources)).startswith("throughput.py:")  # the innermost of our frames: the harness's call
+    assert modes == ["warn", "default"]
+
+    def failing():
+        raise RuntimeError("a step failed")
+
+    with pytest.raises(RuntimeError):
+        throughput.sync_sources(failing)
+    assert modes[-1] == "default"
