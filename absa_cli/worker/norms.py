@@ -23,11 +23,12 @@ class NormStep:
     ``sums`` collects the updated values for the all-reduce; ``apply`` sets the mean.
 
     On a GPU a step is often bound by how fast the host launches work, so the rule runs as a handful of multi-tensor
-    operations whatever the number of BatchNorm layers: the starting values are one flat copy per dtype, restoring
-    them is one ``_foreach_copy_``, the sums one ``_foreach_add_``. With one micro-batch per rank (``micro_batches``
-    = 1) there is nothing to restore between micro-batches and the sum of one update is that update: ``sums`` are
-    the statistics themselves (all-reduced in place) and ``apply`` divides them by the mean count, 1 — the same values
-    as the general path, without its copies. The starting values are kept either way, so that a step that fails (a
+    operations whatever the number of BatchNorm layers: the starting values are one flat copy of the statistics and
+    one of the counters, restoring them is a ``_foreach_copy_`` each, the sums one ``_foreach_add_``. With one
+    micro-batch per rank (``micro_batches`` = 1) there is nothing to restore between micro-batches and the sum of one
+    update is that update: ``sums`` are the statistics themselves (all-reduced in place) and ``apply`` divides them
+    by the mean count, 1, and sets ``num_batches_tracked`` to its start + 1 — the same values as the general path,
+    without its copies. The starting values are kept either way, so that a step that fails (a
     dead peer in the all-reduce) can ``restore`` them."""
 
     def __init__(self, norms: list[_BatchNorm], micro_batches: int = 2) -> None:
@@ -55,8 +56,10 @@ class NormStep:
         """``sums`` and the count were both averaged over ranks: their ratio is the mean over micro-batches."""
         if not self.norms:
             return
-        if self.single:  # the forward moved num_batches_tracked by one already, as the general path does
+        if self.single:
             torch._foreach_div_(self.stats, mean_count)
+            # start + 1 as in the general path, also for a BatchNorm the forward ran twice or not at all
+            torch._foreach_copy_(self.tracked, _split_like(self._start[1] + 1, self.tracked))
             return
         self.restore()
         torch._foreach_copy_(self.stats, torch._foreach_div(self.sums, mean_count))
