@@ -5,7 +5,7 @@
 # defaults: the reference's rule and probe) against fixed, seeds 0-2, all six runs side by side, one
 # benchmarks/iterations.py process each, 2 torch threads each, on one GPU.
 #
-# It stops at its deadline whatever is left; every finished run's JSON, every run's log and epoch records (also of
+# It stops at its deadline whatever is left (a run cut there is reported, not a failure); every finished run's JSON, every run's log and epoch records (also of
 # the runs the deadline cut) go into $OUT/paper_schedule.tar, and the tables into $OUT/paper_schedule.md and stdout:
 # the merged iterations.py tables of the finished runs, then one line per run from its epoch records (the batch per
 # epoch and the growths by cause so far), so a cut run still says where its growths came from.
@@ -41,10 +41,18 @@ for policy in absa fixed; do  # absa first: its growth causes are the question; 
     pids+=($!)
   done
 done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+failed=0 cut=0
+for pid in "${pids[@]}"; do
+  code=0
+  wait "$pid" || code=$?
+  if ((code == 124 || code == 137)); then cut=$((cut + 1)); elif ((code)); then failed=$((failed + 1)); fi
+done
+# The files first, so that a report that breaks on a cut run's records still leaves them.
+tar -C "$WORK" -cf "$OUT_DIR/paper_schedule.tar" logs results \
+  $(cd "$WORK" && find runs -name metrics.jsonl -o -name config.yaml -o -name console.log)
 
 REPORT=$OUT_DIR/paper_schedule.md
+set +e  # the report is best effort: it must not hide the runs' outcome below
 {
   echo "## The paper's C1 schedule on CIFAR-sized shapes (issue 13), ${#pids[@]} runs side by side"
   echo
@@ -71,7 +79,14 @@ from iterations import growth_causes, schedule
 for run in sorted(Path(sys.argv[1]).iterdir()):
     config = yaml.safe_load((run / "config.yaml").read_text())
     name = f"{config['policy']['name']} seed {config['seed']} ({run.name})"
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a run the deadline killed mid-write
+            pass
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not epochs:
         print(f"- {name}: no epoch finished")
@@ -83,7 +98,6 @@ for run in sorted(Path(sys.argv[1]).iterdir()):
           f"λ_max {[round(r['eigenvalue'], 2) for r in epochs if r.get('eigenvalue') is not None]}")
 EOF
 } 2>&1 | tee "$REPORT"
-tar -C "$WORK" -cf "$OUT_DIR/paper_schedule.tar" logs results \
-  $(cd "$WORK" && find runs -name metrics.jsonl -o -name config.yaml -o -name console.log)
-echo "paper schedule: exit status $status (0: every run finished; tables $REPORT, files $OUT_DIR/paper_schedule.tar)"
-exit "$status"
+echo "paper schedule: ${#pids[@]} runs, $cut cut by the deadline, $failed failed (tables $REPORT, files" \
+  "$OUT_DIR/paper_schedule.tar)"
+exit $((failed ? 1 : 0))  # a run the deadline cut is an incomplete measurement, reported above, not a failure

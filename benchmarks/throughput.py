@@ -242,6 +242,8 @@ def sync_sources(run: Callable[[], object]) -> Counter[str]:
     sources: Counter[str] = Counter()
 
     def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" not in str(message):  # other warnings (deprecations, autocast) are not syncs
+            return
         frames = [f for f in traceback.extract_stack()[:-1] if set(ours) & set(Path(f.filename).parent.parts)]
         where = frames[-1] if frames else None
         sources[f"{Path(where.filename).name}:{where.lineno}" if where else f"{Path(filename).name}:{lineno}"] += 1

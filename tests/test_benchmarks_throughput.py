@@ -43,6 +43,7 @@ def test_sync_sources_counts_each_synchronising_call_by_its_line(throughput, mon
     def run():
         for _ in range(3):
             warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("some deprecation", DeprecationWarning)  # not a sync: not counted
 
     sources = throughput.sync_sources(run)
     assert sum(sources.values()) == 3 and len(sources) == 1
