@@ -28,8 +28,8 @@ class NormStep:
     micro-batch per rank (``micro_batches`` = 1) there is nothing to restore between micro-batches and the sum of one
     update is that update: ``sums`` are the statistics themselves (all-reduced in place) and ``apply`` divides them
     by the mean count, 1, and sets ``num_batches_tracked`` to its start + 1 — the same values as the general path,
-    without its copies. The starting values are kept either way, so that a step that fails (a
-    dead peer in the all-reduce) can ``restore`` them."""
+    without its copies. The starting values are kept either way, so that a step that fails (a dead peer in the
+    all-reduce) can ``restore`` them."""
 
     def __init__(self, norms: list[_BatchNorm], micro_batches: int = 2) -> None:
         self.norms = norms
