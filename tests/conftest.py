@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -85,11 +86,21 @@ def load_benchmark(name: str):
     return module
 
 
+# A line another Ray process logged, which Ray forwards to the stderr of this test session, a driver of the session
+# cluster (seen: the raylet's warning that /tmp was over 95% full, printed while a `calibrate` case ran): not absa's.
+RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[\w.-]* ?pid=\d+)[^)]*\)")
+
+
+def absa_stderr_lines(stderr: str) -> list[str]:
+    """The non-blank lines of a CLI result's stderr that absa wrote (Ray's forwarded log lines left out)."""
+    return [line for line in stderr.splitlines() if line.strip() and not RAY_FORWARDED.match(line)]
+
+
 def assert_user_error(result, *fragments: str) -> None:
     """A CLI result that is one `error:` line on stderr naming ``fragments``, exit code 2, no traceback."""
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = absa_stderr_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]

@@ -7,7 +7,6 @@ values, contradictory options, unusable paths)."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,9 @@ from typer.testing import CliRunner
 from absa_cli.cli.app import app
 from absa_cli.cluster import reaper
 
-runner = CliRunner()
+from conftest import absa_stderr_lines
 
-# A line another Ray process logged, which Ray forwards to this test session's stderr (seen: the session cluster's
-# raylet warning that /tmp was over 95% full, printed during a `calibrate` case): not absa's output.
-RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[\w.-]* ?pid=\d+)[^)]*\)")
+runner = CliRunner()
 
 # {tmp}: the test's empty working directory; {file}: a regular file in it
 CASES = {
@@ -129,7 +126,7 @@ def test_malformed_input_is_one_error_line_exit_2_and_leaves_nothing(command, ar
 
     assert result.exit_code == 2, (argv, result.output)
     assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not RAY_FORWARDED.match(line)]
+    lines = absa_stderr_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), (argv, result.stderr)
     assert sorted(work.rglob("*")) == before, f"{argv} left {set(work.rglob('*')) - set(before)}"
     assert not Path(work / "runs").exists()
