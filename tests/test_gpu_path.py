@@ -17,9 +17,6 @@ Tests marked ``gpu`` run the same comparisons against CUDA and are skipped witho
 from __future__ import annotations
 
 import functools
-import traceback
-import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +30,7 @@ from absa_cli.data.loader import PrefetchLoader
 from absa_cli.worker.engine import Engine
 from absa_cli.decide.geometry import BatchGeometry
 
-from conftest import TINY
+from conftest import TINY, load_benchmark
 from test_data import write_imagenet, write_tinyimagenet
 
 GEOMETRY = BatchGeometry(64, 1, 32, 2)
@@ -249,24 +246,13 @@ def test_gpu_loader_with_pinned_memory_equals_get_batch(tmp_path):
 def test_a_gpu_training_step_waits_for_the_device_once():
     """A step's one synchronisation is reading its stop flag and statistics back (`control.tolist()`); writing a
     Python number into one element of a CUDA tensor (`t[0] = x`) is a blocking copy each, and made 3.2 per step on
-    an H200. Counted with CUDA's sync debug mode over a chunk of 3 steps, after a warm-up step: at most one per step
-    and three per chunk (the step timer's event, the chunk's statistics)."""
+    an H200. Counted with CUDA's sync debug mode (benchmarks/throughput.py's ``sync_sources``, by line) over a chunk
+    of 3 steps, after a warm-up step: at most one per step and three per chunk (the step timer's event, the chunk's
+    statistics)."""
     engine = Engine(_config(), device=torch.device("cuda"))
     engine.train_chunk(0, 0, [0.05], GEOMETRY)  # the epoch's order moves to the device once
-    syncs = []
-
-    def record(message, *rest, **kwargs):  # where: the innermost absa_cli frame, for the failure message
-        if "synchroniz" in str(message):
-            ours = [f for f in traceback.extract_stack() if "absa_cli" in Path(f.filename).parts]
-            syncs.append(f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else str(message))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            stats = engine.train_chunk(0, 64, [0.05] * 3, GEOMETRY)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    assert stats.steps == 3
-    assert 3 <= len(syncs) <= 3 + 3, syncs  # at least the one a step: the mode was on and counted
+    chunks = []
+    sources = load_benchmark("throughput").sync_sources(
+        lambda: chunks.append(engine.train_chunk(0, 64, [0.05] * 3, GEOMETRY)))
+    assert chunks[0].steps == 3
+    assert 3 <= sum(sources.values()) <= 3 + 3, sources  # at least the one a step: the mode was on and counted
