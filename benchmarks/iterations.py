@@ -350,8 +350,11 @@ def merge_saved(paths: list[Path]) -> dict[str, Any]:
     merged: dict[str, Any] = {"machines": [], "complete": True, "results": [], "skipped": []}
     by_config: dict[str, dict[str, Any]] = {}
     for path in paths:
-        saved = json.loads(path.read_text())
-        merged["machines"].append(saved["machine"])
+        try:
+            saved = json.loads(path.read_text())
+            merged["machines"].append(saved["machine"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not an iterations.py --out file ({error}); pass the files --out wrote") from None
         merged["complete"] = merged["complete"] and saved.get("complete", True)
         merged["skipped"] += [s for s in saved["skipped"] if s not in merged["skipped"]]
         for measured in saved["results"]:
@@ -393,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables_from:
         try:
             return print_saved(args.tables_from)
-        except ValueError as error:  # records from an older absa, or one run in two files
-            print(f"error: {' '.join(map(str, args.tables_from))}: {error}", file=sys.stderr)
+        except ValueError as error:  # an unreadable file, records from an older absa, or one run in two files
+            print(f"error: {error}", file=sys.stderr)
             return 2
     prior: dict[str, list[dict[str, Any]]] = {}
     if args.resume:

@@ -112,3 +112,6 @@ def test_tables_from_merges_files_run_side_by_side(iterations, tmp_path, capsys)
 
     assert iterations.main(["--tables-from", str(seed0), str(seed0)]) == 2
     assert "absa seed 0 of quickstart is in more than one file" in capsys.readouterr().err
+    missing = tmp_path / "missing.json"
+    assert iterations.main(["--tables-from", str(seed0), str(missing)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {missing}: not an iterations.py --out file")
