@@ -282,14 +282,14 @@ def test_a_step_that_fails_in_the_all_reduce_leaves_weights_and_statistics_untou
 def test_a_step_counts_one_batch_for_every_batchnorm_however_often_the_forward_ran_it(micro_batches):
     """num_batches_tracked moves by one per step (the start + 1) on both of NormStep's paths, also for a BatchNorm
     the forward runs twice (shared) or never (unused); with momentum=None it weights the next update."""
-    from absa_cli.worker.norms import NormStep, tracked_norms
+    from absa_cli.worker.norms import NormBuffers, NormStep, tracked_norms
 
     shared, unused = torch.nn.BatchNorm1d(3, momentum=None), torch.nn.BatchNorm1d(3)
     norms = tracked_norms(torch.nn.ModuleList([shared, unused]))
-    step = NormStep(norms, micro_batches=micro_batches)
+    step = NormStep(NormBuffers(norms), micro_batches=micro_batches)
     for _ in range(micro_batches):
         step.before_forward()
         shared(shared(torch.randn(8, 3)))
         step.after_forward()
-    step.apply(torch.tensor(float(step.count)))
+    step.apply()
     assert [int(m.num_batches_tracked) for m in norms] == [1, 1]

@@ -38,7 +38,7 @@ from absa_cli.worker.accel import Accel, pick_device, place_datasets, seed_gener
 from absa_cli.worker.adversarial import adversarial_runs, mix_adversarial
 from absa_cli.worker.audit import SampleAudit
 from absa_cli.worker.evaluation import EvalStats, evaluate
-from absa_cli.worker.norms import NormStep, tracked_norms
+from absa_cli.worker.norms import NormBuffers, NormStep, tracked_norms
 from absa_cli.worker.probe import CurvatureProbe, ProbeStats
 from absa_cli.worker.timing import StepTimer
 
@@ -97,7 +97,7 @@ class Engine:
         self.chunk_sums: tuple[float, int] = (0.0, 0)  # (loss sum, correct) of those steps, over all ranks
         self.audit: SampleAudit | None = None  # every applied step's samples (logging.sample_log_dir)
         self.curvature = CurvatureProbe(config.probe, self.train_set, self.accel, self.device)
-        self._norms = tracked_norms(self.model)
+        self._norms = NormBuffers(tracked_norms(self.model))
         self.stop_requested = False  # set from another thread (the actor's control lane) or a signal handler
 
     def set_context(self, ctx: DistContext) -> None:
@@ -155,8 +155,9 @@ class Engine:
                 break
         # A last step that makes the weights NaN shows in no loss of the chunk (taken before the update): count
         # the workers whose weights are no longer finite, in the same all-reduce.
-        with torch.no_grad():
-            finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        with torch.no_grad():  # each tensor's largest |weight|, in one multi-tensor kernel: finite iff all are
+            peaks = torch._foreach_norm([p for p in self.model.parameters() if p.numel()], float("inf"))
+            finite = torch.stack(peaks).isfinite().all()
         phases = torch.tensor(timer.totals(), dtype=torch.float64, device=self.device) / self.ctx.world_size
         totals = torch.cat([(~finite).to(phases.dtype).reshape(1), phases])
         self.ctx.all_reduce_sum([totals])  # one sync per chunk, not per step; the phases become means over ranks
@@ -208,16 +209,17 @@ class Engine:
         """One optimizer step on a global batch of ``batch_size`` (this rank's micro-batches: ``plan``, from
         ``batches``, each forward with the generator seeded from ``seeds``); ((loss sum, correct) over the whole
         global batch, stop agreed)."""
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # this rank's loss sum, correct
+        # The stop flag, this rank's loss sum and correct count, reduced with the gradients in their dtype (one
+        control = torch.zeros(3, device=self.device)  # all-reduce, not two; counts exact up to 2^24 per step)
         norms = NormStep(self._norms, micro_batches=len(plan))
         try:
-            return self._accumulate_and_apply(batches, plan, seeds, batch_size, lr, adv_ratio, totals, norms, timer)
+            return self._accumulate_and_apply(batches, plan, seeds, batch_size, lr, adv_ratio, control, norms, timer)
         except BaseException:  # a failed step (a dead peer in the all-reduce) leaves the statistics untouched too
             norms.restore()
             raise
 
     def _accumulate_and_apply(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], plan: list[slice],
-                              seeds: list[int], batch_size: int, lr: float, adv_ratio: float, totals: torch.Tensor,
+                              seeds: list[int], batch_size: int, lr: float, adv_ratio: float, control: torch.Tensor,
                               norms: NormStep, timer: StepTimer) -> tuple[tuple[float, int], bool]:
         world_size = self.ctx.world_size
         model = self._forward_model()
@@ -241,25 +243,23 @@ class Engine:
                 loss_sum = F.cross_entropy(logits, labels, reduction="sum")
             (loss_sum * (world_size / batch_size)).backward()
             with torch.no_grad():
-                totals[0] += loss_sum.detach()
-                totals[1] += (logits.argmax(dim=1) == labels).sum()
+                control[1] += loss_sum.detach()
+                control[2] += (logits.argmax(dim=1) == labels).sum()
             timer.lap("compute")
         for param in self.model.parameters():  # a parameter the forward did not use must still join the all-reduce
             if param.requires_grad and param.grad is None:
                 param.grad = torch.zeros_like(param)
-        control = torch.zeros(4, device=self.device)  # `control[0] = x` would wait for the GPU, as a blocking copy does
-        control[:2].copy_(torch.tensor([float(self.stop_requested), float(norms.count)]), non_blocking=True)
-        control[2:] = totals  # the step's loss sum and correct, reduced with it (exact counts up to 2^24 per step)
+        control[:1].fill_(float(self.stop_requested))  # `control[0] = x` would wait for the GPU (a blocking copy)
         self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None]
                                  + norms.sums + [control])
         timer.lap("allreduce")
-        norms.apply(control[1])
+        norms.apply()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         timer.lap("optimizer")
-        stop, _, loss_sum, num_correct = control.tolist()  # the step's one sync, after the update was queued
+        stop, loss_sum, num_correct = control.tolist()  # the step's one sync, after the update was queued
         return (loss_sum * world_size, round(num_correct * world_size)), stop > 0
 
     def evaluate(self) -> EvalStats:

@@ -18,27 +18,43 @@ def tracked_norms(model: torch.nn.Module) -> list[_BatchNorm]:
             if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None]
 
 
+class NormBuffers:
+    """A model's BatchNorm statistics, and the buffers a step keeps beside them (its starting values, the sums of the
+    micro-batches' updates), allocated once per model rather than once per step.
+
+    On a GPU a step is often bound by how fast the host launches work, so everything a step does with them is a
+    multi-tensor operation over these lists, whatever the number of BatchNorm layers: no per-step allocation,
+    concatenation or per-tensor view."""
+
+    def __init__(self, norms: list[_BatchNorm]) -> None:
+        self.norms = norms
+        self.stats = [t for m in norms for t in (m.running_mean, m.running_var)]
+        self.tracked = [m.num_batches_tracked for m in norms]
+        self.start_stats, self.start_tracked = _zeros_like(self.stats), _zeros_like(self.tracked)
+        self.sums = _zeros_like(self.stats)
+
+
 class NormStep:
     """One step's BatchNorm running-statistics rule: every micro-batch updates from the step's starting values;
     ``sums`` collects the updated values for the all-reduce; ``apply`` sets the mean.
 
-    On a GPU a step is often bound by how fast the host launches work, so the rule runs as a handful of multi-tensor
-    operations whatever the number of BatchNorm layers: the starting values are one flat copy of the statistics and
-    one of the counters, restoring them is a ``_foreach_copy_`` each, the sums one ``_foreach_add_``. With one
-    micro-batch per rank (``micro_batches`` = 1) there is nothing to restore between micro-batches and the sum of one
-    update is that update: ``sums`` are the statistics themselves (all-reduced in place) and ``apply`` divides them
-    by the mean count, 1, and sets ``num_batches_tracked`` to its start + 1 — the same values as the general path,
-    without its copies. The starting values are kept either way, so that a step that fails (a dead peer in the
-    all-reduce) can ``restore`` them."""
+    With one micro-batch per rank (``micro_batches`` = 1) there is nothing to restore between micro-batches and the
+    sum of one update is that update: ``sums`` are the statistics themselves (all-reduced in place) and ``apply`` only
+    sets ``num_batches_tracked`` to its start + 1 — the same values as the general path, without its copies. The
+    starting values are kept either way, so that a step that fails (a dead peer in the all-reduce) can ``restore``
+    them."""
 
-    def __init__(self, norms: list[_BatchNorm], micro_batches: int = 2) -> None:
-        self.norms = norms
-        self.stats = [t for m in norms for t in (m.running_mean, m.running_var)]
-        self.tracked = [m.num_batches_tracked for m in norms]
-        self._start = (_flat_copy(self.stats), _flat_copy(self.tracked)) if norms else None
+    def __init__(self, buffers: NormBuffers, micro_batches: int = 2) -> None:
+        self.buffers = buffers
         self.single = micro_batches == 1
-        self.sums = self.stats if self.single else _zeros_like(self.stats)
+        self.sums = buffers.stats if self.single else buffers.sums
         self.count = 0
+        if buffers.norms:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers.start_stats, buffers.stats)
+                torch._foreach_copy_(buffers.start_tracked, buffers.tracked)
+                if not self.single:
+                    torch._foreach_zero_(buffers.sums)
 
     @torch.no_grad()
     def before_forward(self) -> None:
@@ -47,46 +63,35 @@ class NormStep:
 
     @torch.no_grad()
     def after_forward(self) -> None:
-        if not self.single and self.stats:
-            torch._foreach_add_(self.sums, self.stats)
+        if not self.single and self.buffers.stats:
+            torch._foreach_add_(self.sums, self.buffers.stats)
         self.count += 1
 
     @torch.no_grad()
-    def apply(self, mean_count: torch.Tensor) -> None:
-        """``sums`` and the count were both averaged over ranks: their ratio is the mean over micro-batches."""
-        if not self.norms:
+    def apply(self) -> None:
+        """``sums`` were averaged over ranks, every rank ran ``count`` micro-batches (the batch geometry gives each
+        the same number): sums / count is the mean over the global batch's micro-batches."""
+        buffers = self.buffers
+        if not buffers.norms:
             return
-        if self.single:
-            torch._foreach_div_(self.stats, mean_count)
-            # start + 1 as in the general path, also for a BatchNorm the forward ran twice or not at all
-            torch._foreach_copy_(self.tracked, _split_like(self._start[1] + 1, self.tracked))
-            return
-        self.restore()
-        torch._foreach_copy_(self.stats, torch._foreach_div(self.sums, mean_count))
-        torch._foreach_add_(self.tracked, 1)
+        if not self.single:
+            torch._foreach_div_(self.sums, float(self.count))
+            torch._foreach_copy_(buffers.stats, self.sums)
+        # start + 1 on both paths, also for a BatchNorm the forward ran twice or not at all
+        torch._foreach_copy_(buffers.tracked, buffers.start_tracked)
+        torch._foreach_add_(buffers.tracked, 1)
 
     @torch.no_grad()
     def restore(self) -> None:
-        if self._start is None:
-            return
-        for buffers, flat in zip((self.stats, self.tracked), self._start):
-            torch._foreach_copy_(buffers, _split_like(flat, buffers))
-
-
-def _flat_copy(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The tensors' values, concatenated into one new 1-D tensor (one copy, whatever their number; mixed dtypes
-    are promoted to a common one, which holds each exactly)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _split_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Views of ``flat`` shaped like ``tensors`` (the inverse of ``_flat_copy``)."""
-    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+        buffers = self.buffers
+        if buffers.norms:
+            torch._foreach_copy_(buffers.stats, buffers.start_stats)
+            torch._foreach_copy_(buffers.tracked, buffers.start_tracked)
 
 
 def _zeros_like(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Zeros shaped like ``tensors``, as views of one allocation."""
+    """Zeros shaped like ``tensors``, as views of one allocation where they share a dtype and device."""
     if len({(t.dtype, t.device) for t in tensors}) != 1:
         return [torch.zeros_like(t) for t in tensors]
-    return _split_like(torch.zeros(sum(t.numel() for t in tensors), dtype=tensors[0].dtype,
-                                   device=tensors[0].device), tensors)
+    flat = torch.zeros(sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
