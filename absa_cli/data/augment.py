@@ -8,6 +8,7 @@ sample whether it sits in a batch of 1 or of 4096.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,13 +31,23 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def seed_streams(seeds: torch.Tensor, num_streams: int) -> list[torch.Tensor]:
-    """``num_streams`` independent uniform 32-bit values per seed (as int64), one tensor per stream."""
+def seed_streams(seeds: torch.Tensor, num_streams: int) -> torch.Tensor:
+    """``num_streams`` independent uniform 32-bit values per seed (as int64): ``[..., k]`` is stream k.
+
+    The streams are hashed together, as one tensor with a trailing axis of streams (the hash is elementwise): on a
+    GPU every operation is a kernel launch, and this runs on every training batch."""
     seeds = seeds.to(torch.int64)
     low = seeds & _MASK32
     high = (seeds >> 32) & _MASK32  # arithmetic shift, then mask: negative seeds are fine
     base = _hash32(low ^ _hash32(high ^ 0x9E3779B9))
-    return [_hash32(base ^ ((0x632BE5AB * (k + 1)) & _MASK32)) for k in range(num_streams)]
+    return _hash32(base.unsqueeze(-1) ^ _stream_salts(num_streams, base.device))
+
+
+@functools.lru_cache(maxsize=32)
+def _stream_salts(num_streams: int, device: torch.device) -> torch.Tensor:
+    """Stream k's salt, ``(0x632BE5AB · (k + 1)) mod 2**32``, for k < ``num_streams``: made once per device (from a
+    Python list it would be a blocking host-to-device copy per batch)."""
+    return torch.tensor([(0x632BE5AB * (k + 1)) & _MASK32 for k in range(num_streams)], dtype=torch.int64).to(device)
 
 
 @dataclass(frozen=True)
@@ -54,9 +65,9 @@ class CropFlip:
         num_images, num_channels, height, width = images.shape
         pad = self.padding
         device = images.device
-        offset_y_raw, offset_x_raw, flip_raw = seed_streams(seeds.to(device), 3)
-        offset_y = offset_y_raw % (2 * pad + 1)
-        offset_x = offset_x_raw % (2 * pad + 1)
+        draws = seed_streams(seeds.to(device), 3)  # per image: the crop's row and column offsets, the flip
+        offset_y, offset_x = (draws[:, :2] % (2 * pad + 1)).unbind(1)
+        flip_raw = draws[:, 2]
         padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
         rows = offset_y[:, None] + torch.arange(height, device=device)  # N×H
         cols_plain = torch.arange(width, device=device)
