@@ -49,6 +49,20 @@ def test_geometry_must_multiply_out():
         BatchGeometry(100, 3, 33, 1)
 
 
+@pytest.mark.parametrize("geometry", [BatchGeometry(96, 3, 16, 2), BatchGeometry(64, 1, 64, 1), BatchGeometry(64, 4, 4, 4)])
+def test_the_ranks_micro_batches_cut_the_global_batch_into_equal_contiguous_parts(geometry):
+    """Each rank's micro-batches are its contiguous share in order, grad_accum_steps of them, each
+    per_worker_batch_size long; together the ranks' cover every position of the global batch once."""
+    plans = [geometry.micro_batches(rank) for rank in range(geometry.num_workers)]
+    positions = [p for plan in plans for micro in plan for p in range(micro.start, micro.stop)]
+    assert positions == list(range(geometry.global_batch_size))
+    assert all(len(plan) == geometry.grad_accum_steps for plan in plans)
+    assert {micro.stop - micro.start for plan in plans for micro in plan} == {geometry.per_worker_batch_size}
+    assert plans[-1][0] == slice(geometry.global_batch_size - geometry.global_batch_size // geometry.num_workers,
+                                 geometry.global_batch_size - geometry.global_batch_size // geometry.num_workers
+                                 + geometry.per_worker_batch_size)
+
+
 def test_scale_lr_rules():
     assert scale_lr(0.1, 128, 512, "linear") == pytest.approx(0.4)
     assert scale_lr(0.1, 128, 512, "sqrt") == pytest.approx(0.2)

@@ -61,6 +61,14 @@ class BatchGeometry:
         return (f"global batch {self.global_batch_size} = {self.num_workers} worker(s) × "
                 f"{self.per_worker_batch_size} per worker × {self.grad_accum_steps} accumulation step(s)")
 
+    def micro_batches(self, rank: int) -> list[slice]:
+        """Rank ``rank``'s micro-batches of a global batch, as ranges of positions within it: its contiguous share,
+        cut into ``grad_accum_steps`` equal parts (the geometry multiplies out, so nothing is left over). Every rank
+        has the same number of them."""
+        share, micro = self.global_batch_size // self.num_workers, self.per_worker_batch_size
+        first = rank * share
+        return [slice(first + a * micro, first + (a + 1) * micro) for a in range(self.grad_accum_steps)]
+
 
 def steps_in_epoch(num_samples: int, global_batch_size: int) -> int:
     """Optimizer steps in an epoch: every one of exactly ``global_batch_size`` samples. The epoch's tail (fewer

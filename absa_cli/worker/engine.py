@@ -87,9 +87,8 @@ class Engine:
         self._compiled: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (source module, compiled)
         self._loader: PrefetchLoader | None = None
         self._device_order: tuple[EpochOrder, torch.Tensor, torch.Tensor] | None = None  # the order, on the device
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
-            nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
+        self.optimizer = torch.optim.SGD(self._params, lr=config.optim.lr, momentum=config.optim.momentum,
+                                         nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
         self._order: EpochOrder | None = None
         # Where the last *completed* step left this worker: after a peer dies mid-chunk, the driver resumes there.
         self.position: tuple[int, int] = (0, 0)  # (epoch, samples_seen)
@@ -97,8 +96,16 @@ class Engine:
         self.chunk_sums: tuple[float, int] = (0.0, 0)  # (loss sum, correct) of those steps, over all ranks
         self.audit: SampleAudit | None = None  # every applied step's samples (logging.sample_log_dir)
         self.curvature = CurvatureProbe(config.probe, self.train_set, self.accel, self.device)
-        self._norms = NormBuffers(tracked_norms(self.model))
         self.stop_requested = False  # set from another thread (the actor's control lane) or a signal handler
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model
+
+    @model.setter
+    def model(self, model: torch.nn.Module) -> None:
+        """What every step walks is derived here, once per model (not per step): its parameters, its BatchNorms."""
+        self._model, self._params, self._norms = model, list(model.parameters()), NormBuffers(tracked_norms(model))
 
     def set_context(self, ctx: DistContext) -> None:
         """Join a (re-formed) group: collectives go through ``ctx`` from now on (the probe re-cuts its shard)."""
@@ -135,7 +142,7 @@ class Engine:
         for _ in lrs:  # the chunk's steps are known up front, so a loader can decode ahead across steps
             spans.append(order.positions(position, geometry.global_batch_size))
             position = spans[-1].stop
-        plans = [self._micro_batches(geometry) for _ in spans]
+        plans = [geometry.micro_batches(self.ctx.rank) for _ in spans]
         batches = self._training_batches(order, spans, plans)
         epoch_end = samples_in_epoch(len(order), geometry.global_batch_size)
         timer = StepTimer(self.device)
@@ -156,7 +163,7 @@ class Engine:
         # A last step that makes the weights NaN shows in no loss of the chunk (taken before the update): count
         # the workers whose weights are no longer finite, in the same all-reduce.
         with torch.no_grad():  # each tensor's largest |weight|, in one multi-tensor kernel: finite iff all are
-            peaks = torch._foreach_norm([p for p in self.model.parameters() if p.numel()], float("inf"))
+            peaks = torch._foreach_norm([p for p in self._params if p.numel()], float("inf"))
             finite = torch.stack(peaks).isfinite().all()
         phases = torch.tensor(timer.totals(), dtype=torch.float64, device=self.device) / self.ctx.world_size
         totals = torch.cat([(~finite).to(phases.dtype).reshape(1), phases])
@@ -166,13 +173,6 @@ class Engine:
         return ChunkStats(steps=self.chunk_steps_done, samples=self.position[1] - samples_seen, loss_sum=loss_sum,
                           num_correct=num_correct, seconds=time.perf_counter() - started,
                           params_finite=num_nonfinite == 0, phase_s=tuple(phase_s))
-
-    def _micro_batches(self, geometry: BatchGeometry) -> list[slice]:
-        """This rank's micro-batches of a global batch, as ranges of positions within it: rank r's contiguous share,
-        cut into ``grad_accum_steps`` equal parts (the geometry multiplies out, so nothing is left over)."""
-        share, micro = geometry.global_batch_size // geometry.num_workers, geometry.per_worker_batch_size
-        first = self.ctx.rank * share
-        return [slice(first + a * micro, first + (a + 1) * micro) for a in range(geometry.grad_accum_steps)]
 
     def _training_batches(self, order: EpochOrder, spans: list[slice],
                           plans: list[list[slice]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -246,11 +246,11 @@ class Engine:
                 control[1] += loss_sum.detach()
                 control[2] += (logits.argmax(dim=1) == labels).sum()
             timer.lap("compute")
-        for param in self.model.parameters():  # a parameter the forward did not use must still join the all-reduce
+        for param in self._params:  # a parameter the forward did not use must still join the all-reduce
             if param.requires_grad and param.grad is None:
                 param.grad = torch.zeros_like(param)
         control[:1].fill_(float(self.stop_requested))  # `control[0] = x` would wait for the GPU (a blocking copy)
-        self.ctx.all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None]
+        self.ctx.all_reduce_mean([p.grad for p in self._params if p.grad is not None]
                                  + norms.sums + [control])
         timer.lap("allreduce")
         norms.apply()
