@@ -5,7 +5,8 @@
 #   2. absa's GPU tests: pytest -m gpu;
 #   3. side by side in one process each (benchmarks/throughput.py: plain PyTorch loop vs absa's Engine, interleaved,
 #      medians), plus one Lanczos probe (seconds, HVPs):
-#      ResNet-18 at 224 px on synthetic data, batch 256, bf16 + channels_last (absa's CUDA defaults);
+#      ResNet-18 at 224 px on synthetic data, batch 256, bf16 + channels_last (absa's CUDA defaults), profiled;
+#      ResNet-20 on GPU-resident CIFAR-shaped synthetic data, batch 512, bf16, profiled;
 #      ResNet-20 on GPU-resident CIFAR-shaped data with CIFAR's crop-and-flip done on the GPU, batch 512, bf16, and
 #      where its step's time goes (--profile: launches, synchronisations, device busy time per step);
 #      ResNet-20, batch 128, fp32 NCHW (the ANCHORS.md fp32 row);
@@ -71,7 +72,11 @@ BENCH=("$PY" benchmarks/throughput.py --device "$DEVICE" --threads "$THREADS" --
        ${SMOKE[@]+"${SMOKE[@]}"})
 part "pytest -m gpu" 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests
 part resnet18-224 170 "${BENCH[@]}" --title "ResNet-18, 224 px, synthetic" --model resnet18 --image-size 224 \
-  --num-classes 1000 --data synthetic --batch 256 --steps 20 --repeats 5 --epoch-samples 1281167
+  --num-classes 1000 --data synthetic --batch 256 --steps 20 --repeats 5 --epoch-samples 1281167 \
+  --profile "$OUT_DIR/profile_resnet18.txt"
+part resnet20-synthetic 80 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, synthetic" --model resnet20 \
+  --data synthetic --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 \
+  --profile "$OUT_DIR/profile_resnet20_synthetic.txt"
 part resnet20-augmented 110 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, crop+flip on the device" \
   --model resnet20 --data augmented --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 \
   --profile "$OUT_DIR/profile_resnet20.txt"
