@@ -6,7 +6,8 @@
 #   3. side by side in one process each (benchmarks/throughput.py: plain PyTorch loop vs absa's Engine, interleaved,
 #      medians), plus one Lanczos probe (seconds, HVPs):
 #      ResNet-18 at 224 px on synthetic data, batch 256, bf16 + channels_last (absa's CUDA defaults), profiled;
-#      ResNet-20 on GPU-resident CIFAR-shaped synthetic data, batch 512, bf16, profiled;
+#      ResNet-20 on GPU-resident CIFAR-shaped synthetic data, batch 512, bf16, profiled, and the plain loop with one
+#      synchronisation per step (--synced-plain: what the engine's one per step costs);
 #      ResNet-20 on GPU-resident CIFAR-shaped data with CIFAR's crop-and-flip done on the GPU, batch 512, bf16, and
 #      where its step's time goes (--profile: launches, synchronisations, device busy time per step);
 #      ResNet-20, batch 128, fp32 NCHW (the ANCHORS.md fp32 row);
@@ -75,7 +76,7 @@ part resnet18-224 170 "${BENCH[@]}" --title "ResNet-18, 224 px, synthetic" --mod
   --num-classes 1000 --data synthetic --batch 256 --steps 20 --repeats 5 --epoch-samples 1281167 \
   --profile "$OUT_DIR/profile_resnet18.txt"
 part resnet20-synthetic 80 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, synthetic" --model resnet20 \
-  --data synthetic --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 \
+  --data synthetic --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 --synced-plain \
   --profile "$OUT_DIR/profile_resnet20_synthetic.txt"
 part resnet20-augmented 110 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, crop+flip on the device" \
   --model resnet20 --data augmented --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 \

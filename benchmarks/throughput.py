@@ -9,6 +9,8 @@ repetition each, so that machine load hits them alike; the table gives medians a
   absa resolved (autocast dtype, channels_last, compile), so the ratio is absa's overhead, not a precision gap.
 - **engine**: ``Engine.train_chunk`` of the same steps: epoch order, ``get_batch`` (gather, augmentation when the
   data has it, normalisation), the BatchNorm rule, the (no-op) all-reduce, the stop flag.
+- **plain, synced** (``--synced-plain``): the plain loop reading its loss back after every step (``.item()``),
+  as the engine reads its step's stop flag and statistics once a step: what that one synchronisation costs.
 - **ray** (``--ray``): the same chunk through ``RayWorkerGroup`` with one worker actor, timed on the driver, so it
   includes the Ray call. The actor builds its data from the config, so this contender needs ``--data synthetic``
   at the catalogue's 32 px.
@@ -76,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, here and in the Ray worker")
     p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=False, help="also the 1-worker Ray group")
+    p.add_argument("--synced-plain", action="store_true", help="also the plain loop with one sync per step")
     p.add_argument("--data", choices=("synthetic", "augmented"), default="synthetic")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
@@ -128,8 +131,10 @@ def build_config(args: argparse.Namespace, num_train: int) -> config_mod.RunConf
         f"probe.max_iter={args.probe_iters}", "cluster.max_workers=1"])
 
 
-def plain_loop(config: config_mod.RunConfig, engine: Engine, steps: int) -> Callable[[], None]:
-    """The tight loop under the switches absa resolved; returns one repetition of ``steps`` steps."""
+def plain_loop(config: config_mod.RunConfig, engine: Engine, steps: int,
+               synced: bool = False) -> Callable[[], None]:
+    """The tight loop under the switches absa resolved; returns one repetition of ``steps`` steps. ``synced``: the
+    host waits for each step's loss (one device synchronisation per step, as the engine's step has)."""
     accel, device, batch = engine.accel, engine.device, config.batch.global_batch_size
     spec = engine.train_set.spec
     torch.manual_seed(config.seed)
@@ -154,6 +159,8 @@ def plain_loop(config: config_mod.RunConfig, engine: Engine, steps: int) -> Call
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_total += loss.detach()
+            if synced:
+                loss_total.item()
         loss_total.item()  # wait for the device, as train_chunk's final sync does
 
     return run
@@ -283,6 +290,8 @@ def throughput_tables(args: argparse.Namespace) -> str:
         "plain": plain_loop(config, engine, args.steps),
         "engine": lambda: engine.train_chunk(next(epochs), 0, lrs, geometry),
     }
+    if args.synced_plain:
+        contenders["plain, synced"] = plain_loop(config, engine, args.steps, synced=True)
     group = None
     if args.ray:
         contenders["ray"], group = ray_contender(config, geometry, lrs)

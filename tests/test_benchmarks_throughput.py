@@ -20,10 +20,11 @@ def test_tiny_throughput_with_a_cold_probe_and_a_profile(throughput, tmp_path, c
     details = tmp_path / "profile.txt"
     throughput.main(["--model", "c1", "--width", "0.25", "--batch", "8", "--steps", "2", "--repeats", "1",
                      "--device", "cpu", "--threads", "1", "--probe", "--probe-batch", "8", "--probe-iters", "4",
-                     "--probe-repeats", "2", "--profile", str(details)])
+                     "--probe-repeats", "2", "--profile", str(details), "--synced-plain"])
     printed = capsys.readouterr().out
     assert re.search(r"^\| plain \| [\d,]+ \| [\d,]+–[\d,]+ \| 1\.00× \|$", printed, re.M)
-    assert re.search(r"^\| engine \| [\d,]+ \| [\d,]+–[\d,]+ \| \d\.\d\d× \|$", printed, re.M)
+    for name in ("engine", "plain, synced"):
+        assert re.search(rf"^\| {name} \| [\d,]+ \| [\d,]+–[\d,]+ \| \d\.\d\d× \|$", printed, re.M)
     hvps = int(re.search(r"^\| [\d.]+ \| (\d+) \| [\d.]+ \|", printed, re.M).group(1))
     assert 1 < hvps <= 4  # every repeat starts cold, so it iterates, within probe.max_iter
     for name in ("plain", "engine"):
@@ -56,3 +57,20 @@ def test_sync_sources_counts_each_synchronising_call_by_its_line(throughput, mon
     with pytest.raises(RuntimeError):
         throughput.sync_sources(failing)
     assert modes[-1] == "default"
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_the_synced_plain_loop_reads_the_loss_back_after_every_step(throughput, monkeypatch, synced, one_thread):
+    """--synced-plain's contender waits for the device once a step (as the engine does); the plain loop once a
+    repetition."""
+    args = throughput.parse_args(["--model", "c1", "--width", "0.25", "--batch", "8", "--steps", "3",
+                                  "--device", "cpu", "--threads", "1"])
+    config = throughput.build_config(args, 24)
+    engine = throughput.Engine(config, device=throughput.torch.device("cpu"),
+                               datasets=throughput.build_data(args, 24))
+    run = throughput.plain_loop(config, engine, 3, synced=synced)
+    reads = []
+    item = throughput.torch.Tensor.item
+    monkeypatch.setattr(throughput.torch.Tensor, "item", lambda self: reads.append(1) or item(self))
+    run()
+    assert len(reads) == (3 + 1 if synced else 1)
