@@ -133,3 +133,14 @@ def test_a_plot_that_cannot_be_written_after_the_computation_loses_no_number(tra
     assert "plot" not in payload and "No space left on device" in payload["plot_error"]  # names no missing file
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("error: cannot write the plot") and "No space left on device" in line
+
+
+def test_ctrl_c_during_the_computation_is_one_line_and_exit_130(trained_checkpoint, monkeypatch):
+    from absa_cli.worker import hessian as hessian_mod
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hessian_mod, "analyse", interrupt)
+    result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--json", *FAST])
+    assert (result.exit_code, result.stderr.strip(), result.stdout) == (130, "interrupted; nothing was computed", "")

@@ -20,7 +20,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, interrupted, user_errors
+from absa_cli.cli.common import (check_schedule, complete_preset, complete_run_id, interrupted, load_libraries,
+                                  user_errors)
 
 WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
 CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
@@ -66,6 +67,7 @@ def calibrate(
         if from_run is not None:
             model = profile_from_run(from_run, runs_dir)
         else:
+            load_libraries(ray=not local)
             model = _measure(preset, overrides or [], max_gpus, address, local)
         try:
             profiles.save(model, path)

@@ -1,8 +1,11 @@
-"""What every command shares: turning user errors into one line and exit code 2."""
+"""What every command shares: turning user errors into one line and exit code 2, and Ctrl-C into one line and exit
+code 130."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -30,6 +33,38 @@ def interrupted(message: str) -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo(message, err=True)
         raise typer.Exit(130) from None
+
+
+@contextmanager
+def held_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C while the block runs and deliver it, to the handler there was before, when the block ends.
+
+    For loading the heavy libraries. A ``KeyboardInterrupt`` raised in the middle of an import leaves modules half
+    initialised: the next access to one (scipy's array-API layer reaching into a half-loaded numpy) can fail with
+    an unrelated error and a traceback instead of the one line. And one raised while an extension runs Python code
+    through ``PyRun_*`` (as importing torch does) makes CPython end a ``python -m`` process by SIGINT at exit
+    (status −2) even after absa handled it. Outside the main thread, where no handler can be set, the block simply
+    runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        signal.raise_signal(signal.SIGINT)  # the previous handler's turn: by default, KeyboardInterrupt here
+
+
+def load_libraries(*, ray: bool) -> None:
+    """Import torch and absa's dataset loaders (and Ray when ``ray``) with Ctrl-C held until they are loaded."""
+    with held_interrupt():
+        import absa_cli.data  # noqa: F401  torch, numpy and the loaders
+
+        if ray:
+            import ray  # noqa: F401
 
 
 def check_schedule(config) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import complete_preset, user_errors
+from absa_cli.cli.common import complete_preset, held_interrupt, interrupted, user_errors
 
 
 class Method(str, Enum):
@@ -54,16 +54,16 @@ def hessian(
 ) -> None:
     """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config). CHECKPOINT may
     also be a run directory or its checkpoints/ folder: the newest good checkpoint there is read."""
-    from absa_cli.run import checkpoint as checkpoint_mod
-    from absa_cli.worker import hessian as hessian_mod
     from absa_cli.errors import UserError
 
-    options = hessian_mod.HessianOptions(
-        top_k=top_k, method=method.value, max_iter=max_iter, tol=tol, trace=trace or per_layer,
-        trace_samples=trace_samples, density_steps=density_steps,
-        density=density or plot is not None, per_layer=per_layer, batch_size=batch_size, num_batches=num_batches,
-        bn_mode=bn_mode.value, seed=seed)
-    with user_errors():
+    with user_errors(), interrupted("interrupted; nothing was computed"):
+        with held_interrupt():  # torch: loaded whole, whenever Ctrl-C comes
+            from absa_cli.run import checkpoint as checkpoint_mod
+            from absa_cli.worker import hessian as hessian_mod
+        options = hessian_mod.HessianOptions(
+            top_k=top_k, method=method.value, max_iter=max_iter, tol=tol, trace=trace or per_layer,
+            trace_samples=trace_samples, density_steps=density_steps, density=density or plot is not None,
+            per_layer=per_layer, batch_size=batch_size, num_batches=num_batches, bn_mode=bn_mode.value, seed=seed)
         hessian_mod.check_options(options)
         if address is not None and max_gpus == 1:
             raise UserError("--address names a Ray cluster for --max-gpus > 1; one worker computes here: drop "

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import check_schedule, complete_preset, complete_run_id, interrupted, user_errors
+from absa_cli.cli.common import (check_schedule, complete_preset, complete_run_id, interrupted, load_libraries,
+                                  user_errors)
 
 MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU slot on a cluster without GPUs "
                  "(so on a laptop --max-gpus bounds CPU workers).")
@@ -59,6 +60,7 @@ def train(
             return
         private_network(config, address, local)  # may re-run this command in a private network namespace
         run_id = run_id or new_run_id(config.preset or "run")  # drawn now: the Ray job carries it
+        load_libraries(ray=not local)  # after the re-run, if any: it would load them again
         group, where = make_group(config, address, local, run_id)
         run = RunDir.create(runs_root(runs_dir), config, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
@@ -107,6 +109,7 @@ def resume(
             except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
                 raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new "
                                   f"run from its config, {run.config_path}") from None
+            load_libraries(ray=not local)
             group, where = make_group(config, address, local, run.id)
         except BaseException:
             lock.release()

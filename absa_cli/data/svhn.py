@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import scipy.io
 import torch
 
 from absa_cli.catalog import DatasetSpec
@@ -37,6 +36,8 @@ def load_svhn(
                 tvd.SVHN(str(directory), split=part, download=True)
 
     require_files(spec, paths, download=download, fetch=fetch)
+    import scipy.io  # here, not at import: only SVHN needs it, and every run imports the dataset package
+
     pixel_parts, label_parts = [], []
     for path in paths:
         content = scipy.io.loadmat(str(path))

@@ -1,0 +1,110 @@
+"""Ctrl-C while absa loads its libraries is held until they are loaded, then handled: one line, exit code 130.
+
+Raised in the middle of an import, a KeyboardInterrupt left half-initialised modules behind (a SIGINT during
+scipy's import once ended `absa train` with a RecursionError and a thousand-line traceback), and raised while an
+extension ran Python code through ``PyRun_*`` (importing torch does) it made CPython end a ``python -m absa_cli``
+process by SIGINT (status −2) after absa had printed its line and asked for 130."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from absa_cli.cli.common import held_interrupt
+
+from conftest import TINY
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_ctrl_c_inside_the_block_is_delivered_when_it_ends():
+    steps = []
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("the block ran on")
+    assert steps == ["the block ran on"]
+    assert signal.getsignal(signal.SIGINT) is before
+    with held_interrupt():  # nothing pressed: nothing raised
+        steps.append("quiet")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(monkeypatch):
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # pressed twice: delivered once, after the block
+            assert seen == []
+        assert seen == [signal.SIGINT]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with held_interrupt():  # ignored before (a background job): ignored after
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+_PYRUN = """
+import ctypes, sys
+from absa_cli.cli.common import held_interrupt
+HOLD = {hold}
+code = b"import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**5): pass\\n"
+try:
+    if HOLD:
+        with held_interrupt():
+            ctypes.pythonapi.PyRun_SimpleString(code)  # Python code run by C, as torch's import does
+    else:
+        ctypes.pythonapi.PyRun_SimpleString(code)
+except KeyboardInterrupt:
+    pass
+sys.exit(130)  # handled: what absa's `interrupted` asks for
+"""
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_a_handled_ctrl_c_exits_130_under_python_m_only_when_held(tmp_path, hold):
+    """Without the hold, CPython remembers a KeyboardInterrupt that passed through PyRun_* and, for `python -m`,
+    ends the process by SIGINT at exit whatever the code asked for (the control: −2 on this interpreter)."""
+    (tmp_path / "pyrun_probe.py").write_text(_PYRUN.format(hold=hold))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = subprocess.run([sys.executable, "-m", "pyrun_probe"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == (130 if hold else -signal.SIGINT), result.stderr
+
+
+_TRAIN = """
+import atexit, os, runpy, signal, sys
+
+class CtrlCAsTorchLoads:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCAsTorchLoads())
+atexit.register(lambda: print("torch loaded:", hasattr(sys.modules.get("torch"), "Tensor"), file=sys.stderr))
+sys.argv = ["absa", *sys.argv[1:]]
+runpy.run_module("absa_cli", run_name="__main__")
+"""
+
+
+def test_ctrl_c_as_torch_starts_loading_lets_it_load_then_stops_absa_train_in_one_line(tmp_path):
+    (tmp_path / "ctrl_c_train.py").write_text(textwrap.dedent(_TRAIN))
+    result = subprocess.run([sys.executable, str(tmp_path / "ctrl_c_train.py"), "train", "quickstart", *TINY,
+                             "--local", "--runs-dir", str(tmp_path / "runs")],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == ["interrupted before training started; nothing to save",
+                                          "torch loaded: True"]  # held: the import finished first
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
