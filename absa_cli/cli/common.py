@@ -59,12 +59,13 @@ def held_interrupt() -> Iterator[None]:
 
 
 def load_libraries(*, ray: bool) -> None:
-    """Import torch and absa's dataset loaders (and Ray when ``ray``) with Ctrl-C held until they are loaded."""
+    """Import torch and absa's dataset loaders (and Ray with absa's worker group when ``ray``) with Ctrl-C held
+    until they are loaded."""
     with held_interrupt():
         import absa_cli.data  # noqa: F401  torch, numpy and the loaders
 
         if ray:
-            import ray  # noqa: F401
+            import absa_cli.cluster.group  # noqa: F401  Ray (only cluster/ imports it)
 
 
 def check_schedule(config) -> None:
