@@ -49,7 +49,7 @@ def predict(config, model, batches: list[int], workers: int) -> float:
     spec = catalog.dataset_spec(config.data.name)
     return time_schedule(config, model, batches, config.data.train_size or spec.num_train,
                          config.data.test_size or spec.num_test, workers,
-                         probes=config.policy.name != "fixed")["seconds"]
+                         probes=config.policy.name != "fixed", adversarial=True)["seconds"]
 
 
 def main() -> None:

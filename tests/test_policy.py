@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from absa_cli import config as config_mod
-from absa_cli.decide.policy import Decision, EpochMeasurements, adv_stop_epoch, make_policy
+from absa_cli.decide.policy import (Decision, EpochMeasurements, adv_stop_epoch, attacked_share, make_policy,
+                                   num_adversarial)
 from absa_cli.decide.replay import schedule_bounds, trajectory
 
 
@@ -237,6 +238,23 @@ def test_adversarial_fraction_halves_per_growth_and_stops_at_half_the_epochs():
     assert advs(decisions) == [0.2, 0.2, 0.1, 0.05, 0.05, 0.0, 0.0, 0.0]  # off after epoch 5 of 10
     assert decisions[5].reason.endswith("adversarial training off after 5 of 10 epochs (policy.adv_stop_frac=0.5)")
     assert "policy.adv_stop_frac" not in decisions[6].reason  # said once
+
+
+@pytest.mark.parametrize("policy, epochs, lambdas", [
+    ({"duration": 100}, 10, [8.0, 4.0, 2.0, 3.0, 3.0, 0.5, 0.1]),
+    ({"duration": 2, "growth": 4, "max_global_batch": 4096}, 12, [8.0] * 11),
+    ({"name": "abs", "max_global_batch": 1024}, 6, [8.0, 4.0, 2.0, 1.0, 0.5]),
+    ({"adv_ratio": 0.05, "adv_stop_frac": 0.8}, 10, [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]),
+])
+def test_the_planners_fgsm_share_is_the_policys(policy, epochs, lambdas):
+    """``attacked_share`` (what `absa plan` and the step-time model charge for FGSM) follows from the epoch and the
+    batch alone; it must agree, epoch by epoch, with the fraction the policy itself decides."""
+    config = make_config(policy, epochs=epochs)
+    decisions = trajectory(config, lambdas)
+    for epoch, decision in enumerate(decisions[:epochs], start=1):
+        expected = num_adversarial(decision.adv_ratio, 128) / 128
+        assert attacked_share(config, epoch, decision.global_batch_size) == expected, (epoch, decision)
+    assert attacked_share(make_config(epochs=10), 1, 128) == 25 / 128  # 20% of 128, floored: 25 samples
 
 
 def test_adversarial_stop_epoch_rounding():

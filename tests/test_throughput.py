@@ -25,12 +25,14 @@ TRUE = StepModel(model="c1", device="cpu", gradient_bytes=4_000_000, compute_s=(
                  other_s=0.0005)
 
 
-def _entry(model: StepModel, n: int, b: int, k: int, steps: int = 10) -> dict:
+def _entry(model: StepModel, n: int, b: int, k: int, steps: int = 10, attacked: float = 0.0) -> dict:
+    fgsm = model.compute_s[0] + model.compute_s[1] * attacked * b if attacked else 0.0  # FGSM's pass, by hand
     split = {"data": k * (model.data_s[0] + model.data_s[1] * b),
-             "compute": k * (model.compute_s[0] + model.compute_s[1] * b),
+             "compute": k * (model.compute_s[0] + model.compute_s[1] * b + fgsm),
              "allreduce": model.allreduce(n), "optimizer": model.optimizer_s, "other": model.other_s}
     split["total"] = sum(split.values())
-    return {"num_workers": n, "per_worker_batch_size": b, "grad_accum_steps": k, "steps": steps, "step_s": split}
+    return {"num_workers": n, "per_worker_batch_size": b, "grad_accum_steps": k, "steps": steps, "step_s": split,
+            **({"attacked": attacked} if attacked else {})}
 
 
 def test_fit_recovers_the_coefficients_it_was_made_from():
@@ -44,6 +46,26 @@ def test_fit_recovers_the_coefficients_it_was_made_from():
         assert fitted.step_s(n, b, k) == pytest.approx(TRUE.step_s(n, b, k), rel=1e-6)
     with pytest.raises(ConfigError, match="no timed training steps"):
         fit([{"num_workers": 1, "per_worker_batch_size": 32, "grad_accum_steps": 1, "steps": 3}], "c1", "cpu", 1)
+
+
+def test_an_fgsm_share_costs_one_more_pass_over_the_attacked_samples():
+    """ABSA's adversarial epochs: per micro-batch one more forward and backward, over the attacked share s of it:
+    c₀ + c₁·s·b more (25 of every 128 samples at the start: s = 25/128)."""
+    s = 25 / 128
+    extra = TRUE.step_s(2, 64, 3, attacked=s) - TRUE.step_s(2, 64, 3)
+    assert extra == pytest.approx(3 * (TRUE.compute_s[0] + TRUE.compute_s[1] * s * 64), rel=1e-12)
+    assert TRUE.epoch_seconds(1, 64, 1, 10, 0, False, attacked=s) == pytest.approx(10 * TRUE.step_s(1, 64, 1, s))
+
+
+def test_fit_separates_the_fgsm_pass_from_the_step_it_was_timed_in():
+    """Records of a run whose early epochs carried FGSM (``attacked``) fit the same coefficients as records without
+    it; read as plain steps, those epochs would have inflated the compute line."""
+    mixed = [_entry(TRUE, 1, 128, 1, attacked=25 / 128), _entry(TRUE, 1, 128, 2, attacked=12 / 128),
+             _entry(TRUE, 2, 128, 2, attacked=6 / 128), _entry(TRUE, 2, 128, 4), _entry(TRUE, 1, 64, 1)]
+    fitted = fit(mixed, "c1", "cpu", TRUE.gradient_bytes)
+    assert fitted.compute_s == pytest.approx(TRUE.compute_s, rel=1e-6)
+    naive = fit([{k: v for k, v in e.items() if k != "attacked"} for e in mixed], "c1", "cpu", TRUE.gradient_bytes)
+    assert naive.step_s(1, 128, 1) > 1.05 * TRUE.step_s(1, 128, 1)  # what ignoring the share would fit
 
 
 def test_timings_that_fall_with_the_batch_never_fit_a_negative_cost():

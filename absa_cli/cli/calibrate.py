@@ -88,6 +88,7 @@ def _gradient_bytes(config) -> int:
 
 def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     from absa_cli import catalog
+    from absa_cli.decide.policy import num_adversarial
     from absa_cli.decide.throughput import fit
     from absa_cli.errors import UserError
     from absa_cli.run.rundir import RunDir, runs_root
@@ -108,7 +109,10 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     extra = [r["epoch_s"] - r.get("train_s", 0) - r.get("eval_s", 0) - r["probe_s"] for r in epochs]
     epoch_extra = sum(extra) / len(extra) + ((wall - inside) / len(epochs) if wall else 0.0)
     device = f"{_device_name()}, host {run.info().get('host', '?')}"  # runs record no device: this machine's kind
-    return fit([g for r in epochs for g in r["geometries"]], _model_name(config), device,
+    first = config.batch.global_batch_size  # each epoch's share of FGSM samples, from the fraction it trained
+    timed = [{**g, "attacked": num_adversarial(r.get("adv_ratio", 0.0), first) / first}
+             for r in epochs for g in r["geometries"]]
+    return fit(timed, _model_name(config), device,
                _gradient_bytes(config), sources=[f"the records of run {run.id}"],
                eval_s_per_sample=eval_per_sample, probe_s=sum(probed) / len(probed) if probed else 0.0,
                epoch_s=max(epoch_extra, 0.0))

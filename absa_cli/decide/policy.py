@@ -157,6 +157,27 @@ def adv_stop_epoch(adv_stop_frac: float, num_epochs: int) -> int:
     return max(0, math.floor(adv_stop_frac * num_epochs + 1e-9))
 
 
+def num_adversarial(adv_ratio: float, block: int) -> int:
+    """FGSM samples in each block of ``block`` samples, as the reference implementation counts them in each of its
+    128-sample micro-batches: none once the fraction is one sample in ``block`` or less, else
+    max(floor(adv_ratio × block), 1). Guarded against 0.29 × 100 = 28.999999999999996."""
+    if adv_ratio * block <= 1 + 1e-9:
+        return 0
+    return min(block, math.floor(adv_ratio * block + 1e-9))  # ≥ 1 here: the reference's max(·, 1) never binds
+
+
+def attacked_share(config: RunConfig, epoch: int, global_batch_size: int) -> float:
+    """The share of epoch ``epoch``'s (1-based) training samples that ``absa`` replaces by FGSM examples when it
+    trains that epoch at ``global_batch_size``: the fraction starts at ``policy.adv_ratio`` at the first batch and is
+    divided by ``policy.growth`` at each growth (so it is ``adv_ratio`` × first batch / batch), 0 at the cap and
+    after the first ``adv_stop_epoch`` epochs, counted per block of ``batch.global_batch_size`` positions."""
+    p, first = config.policy, config.batch.global_batch_size
+    if p.name != "absa" or global_batch_size >= p.max_global_batch or epoch > adv_stop_epoch(p.adv_stop_frac,
+                                                                                              config.epochs):
+        return 0.0
+    return num_adversarial(p.adv_ratio * first / global_batch_size, first) / first
+
+
 class BasePolicy:
     def __init__(self, config: RunConfig, state: PolicyState) -> None:
         self.config = config

@@ -1,13 +1,15 @@
 """How long a training step takes on a given geometry: a fitted step-time model (pure: no torch, no Ray).
 
 absa's step is: for each of the ``k`` micro-batches of ``b`` samples on each of the ``n`` workers, wait for the data
-and run forward and backward (FGSM included); then one all-reduce of the gradient; then the optimizer update. The
-all-reduce does not overlap the backward (absa reduces once per step, after accumulation), so the phases add:
+and run forward and backward; then one all-reduce of the gradient; then the optimizer update. The all-reduce does
+not overlap the backward (absa reduces once per step, after accumulation), so the phases add:
 
-    T(n, b, k) = k · (d₀ + d₁·b) + k · (c₀ + c₁·b) + A(n) + o + r
-    A(n)       = 0 for n = 1, else 2(n−1)·α + 2(n−1)/n · S / β       (ring all-reduce of S gradient bytes)
+    T(n, b, k, s) = k · (d₀ + d₁·b) + k · (c₀ + c₁·b + F(s·b)) + A(n) + o + r
+    F(m)          = 0 for m = 0, else c₀ + c₁·m        (FGSM: one more forward and backward, on the m attacked samples)
+    A(n)          = 0 for n = 1, else 2(n−1)·α + 2(n−1)/n · S / β       (ring all-reduce of S gradient bytes)
 
-with β the intra-node link, or the inter-node one once the group spans more than ``node_workers`` workers.
+with s the share of samples that are FGSM examples (``policy.attacked_share``: ABSA's early epochs) and 
+β the intra-node link, or the inter-node one once the group spans more than ``node_workers`` workers.
 
 ``d`` and ``c`` are the data-wait and compute lines per micro-batch, ``α`` the latency of one ring hop, ``β`` the
 bandwidth of one link, ``o`` the optimizer update and ``r`` the rest of a step (the chunk's statistics, the call).
@@ -53,18 +55,21 @@ class StepModel:
         hops = 2 * (workers - 1)
         return hops * self.allreduce_latency_s + hops / workers * self.gradient_bytes / bandwidth
 
-    def step_s(self, workers: int, per_worker_batch: int, accum: int = 1) -> float:
+    def step_s(self, workers: int, per_worker_batch: int, accum: int = 1, attacked: float = 0.0) -> float:
+        """One step; ``attacked``: the share of the samples that are FGSM examples (one more pass over them)."""
         per_micro = (self.data_s[0] + self.data_s[1] * per_worker_batch
                      + self.compute_s[0] + self.compute_s[1] * per_worker_batch)
+        if attacked > 0:
+            per_micro += self.compute_s[0] + self.compute_s[1] * attacked * per_worker_batch
         return accum * per_micro + self.allreduce(workers) + self.optimizer_s + self.other_s
 
     def describe(self) -> str:
         return f"the step-time model of {self.model} on {self.device}"
 
     def epoch_seconds(self, workers: int, per_worker_batch: int, accum: int, steps: int, test_samples: int,
-                      probe: bool) -> float:
+                      probe: bool, attacked: float = 0.0) -> float:
         """One epoch: its steps, the evaluation (sharded over the workers), the probe if any, the rest."""
-        return (steps * self.step_s(workers, per_worker_batch, accum)
+        return (steps * self.step_s(workers, per_worker_batch, accum, attacked)
                 + test_samples / workers * self.eval_s_per_sample + (self.probe_s if probe else 0.0) + self.epoch_s)
 
     # ---------------------------------------------------------------------- as data (run/profile.py: the file)
@@ -123,8 +128,9 @@ def _line(points: list[tuple[float, float, float]]) -> tuple[float, float]:
 
 def fit(geometries: Iterable[dict[str, Any]], model: str, device: str, gradient_bytes: int,
         sources: Iterable[str] = (), **epoch_terms: float) -> StepModel:
-    """The model from timed geometries (entries of epoch records' ``geometries`` with a ``step_s``);
-    ``epoch_terms``: ``eval_s_per_sample``, ``probe_s``, ``epoch_s``, ``start_s`` where they were measured."""
+    """The model from timed geometries (entries of epoch records' ``geometries`` with a ``step_s``, and the share
+    of FGSM samples they trained, ``attacked``, where not 0); ``epoch_terms``: ``eval_s_per_sample``, ``probe_s``,
+    ``epoch_s``, ``start_s`` where they were measured."""
     timed = [g for g in geometries if g.get("step_s") and g.get("steps")]
     if not timed:
         raise ConfigError("no timed training steps to fit a step-time model to (the records predate step timing, "
@@ -133,7 +139,8 @@ def fit(geometries: Iterable[dict[str, Any]], model: str, device: str, gradient_
     optimizer = other = weight = 0.0
     for g in timed:
         split, steps, k, b = g["step_s"], g["steps"], g["grad_accum_steps"], g["per_worker_batch_size"]
-        compute.append((b, split["compute"] / k, steps))
+        attacked = g.get("attacked", 0.0)  # the FGSM pass is in the compute phase: F(s·b) of the model
+        compute.append((1 + (attacked > 0), b * (1 + attacked), split["compute"] / k, steps))
         data.append((b, split["data"] / k, steps))
         if g["num_workers"] > 1:
             n = g["num_workers"]
@@ -142,9 +149,28 @@ def fit(geometries: Iterable[dict[str, Any]], model: str, device: str, gradient_
         other += split["other"] * steps
         weight += steps
     latency, bandwidth = _ring(hops)
-    return StepModel(model=model, device=device, gradient_bytes=gradient_bytes, compute_s=_line(compute),
+    return StepModel(model=model, device=device, gradient_bytes=gradient_bytes, compute_s=_compute_line(compute),
                      data_s=_line(data), allreduce_latency_s=latency, allreduce_bandwidth=bandwidth,
                      optimizer_s=optimizer / weight, other_s=other / weight, sources=tuple(sources), **epoch_terms)
+
+
+def _compute_line(points: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+    """(c₀, c₁) from micro-batch compute times y = c₀·u + c₁·v (u: passes, 1 or 2 with FGSM; v: samples through
+    them, b·(1 + s); weight w). Without FGSM (u = 1 throughout) it is ``_line``; with it, weighted least squares in
+    two unknowns, through the origin if that gives a negative cost."""
+    if all(u == 1 for u, _, _, _ in points):
+        return _line([(v, y, w) for _, v, y, w in points])
+    s_uu = sum(w * u * u for u, _, _, w in points)
+    s_uv = sum(w * u * v for u, v, _, w in points)
+    s_vv = sum(w * v * v for _, v, _, w in points)
+    t_u = sum(w * u * y for u, _, y, w in points)
+    t_v = sum(w * v * y for _, v, y, w in points)
+    det = s_uu * s_vv - s_uv * s_uv
+    if det > 1e-12 * s_uu * s_vv:
+        fixed, per_sample = (t_u * s_vv - t_v * s_uv) / det, (s_uu * t_v - s_uv * t_u) / det
+        if fixed >= 0 and per_sample >= 0:
+            return fixed, per_sample
+    return 0.0, t_v / s_vv if s_vv else 0.0
 
 
 def _ring(hops: list[tuple[float, float, float, float]]) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry, steps_in_epoch
 from absa_cli.decide.membership import decide_membership
+from absa_cli.decide.policy import attacked_share
 from absa_cli.decide.throughput import StepModel
 
 
@@ -37,25 +38,29 @@ def fastest_split(config: RunConfig, model: StepModel, batch: int, max_workers: 
 
 
 def time_schedule(config: RunConfig, model: StepModel, batches: list[int], num_samples: int, test_samples: int,
-                  max_workers: int, probes: bool, choose: Callable[..., BatchGeometry] = driver_geometry
-                  ) -> dict[str, Any]:
-    """Seconds, worker-hours used and held idle, per run of epochs at one geometry and in total; ``choose``: the
-    geometry for a batch."""
+                  max_workers: int, probes: bool, choose: Callable[..., BatchGeometry] = driver_geometry,
+                  adversarial: bool = False) -> dict[str, Any]:
+    """Seconds, worker-hours used and held idle, per run of epochs at one geometry (and FGSM share) and in total;
+    ``choose``: the geometry for a batch; ``adversarial``: the schedule is ``config``'s policy's own, whose FGSM
+    epochs (``absa``) cost one more pass over the attacked samples."""
     phases: list[dict[str, Any]] = []
     largest = config.policy.max_global_batch
     for epoch, batch in enumerate(batches, start=1):
         g = choose(config, model, batch, max_workers)
         probe = probes and batch < largest and epoch < len(batches)
+        attacked = attacked_share(config, epoch, batch) if adversarial else 0.0
         seconds = model.epoch_seconds(g.num_workers, g.per_worker_batch_size, g.grad_accum_steps,
-                                      steps_in_epoch(num_samples, batch), test_samples, probe)
-        shape = (batch, g.num_workers, g.per_worker_batch_size, g.grad_accum_steps)
+                                      steps_in_epoch(num_samples, batch), test_samples, probe, attacked)
+        shape = (batch, g.num_workers, g.per_worker_batch_size, g.grad_accum_steps, attacked)
         if phases and phases[-1]["shape"] == shape:
             phases[-1]["last_epoch"], phases[-1]["seconds"] = epoch, phases[-1]["seconds"] + seconds
         else:
             phases.append({"shape": shape, "first_epoch": epoch, "last_epoch": epoch, "seconds": seconds,
                            "global_batch_size": batch, "num_workers": g.num_workers,
                            "per_worker_batch_size": g.per_worker_batch_size, "grad_accum_steps": g.grad_accum_steps,
-                           "step_s": model.step_s(g.num_workers, g.per_worker_batch_size, g.grad_accum_steps)})
+                           "attacked": attacked,
+                           "step_s": model.step_s(g.num_workers, g.per_worker_batch_size, g.grad_accum_steps,
+                                                  attacked)})
     for phase in phases:
         phase.pop("shape")
         phase["worker_hours"] = phase["seconds"] * phase["num_workers"] / 3600
@@ -70,8 +75,8 @@ def time_cases(config: RunConfig, model: StepModel, cases: dict[str, list[int]],
     """The absa envelopes (``cases``: name → batch per epoch) beside ``fixed`` (the starting batch throughout, on
     the worker count the model finds fastest) and ``fixed-large`` (``policy.max_global_batch`` throughout)."""
     epochs = config.epochs
-    timed = {name: time_schedule(config, model, batches, num_samples, test_samples, max_workers, probes=True)
-             for name, batches in cases.items()}
+    timed = {name: time_schedule(config, model, batches, num_samples, test_samples, max_workers, probes=True,
+                                 adversarial=True) for name, batches in cases.items()}
     timed["fixed"] = time_schedule(config, model, [config.batch.global_batch_size] * epochs, num_samples,
                                    test_samples, max_workers, probes=False, choose=fastest_split)
     timed["fixed-large"] = time_schedule(config, model, [config.policy.max_global_batch] * epochs, num_samples,

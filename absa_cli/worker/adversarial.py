@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from absa_cli.decide.policy import num_adversarial  # noqa: F401  (also imported from here)
 
 Stats = Sequence[float] | torch.Tensor
 
@@ -114,15 +115,6 @@ def pgd(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps_pixels
             with torch.no_grad():
                 x = _clamp(x + (step_pixels / std_t) * grad.sign(), ball_lower, ball_upper)
     return x.detach()
-
-
-def num_adversarial(adv_ratio: float, block: int) -> int:
-    """FGSM samples in each block of ``block`` samples, as the reference implementation counts them in each of its
-    128-sample micro-batches: none once the fraction is one sample in ``block`` or less, else
-    max(floor(adv_ratio × block), 1). Guarded against 0.29 × 100 = 28.999999999999996."""
-    if adv_ratio * block <= 1 + 1e-9:
-        return 0
-    return min(block, math.floor(adv_ratio * block + 1e-9))  # ≥ 1 here: the reference's max(·, 1) never binds
 
 
 def adversarial_runs(start: int, count: int, adv_ratio: float, block: int) -> list[tuple[int, int]]:
