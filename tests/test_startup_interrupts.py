@@ -53,6 +53,23 @@ def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(monkeypatch):
         signal.signal(signal.SIGINT, previous)
 
 
+def test_a_ctrl_c_in_a_block_that_fails_is_still_delivered():
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise ImportError("a library failed to load")
+    assert isinstance(caught.value.__context__, ImportError)
+
+
+def test_a_handler_set_from_c_is_left_alone(monkeypatch):
+    """``signal.getsignal`` says None for a handler Python did not set: it could not be put back, so nothing is held."""
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: pytest.fail("the handler was replaced"))
+    with held_interrupt():
+        ran = True
+    assert ran
+
+
 _PYRUN = """
 import ctypes, sys
 from absa_cli.cli.common import held_interrupt

@@ -20,8 +20,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import (check_schedule, complete_preset, complete_run_id, interrupted, load_libraries,
-                                  user_errors)
+from absa_cli.cli.common import (check_schedule, complete_preset, complete_run_id, held_interrupt, interrupted,
+                                  load_libraries, user_errors)
 
 WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
 CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
@@ -65,9 +65,9 @@ def calibrate(
             raise UserError(f"cannot write the profile to {path}: the folder {path.parent} does not exist; create it "
                             f"or choose another --output")
         if from_run is not None:
-            model = profile_from_run(from_run, runs_dir)
+            with held_interrupt():  # it loads torch to count the model's parameters
+                model = profile_from_run(from_run, runs_dir)
         else:
-            load_libraries(ray=not local)
             model = _measure(preset, overrides or [], max_gpus, address, local)
         try:
             profiles.save(model, path)
@@ -144,6 +144,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
     _apply_workers(config, max_gpus, local)
     check_schedule(config)
     private_network(config, address, local)
+    load_libraries(ray=not local, dataset=config.data.name)
     group, where = make_group(config, address, local)
     typer.echo(where, err=True)
     most = config.cluster.max_workers

@@ -45,8 +45,8 @@ def held_interrupt() -> Iterator[None]:
     through ``PyRun_*`` (as importing torch does) makes CPython end a ``python -m`` process by SIGINT at exit
     (status −2) even after absa handled it. Outside the main thread, where no handler can be set, the block simply
     runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # no handler can be set here, or the one there is was set from C and could not be put back
         return
     held: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
@@ -54,16 +54,18 @@ def held_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if held:
-        signal.raise_signal(signal.SIGINT)  # the previous handler's turn: by default, KeyboardInterrupt here
+        if held:  # also when the block failed: the Ctrl-C was pressed all the same
+            signal.raise_signal(signal.SIGINT)  # the previous handler's turn: by default, KeyboardInterrupt here
 
 
-def load_libraries(*, ray: bool) -> None:
-    """Import torch and absa's dataset loaders (and Ray with absa's worker group when ``ray``) with Ctrl-C held
-    until they are loaded."""
+def load_libraries(*, ray: bool, dataset: str = "") -> None:
+    """Import torch and absa's dataset loaders (and Ray with absa's worker group when ``ray``; scipy for SVHN's
+    files) with Ctrl-C held until they are loaded."""
     with held_interrupt():
         import absa_cli.data  # noqa: F401  torch, numpy and the loaders
 
+        if dataset == "svhn":
+            import scipy.io  # noqa: F401  imported by the SVHN loader when it reads the files
         if ray:
             import absa_cli.cluster.group  # noqa: F401  Ray (only cluster/ imports it)
 

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import typer
 
+from absa_cli.cli.common import load_libraries
+
 
 def private_network(config, address: str | None, local: bool) -> None:
     """Re-run this command in a private network namespace if it is about to start a local Ray cluster
@@ -22,6 +24,7 @@ def private_network(config, address: str | None, local: bool) -> None:
     from absa_cli.cluster import netns
 
     if config.data.download and not local and os.environ.get(netns.ENV) != netns.INSIDE:
+        load_libraries(ray=False, dataset=config.data.name)
         check_datasets(config)
     note = netns.isolate(address, local)
     if note:

@@ -60,7 +60,7 @@ def train(
             return
         private_network(config, address, local)  # may re-run this command in a private network namespace
         run_id = run_id or new_run_id(config.preset or "run")  # drawn now: the Ray job carries it
-        load_libraries(ray=not local)  # after the re-run, if any: it would load them again
+        load_libraries(ray=not local, dataset=config.data.name)  # after the re-run, if any: it would load twice
         group, where = make_group(config, address, local, run_id)
         run = RunDir.create(runs_root(runs_dir), config, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
@@ -109,7 +109,7 @@ def resume(
             except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
                 raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new "
                                   f"run from its config, {run.config_path}") from None
-            load_libraries(ray=not local)
+            load_libraries(ray=not local, dataset=config.data.name)
             group, where = make_group(config, address, local, run.id)
         except BaseException:
             lock.release()
