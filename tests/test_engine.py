@@ -293,3 +293,27 @@ def test_a_step_counts_one_batch_for_every_batchnorm_however_often_the_forward_r
         step.after_forward()
     step.apply()
     assert [int(m.num_batches_tracked) for m in norms] == [1, 1]
+
+
+def test_norm_buffers_follow_statistics_tensors_that_were_replaced():
+    """``model.double()`` (like ``.to(...)`` or ``load_state_dict(assign=True)``) puts new tensors in the modules:
+    the step must restore and average those, not the ones the buffers were made from."""
+    from absa_cli.worker.norms import NormBuffers, NormStep, tracked_norms
+
+    torch.manual_seed(0)
+    norm = torch.nn.BatchNorm1d(3)
+    buffers = NormBuffers(tracked_norms(norm))
+    norm.double()
+    inputs = [torch.randn(8, 3, dtype=torch.float64) for _ in range(2)]
+    step = NormStep(buffers, micro_batches=2)
+    for x in inputs:
+        step.before_forward()
+        norm(x)
+        step.after_forward()
+    step.apply()
+    alone = [torch.nn.BatchNorm1d(3).double() for _ in inputs]  # each micro-batch's update from the same start
+    for module, x in zip(alone, inputs):
+        module(x)
+    assert torch.allclose(norm.running_mean, (alone[0].running_mean + alone[1].running_mean) / 2, atol=0, rtol=1e-15)
+    assert torch.allclose(norm.running_var, (alone[0].running_var + alone[1].running_var) / 2, atol=0, rtol=1e-15)
+    assert int(norm.num_batches_tracked) == 1

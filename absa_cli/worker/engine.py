@@ -209,8 +209,8 @@ class Engine:
         """One optimizer step on a global batch of ``batch_size`` (this rank's micro-batches: ``plan``, from
         ``batches``, each forward with the generator seeded from ``seeds``); ((loss sum, correct) over the whole
         global batch, stop agreed)."""
-        # The stop flag, this rank's loss sum and correct count, reduced with the gradients in their dtype (one
-        control = torch.zeros(3, device=self.device)  # all-reduce, not two; counts exact up to 2^24 per step)
+        # The stop flag, this rank's loss sum and correct count: float32 like the gradients of absa's models, so one
+        control = torch.zeros(3, device=self.device)  # all-reduce carries both (counts exact up to 2^24 per step)
         norms = NormStep(self._norms, micro_batches=len(plan))
         try:
             return self._accumulate_and_apply(batches, plan, seeds, batch_size, lr, adv_ratio, control, norms, timer)

@@ -28,10 +28,17 @@ class NormBuffers:
 
     def __init__(self, norms: list[_BatchNorm]) -> None:
         self.norms = norms
-        self.stats = [t for m in norms for t in (m.running_mean, m.running_var)]
+        self.stats = _statistics(norms)
         self.tracked = [m.num_batches_tracked for m in norms]
         self.start_stats, self.start_tracked = _zeros_like(self.stats), _zeros_like(self.tracked)
         self.sums = _zeros_like(self.stats)
+
+    def refresh(self) -> None:
+        """Follow the modules if their statistics are other tensors now (``model.to(...)``, ``.half()`` and
+        ``load_state_dict(assign=True)`` replace buffers): one identity check per tensor, a rebuild if any moved."""
+        tracked = [m.num_batches_tracked for m in self.norms]
+        if any(a is not b for a, b in zip(_statistics(self.norms) + tracked, self.stats + self.tracked)):
+            self.__init__(self.norms)
 
 
 class NormStep:
@@ -45,6 +52,7 @@ class NormStep:
     them."""
 
     def __init__(self, buffers: NormBuffers, micro_batches: int = 2) -> None:
+        buffers.refresh()
         self.buffers = buffers
         self.single = micro_batches == 1
         self.sums = buffers.stats if self.single else buffers.sums
@@ -87,6 +95,10 @@ class NormStep:
         if buffers.norms:
             torch._foreach_copy_(buffers.stats, buffers.start_stats)
             torch._foreach_copy_(buffers.tracked, buffers.start_tracked)
+
+
+def _statistics(norms: list[_BatchNorm]) -> list[torch.Tensor]:
+    return [t for m in norms for t in (m.running_mean, m.running_var)]
 
 
 def _zeros_like(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
