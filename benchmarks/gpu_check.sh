@@ -71,17 +71,17 @@ part() {  # part NAME SECONDS COMMAND...
 
 BENCH=("$PY" benchmarks/throughput.py --device "$DEVICE" --threads "$THREADS" --probe --out "$REPORT"
        ${SMOKE[@]+"${SMOKE[@]}"})
-part "pytest -m gpu" 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests
-part resnet18-224 170 "${BENCH[@]}" --title "ResNet-18, 224 px, synthetic" --model resnet18 --image-size 224 \
+part "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests
+part resnet18-224 120 "${BENCH[@]}" --title "ResNet-18, 224 px, synthetic" --model resnet18 --image-size 224 \
   --num-classes 1000 --data synthetic --batch 256 --steps 20 --repeats 5 --epoch-samples 1281167 \
   --profile "$OUT_DIR/profile_resnet18.txt"
-part resnet20-synthetic 80 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, synthetic" --model resnet20 \
+part resnet20-synthetic 70 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, synthetic" --model resnet20 \
   --data synthetic --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 --synced-plain \
   --profile "$OUT_DIR/profile_resnet20_synthetic.txt"
-part resnet20-augmented 110 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, crop+flip on the device" \
+part resnet20-augmented 90 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, crop+flip on the device" \
   --model resnet20 --data augmented --batch 512 --steps 50 --repeats 5 --epoch-samples 50000 \
   --profile "$OUT_DIR/profile_resnet20.txt"
-part resnet20-fp32 70 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, fp32 NCHW, batch 128 (the ANCHORS fp32 row)" \
+part resnet20-fp32 60 "${BENCH[@]}" --title "ResNet-20, CIFAR-shaped, fp32 NCHW, batch 128 (the ANCHORS fp32 row)" \
   --model resnet20 --data augmented --batch 128 --steps 50 --repeats 5 --amp off --channels-last off \
   --epoch-samples 50000
 # Last, with what is left of the call (BUDGET_S from the script's start, default 560 s): issue 13's paper schedule,
