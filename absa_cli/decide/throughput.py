@@ -160,17 +160,25 @@ def _compute_line(points: list[tuple[float, float, float, float]]) -> tuple[floa
     two unknowns, through the origin if that gives a negative cost."""
     if all(u == 1 for u, _, _, _ in points):
         return _line([(v, y, w) for _, v, y, w in points])
-    s_uu = sum(w * u * u for u, _, _, w in points)
-    s_uv = sum(w * u * v for u, v, _, w in points)
+    solved = _least_squares_2(points)
+    if solved is not None and solved[0] >= 0 and solved[1] >= 0:
+        return solved
     s_vv = sum(w * v * v for _, v, _, w in points)
-    t_u = sum(w * u * y for u, _, y, w in points)
-    t_v = sum(w * v * y for _, v, y, w in points)
-    det = s_uu * s_vv - s_uv * s_uv
-    if det > 1e-12 * s_uu * s_vv:
-        fixed, per_sample = (t_u * s_vv - t_v * s_uv) / det, (s_uu * t_v - s_uv * t_u) / det
-        if fixed >= 0 and per_sample >= 0:
-            return fixed, per_sample
-    return 0.0, t_v / s_vv if s_vv else 0.0
+    return 0.0, sum(w * v * y for _, v, y, w in points) / s_vv if s_vv else 0.0
+
+
+def _least_squares_2(points: list[tuple[float, float, float, float]]) -> tuple[float, float] | None:
+    """(a, b) minimising Σ w·(y − a·x₁ − b·x₂)² over points (x₁, x₂, y, w); None when x₁ and x₂ cannot be told
+    apart (collinear)."""
+    s11 = sum(w * x1 * x1 for x1, _, _, w in points)
+    s12 = sum(w * x1 * x2 for x1, x2, _, w in points)
+    s22 = sum(w * x2 * x2 for _, x2, _, w in points)
+    t1 = sum(w * x1 * y for x1, _, y, w in points)
+    t2 = sum(w * x2 * y for _, x2, y, w in points)
+    det = s11 * s22 - s12 * s12
+    if det <= 1e-12 * s11 * s22:
+        return None
+    return (t1 * s22 - t2 * s12) / det, (s11 * t2 - s12 * t1) / det
 
 
 def _ring(hops: list[tuple[float, float, float, float]]) -> tuple[float, float]:
@@ -183,16 +191,8 @@ def _ring(hops: list[tuple[float, float, float, float]]) -> tuple[float, float]:
         seconds = sum(t * w for _, _, t, w in hops) / sum(w for *_, w in hops)
         bytes_moved = hops[0][1]
         return 0.0, bytes_moved / seconds if seconds > 0 else float("inf")
-    # two unknowns, least squares on t = α·hops + bytes/β
-    s11 = sum(w * h * h for h, _, _, w in hops)
-    s12 = sum(w * h * b for h, b, _, w in hops)
-    s22 = sum(w * b * b for _, b, _, w in hops)
-    t1 = sum(w * h * t for h, _, t, w in hops)
-    t2 = sum(w * b * t for _, b, t, w in hops)
-    det = s11 * s22 - s12 * s12
-    alpha = max((t1 * s22 - t2 * s12) / det, 0.0)
-    inverse = max((s11 * t2 - s12 * t1) / det, 1e-30)
-    return alpha, 1.0 / inverse
+    alpha, inverse = _least_squares_2(hops) or (0.0, 0.0)  # t = α·hops + bytes/β
+    return max(alpha, 0.0), 1.0 / max(inverse, 1e-30)
 
 
 def fastest_workers(model: StepModel, global_batch_size: int, max_workers: int, per_worker_max: int,
