@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import sys
 
 import pytest
 
@@ -89,6 +91,29 @@ def load_benchmark(name: str):
 # A line another Ray process logged, which Ray forwards to the stderr of this test session, a driver of the session
 # cluster (seen: the raylet's warning that /tmp was over 95% full, printed while a `calibrate` case ran): not absa's.
 RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[\w.-]* ?pid=\d+)[^)]*\)")
+
+
+def as_a_terminal_starts(command: list[str]) -> list[str]:
+    """``command`` with SIGINT handled and unblocked, as a shell starts a foreground command: a small Python sets
+    both and execs it (same pid). The pytest process's own state must not decide whether absa can see a Ctrl-C: a
+    suite started as a background job (``make test &``) has SIGINT ignored, and an ignored signal is inherited
+    through exec. preexec_fn would do the same but is unsafe in a threaded parent."""
+    reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-S", "-c", reset, *command]
+
+
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """In this process, for one test: SIGINT raised as KeyboardInterrupt and unblocked, as Python sets it up when a
+    terminal starts it (see ``as_a_terminal_starts``); put back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
 
 
 def absa_stderr_lines(stderr: str) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 ray = pytest.importorskip("ray")  # the GPU machine has no Ray: its `pytest -m gpu` skips this module
 
 import ray_sandbox
-from conftest import TINY
+from conftest import TINY, as_a_terminal_starts
 
 
 def _absa_train(address: str, runs) -> list[str]:
@@ -101,16 +101,6 @@ def _wait_for_handshake(process: subprocess.Popen, timeout_s: float = 60) -> Non
     raise AssertionError(f"absa (pid {pid}) started no handshake within {timeout_s} s")
 
 
-def _as_a_terminal_starts(command: list[str]) -> list[str]:
-    """``command`` with SIGINT handled and unblocked, as a shell starts a foreground command: a small Python sets
-    both and execs it (same pid). The pytest process's own state must not decide whether absa can see a Ctrl-C: a
-    suite started as a background job (``make test &``) has SIGINT ignored, and an ignored signal is inherited
-    through exec. preexec_fn would do the same but is unsafe in a threaded parent."""
-    reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-             "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])")
-    return [sys.executable, "-S", "-c", reset, *command]
-
-
 def _signal_state(pid: int) -> str:
     """The SigBlk/SigIgn/SigCgt masks of every thread of ``pid`` (for a failure's message)."""
     lines = []
@@ -129,7 +119,7 @@ def test_ctrl_c_while_joining_exits_at_once(tmp_path):
     answer to Ctrl-C (its line) comes within 2 s; the process itself is gone soon after (leaving an interpreter
     that imported torch and Ray takes about 1 s here, 2-3 s on a loaded machine)."""
     with _Silent() as address:
-        process = subprocess.Popen(_as_a_terminal_starts(_absa_train(address, tmp_path / "runs")),
+        process = subprocess.Popen(as_a_terminal_starts(_absa_train(address, tmp_path / "runs")),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for_handshake(process)  # past start-up (seconds under load) and the port check
         state = _signal_state(process.pid)

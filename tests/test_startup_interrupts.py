@@ -18,12 +18,12 @@ import pytest
 
 from absa_cli.cli.common import held_interrupt
 
-from conftest import TINY
+from conftest import TINY, as_a_terminal_starts
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_a_ctrl_c_inside_the_block_is_delivered_when_it_ends():
+def test_a_ctrl_c_inside_the_block_is_delivered_when_it_ends(sigint_as_in_a_terminal):
     steps = []
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
@@ -37,7 +37,7 @@ def test_a_ctrl_c_inside_the_block_is_delivered_when_it_ends():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(monkeypatch):
+def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(sigint_as_in_a_terminal):
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
     try:
@@ -53,7 +53,7 @@ def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(monkeypatch):
         signal.signal(signal.SIGINT, previous)
 
 
-def test_a_ctrl_c_in_a_block_that_fails_is_still_delivered():
+def test_a_ctrl_c_in_a_block_that_fails_is_still_delivered(sigint_as_in_a_terminal):
     with pytest.raises(KeyboardInterrupt) as caught:
         with held_interrupt():
             os.kill(os.getpid(), signal.SIGINT)
@@ -93,8 +93,8 @@ def test_a_handled_ctrl_c_exits_130_under_python_m_only_when_held(tmp_path, hold
     ends the process by SIGINT at exit whatever the code asked for (the control: −2 on this interpreter)."""
     (tmp_path / "pyrun_probe.py").write_text(_PYRUN.format(hold=hold))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    result = subprocess.run([sys.executable, "-m", "pyrun_probe"], env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(as_a_terminal_starts([sys.executable, "-m", "pyrun_probe"]), env=env,
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == (130 if hold else -signal.SIGINT), result.stderr
 
 
@@ -117,10 +117,10 @@ runpy.run_module("absa_cli", run_name="__main__")
 
 def test_ctrl_c_as_torch_starts_loading_lets_it_load_then_stops_absa_train_in_one_line(tmp_path):
     (tmp_path / "ctrl_c_train.py").write_text(textwrap.dedent(_TRAIN))
-    result = subprocess.run([sys.executable, str(tmp_path / "ctrl_c_train.py"), "train", "quickstart", *TINY,
-                             "--local", "--runs-dir", str(tmp_path / "runs")],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                            timeout=120)
+    command = [sys.executable, str(tmp_path / "ctrl_c_train.py"), "train", "quickstart", *TINY, "--local",
+               "--runs-dir", str(tmp_path / "runs")]
+    result = subprocess.run(as_a_terminal_starts(command), env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 130, result.stderr
     assert result.stderr.splitlines() == ["interrupted before training started; nothing to save",
                                           "torch loaded: True"]  # held: the import finished first
