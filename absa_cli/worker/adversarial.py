@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa_cli.decide.policy import num_adversarial  # noqa: F401  (also imported from here)
+from absa_cli.decide.policy import num_adversarial  # the count, pure: absa plan charges it too
 
 Stats = Sequence[float] | torch.Tensor
 

@@ -28,17 +28,19 @@ class NormBuffers:
 
     def __init__(self, norms: list[_BatchNorm]) -> None:
         self.norms = norms
-        self.stats = _statistics(norms)
-        self.tracked = [m.num_batches_tracked for m in norms]
-        self.start_stats, self.start_tracked = _zeros_like(self.stats), _zeros_like(self.tracked)
-        self.sums = _zeros_like(self.stats)
+        self._bind(_statistics(norms), _counters(norms))
+
+    def _bind(self, stats: list[torch.Tensor], tracked: list[torch.Tensor]) -> None:
+        self.stats, self.tracked = stats, tracked
+        self.start_stats, self.start_tracked = _zeros_like(stats), _zeros_like(tracked)
+        self.sums = _zeros_like(stats)
 
     def refresh(self) -> None:
         """Follow the modules if their statistics are other tensors now (``model.to(...)``, ``.half()`` and
         ``load_state_dict(assign=True)`` replace buffers): one identity check per tensor, a rebuild if any moved."""
-        tracked = [m.num_batches_tracked for m in self.norms]
-        if any(a is not b for a, b in zip(_statistics(self.norms) + tracked, self.stats + self.tracked)):
-            self.__init__(self.norms)
+        stats, tracked = _statistics(self.norms), _counters(self.norms)
+        if any(a is not b for a, b in zip(stats + tracked, self.stats + self.tracked)):
+            self._bind(stats, tracked)
 
 
 class NormStep:
@@ -99,6 +101,10 @@ class NormStep:
 
 def _statistics(norms: list[_BatchNorm]) -> list[torch.Tensor]:
     return [t for m in norms for t in (m.running_mean, m.running_var)]
+
+
+def _counters(norms: list[_BatchNorm]) -> list[torch.Tensor]:
+    return [m.num_batches_tracked for m in norms]
 
 
 def _zeros_like(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
