@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from absa_cli.cli.common import held_interrupt
+from absa_cli.cli.common import HELD, held_interrupt
 
 from conftest import TINY, as_a_terminal_starts
 
@@ -43,7 +43,6 @@ def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(sigint_as_in_a_termi
     try:
         with held_interrupt():
             os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)  # pressed twice: delivered once, after the block
             assert seen == []
         assert seen == [signal.SIGINT]
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -70,9 +69,33 @@ def test_a_handler_set_from_c_is_left_alone(monkeypatch):
     assert ran
 
 
+_TWICE = """
+import os, signal, sys, time
+from absa_cli.cli.common import held_interrupt, interrupted
+with interrupted("the enclosing block's line"):
+    with held_interrupt(on_quit=lambda: print("on_quit ran", file=sys.stderr, flush=True)):
+        os.kill(os.getpid(), signal.SIGINT)
+        print("held, the block runs on", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+print("not reached", file=sys.stderr)
+"""
+
+
+def test_a_second_ctrl_c_during_the_hold_quits_at_once_with_the_enclosing_line(tmp_path):
+    """The first press is held (and says so), the second ends the process: ``on_quit``, then the line of the
+    ``interrupted`` block around it, exit code 130 (not after the 30 s the block would still take)."""
+    (tmp_path / "twice.py").write_text(_TWICE)
+    result = subprocess.run(as_a_terminal_starts([sys.executable, str(tmp_path / "twice.py")]),
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=20)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == [HELD.decode().strip(), "held, the block runs on", "on_quit ran",
+                                          "the enclosing block's line"]
+
+
 _PYRUN = """
 import ctypes, sys
-from absa_cli.cli.common import held_interrupt
+from absa_cli.cli.common import HELD, held_interrupt
 HOLD = {hold}
 code = b"import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**5): pass\\n"
 try:
@@ -105,7 +128,8 @@ class CtrlCAsTorchLoads:
     def find_spec(self, name, path=None, target=None):
         if name == "torch":
             sys.meta_path.remove(self)
-            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(int(os.environ["PRESSES"])):
+                os.kill(os.getpid(), signal.SIGINT)
         return None
 
 sys.meta_path.insert(0, CtrlCAsTorchLoads())
@@ -119,9 +143,39 @@ def test_ctrl_c_as_torch_starts_loading_lets_it_load_then_stops_absa_train_in_on
     (tmp_path / "ctrl_c_train.py").write_text(textwrap.dedent(_TRAIN))
     command = [sys.executable, str(tmp_path / "ctrl_c_train.py"), "train", "quickstart", *TINY, "--local",
                "--runs-dir", str(tmp_path / "runs")]
-    result = subprocess.run(as_a_terminal_starts(command), env={**os.environ, "PYTHONPATH": str(REPO)},
+    result = subprocess.run(as_a_terminal_starts(command), env={**os.environ, "PYTHONPATH": str(REPO), "PRESSES": "1"},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 130, result.stderr
-    assert result.stderr.splitlines() == ["interrupted before training started; nothing to save",
+    assert result.stderr.splitlines() == [HELD.decode().strip(), "interrupted before training started; nothing to save",
                                           "torch loaded: True"]  # held: the import finished first
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+_RUN = """
+import sys
+from pathlib import Path
+from absa_cli import config
+from absa_cli.run.rundir import RunDir
+print(RunDir.create(Path(sys.argv[1]), config.load("quickstart", sys.argv[2:])).id)
+"""
+
+
+def test_two_ctrl_c_as_torch_starts_loading_quit_absa_resume_at_once_and_free_the_run(tmp_path):
+    """`absa resume` holds the run's lock while it loads torch: a second press quits there and then (torch never
+    loads: no exit handler runs), releasing the lock, so the run can be resumed at once; nothing of it changed."""
+    (tmp_path / "ctrl_c_train.py").write_text(textwrap.dedent(_TRAIN))
+    (tmp_path / "make_run.py").write_text(_RUN)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = tmp_path / "runs"
+    made = subprocess.run([sys.executable, str(tmp_path / "make_run.py"), str(runs), *TINY], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    run = runs / made.stdout.strip()
+    before = (run / "run.json").read_text()
+    command = [sys.executable, str(tmp_path / "ctrl_c_train.py"), "resume", run.name, "--local",
+               "--runs-dir", str(runs)]
+    result = subprocess.run(as_a_terminal_starts(command), env={**env, "PRESSES": "2"}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == [HELD.decode().strip(), "interrupted before training started; nothing to save"]
+    assert not (run / "lock.json").exists()
+    assert (run / "run.json").read_text() == before

@@ -3,11 +3,12 @@ code 130."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import typer
 
@@ -27,29 +28,50 @@ def user_errors() -> Iterator[None]:
 @contextmanager
 def interrupted(message: str) -> Iterator[None]:
     """Ctrl-C before there is anything to save (Ray starting, workers loading, a calibration timing): ``message``
-    on stderr and exit code 130, not a traceback."""
+    on stderr and exit code 130, not a traceback. A second Ctrl-C while libraries load quits with it at once."""
+    _QUIT_LINES.append(message)
     try:
         yield
     except KeyboardInterrupt:
         typer.echo(message, err=True)
         raise typer.Exit(130) from None
+    finally:
+        _QUIT_LINES.pop()
+
+
+_QUIT_LINES: list[str] = []  # the innermost `interrupted` block's line: what a second Ctrl-C during a hold prints
+HELD = b"Ctrl-C: stopping once the libraries have loaded (a few seconds); press it again to quit now\n"
 
 
 @contextmanager
-def held_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C while the block runs and deliver it, to the handler there was before, when the block ends.
+def held_interrupt(on_quit: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold Ctrl-C while the block runs and deliver it, to the handler there was before, when the block ends; a
+    second Ctrl-C quits at once: ``on_quit`` (e.g. releasing a run's lock), the enclosing ``interrupted`` block's
+    line, exit code 130.
 
     For loading the heavy libraries. A ``KeyboardInterrupt`` raised in the middle of an import leaves modules half
     initialised: the next access to one (scipy's array-API layer reaching into a half-loaded numpy) can fail with
     an unrelated error and a traceback instead of the one line. And one raised while an extension runs Python code
     through ``PyRun_*`` (as importing torch does) makes CPython end a ``python -m`` process by SIGINT at exit
-    (status −2) even after absa handled it. Outside the main thread, where no handler can be set, the block simply
-    runs."""
+    (status −2) even after absa handled it. The second press therefore ends the process without unwinding
+    (``os._exit``): nothing half-loaded runs again, and nothing was started yet that needs stopping. Outside the
+    main thread, where no handler can be set, the block simply runs."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield  # no handler can be set here, or the one there is was set from C and could not be put back
         return
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+        if len(held) == 1:
+            os.write(2, HELD)  # os.write: a handler may run inside a write to sys.stderr, which is not reentrant
+            return
+        if on_quit is not None:
+            on_quit()
+        os.write(2, f"{_QUIT_LINES[-1] if _QUIT_LINES else 'interrupted'}\n".encode())
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
@@ -58,10 +80,10 @@ def held_interrupt() -> Iterator[None]:
             signal.raise_signal(signal.SIGINT)  # the previous handler's turn: by default, KeyboardInterrupt here
 
 
-def load_libraries(*, ray: bool, dataset: str = "") -> None:
+def load_libraries(*, ray: bool, dataset: str = "", on_quit: Callable[[], None] | None = None) -> None:
     """Import torch and absa's dataset loaders (and Ray with absa's worker group when ``ray``; scipy for SVHN's
-    files) with Ctrl-C held until they are loaded."""
-    with held_interrupt():
+    files) with Ctrl-C held until they are loaded (``held_interrupt``: a second press quits, after ``on_quit``)."""
+    with held_interrupt(on_quit):
         import absa_cli.data  # noqa: F401  torch, numpy and the loaders
 
         if dataset == "svhn":

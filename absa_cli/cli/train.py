@@ -109,7 +109,7 @@ def resume(
             except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
                 raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new "
                                   f"run from its config, {run.config_path}") from None
-            load_libraries(ray=not local, dataset=config.data.name)
+            load_libraries(ray=not local, dataset=config.data.name, on_quit=lock.release)
             group, where = make_group(config, address, local, run.id)
         except BaseException:
             lock.release()
