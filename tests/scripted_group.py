@@ -125,6 +125,9 @@ class ScriptedGroup:
     def notices(self) -> list[str]:
         return []
 
+    def devices(self) -> list[str]:
+        return ["scripted"]
+
     def resize(self, num_workers: int) -> ResizeResult:
         event = self._call("resize", num_workers)
         old = self.num_workers

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from absa_cli import config as config_mod
@@ -17,6 +19,7 @@ from absa_cli.driver.controller import Controller
 from absa_cli.driver.local_group import LocalGroup
 from absa_cli.run.metrics import Console
 from absa_cli.run.rundir import RunDir
+from absa_cli.worker.accel import device_name
 
 from conftest import TINY, assert_user_error
 
@@ -46,6 +49,7 @@ def test_calibrate_two_ray_workers_times_the_all_reduce(tmp_path, ray_cluster):
     assert "2 worker(s) × 32" in result.stderr
     model = profiles.load(path)
     assert 0 < model.allreduce_bandwidth < float("inf")  # a real gloo all-reduce between two actors
+    assert model.device == device_name(torch.device("cpu"))  # the workers' own, from their handshake
 
 
 def test_a_profile_from_a_finished_run(tmp_path):
@@ -67,6 +71,35 @@ def test_a_profile_from_a_finished_run(tmp_path):
         sum(g["steps"] for g in geometries)
     g = geometries[0]
     assert model.step_s(1, g["per_worker_batch_size"], g["grad_accum_steps"]) == pytest.approx(recorded, rel=1e-6)
+    assert model.device == f"{device_name(torch.device('cpu'))}, host {socket.gethostname()}"
+
+
+def test_a_profile_from_a_run_names_the_devices_the_run_trained_on(tmp_path):
+    """Not this machine's: a run's records made on a GPU cluster, fitted on a laptop, still say which GPUs."""
+    config = config_mod.load("quickstart", [*TINY, "epochs=1", "policy.name=fixed", "cluster.max_workers=1"])
+    run = RunDir.create(tmp_path / "runs", config)
+    outcome = Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True)).train()
+    run.finish("finished", **outcome.fields)
+    records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["devices"] for r in epochs] == [[device_name(torch.device("cpu"))]]
+
+    def fitted(devices):
+        for record in epochs:
+            if devices is None:
+                del record["devices"]
+            else:
+                record["devices"] = devices
+        run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        path = tmp_path / "p.json"
+        result = runner.invoke(app, ["calibrate", "--from-run", run.id, "--runs-dir", str(tmp_path / "runs"),
+                                     "-o", str(path)])
+        assert result.exit_code == 0, result.output
+        return profiles.load(path).device
+
+    host = socket.gethostname()
+    assert fitted(["NVIDIA H200", "NVIDIA H100 80GB HBM3"]) == f"NVIDIA H100 80GB HBM3 + NVIDIA H200, host {host}"
+    assert fitted(None) == f"devices not recorded (a run made before absa named them), host {host}"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,8 +11,6 @@ steps and a first probe, as most of a run's are), one checkpoint and the group's
 
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -108,7 +106,7 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     inside = sum(r["epoch_s"] for r in epochs)
     extra = [r["epoch_s"] - r.get("train_s", 0) - r.get("eval_s", 0) - r["probe_s"] for r in epochs]
     epoch_extra = sum(extra) / len(extra) + ((wall - inside) / len(epochs) if wall else 0.0)
-    device = f"{_device_name()}, host {run.info().get('host', '?')}"  # runs record no device: this machine's kind
+    device = _devices(epochs, run.info().get("host", "?"))
     first = config.batch.global_batch_size  # each epoch's share of FGSM samples, from the fraction it trained
     timed = [{**g, "attacked": num_adversarial(r.get("adv_ratio", 0.0), first) / first}
              for r in epochs for g in r["geometries"]]
@@ -122,12 +120,13 @@ def _model_name(config) -> str:
     return f"{config.model.name} (width {config.model.width:g}) on {config.data.name}"
 
 
-def _device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+def _devices(epochs: list[dict[str, Any]], host: str) -> str:
+    """The devices a run's epochs trained on, from their records; a run made before the records named them says so
+    (this machine's kind would be a guess: the run may have trained on a cluster)."""
+    named = sorted({device for record in epochs for device in record.get("devices", [])})
+    if not named:
+        return f"devices not recorded (a run made before absa named them), host {host}"
+    return f"{' + '.join(named)}, host {host}"
 
 
 def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: str | None, local: bool) -> Any:
@@ -188,6 +187,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
                                 "steps": stats.steps, "step_s": {**split, "total": total,
                                                                  "other": max(total - sum(split.values()), 0.0)}})
                 typer.echo(f"calibrate: {workers} worker(s) × {b}: {total * 1000:.1f} ms a step", err=True)
+        devices = " + ".join(group.devices())
         group.resize(1)
         mark = time.perf_counter()
         group.evaluate()
@@ -208,7 +208,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
     from absa_cli import catalog
 
     test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
-    return fit(entries, _model_name(config), _device_name(), _gradient_bytes(config),
+    return fit(entries, _model_name(config), devices, _gradient_bytes(config),
                sources=[f"absa calibrate {preset} {' '.join(overrides)} --max-gpus {most} ({where})".replace("  ", " ")],
                eval_s_per_sample=eval_s / test, probe_s=probe_s, epoch_s=checkpoint_s, start_s=start_s)
 

@@ -179,6 +179,9 @@ class RayWorkerGroup:
         lines, self._notices = self._notices, []
         return lines
 
+    def devices(self) -> list[str]:
+        return sorted({self._workers.get(actor._actor_id.hex(), {}).get("device_name", "?") for actor in self.actors})
+
     def _node(self, actor: Any) -> str:
         info = self._workers.get(actor._actor_id.hex(), {})
         return f"{info.get('node_ip', '?')} ({str(info.get('node_id', '?'))[:8]})"

@@ -62,8 +62,11 @@ class WorkerActor:
         print(LOG_PREFIX_ACTOR_NAME + self.label, file=sys.stderr, flush=True)
 
     def ready(self) -> dict[str, Any]:
+        from absa_cli.worker.accel import device_name
+
         return {"pid": os.getpid(), "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                 "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.engine.device),
+                "device_name": device_name(self.engine.device),
                 "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()]}
 
     def free_port(self) -> int:

@@ -139,6 +139,9 @@ class WorkerGroup(Protocol):
     def notices(self) -> list[str]:
         """Lines to show once, then forgotten (e.g. a worker that got a GPU slot on a node without CUDA)."""
 
+    def devices(self) -> list[str]:
+        """The kinds of device the workers train on now, each once, sorted (``accel.device_name``)."""
+
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> Any:
         """``len(lrs)`` optimizer steps from ``samples_seen`` of ``epoch``: reduced ``ChunkStats``."""

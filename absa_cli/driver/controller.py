@@ -148,7 +148,7 @@ class Controller:
             train_loss=totals.loss_sum / max(totals.samples, 1), test_acc=evaluation.accuracy))
         record = epoch_record(progress.epoch + 1, progress, self.group.num_train_samples, geometry, totals,
                               evaluation, probe, trained, self.decision, resize_s, time.perf_counter() - epoch_started,
-                              train_s, eval_s)
+                              train_s, eval_s, self.group.devices())
         progress.next_epoch(evaluation.accuracy)
         self._check_lock()
         self.sink.write(record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.driver.contract import ResizeResult, Shortfall, Unchanged
+from absa_cli.worker.accel import device_name
 from absa_cli.worker.engine import ChunkStats, Engine, EvalStats, ProbeStats
 
 
@@ -40,6 +41,9 @@ class LocalGroup:
 
     def notices(self) -> list[str]:
         return []
+
+    def devices(self) -> list[str]:
+        return [device_name(self.engine.device)]
 
     def resize(self, num_workers: int) -> ResizeResult:
         if num_workers == 1:

@@ -12,13 +12,15 @@ from absa_cli.decide.policy import Decision
 
 def epoch_record(epoch: int, progress: Any, num_train_samples: int, geometry: BatchGeometry, totals: Any,
                  evaluation: Any, probe: Any, trained: Decision, decided: Decision, resize_s: float,
-                 epoch_s: float, train_s: float = 0.0, eval_s: float = 0.0) -> dict[str, Any]:
-    """The ``epoch`` record of ``epoch`` (1-based): trained under ``trained``, ``decided`` after it."""
+                 epoch_s: float, train_s: float = 0.0, eval_s: float = 0.0,
+                 devices: list[str] | None = None) -> dict[str, Any]:
+    """The ``epoch`` record of ``epoch`` (1-based): trained under ``trained``, ``decided`` after it, by workers on
+    ``devices`` (their kinds, at the epoch's end)."""
     record = {
         "kind": "epoch", "epoch": epoch, "updates": progress.updates, "samples_seen": progress.samples_seen,
         "dropped_samples": num_train_samples - progress.samples_seen,
         "global_batch_size": geometry.global_batch_size, "num_workers": geometry.num_workers,
-        "grad_accum_steps": geometry.grad_accum_steps, "geometries": [_timed(g) for g in totals.geometries],
+        "grad_accum_steps": geometry.grad_accum_steps, "devices": list(devices or []), "geometries": [_timed(g) for g in totals.geometries],
         "step_s": _step_s(totals.geometries), "lr": totals.lr,
         "adv_ratio": trained.adv_ratio,
         "train_loss": totals.loss_sum / max(totals.samples, 1),

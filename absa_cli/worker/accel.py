@@ -10,6 +10,8 @@ either way, which is how the CPU tests reach the CUDA code paths.
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +87,14 @@ def place_datasets(setting: str, datasets: list[ImageDataset],
 
 def pick_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """The kind of device a worker trains on, as step-time profiles and epoch records name it: the GPU's model, or
+    the CPU's architecture and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def to_cpu(value):
