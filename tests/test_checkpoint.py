@@ -146,6 +146,34 @@ def test_a_listed_checkpoint_carrying_code_is_refused_and_the_code_does_not_run(
     assert "cannot be loaded safely" in lines[0] and not marker.exists()
 
 
+@pytest.mark.parametrize("name, field, value, reason", [
+    ("a path out of the run", "file", "../../victim.txt", "'../../victim.txt', which is not a checkpoint file name"),
+    ("an absolute path", "file", "/tmp/victim.pt", "not a checkpoint file name"),
+    ("another file of the folder", "file", "manifest.json", "not a checkpoint file name"),
+    ("a size that is text", "bytes", "123", "bytes '123' is not int"),
+    ("an epoch that is a flag", "epoch", True, "epoch True is not int"),
+])
+def test_a_manifest_naming_a_file_absa_does_not_write_is_damaged_and_nothing_outside_is_touched(
+        tmp_path, name, field, value, reason):
+    """A crafted (or copied-in) manifest must not make pruning delete, or `absa runs show` hash, a file outside the
+    run: the whole manifest is refused as damaged, in one line, before any entry is used."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    store = checkpoint.CheckpointStore(folder, keep_last=1)
+    store.save("epoch-0001.pt", _store_state(1))
+    manifest = json.loads(store.manifest_path.read_text())
+    manifest["checkpoints"].insert(0, {**manifest["checkpoints"][0], field: value})
+    store.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="is damaged") as info:
+        store.save("epoch-0002.pt", _store_state(2))  # would prune the first entry's file
+    assert reason in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="is damaged"):
+        store.latest(report=pytest.fail)
+    assert victim.read_text() == "keep me"
+
+
 def test_a_checkpoint_is_this_runs_by_uid_or_where_a_side_has_none_by_run_id():
     from absa_cli.run.checkpoint import check_identity
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -145,6 +146,27 @@ class Entry:
     written_at: str
 
 
+_FILE = re.compile(r"epoch-\d{4,}(-sample-\d{9,})?\.pt")  # what rundir.checkpoint_name writes, and nothing else
+_TYPES = {"file": str, "sha256": str, "bytes": int, "epoch": int, "samples_seen": int, "updates": int,
+          "written_at": str}
+
+
+def _entry(item: Any) -> Entry:
+    """A manifest line, checked: each field of its type, and a file name absa writes. A name with a path in it
+    (``../../x``) would have this folder's pruning delete, and `absa runs show` hash, a file outside the run."""
+    if not isinstance(item, dict):
+        raise TypeError(f"an entry is {type(item).__name__}, not an object")
+    entry = Entry(**item)  # TypeError for a missing or unknown field
+    for name, kind in _TYPES.items():
+        value = getattr(entry, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name} {value!r} is not {kind.__name__}")
+    if not _FILE.fullmatch(entry.file):
+        raise ValueError(f"it lists {entry.file!r}, which is not a checkpoint file name absa writes "
+                         f"(epoch-NNNN.pt or epoch-NNNN-sample-NNNNNNNNN.pt)")
+    return entry
+
+
 def verify(path: Path, entry: Entry) -> None:
     """Size, then sha256: a truncated file and a corrupted one each get their own one-line reason."""
     if not path.is_file():
@@ -176,7 +198,7 @@ class CheckpointStore:
             return []
         try:
             data = json.loads(self.manifest_path.read_text())
-            return [Entry(**item) for item in data["checkpoints"]]
+            return [_entry(item) for item in data["checkpoints"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{self.manifest_path} is damaged ({type(exc).__name__}: {exc}); without it no "
                                   f"checkpoint can be verified: restore it, or start a new run") from None
