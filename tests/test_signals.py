@@ -3,11 +3,13 @@ checkpoint and exit code 143; a second SIGINT aborts at once with 130 and the la
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from absa_cli.run import checkpoint
 from absa_cli.run.rundir import RunDir
@@ -48,7 +50,7 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_143(tmp_path):
     run = _run(tmp_path)
     output = "\n".join(lines)
     assert "SIGTERM: stopping after the current step" in output
-    assert f"resume with: absa resume {run.id} --runs-dir {tmp_path}" in output
+    assert f"resume with: absa resume {run.id} --local --runs-dir {tmp_path}" in output  # as it was trained
     info = run.info()
     (entry,) = checkpoint.CheckpointStore(run.checkpoints_dir).entries()
     assert info["status"] == "interrupted" and info["checkpoint"] == entry.file
@@ -74,3 +76,15 @@ def test_a_second_sigint_aborts_at_once(tmp_path):
     assert run.info()["status"] == "interrupted"
     stops = [e for e in checkpoint.CheckpointStore(run.checkpoints_dir).entries() if e.samples_seen]
     assert not stops  # no stop checkpoint was written
+
+
+def test_the_printed_resume_command_pastes_into_a_shell(tmp_path, monkeypatch):
+    """A runs directory with a space is quoted; the default runs directory is left out; `--local` only for a run
+    trained in this process."""
+    from absa_cli.cli.driver import resume_command
+
+    monkeypatch.delenv("ABSA_RUNS_DIR", raising=False)
+    spaced = RunDir(tmp_path / "my runs" / "quickstart-1")
+    assert shlex.split(resume_command(spaced, local=True)) == ["absa", "resume", "quickstart-1", "--local",
+                                                                "--runs-dir", str(tmp_path / "my runs")]
+    assert resume_command(RunDir(Path("runs") / "quickstart-1"), local=False) == "absa resume quickstart-1"

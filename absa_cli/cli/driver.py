@@ -9,6 +9,7 @@ checkpoint still stands). How each ending is reported is ``driver/outcome.py``'s
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -74,15 +75,18 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
     return RayWorkerGroup(config, autoscaler=joined), where
 
 
-def resume_command(run) -> str:
+def resume_command(run, local: bool) -> str:
+    """The command that continues ``run`` exactly, ready to paste into a shell: a run trained in this process
+    (``--local``) continues there (on a Ray worker its steps would run with another thread count: not the same
+    numbers)."""
     from absa_cli.run.rundir import runs_root
 
     default = runs_root(None).resolve()
-    where = "" if run.path.parent.resolve() == default else f" --runs-dir {run.path.parent}"
-    return f"absa resume {run.id}{where}"
+    where = "" if run.path.parent.resolve() == default else f" --runs-dir {shlex.quote(str(run.path.parent))}"
+    return f"absa resume {run.id}{' --local' if local else ''}{where}"
 
 
-def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
+def drive(config, run, group, lock, where: str, *, resume: bool, local: bool) -> None:
     """Run (or resume) to the end, then report how it ended (``driver/outcome.py``). Whatever happens, the run's
     status is written, the group closed and the lock released; signals are ignored once the outcome is decided."""
     from absa_cli.driver.controller import Controller
@@ -110,12 +114,12 @@ def drive(config, run, group, lock, where: str, *, resume: bool) -> None:
                 group.close()
             finally:
                 lock.release()
-    report(ending, run)
+    report(ending, run, local)
 
 
-def report(ending, run) -> None:
+def report(ending, run, local: bool) -> None:
     """The outcome's line (stdout for a finished run, else stderr, with the resume command when it can resume)."""
-    message = f"{ending.message}; resume with: {resume_command(run)}" if ending.resumable else ending.message
+    message = f"{ending.message}; resume with: {resume_command(run, local)}" if ending.resumable else ending.message
     typer.echo(message, err=ending.to_stderr)
     if ending.exit_code:
         raise typer.Exit(ending.exit_code)

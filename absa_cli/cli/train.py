@@ -65,7 +65,7 @@ def train(
         run = RunDir.create(runs_root(runs_dir), config, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
     typer.echo(f"run: {run.id}")
-    drive(config, run, group, lock, where, resume=False)
+    drive(config, run, group, lock, where, resume=False, local=local)
 
 
 def resume(
@@ -118,7 +118,7 @@ def resume(
                    resumed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    resumes=int(info.get("resumes", 0)) + 1, max_workers=config.cluster.max_workers)
     typer.echo(f"run: {run.id} (resumed)")
-    drive(config, run, group, lock, where, resume=True)
+    drive(config, run, group, lock, where, resume=True, local=local)
 
 
 def _refuse_local(local: bool) -> None:
