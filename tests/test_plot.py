@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def test_plot_one_run_to_its_run_directory(runs):
 
 def test_plot_overlays_runs_by_time_to_a_chosen_file(runs, tmp_path):
     output = tmp_path / "figures" / "absa-vs-fixed.png"
+    output.parent.mkdir()  # a missing folder is refused, as for `absa hessian --plot` (below)
     result = runner.invoke(app, ["plot", "absa-run", "fixed-run", "--x", "time", "-o", str(output),
                                  "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output
@@ -187,7 +189,37 @@ def test_missing_matplotlib(runs, monkeypatch):
     result = runner.invoke(app, ["plot", "absa-run", "--runs-dir", str(runs)])
     assert_user_error(result)
     assert result.stderr.strip() == ("error: absa plot needs matplotlib; "
-                                     "install it with pip install 'absa-train[plot]'")
+                                     "install it with `pip install 'absa-train[plot]'`")
+
+
+@pytest.mark.parametrize("output, says", [
+    ("plot.txt", "--output {path}: the extension .txt is not an image format; end the name with one of .png, .pdf"),
+    ("plotx", "--output {path}: the name has no extension"),
+    (".", "--output {path} is a directory; give a file name"),
+    ("missing/p.png", "--output {path}: the folder {parent} does not exist; create it or choose another path"),
+])
+def test_an_output_that_cannot_be_written_is_one_line_and_nothing_is_created(runs, tmp_path, output, says):
+    path = tmp_path / output
+    result = runner.invoke(app, ["plot", "absa-run", "-o", str(path), "--runs-dir", str(runs)])
+    assert_user_error(result, says.format(path=path, parent=path.parent))
+    assert not (tmp_path / "missing").exists() and not path.with_suffix(".png").exists()
+    assert not path.exists() or path.is_dir()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare for a private read-only mount")
+def test_a_run_directory_that_cannot_be_written_asks_for_another_output(runs):
+    """The run's folder bind-mounted read-only in a private mount namespace (as root in a user namespace,
+    permission bits alone would not stop the write)."""
+    run = runs / "absa-run"
+    script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && exec {sys.executable} -m absa_cli "
+              f"plot absa-run --runs-dir {runs}")
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=120)
+    if "mount" in result.stderr and result.returncode != 2:
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    assert result.returncode == 2 and not result.stdout, result.stderr
+    assert result.stderr == (f"error: --output {run / 'plot.png'}: the folder {run} cannot be written (Read-only "
+                             f"file system); choose another path with --output\n")
 
 
 def test_bad_x_axis(runs):

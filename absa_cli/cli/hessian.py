@@ -58,7 +58,7 @@ def hessian(
 
     with user_errors(), interrupted("interrupted; nothing was computed"):
         with held_interrupt():  # torch: loaded whole, whenever Ctrl-C comes
-            from absa_cli.run import checkpoint as checkpoint_mod
+            from absa_cli.run import checkpoint as checkpoint_mod, plots
             from absa_cli.worker import hessian as hessian_mod
         options = hessian_mod.HessianOptions(
             top_k=top_k, method=method.value, max_iter=max_iter, tol=tol, trace=trace or per_layer,
@@ -69,7 +69,7 @@ def hessian(
             raise UserError("--address names a Ray cluster for --max-gpus > 1; one worker computes here: drop "
                             "--address, or pass --max-gpus N")
         if plot is not None:  # before the computation, which a plotting error must never lose
-            hessian_mod.check_plot_path(plot)
+            plots.check_output(plot, "--plot", needs="--plot")
         checkpoint, found_in, skipped, state = _checkpoint_file(checkpoint)
         config = _config_for(checkpoint, preset)
         if max_gpus > 1:

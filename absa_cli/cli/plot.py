@@ -44,5 +44,6 @@ def plot(
                                 f"$ABSA_RUNS_DIR")
             runs.append(plots.load_run(run_dir))
         path = output or root / run_ids[0] / ("plot.png" if x is XAxis.updates else f"plot-{x.value}.png")
+        plots.check_output(path, "--output", needs="absa plot")
         plots.render(runs, x.value, path)
     typer.echo(f"plot: {path}")

@@ -6,7 +6,9 @@ run reaches the fixed baseline's accuracy in a fraction of its updates.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 from absa_cli import config as config_mod
 from absa_cli.errors import UserError
 
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
+MATPLOTLIB = "{} needs matplotlib; install it with `pip install 'absa-train[plot]'`"
 X_AXES = {"updates": "SGD updates (cumulative)", "epoch": "epoch", "time": "wall time (s)"}
 EVENT_STYLES = {"resize": ":", "failure": "-.", "restart": (0, (6, 2, 1, 2, 1, 2))}
 
@@ -138,9 +142,32 @@ def render(runs: list[RunCurves], axis: str, path: Path) -> None:
         ax.set_xlabel(X_AXES[axis])
     figure.suptitle(f"Training curves by {X_AXES[axis]}", fontsize=13)
     figure.legend(loc="outside lower center", ncol=1 if len(runs) > 2 else len(runs), frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
+
+
+def check_output(path: Path, option: str, needs: str) -> None:
+    """Refuse a plot path that cannot be written (``option``: the flag that names it), before the work that draws
+    it: one line for a directory, a name matplotlib cannot write, a missing or unwritable folder (none is created),
+    or no matplotlib (``needs``: what needs it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a directory; give a file name, e.g. {path / 'plot.png'}")
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        kind = f"the extension .{suffix} is not an image format" if suffix else "the name has no extension"
+        raise UserError(f"{option} {path}: {kind}; end the name with one of .{', .'.join(PLOT_FORMATS[:4])}")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: the folder {path.parent} does not exist; create it or choose another "
+                        f"path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".absa-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{option} {path}: the folder {path.parent} cannot be written ({exc.strerror}); choose "
+                        f"another path with {option}") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError(MATPLOTLIB.format(needs))
 
 
 def _pyplot():
@@ -151,7 +178,7 @@ def _pyplot():
         import matplotlib.pyplot as plt
         from matplotlib import ticker
     except ImportError:
-        raise UserError("absa plot needs matplotlib; install it with pip install 'absa-train[plot]'") from None
+        raise UserError(MATPLOTLIB.format("absa plot")) from None
     return plt, ticker
 
 

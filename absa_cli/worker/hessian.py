@@ -7,8 +7,6 @@ loaded with ``weights_only=True``, and every quantity is computed by ``absa_cli.
 
 from __future__ import annotations
 
-import importlib.util
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,9 +48,6 @@ def check_options(options: HessianOptions) -> None:
                         f"{options.top_k}")
 
 
-PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
-
-
 def lanczos_iterations(options: HessianOptions) -> int:
     """The iterations Lanczos gets: ``max_iter``, raised to ``top_k + 2`` (it needs more steps than eigenvalues)."""
     return options.max_iter if options.method == "power" else max(options.max_iter, options.top_k + 2)
@@ -66,29 +61,6 @@ def check_against_model(options: HessianOptions, model: torch.nn.Module) -> int:
         raise UserError(f"--top-k {options.top_k} is more eigenvalues than the model has parameters ({dim:,}); "
                         f"pass --top-k {min(dim, 20)} or fewer")
     return lanczos_iterations(options)
-
-
-def check_plot_path(path) -> None:
-    """Refuse a --plot path that cannot be written, before a computation that may take minutes."""
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--plot {path} is a directory; give a file name, e.g. {path / 'density.png'}")
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix not in PLOT_FORMATS:
-        kind = f"the extension .{suffix} is not an image format" if suffix else "the name has no extension"
-        raise UserError(f"--plot {path}: {kind}; end the name with one of .{', .'.join(PLOT_FORMATS[:4])}")
-    if not path.parent.is_dir():
-        raise UserError(f"--plot {path}: the folder {path.parent} does not exist; create it or choose another path")
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".absa-write-check-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"--plot {path}: the folder {path.parent} cannot be written ({exc.strerror}); choose "
-                        f"another path") from None
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UserError("--plot needs matplotlib; install it with `pip install 'absa-train[plot]'`")
 
 
 def rebuild_model(config: RunConfig, state: dict[str, Any]) -> torch.nn.Module:
