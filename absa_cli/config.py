@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,17 @@ PROBE_AMP_MODES = ("off", "bf16")
 
 class ConfigError(UserError):
     """A config key, type or value that cannot be used."""
+
+
+def _require_finite(section: Any, prefix: str) -> None:
+    """Every float of every section a finite number: YAML reads ``inf`` and ``.nan``, which the range checks let
+    through (``optim.lr=inf`` is > 0) and training would turn into a diverged run."""
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            _require_finite(value, f"{prefix}{item.name}.")
+        elif isinstance(value, float):
+            _require(math.isfinite(value), f"{prefix}{item.name} must be a finite number, got {value}")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -120,8 +133,9 @@ class OptimConfig:
         _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         _require(0 < self.decay_factor <= 1, f"optim.decay_factor must be in (0, 1], got {self.decay_factor}")
-        _require(list(self.decay_epochs) == sorted(self.decay_epochs) and all(e > 0 for e in self.decay_epochs),
-                 f"optim.decay_epochs must be increasing positive epochs, got {list(self.decay_epochs)}")
+        decays = list(self.decay_epochs)
+        _require(all(a < b for a, b in zip(decays, decays[1:])) and all(e > 0 for e in decays),
+                 f"optim.decay_epochs must be increasing positive epochs, each once, got {decays}")
         _require(self.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _require(0 < self.warmup_start_factor <= 1,
                  f"optim.warmup_start_factor must be in (0, 1], got {self.warmup_start_factor}")
@@ -285,6 +299,7 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
+        _require_finite(self, "")
         _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         _require(self.policy.max_global_batch >= self.batch.global_batch_size,
@@ -359,17 +374,27 @@ def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
             raise ConfigError(_type_message(exc, origin)) from None
         except OmegaConfBaseException as exc:
             raise ConfigError(f"invalid config (from {origin}): {first_line(exc)}") from None
+        except TypeError:  # OmegaConf merging a list into a mapping or the reverse: optim.decay_epochs[0]=5
+            raise ConfigError(f"invalid config (from {origin}): a list or a section was given where the other is "
+                              f"expected; set a list whole, e.g. optim.decay_epochs=[30,60], and the keys of a "
+                              f"section one by one, e.g. optim.lr=0.1") from None
     try:
         return OmegaConf.to_object(merged)  # runs every section's __post_init__ validation
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
+    except OmegaConfBaseException as exc:  # a value OmegaConf took at merge but cannot build, e.g. [[1]] for list[int]
+        raise ConfigError(f"invalid config: {first_line(exc)}; write lists of plain values, e.g. "
+                          f"optim.decay_epochs=[30,60]") from None
 
 
 def _renamed_keys(layer: Any, origin: str) -> Any:
     """``policy.lr_ramp_steps`` (a ramp in updates) became ``policy.lr_ramp_epochs`` (in epochs): not the same
     number, so never carried over. A saved config with no ramp (0) reads as before; anything else is one line."""
     layer = OmegaConf.create(layer) if not isinstance(layer, DictConfig) else layer
-    steps = OmegaConf.select(layer, "policy.lr_ramp_steps", default=None)
+    try:
+        steps = OmegaConf.select(layer, "policy.lr_ramp_steps", default=None)
+    except OmegaConfBaseException:  # policy is not a section here (policy=[1]): the merge says so in one line
+        return layer
     if steps is None:
         return layer
     if origin == "the saved config" and steps == 0:
@@ -428,9 +453,15 @@ def to_yaml(config: RunConfig) -> str:
 
 def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
     for item in overrides:
-        key = item.partition("=")[0]
+        key, _, value = item.partition("=")
         if "=" not in item or not key:
             raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. optim.lr=0.05")
+        if key.strip() == "preset":  # set by `load` from the command's argument: an override would be overwritten
+            raise ConfigError(f"override {item!r}: the preset is the command's first argument, not a key; write "
+                              f"e.g. absa train {value or 'quickstart'}")
+        if re.fullmatch(r"[+-]?0\d+", value.strip()):  # YAML 1.1 reads 010 as octal 8 and 09 as a string
+            raise ConfigError(f"override {item!r}: a number with a leading zero is ambiguous in YAML (010 reads as "
+                              f"octal 8); write {key}={int(value.strip()):d}")
     for item in overrides:  # one at a time first, so an error names the override it comes from
         try:
             OmegaConf.from_dotlist([item])
@@ -486,7 +517,7 @@ def _type_message(exc: ValidationError, origin: str) -> str:
         return f"invalid config (from {origin}): {first_line(exc)}; set keys inside a section, e.g. optim.lr=0.1"
     key = str(exc.full_key or exc.key)
     expected = _expected_type(key)
-    value = first_line(exc).split("'")[1] if "'" in str(exc) else "?"
+    value = first_line(exc).split("'")[1] if "'" in str(exc) else getattr(exc, "value", None)
     example = {"int": "3", "float": "0.1", "bool": "true", "str": "name", "list[int]": "[30,60]"}.get(expected)
     hint_key = key
     if "[" in key:  # a list element: show how to write the whole list

@@ -57,6 +57,30 @@ def test_invalid_values_are_config_errors():
 
 
 @pytest.mark.parametrize(("override", "says"), [
+    ("optim.decay_epochs[0]=5", "a list or a section was given where the other is expected; set a list whole"),
+    ("optim.decay_epochs.0=5", "a list or a section was given where the other is expected"),
+    ("optim.decay_epochs={a: 1}", "a list or a section was given where the other is expected"),
+    ("optim.decay_epochs=[[1]]", "write lists of plain values, e.g. optim.decay_epochs=[30,60]"),
+    ("policy=[1]", "list is not a subclass of PolicyConfig"),
+    ("optim.decay_epochs=30,60", "'optim.decay_epochs' expects list[int], got '30,60'"),
+    ("optim.decay_epochs=[8,8]", "optim.decay_epochs must be increasing positive epochs, each once, got [8, 8]"),
+    ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
+    ("policy.adv_eps=.inf", "policy.adv_eps must be a finite number, got inf"),
+    ("cluster.collective_timeout_s=.inf", "cluster.collective_timeout_s must be a finite number"),
+    ("preset=c1-cifar10", "the preset is the command's first argument, not a key; write e.g. absa train c1-cifar10"),
+    ("epochs=010", "a number with a leading zero is ambiguous in YAML (010 reads as octal 8); write epochs=10"),
+    ("seed=-07", "write seed=-7"),
+])
+def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, says):
+    """Each once a traceback (a TypeError or OmegaConf error outside the caught ones) or silently something else
+    (`epochs=010` trained 8 epochs, `preset=` was overwritten, `[8,8]` decayed twice, `inf` passed `> 0`)."""
+    with pytest.raises(ConfigError) as info:
+        config_mod.load("c1-cifar10", [override])
+    message = str(info.value)
+    assert says in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("override", "says"), [
     ("optim.decay_epochs=[8,", "close the list"),
     ("data==", "'=' is not a value"),
     ("epochs='4", "close the quote"),
