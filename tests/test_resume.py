@@ -179,6 +179,77 @@ def test_a_damaged_run_json_is_listed_not_a_traceback(finished, tmp_path):
     assert listing.exit_code == 0 and "damaged" in listing.output
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("started_at", 5, "started_at is 5, not str"),
+    ("best_test_acc", "high", "best_test_acc is 'high', not int or float"),
+    ("last_epoch", True, "last_epoch is True, not int"),
+    ("status", "paused", "status 'paused' is not one of running, finished"),
+])
+def test_a_run_json_with_a_field_of_another_type_is_that_run_damaged_not_a_traceback_for_all(
+        finished, tmp_path, field, value, says):
+    good = _copy_run(finished[0], tmp_path)
+    bad = RunDir(tmp_path / "hand-edited")
+    import shutil
+
+    shutil.copytree(good.path, bad.path)
+    bad.info_path.write_text(json.dumps({**json.loads(bad.info_path.read_text()), field: value}))
+    listing = runner.invoke(app, ["runs", "list", "--runs-dir", str(tmp_path)])
+    assert listing.exit_code == 0 and "Traceback" not in listing.output, listing.output
+    (good_row,) = [line for line in listing.output.splitlines() if line.startswith(good.id)]
+    (bad_row,) = [line for line in listing.output.splitlines() if line.startswith(bad.id)]
+    assert "finished" in good_row and "damaged" in bad_row
+    shown = runner.invoke(app, ["runs", "show", bad.id, "--runs-dir", str(tmp_path)])
+    assert shown.exit_code == 0 and says in shown.output.replace("\n", " "), shown.output
+
+
+def test_a_started_at_of_null_sorts_first_beside_runs_that_have_one(finished, tmp_path):
+    import shutil
+
+    dated = _copy_run(finished[0], tmp_path)
+    shutil.copytree(dated.path, tmp_path / "undated")
+    undated = RunDir(tmp_path / "undated")
+    undated.info_path.write_text(json.dumps({**undated.info(), "started_at": None}))
+    listing = runner.invoke(app, ["runs", "list", "--runs-dir", str(tmp_path)])
+    assert listing.exit_code == 0, listing.output
+    rows = [line.split()[0] for line in listing.output.splitlines()[1:] if line.strip()]
+    assert rows == ["undated", dated.id]
+
+
+def test_a_metrics_file_cut_inside_a_line_is_mended_before_the_next_record(tmp_path):
+    """Writes lost to a crash can leave metrics.jsonl shorter than a checkpoint counted, ending inside a record:
+    resuming moves that partial line aside, so the next record is a line of its own and every line reads back."""
+    from absa_cli.run.metrics import JsonlSink
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    sink = JsonlSink(run.metrics_path)
+    for epoch in (1, 2, 3):
+        sink.write({"kind": "epoch", "epoch": epoch})
+    counted = run.metrics_size()
+    run.metrics_path.write_bytes(run.metrics_path.read_bytes()[:-10])  # the third record cut
+    assert run.rewind_metrics(counted) == 1
+    third = json.dumps({"kind": "epoch", "epoch": 3}) + "\n"
+    assert run.superseded_path.read_text() == third[:-10] + "\n"
+    sink.write({"kind": "resume"})
+    assert [json.loads(line) for line in run.metrics_path.read_text().splitlines()] == [
+        {"kind": "epoch", "epoch": 1}, {"kind": "epoch", "epoch": 2}, {"kind": "resume"}]
+    assert run.rewind_metrics(run.metrics_size()) == 0  # a whole file: nothing moves
+
+
+def test_bytes_that_are_not_utf8_in_the_metrics_are_skipped_by_show_and_named_by_plot(finished, tmp_path):
+    run = _copy_run(finished[0], tmp_path)
+    with run.metrics_path.open("ab") as handle:
+        handle.write(b"\xff\xfe x\n")
+    shown = runner.invoke(app, ["runs", "show", run.id, "--runs-dir", str(tmp_path)])
+    assert shown.exit_code == 0 and "last epoch 3" in shown.output, shown.output
+    plotted = runner.invoke(app, ["plot", run.id, "--runs-dir", str(tmp_path)])
+    assert plotted.exit_code == 0, plotted.output  # the last line, as a live run's half-written one, is skipped
+    with run.metrics_path.open("ab") as handle:
+        handle.write(b'{"kind": "resume"}\n')
+    plotted = runner.invoke(app, ["plot", run.id, "--runs-dir", str(tmp_path)])
+    assert plotted.exit_code == 2 and "metrics.jsonl:" in plotted.output and "is not a JSON record" in plotted.output
+
+
 def _foreign(run: RunDir, name: str, **owner: str) -> None:
     """Rewrite checkpoint ``name`` (and its manifest entry) as if another run had written it: its weights, with
     ``owner`` in place of this run's name in it, as a checkpoints/ folder copied between runs would bring."""

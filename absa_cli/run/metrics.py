@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ class JsonlSink:
         line = json.dumps(_finite(record), allow_nan=False)
         with self.path.open("a") as handle:
             handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the checkpoint that counts its bytes (rundir.rewind_metrics)
 
 
     def close(self) -> None:

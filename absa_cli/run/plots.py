@@ -83,14 +83,14 @@ def load_run(run_dir: Path) -> RunCurves:
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().splitlines()
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             if number == len(lines):  # a live run's record half-written at this instant: skip it
                 continue
             raise UserError(f"{path}:{number} is not a JSON record; the metrics file is damaged") from None

@@ -83,12 +83,23 @@ def checkpoint_name(epoch: int, samples_seen: int) -> str:
     return f"epoch-{epoch:04d}.pt" if samples_seen == 0 else f"epoch-{epoch:04d}-sample-{samples_seen:09d}.pt"
 
 
+# The fields of run.json that absa reads, and their types: a hand-edited or foreign file with another type reads as
+# damaged (one run listed so), never as a traceback in `absa runs list` for every run.
+_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("status", "preset", "host", "started_at", "ended_at", "resumed_at", "error", "uid",
+                     "checkpoint"), (str,)),
+    **dict.fromkeys(("pid", "last_epoch", "epochs", "updates", "resumes", "global_batch_size", "num_workers",
+                     "max_workers"), (int,)),
+    **dict.fromkeys(("best_test_acc", "test_acc", "wall_s"), (int, float)),
+}
+
+
 def list_runs(root: Path) -> list["RunDir"]:
     """Every run under ``root``, oldest first (by the start time in ``run.json``)."""
     if not root.is_dir():
         return []
     runs = [RunDir(path) for path in root.iterdir() if (path / "run.json").is_file()]
-    return sorted(runs, key=lambda run: (run.info().get("started_at", ""), run.id))
+    return sorted(runs, key=lambda run: (str(run.info().get("started_at") or ""), run.id))
 
 
 class RunDir:
@@ -172,28 +183,33 @@ class RunDir:
 
     def rewind_metrics(self, size: int) -> int:
         """Cut ``metrics.jsonl`` back to ``size`` bytes (its size when a checkpoint was written), appending the
-        cut records to ``metrics.superseded.jsonl``; returns how many records were moved."""
-        current = self.metrics_size()
-        if current <= size:
+        cut records to ``metrics.superseded.jsonl``; returns how many records were moved.
+
+        A file that ends inside a line (shorter than ``size``: writes lost to a crash) has that partial line moved
+        aside the same way, so the next record starts a line of its own instead of joining it into one bad line."""
+        if not self.metrics_path.exists():
             return 0
         with self.metrics_path.open("r+b") as handle:
-            handle.seek(size)
-            tail = handle.read()
+            data = handle.read()
+            cut = size if len(data) > size else data.rfind(b"\n") + 1
+            if cut >= len(data):
+                return 0
+            tail = data[cut:]
             with self.superseded_path.open("ab") as superseded:
-                superseded.write(tail)
+                superseded.write(tail if tail.endswith(b"\n") else tail + b"\n")
                 superseded.flush()
                 os.fsync(superseded.fileno())
-            handle.truncate(size)
-        return tail.count(b"\n")
+            handle.truncate(cut)
+        return tail.count(b"\n") + (not tail.endswith(b"\n"))
 
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
         records = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in self.metrics_path.read_bytes().splitlines():
             try:
                 records.append(json.loads(line))
-            except ValueError:  # a line cut by a crash mid-write: the records before it stand
+            except ValueError:  # a line cut by a crash mid-write (or not UTF-8): the records before it stand
                 continue
         return [r for r in records if kind is None or r.get("kind") == kind]
 
@@ -229,6 +245,14 @@ class RunDir:
             return {"status": "damaged", "error": f"{self.info_path} is not valid JSON"}
         if not isinstance(info, dict):
             return {"status": "damaged", "error": f"{self.info_path} is not a JSON object"}
+        for key, value in info.items():
+            kinds = _INFO_TYPES.get(key)
+            if kinds and value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                return {"status": "damaged", "error": f"{self.info_path}: {key} is {value!r}, not "
+                                                      f"{' or '.join(kind.__name__ for kind in kinds)}"}
+        if info.get("status", Status.RUNNING) not in STATUSES:
+            return {"status": "damaged", "error": f"{self.info_path}: status {info['status']!r} is not one of "
+                                                  f"{', '.join(STATUSES)}"}
         return info
 
     def write_info(self, **fields: Any) -> None:
