@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from absa_cli.cli.app import app
 from absa_cli.run.metrics import EPOCH_FIELDS
 
-from conftest import TINY, assert_user_error
+from conftest import TINY, assert_user_error, audited_epochs
 
 runner = CliRunner()
 
@@ -76,6 +76,31 @@ def test_local_run_has_one_worker_and_accumulates(tmp_path):
     (epoch,) = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "epoch"]
     assert (epoch["num_workers"], epoch["grad_accum_steps"]) == (1, 2)  # 64 = 1 worker × 32 × 2
     assert_user_error(_invoke("train", "quickstart", "--local", "--max-gpus", "2"), "--local")
+
+
+def test_a_local_run_keeps_the_sample_audit_too_in_a_folder_it_makes(tmp_path):
+    """`--local` once ignored `logging.sample_log_dir`; now its one worker logs as a Ray worker does, into a folder
+    made for it, and the log shows every sample of every epoch once (applied, or in the dropped tail)."""
+    audit = tmp_path / "audit" / "nested"
+    result = _invoke("train", "quickstart", *TINY, "data.train_size=300", f"logging.sample_log_dir={audit}",
+                     "--local", "--runs-dir", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.output
+    epochs = audited_epochs(audit)
+    assert sorted(epochs) == [0, 1]
+    for applied, dropped in epochs.values():
+        assert sorted(applied + dropped) == list(range(300)) and dropped  # 300 is no multiple of a batch
+
+
+def test_a_sample_log_dir_that_cannot_be_written_is_one_line_before_anything_starts(tmp_path):
+    """Once a worker that could not open its log failed to join, and the group waited 300 s for it as for missing
+    capacity, then blamed the cluster's free CPUs."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _invoke("train", "quickstart", f"logging.sample_log_dir={blocker / 'audit'}", "--runs-dir",
+                     str(tmp_path / "runs"))
+    assert_user_error(result, f"logging.sample_log_dir {blocker / 'audit'} is under {blocker}, which is not a "
+                              f"directory; choose a folder this user can write (it is made if missing)")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_preset_exit_2():

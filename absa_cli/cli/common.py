@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import typer
@@ -94,8 +95,9 @@ def load_libraries(*, ray: bool, dataset: str = "", on_quit: Callable[[], None] 
 
 def check_schedule(config) -> None:
     """One ``ConfigError`` line, before anything starts, for a config whose batches split badly into workers and
-    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch), or whose
-    ``cluster.profile`` cannot be read."""
+    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch), whose
+    ``cluster.profile`` cannot be read, or whose ``logging.sample_log_dir`` cannot be written (a worker that could
+    not open its audit log would fail to join, and the group would wait for it as for missing capacity)."""
     from absa_cli.decide.membership import check_geometries
     from absa_cli.decide.policy import reachable_batches
 
@@ -104,6 +106,11 @@ def check_schedule(config) -> None:
         from absa_cli.run import profile
 
         profile.load(config.cluster.profile)
+    if config.logging.sample_log_dir:
+        from absa_cli.run.rundir import check_writable
+
+        check_writable(Path(config.logging.sample_log_dir), what="logging.sample_log_dir",
+                       fix="choose a folder this user can write (it is made if missing)")
 
 
 def complete_preset(incomplete: str) -> list[str]:

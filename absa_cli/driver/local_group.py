@@ -7,10 +7,14 @@ accumulates instead.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.driver.contract import ResizeResult, Shortfall, Unchanged
 from absa_cli.worker.accel import device_name
+from absa_cli.worker.audit import SampleAudit
 from absa_cli.worker.engine import ChunkStats, Engine, EvalStats, ProbeStats
 
 
@@ -19,6 +23,8 @@ class LocalGroup:
 
     def __init__(self, config: RunConfig) -> None:
         self.engine = Engine(config)
+        if config.logging.sample_log_dir:  # the same audit a Ray worker keeps, as this process's file
+            self.engine.audit = SampleAudit(Path(config.logging.sample_log_dir) / f"samples-pid{os.getpid()}.jsonl")
 
     def capacity(self) -> int:
         return 1
@@ -75,4 +81,5 @@ class LocalGroup:
         self.engine.load_state_dict(state)
 
     def close(self) -> None:
-        pass
+        if self.engine.audit is not None:
+            self.engine.audit.close()

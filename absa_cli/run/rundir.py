@@ -45,12 +45,12 @@ def runs_root(runs_dir: str | os.PathLike | None) -> Path:
     return Path(runs_dir or os.environ.get("ABSA_RUNS_DIR") or "runs").expanduser()
 
 
-def check_writable(directory: Path, what: str = "runs directory") -> Path:
+def check_writable(directory: Path, what: str = "runs directory", fix: str = "") -> Path:
     """One line for a directory that cannot take a run's files: a regular file, a path under a file, no write
     permission, a read-only file system. Checked before anything starts (a Ray cluster takes seconds), by writing:
     a temporary folder is made and removed in the nearest existing ancestor, as the run's own would be."""
-    fix = "pass a writable --runs-dir (or set ABSA_RUNS_DIR)" if what == "runs directory" else \
-        "make it writable, or copy the run to a writable --runs-dir"
+    fix = fix or ("pass a writable --runs-dir (or set ABSA_RUNS_DIR)" if what == "runs directory" else
+                  "make it writable, or copy the run to a writable --runs-dir")
     probe = Path(directory)
     while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
         probe = probe.parent

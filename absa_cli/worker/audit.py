@@ -19,6 +19,9 @@ from absa_cli.dist import DistContext
 
 class SampleAudit:
     def __init__(self, path: Path) -> None:
+        """Append to ``path``, making its folder (the driver checked it can be written; a worker on another node
+        makes it there)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.file = Path(path).open("a")
 
     def applied(self, epoch: int, start: int, ctx: DistContext, indices: torch.Tensor) -> None:
