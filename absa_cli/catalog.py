@@ -26,6 +26,15 @@ class DatasetSpec:
     downloadable: bool = False  # torchvision can fetch it when ``data.download=true``
     procedural: bool = False  # generated in memory from a seed; sizes come from the config
     streamed: bool = False  # decoded from image files batch by batch (too large to hold); the rest live in memory
+    other_splits: tuple[tuple[str, int], ...] = ()  # training splits besides "train", and their sizes
+
+    def train_size(self, split: str = "train", asked: int = 0) -> int:
+        """The samples an epoch of ``split`` holds with ``data.train_size=asked`` (0: the whole split): a generated
+        set makes as many as asked; a set of files has at most its split's (the loader keeps the first ``asked``)."""
+        whole = dict(self.other_splits).get(split, self.num_train)
+        if self.procedural:
+            return asked or whole
+        return min(asked, whole) if asked else whole
 
 
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -52,7 +61,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "svhn", 10, 32, 73_257, 26_032, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
             folder="svhn",
             layout="svhn/{train,test,extra}_32x32.mat (SVHN format 2, cropped digits)",
-            downloadable=True,
+            downloadable=True, other_splits=(("extra", 531_131), ("train+extra", 604_388)),
         ),
         DatasetSpec(
             "tinyimagenet", 200, 64, 100_000, 10_000, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821),

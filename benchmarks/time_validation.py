@@ -47,7 +47,7 @@ def predict(config, model, batches: list[int], workers: int) -> float:
     from absa_cli.decide.timeline import time_schedule
 
     spec = catalog.dataset_spec(config.data.name)
-    return time_schedule(config, model, batches, config.data.train_size or spec.num_train,
+    return time_schedule(config, model, batches, spec.train_size(config.data.train_split, config.data.train_size),
                          config.data.test_size or spec.num_test, workers,
                          probes=config.policy.name != "fixed", adversarial=True)["seconds"]
 

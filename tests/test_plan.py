@@ -73,6 +73,21 @@ def test_plan_refuses_a_cap_larger_than_the_training_set():
     assert_user_error(result, "policy.max_global_batch=1024", "1000 training samples", "at most 1000")
 
 
+@pytest.mark.parametrize("args, samples", [
+    (["alexnet-svhn", "data.train_split=extra"], 531_131),
+    (["alexnet-svhn", "data.train_split=train+extra"], 604_388),
+    (["alexnet-svhn", "data.train_size=1000000"], 73_257),  # the loader keeps at most the split
+    (["c1-cifar10", "data.train_size=20000"], 20_000),
+    (["quickstart", "data.train_size=50000"], 50_000),  # a generated set makes as many as asked
+])
+def test_plan_counts_the_samples_the_run_would_train_on(args, samples):
+    result = runner.invoke(app, ["plan", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["num_train_samples"] == samples
+    assert plan["fixed_updates"] == plan["epochs"] * (samples // 128)
+
+
 def test_plan_notes_batches_whose_epochs_drop_a_large_tail():
     plan = json.loads(runner.invoke(app, ["plan", "quickstart", "data.train_size=1500", "--json"]).stdout)
     assert [note.split(" every")[0] for note in plan["notes"]] == ["note: at global batch 256",

@@ -70,7 +70,7 @@ def build_plan(config, max_workers: int, model: Any = None) -> dict[str, Any]:
     from absa_cli.decide.replay import schedule_bounds
 
     spec = catalog.dataset_spec(config.data.name)
-    num_samples = config.data.train_size or spec.num_train
+    num_samples = spec.train_size(config.data.train_split, config.data.train_size)
     check_batch_fits(config, num_samples)
     bounds = schedule_bounds(config)
     base_updates = config.epochs * steps_in_epoch(num_samples, config.batch.global_batch_size)
