@@ -238,14 +238,34 @@ def test_divergence_is_an_outcome_with_no_checkpoint_of_the_diverged_weights(tmp
     assert not list(run.checkpoints_dir.glob("*.pt"))
 
 
-def test_a_damaged_checkpoint_on_resume_is_a_user_error_outcome(tmp_path):
+def test_a_damaged_checkpoint_on_resume_is_a_refusal_that_leaves_the_run_as_it_was(tmp_path):
     group = ScriptedGroup(offered=2)
     controller, run, _ = _controller(tmp_path, group)
     controller.train()
     (run.checkpoints_dir / "manifest.json").write_text("{not json")
     again = Controller(controller.config, run, ScriptedGroup(offered=2), Console(stream=io.StringIO()))
     ending = again.train(resume=True)
-    assert (ending.status, ending.exit_code) == (Status.FAILED, 2) and ending.message.startswith("error: ")
+    assert (ending.status, ending.exit_code, ending.put_back) == (None, 2, True)
+    assert ending.message.startswith("error: ") and not again.resumed
+
+
+def test_a_user_error_after_the_resume_restored_the_run_marks_it_failed(tmp_path):
+    """Once the run is restored it has run again: a user error then (here the manifest damaged between two
+    checkpoints, as a hand edit would) ends it failed, still resumable, not put back."""
+    controller, run, _ = _controller(tmp_path, ScriptedGroup(offered=2))
+    controller.config.epochs = 1
+    controller.train()
+    controller.config.epochs = 3
+    again = Controller(controller.config, run, ScriptedGroup(offered=2), Console(stream=io.StringIO()))
+    original = again.save_checkpoint
+
+    def damaging():
+        (run.checkpoints_dir / "manifest.json").write_text("{not json")
+        return original()
+
+    again.save_checkpoint = damaging
+    ending = again.train(resume=True)
+    assert again.resumed and (ending.status, ending.exit_code, ending.put_back) == (Status.FAILED, 2, False)
 
 
 def test_a_batch_larger_than_the_training_set_is_refused_by_the_controller_itself(tmp_path):

@@ -57,6 +57,7 @@ class Controller:
                                        report=lambda problem: console.line(f"[red]checkpoint[/]: {problem}"),
                                        config=config)
         self.last_record: dict[str, Any] | None = None
+        self.resumed = False  # a resume found its checkpoint (or none to find): from here on, the run is running
         self.stop: outcome.StopRequest | None = None
         self.abort_signal: int | None = None  # a second signal: the run ends at once (KeyboardInterrupt)
         group.name(run.id)
@@ -83,7 +84,9 @@ class Controller:
             return outcome.lock_lost(str(exc))
         except outcome.Diverged as exc:
             return outcome.diverged(str(exc), self.progress.epoch, self.progress.updates)
-        except UserError as exc:  # e.g. no usable checkpoint: the run stays resumable
+        except UserError as exc:  # the run stays resumable; one refused before restoring anything stays as it was
+            if resume and not self.resumed:
+                return outcome.refused(str(exc), exc.exit_code)
             return outcome.user_error(str(exc), exc.exit_code)
 
     def request_stop(self, signum: int) -> None:
@@ -237,6 +240,7 @@ class Controller:
                               + (f" ({moved} records moved to {self.run.superseded_path.name})" if moved else ""))
         self.sink.write(event_record("resume", self.progress, checkpoint=source,
                                      max_workers=self.config.cluster.max_workers))
+        self.resumed = True
         return source
 
     def restart_from_checkpoint(self, why: str) -> None:

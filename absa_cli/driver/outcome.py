@@ -9,7 +9,8 @@ with its code. The endings, with the status each leaves (``run.rundir.Status``, 
 | stopped by SIGINT/SIGTERM after the step in progress, with a checkpoint | interrupted | 128 + signal | stderr |
 | aborted by a second signal (the last checkpoint stands) | interrupted | 128 + signal | stderr |
 | diverged (a non-finite loss or weights), or collapsed (``decide/collapse.py``) | diverged | 1 | stderr |
-| a user error found while running (e.g. no usable checkpoint) | failed | 2 | stderr |
+| a resume refused before it restored anything (no usable checkpoint) | as before the resume | 2 | stderr |
+| a user error found while running (e.g. a damaged checkpoint manifest) | failed | 2 | stderr |
 | the lock was taken over by another driver | unchanged (the run is the other driver's) | 1 | stderr |
 
 An internal error is not an outcome: the run is marked failed (still resumable) and its traceback stays.
@@ -37,6 +38,7 @@ class Outcome:
     resumable: bool = False  # the message goes on with how to resume
     fields: dict[str, Any] = field(default_factory=dict)  # more run.json fields
     summary: dict[str, Any] | None = None  # the finished run's figures
+    put_back: bool = False  # status None, and run.json's fields as the refused resume found them
 
     @property
     def to_stderr(self) -> bool:
@@ -69,6 +71,11 @@ def diverged(message: str, epoch: int, updates: int) -> Outcome:
 
 def user_error(message: str, exit_code: int) -> Outcome:
     return Outcome(Status.FAILED, exit_code, f"error: {message}", fields={"error": message})
+
+
+def refused(message: str, exit_code: int) -> Outcome:
+    """A resume that could not restore the run: nothing ran, so nothing about the run changes."""
+    return Outcome(None, exit_code, f"error: {message}", put_back=True)
 
 
 def lock_lost(message: str) -> Outcome:
