@@ -132,10 +132,17 @@ def check_batch_fits(config: RunConfig, num_train_samples: int) -> None:
     an epoch at that batch would apply no step at all (an epoch's tail is dropped, never a short step)."""
     largest = reachable_batches(config)[-1]
     field = "batch.global_batch_size" if config.policy.name == "fixed" else "policy.max_global_batch"
-    if largest > num_train_samples:
-        raise ConfigError(f"{field}={largest} is larger than the {num_train_samples} training samples of "
-                          f"{config.data.name}: no full global batch fits in an epoch; set {field} to at most "
-                          f"{num_train_samples}")
+    if largest <= num_train_samples:
+        return
+    first = config.batch.global_batch_size
+    if field != "batch.global_batch_size" and first > num_train_samples:  # the cap alone cannot go below the start
+        fix = (f"set batch.global_batch_size and policy.max_global_batch to at most {num_train_samples}"
+               if num_train_samples else "give it training samples")
+        raise ConfigError(f"even the first global batch, batch.global_batch_size={first}, is larger than the "
+                          f"{num_train_samples} training samples of {config.data.name}; {fix}")
+    raise ConfigError(f"{field}={largest} is larger than the {num_train_samples} training samples of "
+                      f"{config.data.name}: no full global batch fits in an epoch; set {field} to at most "
+                      f"{num_train_samples}")
 
 
 def dropped_share_notes(config: RunConfig, num_train_samples: int, threshold: float = 0.1) -> list[str]:
