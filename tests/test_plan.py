@@ -77,7 +77,8 @@ def test_a_training_set_smaller_than_the_first_batch_gets_advice_that_works():
     """Lowering only the cap, as the cap's own message says, would meet "below batch.global_batch_size" next."""
     result = runner.invoke(app, ["plan", "quickstart", "data.train_size=100"])
     assert_user_error(result, "even the first global batch, batch.global_batch_size=128, is larger than the 100 "
-                              "training samples", "set batch.global_batch_size and policy.max_global_batch to at most 100")
+                              "training samples",
+                      "set batch.global_batch_size and policy.max_global_batch to at most 100")
     followed = runner.invoke(app, ["plan", "quickstart", "data.train_size=100", "batch.global_batch_size=100",
                                    "policy.max_global_batch=100"])
     assert followed.exit_code == 0, followed.output
