@@ -52,6 +52,20 @@ def test_a_reused_pid_does_not_keep_a_stale_lock(tmp_path):
     RunLock(path, "run-c").acquire().release()
 
 
+def test_an_unreadable_lock_file_says_so_and_how_long_until_it_is_stale(tmp_path):
+    """Not "driven by pid -1 on None": the file is judged by its age, and the line says what to do."""
+    path = tmp_path / "lock.json"
+    path.write_text("garbage")
+    with pytest.raises(RunLocked) as info:
+        RunLock(path, "run-g").acquire()
+    message = str(info.value)
+    assert f"its lock file {path} cannot be read (damaged, or written by another version of absa)" in message
+    assert "delete the file, or wait" in message and "None" not in message and "\n" not in message
+    old = time.time() - lock.STALE_AFTER_S - 5
+    os.utime(path, (old, old))
+    RunLock(path, "run-g").acquire().release()  # stale by its age: taken over
+
+
 @pytest.mark.parametrize("age_s, stale", [(5, False), (lock.STALE_AFTER_S + 5, True)])
 def test_another_hosts_lock_is_judged_by_its_heartbeat(tmp_path, age_s, stale):
     holder = {"host": "some-other-host", "pid": 1, "heartbeat": time.time() - age_s}

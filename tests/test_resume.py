@@ -170,6 +170,8 @@ def test_checkpoints_without_their_manifest_are_refused_not_restarted(finished, 
     result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
     assert result.exit_code == 2 and "no manifest.json to verify them against" in result.output
     assert epoch_records(run) == finished[2] and not run.superseded_path.exists()  # nothing was moved or lost
+    shown = runner.invoke(app, ["runs", "show", run.id, "--runs-dir", str(run.path.parent)])
+    assert shown.exit_code == 0 and "no manifest.json to verify" in shown.output.replace("\n", " ")
 
 
 def test_a_damaged_run_json_is_listed_not_a_traceback(finished, tmp_path):

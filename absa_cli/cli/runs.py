@@ -131,11 +131,15 @@ def _checkpoint_table(run):
 
     table = Table("checkpoint", "epochs done", "+samples", "updates", "bytes", "written", "check",
                   title="checkpoints (newest last)", title_justify="left", box=None, pad_edge=False)
+    store = CheckpointStore(run.checkpoints_dir)
     try:
-        entries = CheckpointStore(run.checkpoints_dir).entries()
+        entries = store.entries()
     except CheckpointError as exc:
         table.add_row("-", "", "", "", "", "", str(exc))
         return table
+    if not entries and any(run.checkpoints_dir.glob("epoch-*.pt")):  # what resume would refuse, said here too
+        table.add_row("-", "", "", "", "", "", f"[red]checkpoint files but no {store.manifest_path.name} to verify "
+                                               f"them against: resume refuses them; restore it, or start a new run[/]")
     for entry in entries:
         try:
             verify(run.checkpoints_dir / entry.file, entry)

@@ -92,6 +92,12 @@ class RunLock:
         with self._guard():
             holder = read(self.path)
             if holder is not None:
+                if not is_stale(holder) and holder.get("host") is None:  # read() could not parse it
+                    age = time.time() - float(holder.get("heartbeat", 0))
+                    raise RunLocked(f"run {self.run_id}: its lock file {self.path} cannot be read (damaged, or written "
+                                    f"by another version of absa) and is {age:.0f} s old; if no driver runs this run, "
+                                    f"delete the file, or wait {max(STALE_AFTER_S - age, 0):.0f} s until it counts as "
+                                    f"stale")
                 if not is_stale(holder):
                     raise RunLocked(f"run {self.run_id} is being driven by {describe(holder)}; stop that driver "
                                     f"first (Ctrl-C), or wait for it to finish")
