@@ -127,6 +127,12 @@ def test_plan_with_the_h100_profile_prints_times_and_the_comparison_fast_and_imp
     assert elapsed < 2.0, f"absa plan --profile took {elapsed:.2f} s"
 
 
+def test_plan_says_slower_for_a_case_slower_than_fixed():
+    from absa_cli.cli.plan import _versus
+
+    assert (_versus(100, 50), _versus(100, 123.5), _versus(100, 100.2)) == ("2.00× faster", "1.24× slower", "the same")
+
+
 def test_plan_time_in_json_follows_from_the_profile():
     result = runner.invoke(app, ["plan", "resnet18-imagenet", "--max-gpus", "64", "--profile", H100, "--json"])
     assert result.exit_code == 0, result.output

@@ -167,7 +167,7 @@ def _print_time(console: Any, time: dict[str, Any] | None, max_workers: int) -> 
     table = Table("run", "wall time", "vs fixed", "worker-hours", f"held idle (of {max_workers})",
                   title=f"Time, from {escape(time['profile'])}", title_justify="left")
     for name, case in time["cases"].items():
-        table.add_row(names[name], _duration(case["seconds"]), f"{fixed / case['seconds']:.2f}× faster",
+        table.add_row(names[name], _duration(case["seconds"]), _versus(fixed, case["seconds"]),
                       f"{case['worker_hours']:.3g}", f"{case['idle_worker_hours']:.3g}")
     console.print(table)
     for name, case in time["cases"].items():
@@ -175,6 +175,14 @@ def _print_time(console: Any, time: dict[str, Any] | None, max_workers: int) -> 
                            f"({_duration(p['step_s'])} a step)" for p in case["phases"])
         console.print(f"  {names[name]}: {phases}")
     console.print(f"Profile sources: {escape('; '.join(time['sources']) or 'not recorded')}")
+
+
+def _versus(fixed_s: float, seconds: float) -> str:
+    """``1.85× faster``, ``1.24× slower`` or ``the same``: never "0.81× faster" for a slower case."""
+    ratio = fixed_s / seconds
+    if round(ratio, 2) == 1:
+        return "the same"
+    return f"{ratio:.2f}× faster" if ratio > 1 else f"{1 / ratio:.2f}× slower"
 
 
 def _span(phase: dict[str, Any]) -> str:
