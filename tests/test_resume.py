@@ -145,9 +145,10 @@ def test_resume_refuses_a_finished_run_and_ids_that_are_not_plain_names(finished
     run = finished[0]
     result = runner.invoke(app, ["resume", run.id, "--runs-dir", str(run.path.parent)])
     assert result.exit_code == 2 and "already finished" in result.output and "Traceback" not in result.output
-    for bad in ("../x", "/etc", "..", "a/b"):
+    for bad in ("../x", "/etc", "..", "a/b", ".x", "r" * 129):
         result = runner.invoke(app, ["resume", bad, "--runs-dir", str(run.path.parent)])
-        assert result.exit_code == 2 and "not a plain name" in result.output, bad
+        assert result.exit_code == 2 and "not a plain name (1 to 128 letters" in result.output, bad
+    assert "…(129 characters)" in result.output  # a long one is cut in the line, with its length
     result = runner.invoke(app, ["resume", "no-such-run", "--runs-dir", str(run.path.parent)])
     assert result.exit_code == 2 and "no run 'no-such-run'" in result.output
 

@@ -68,8 +68,9 @@ def check_writable(directory: Path, what: str = "runs directory", fix: str = "")
 def check_run_id(run_id: str) -> str:
     """Refuse anything that is not a plain name, so a run id can never leave the runs directory."""
     if not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
-        raise UserError(f"run id {run_id!r} is not a plain name (letters, digits, '.', '_', '-'); "
-                        f"list run ids with `absa runs list`")
+        shown = run_id if len(run_id) <= 60 else f"{run_id[:40]}…({len(run_id)} characters)"
+        raise UserError(f"run id {shown!r} is not a plain name (1 to 128 letters, digits, '.', '_', '-', the first a "
+                        f"letter or digit); list run ids with `absa runs list`")
     return run_id
 
 
