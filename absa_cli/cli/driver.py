@@ -89,9 +89,8 @@ def resume_command(run, local: bool) -> str:
 def drive(config, run, group, lock, where: str, *, resume: bool, local: bool,
           info_before: dict[str, Any] | None = None) -> None:
     """Run (or resume) to the end, then report how it ended (``driver/outcome.py``). Whatever happens, the run's
-    status is written, the group closed and the lock released; signals are ignored once the outcome is decided.
-    A resume refused before it restored anything (no usable checkpoint: one line, exit 2) puts back ``info_before``,
-    the fields of ``run.json`` it had changed: the run is left as it was, not marked failed."""
+    status is written (``_record``), the group closed and the lock released; signals are ignored once the outcome is
+    decided."""
     from absa_cli.driver.controller import Controller
     from absa_cli.run.metrics import Console
     from absa_cli.run.rundir import Status
@@ -106,10 +105,7 @@ def drive(config, run, group, lock, where: str, *, resume: bool, local: bool,
             finally:
                 signals.ignore = True
                 controller.console.close()
-            if ending.status is not None:
-                run.finish(ending.status, **ending.fields)
-            elif ending.put_back and info_before is not None:
-                run.write_info(**info_before)
+            _record(ending, run, info_before)
         except BaseException as exc:  # an internal error: the run stays resumable and the traceback stays
             run.finish(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
@@ -120,6 +116,16 @@ def drive(config, run, group, lock, where: str, *, resume: bool, local: bool,
             finally:
                 lock.release()
     report(ending, run, local)
+
+
+def _record(ending, run, info_before: dict[str, Any] | None) -> None:
+    """``run.json`` after an ending: its status and fields; for a resume refused before it restored anything (no
+    usable checkpoint: one line, exit 2), ``info_before``, the fields the resume had changed: the run is left as it
+    was, not marked failed."""
+    if ending.status is not None:
+        run.finish(ending.status, **ending.fields)
+    elif ending.put_back and info_before is not None:
+        run.write_info(**info_before)
 
 
 def report(ending, run, local: bool) -> None:
