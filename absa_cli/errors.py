@@ -21,6 +21,11 @@ class DataNotFoundError(UserError):
     """A dataset's files are not where the config says they should be."""
 
 
+class BadDataError(UserError):
+    """A dataset file is there but does not hold what its format promises: cut short, another format, pixels of the
+    wrong shape, labels outside the classes. Training on it would crash mid-run or, worse, learn from wrong data."""
+
+
 def first_line(error: BaseException | str, typed: bool = False, limit: int = 300) -> str:
     """The first line of an error's message, for one-line reports and records, without terminal escape codes: an
     exception with no message gives its type's name; ``typed`` prefixes the type (``RayActorError: ...``)."""

@@ -50,7 +50,9 @@ def build_dataset(
 
     ``root`` holds each on-disk set in ``root / spec.folder``. ``seed`` and ``size`` define generated sets
     (``size`` 0: the spec's default); for on-disk sets ``size`` > 0 keeps the first ``size`` samples. Missing files
-    raise ``DataNotFoundError`` (one line: expected path, layout, fix); ``download`` fetches downloadable sets first.
+    (or an empty split, or a failed download) raise ``DataNotFoundError`` (one line: expected path, layout, fix);
+    malformed ones raise ``BadDataError`` (one line: the file, what is wrong, the fix), so both are found here, when
+    the dataset is opened, not mid-run. ``download`` fetches downloadable sets first.
     """
     try:
         spec = dataset_spec(name)

@@ -3,6 +3,11 @@
 Too large to hold decoded, so only the file list and labels are kept and each batch is decoded on demand with PIL.
 Class indices follow sorted wnid order, the convention torchvision's ImageFolder and most published code use, so
 checkpoints stay comparable.
+
+What opening checks, from the listings alone (no image is decoded: that would take minutes on ImageNet): the class
+list has no repeated wnid and no more classes than the spec (a label past the model's last output would crash the
+loss mid-run; a repeated wnid shifts every later label), every annotated file is there, and the split is not empty.
+A corrupt image is found only when a batch decodes it; the error then names the file (``UnreadableImageError``).
 """
 
 from __future__ import annotations
@@ -20,25 +25,41 @@ from torchvision.transforms import functional as TF
 from absa_cli.catalog import DatasetSpec
 from absa_cli.data.augment import CropFlip, random_resized_crop_box, sample_generator
 from absa_cli.data.base import ImageDataset, check_batch_args, normalize
-from absa_cli.data.files import dataset_dir, not_found, require_files
-from absa_cli.errors import DataNotFoundError
+from absa_cli.data.files import bad_data, dataset_dir, no_images, not_found, require_files
+from absa_cli.errors import first_line
 
 
-def _image_files(directory: Path) -> list[Path]:
+class UnreadableImageError(OSError):
+    """An image file PIL cannot decode (cut short, not an image), met mid-run: its message names the file."""
+
+
+def _listing(spec: DatasetSpec, directory: Path) -> list[os.DirEntry]:
+    """The entries of ``directory``; one that cannot be listed (permissions) is a one-line error, not a traceback."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as error:
+        raise bad_data(spec, directory, f"cannot be listed ({error.strerror or first_line(error, typed=True)})",
+                       fix="make it readable, or set data.root=DIR (or ABSA_DATA) to a readable copy") from None
+
+
+def _image_files(spec: DatasetSpec, directory: Path) -> list[Path]:
     """Image files directly inside ``directory``, sorted by name so the index order is reproducible."""
-    with os.scandir(directory) as entries:
-        names = [e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+    names = [e.name for e in _listing(spec, directory) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
     return [directory / name for name in sorted(names)]
 
 
-def _subdirs(directory: Path) -> list[str]:
-    with os.scandir(directory) as entries:
-        return sorted(e.name for e in entries if e.is_dir())
+def _subdirs(spec: DatasetSpec, directory: Path) -> list[str]:
+    return sorted(e.name for e in _listing(spec, directory) if e.is_dir())
 
 
 def _decode_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")  # a few TinyImageNet/ImageNet JPEGs are greyscale or CMYK
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # a few TinyImageNet/ImageNet JPEGs are greyscale or CMYK
+    except Exception as error:  # PIL's errors for a cut JPEG ("image file is truncated") do not name the file
+        raise UnreadableImageError(f"cannot decode the image {path} ({first_line(error, typed=True)}); replace "
+                                   f"it with a good copy, or delete it") from error
 
 
 def _to_uint8_chw(image: Image.Image) -> torch.Tensor:
@@ -108,18 +129,61 @@ class ImageNetDataset(FileImageDataset):
         return _to_uint8_chw(image)
 
 
+def _read_lines(spec: DatasetSpec, path: Path) -> list[str]:
+    """The non-blank lines of a small text file, stripped (so Windows line ends read the same)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise bad_data(spec, path, "is not a text file") from None
+    except OSError as error:
+        raise bad_data(spec, path, f"cannot be read ({error.strerror or first_line(error, typed=True)})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_wnids(spec: DatasetSpec, path: Path) -> list[str]:
+    """The sorted class list, refused when it could mislabel: a repeated wnid shifts the index of every later one,
+    and more wnids than classes gives labels past the model's last output."""
+    listed = _read_lines(spec, path)
+    if not listed:
+        raise bad_data(spec, path, "lists no wnid")
+    for line in listed:
+        if len(line.split()) != 1:
+            raise bad_data(spec, path, f"has {line[:60]!r} on a line; it lists one wnid (e.g. n01443537) per line")
+    wnids = sorted(listed)
+    repeated = next((a for a, b in zip(wnids, wnids[1:]) if a == b), None)
+    if repeated is not None:
+        raise bad_data(spec, path, f"lists {repeated} more than once, which would shift the label of every later "
+                                   f"wnid", fix="keep each wnid once (the official file lists 200 different ones)")
+    if len(wnids) > spec.num_classes:
+        raise bad_data(spec, path, f"lists {len(wnids)} wnids, more than the {spec.num_classes} classes of "
+                                   f"{spec.name}", fix=f"keep at most {spec.num_classes} (the official file lists 200)")
+    return wnids
+
+
+def _read_val_annotations(spec: DatasetSpec, path: Path) -> list[tuple[str, str]]:
+    """``(file name, wnid)`` per line of ``val_annotations.txt`` (tab-separated: file, wnid, bounding box)."""
+    rows = []
+    for line in _read_lines(spec, path):
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0] or not fields[1]:
+            raise bad_data(spec, path, f"has the line {line[:60]!r}; each line is FILE<TAB>WNID<TAB>x0<TAB>y0<TAB>"
+                                       f"x1<TAB>y1 (tab-separated, as in the official zip)")
+        rows.append((fields[0], fields[1]))
+    return sorted(rows)
+
+
 def load_tinyimagenet(
     spec: DatasetSpec, split: str, root: str | os.PathLike, *, size: int, download: bool
 ) -> TinyImageNetDataset:
     """``train`` from ``train/<wnid>/images``; ``test`` is the labelled ``val`` split (official test: unlabelled)."""
     directory = dataset_dir(spec, root)
     wnids_file = directory / "wnids.txt"
+    annotations, val_images = directory / "val" / "val_annotations.txt", directory / "val" / "images"
     if split == "train":
-        require_files(spec, [wnids_file, directory / "train"], download=download)
+        require_files(spec, [wnids_file], dirs=[directory / "train"], download=download)
     else:
-        annotations = directory / "val" / "val_annotations.txt"
-        require_files(spec, [wnids_file, annotations, directory / "val" / "images"], download=download)
-    wnids = sorted(line.strip() for line in wnids_file.read_text().splitlines() if line.strip())
+        require_files(spec, [wnids_file, annotations], dirs=[val_images], download=download)
+    wnids = _read_wnids(spec, wnids_file)
     class_index = {wnid: i for i, wnid in enumerate(wnids)}
     paths: list[Path] = []
     labels: list[int] = []
@@ -128,16 +192,25 @@ def load_tinyimagenet(
             images_dir = directory / "train" / wnid / "images"
             if not images_dir.is_dir():
                 raise not_found(spec, images_dir, download_requested=download)
-            files = _image_files(images_dir)
+            files = _image_files(spec, images_dir)
             paths.extend(files)
             labels.extend([class_index[wnid]] * len(files))
+        if not paths:
+            raise no_images(spec, f"in {directory / 'train'}/<wnid>/images for the {len(wnids)} wnids of {wnids_file}",
+                            download_requested=download)
     else:
-        rows = [line.split("\t") for line in annotations.read_text().splitlines() if line.strip()]
-        for filename, wnid, *_ in sorted(rows):
+        present = {entry.name for entry in _listing(spec, val_images)}
+        for filename, wnid in _read_val_annotations(spec, annotations):
             if wnid not in class_index:
-                raise DataNotFoundError(f"{annotations}: wnid {wnid!r} for {filename} is not in {wnids_file}")
-            paths.append(directory / "val" / "images" / filename)
+                raise bad_data(spec, annotations, f"labels {filename} with {wnid!r}, which is not in {wnids_file}",
+                               fix="use the wnids.txt and val/ of the same official zip")
+            if filename not in present:
+                raise bad_data(spec, annotations, f"lists {filename}, which is not in {val_images}",
+                               fix="unpack the official zip's val/images again, or remove the line")
+            paths.append(val_images / filename)
             labels.append(class_index[wnid])
+        if not paths:
+            raise no_images(spec, f"for the test split: {annotations} lists none", download_requested=download)
     return TinyImageNetDataset(spec, split, paths, labels, size)
 
 
@@ -147,18 +220,27 @@ def load_imagenet(
     """``train/<wnid>/*`` or (for ``test``) ``val/<wnid>/*``; classes: the sorted wnids of ``train/`` if present."""
     directory = dataset_dir(spec, root)
     split_dir = directory / ("train" if split == "train" else "val")
-    require_files(spec, [split_dir], download=download)
-    class_source = directory / "train" if (directory / "train").is_dir() else split_dir
-    wnids = _subdirs(class_source)
+    train_dir = directory / "train"
+    require_files(spec, [], dirs=[split_dir], download=download)
+    if train_dir.exists():  # a file there must not leave val/ alone to define the classes
+        require_files(spec, [], dirs=[train_dir], download=download)
+    class_source = train_dir if train_dir.is_dir() else split_dir
+    wnids = _subdirs(spec, class_source)
+    if len(wnids) > spec.num_classes:
+        raise bad_data(spec, class_source, f"has {len(wnids)} class folders, more than the {spec.num_classes} classes "
+                                           f"of {spec.name}: the labels past {spec.num_classes - 1} fit no output",
+                       fix=f"keep only the {spec.num_classes} ILSVRC-2012 class folders (one per wnid) there")
     class_index = {wnid: i for i, wnid in enumerate(wnids)}
     paths: list[Path] = []
     labels: list[int] = []
-    for wnid in _subdirs(split_dir):
+    for wnid in _subdirs(spec, split_dir):
         if wnid not in class_index:
-            raise DataNotFoundError(f"{split_dir / wnid} has no matching class directory in {class_source}")
-        files = _image_files(split_dir / wnid)
+            raise bad_data(spec, split_dir / wnid, f"has no matching class folder in {class_source}",
+                           fix="give train/ and val/ the same <wnid> folders (val/ sorted into class folders)")
+        files = _image_files(spec, split_dir / wnid)
         paths.extend(files)
         labels.extend([class_index[wnid]] * len(files))
     if not paths:
-        raise not_found(spec, split_dir / "<wnid>" / "*.JPEG", download_requested=download)
+        raise no_images(spec, f"in {split_dir}/<wnid>/ (image files sorted into one folder per class)",
+                        download_requested=download)
     return ImageNetDataset(spec, split, paths, labels, size)

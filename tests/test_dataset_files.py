@@ -1,0 +1,429 @@
+"""Malformed dataset files are refused when the dataset is opened, in one line naming the file and the fix.
+
+Each case writes a tiny, otherwise valid copy of a dataset in its real on-disk format (CIFAR pickles, SVHN ``.mat``,
+TinyImageNet and ImageNet folder trees), breaks exactly one thing, and checks the ``UserError`` from
+``build_dataset``: its type, that it is one line, and that it names the file (or folder) and the problem. Without
+the check, each of these would load (and train on wrong data: scrambled pixels, shifted labels) or fail later with
+a traceback from inside a reader or the loss. The lenient cases (Python 2 ``bytes`` keys, SVHN labels 0..9) check
+that the checks refuse nothing the format allows. End to end, ``absa train`` on such files exits 2 with one
+``error:`` line and leaves no run directory; a failed download says which host and that placing files by hand
+works; a corrupt JPEG, found only when a batch decodes it, names the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from absa_cli.cli.app import app
+from absa_cli.data import build_dataset
+from absa_cli.errors import BadDataError
+from absa_cli.data.folders import UnreadableImageError
+from absa_cli.errors import DataNotFoundError
+
+from conftest import assert_user_error
+
+# --- tiny copies in the real formats ----------------------------------------------------------------------------
+
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def cifar_entry(count: int = 4, classes: int = 10, key: str = "labels", seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+            key: rng.integers(0, classes, count).tolist()}
+
+
+def write_pickle(path: Path, value) -> None:
+    with path.open("wb") as f:
+        pickle.dump(value, f)
+
+
+def write_cifar10(root: Path) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for seed, name in enumerate(CIFAR10_FILES):
+        write_pickle(folder / name, cifar_entry(seed=seed))
+    return folder
+
+
+def write_cifar100(root: Path) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name in ("train", "test"):
+        entry = cifar_entry(classes=100, key="fine_labels")
+        write_pickle(folder / name, {**entry, "coarse_labels": [label // 5 for label in entry["fine_labels"]]})
+    return folder
+
+
+def write_mat(path: Path, pixels: np.ndarray, digits: np.ndarray) -> None:
+    scipy.io.savemat(str(path), {"X": pixels, "y": digits})
+
+
+def svhn_arrays(count: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3, count), dtype=np.uint8)
+    return pixels, (np.arange(count).reshape(count, 1) % 10 + 1).astype(np.uint8)  # 1..10, 10 = the digit 0
+
+
+def write_svhn(root: Path) -> Path:
+    folder = root / "svhn"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        write_mat(folder / f"{split}_32x32.mat", *svhn_arrays())
+    return folder
+
+
+def write_jpeg(path: Path, side: int = 16) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (side, side), (120, 40, 200)).save(path, format="JPEG")
+
+
+TINY_WNIDS = ["n0100", "n0200"]
+
+
+def write_tiny(root: Path) -> Path:
+    base = root / "tiny-imagenet-200"
+    base.mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
+    rows = []
+    for i, wnid in enumerate(TINY_WNIDS):
+        write_jpeg(base / "train" / wnid / "images" / f"{wnid}_0.JPEG")
+        write_jpeg(base / "val" / "images" / f"val_{i}.JPEG")
+        rows.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t15\t15")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+    return base
+
+
+def write_imagenet(root: Path) -> Path:
+    base = root / "imagenet"
+    for split in ("train", "val"):
+        for wnid in ("n01", "n02"):
+            write_jpeg(base / split / wnid / f"{wnid}_0.JPEG")
+    return base
+
+
+def replace_with_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def replace_with_file(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    path.rmdir()
+    path.write_text("")
+
+
+def cut_in_half(path: Path) -> None:
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def assert_one_line(error: BaseException, *fragments: str) -> None:
+    message = str(error)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+# --- malformed files: (dataset, split, write a good copy and break one thing → the bad path, error type, words) ---
+
+Setup = Callable[[Path], Path]
+
+
+def _cifar10(edit: Callable[[Path], Path]) -> Setup:
+    return lambda root: edit(write_cifar10(root))
+
+
+def _svhn(edit: Callable[[Path], Path]) -> Setup:
+    return lambda root: edit(write_svhn(root))
+
+
+def _tiny(edit: Callable[[Path], Path]) -> Setup:
+    return lambda root: edit(write_tiny(root))
+
+
+def _imagenet(edit: Callable[[Path], Path]) -> Setup:
+    return lambda root: edit(write_imagenet(root))
+
+
+def _pickled(name: str, value) -> Callable[[Path], Path]:
+    def edit(folder: Path) -> Path:
+        write_pickle(folder / name, value)
+        return folder / name
+    return edit
+
+
+def _mat(pixels: np.ndarray, digits: np.ndarray) -> Callable[[Path], Path]:
+    def edit(folder: Path) -> Path:
+        write_mat(folder / "train_32x32.mat", pixels, digits)
+        return folder / "train_32x32.mat"
+    return edit
+
+
+def _text(relative: str, text: str) -> Callable[[Path], Path]:
+    def edit(base: Path) -> Path:
+        (base / relative).write_text(text)
+        return base / relative
+    return edit
+
+
+def _then(action: Callable[[Path], object], relative: str) -> Callable[[Path], Path]:
+    def edit(base: Path) -> Path:
+        action(base / relative)
+        return base / relative
+    return edit
+
+
+def _v73(folder: Path) -> Path:
+    path = folder / "train_32x32.mat"
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116) + b"\0" * 8 + b"\x00\x02IM"
+    path.write_bytes(header.ljust(512, b"\0") + b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    return path
+
+
+def _cifar100_labels_only(root: Path) -> Path:
+    folder = write_cifar100(root)
+    write_pickle(folder / "train", cifar_entry(classes=10, key="labels"))
+    return folder / "train"
+
+
+def _cifar100_label_100(root: Path) -> Path:
+    folder = write_cifar100(root)
+    entry = cifar_entry(classes=100, key="fine_labels")
+    entry["fine_labels"][2] = 100
+    write_pickle(folder / "train", entry)
+    return folder / "train"
+
+
+def _labels(values: list[int], **entry) -> dict:
+    return {**cifar_entry(), "labels": values, **entry}
+
+
+def _many_imagenet_classes(base: Path) -> Path:
+    for i in range(1001):
+        (base / "train" / f"n9{i:04d}").mkdir()
+    return base / "train"
+
+
+def _empty_tiny_train(base: Path) -> Path:
+    for image in (base / "train").rglob("*.JPEG"):
+        image.unlink()
+    return base / "train"
+
+
+def _flat_imagenet_val(base: Path) -> Path:
+    for wnid in ("n01", "n02"):
+        replace_with_file(base / "val" / wnid)  # files in val/ itself, not sorted into class folders
+    return base / "val"
+
+
+def _val_extra_class(base: Path) -> Path:
+    write_jpeg(base / "val" / "n03" / "n03_0.JPEG")
+    return base / "val" / "n03"
+
+
+BAD = {
+    # CIFAR: labels past the classes or negative, pixels of another shape or type, a foreign or cut pickle
+    "cifar10-label-10": ("cifar10", "train", _cifar10(_pickled("data_batch_2", _labels([0, 1, 10, 2]))),
+                         BadDataError, ["value 10", "the 10 classes 0..9"]),
+    "cifar10-label-negative": ("cifar10", "test", _cifar10(_pickled("test_batch", _labels([0, -1, 3, 2]))),
+                               BadDataError, ["value -1"]),
+    "cifar100-label-100": ("cifar100", "train", _cifar100_label_100, BadDataError, ["value 100", "0..99"]),
+    "cifar10-rows-of-3000": ("cifar10", "train", _cifar10(_pickled("data_batch_1", _labels(
+        [0, 1, 2, 3], data=np.zeros((4, 3000), np.uint8)))), BadDataError, ["(4, 3000)", "3072"]),
+    "cifar10-data-float": ("cifar10", "train", _cifar10(_pickled("data_batch_1", _labels(
+        [0, 1, 2, 3], data=np.full((4, 3072), 0.5)))), BadDataError, ["float64", "uint8"]),
+    "cifar10-data-over-255": ("cifar10", "train", _cifar10(_pickled("data_batch_1", _labels(
+        [0, 1, 2, 3], data=np.full((4, 3072), 300)))), BadDataError, ["300", "0..255"]),
+    "cifar10-label-count": ("cifar10", "train", _cifar10(_pickled("data_batch_4", _labels([0, 1, 2]))),
+                            BadDataError, ["4 images but 3 labels"]),
+    "cifar10-no-rows": ("cifar10", "test", _cifar10(_pickled("test_batch", _labels(
+        [], data=np.zeros((0, 3072), np.uint8)))), BadDataError, ["holds no images"]),
+    "cifar10-garbage": ("cifar10", "train", _cifar10(_text("data_batch_3", "not a pickle")), BadDataError,
+                        ["not a readable pickle"]),
+    "cifar10-cut": ("cifar10", "train", _cifar10(_then(cut_in_half, "data_batch_3")), BadDataError,
+                    ["not a readable pickle"]),
+    "cifar10-a-list": ("cifar10", "train", _cifar10(_pickled("data_batch_3", [1, 2])), BadDataError,
+                       ["pickled list, not the dict"]),
+    "cifar10-given-cifar100-keys": ("cifar10", "train", _cifar10(_pickled("data_batch_5", cifar_entry(
+        key="fine_labels"))), BadDataError, ["no 'labels' entry", "CIFAR-100"]),
+    "cifar100-given-cifar10-keys": ("cifar100", "train", _cifar100_labels_only, BadDataError,
+                                    ["no 'fine_labels' entry", "CIFAR-10 file"]),
+    "cifar10-batch-is-a-dir": ("cifar10", "train", _cifar10(_then(replace_with_dir, "data_batch_2")),
+                               BadDataError, ["is a directory, not a file"]),
+    # SVHN: y = 11 and 12 are no digit (10 is the digit 0), X of another layout or size, cut or v7.3 files
+    "svhn-y-11": ("svhn", "train", _svhn(_mat(svhn_arrays()[0], np.array([[1], [11], [3], [10]], np.uint8))),
+                  BadDataError, ["value 11", "1..10"]),
+    "svhn-y-not-whole": ("svhn", "train", _svhn(_mat(svhn_arrays()[0], np.array([[1.0], [2.5], [3.0], [4.0]]))),
+                         BadDataError, ["not whole numbers"]),
+    "svhn-24px": ("svhn", "train", _svhn(_mat(np.zeros((24, 24, 3, 4), np.uint8), svhn_arrays()[1])),
+                  BadDataError, ["(24, 24, 3, 4)", "32×32×3×N"]),
+    "svhn-NHWC": ("svhn", "train", _svhn(_mat(np.zeros((4, 32, 32, 3), np.uint8), svhn_arrays()[1])),
+                  BadDataError, ["(4, 32, 32, 3)", "N×H×W×C"]),
+    "svhn-y-shorter": ("svhn", "train", _svhn(_mat(svhn_arrays()[0], svhn_arrays(3)[1])), BadDataError,
+                       ["4 images but 3 labels"]),
+    "svhn-no-samples": ("svhn", "train", _svhn(_mat(np.zeros((32, 32, 3, 0), np.uint8), np.zeros((0, 1), np.uint8))),
+                        BadDataError, ["holds no images"]),
+    "svhn-cut": ("svhn", "train", _svhn(_then(cut_in_half, "train_32x32.mat")), BadDataError,
+                 ["not a readable MATLAB .mat file"]),
+    "svhn-garbage": ("svhn", "train", _svhn(_text("train_32x32.mat", "junk")), BadDataError,
+                     ["not a readable MATLAB .mat file"]),
+    "svhn-v7.3": ("svhn", "train", _svhn(_v73), BadDataError, ["MATLAB v7.3 (HDF5)"]),
+    "svhn-no-X": ("svhn", "train", _svhn(lambda folder: scipy.io.savemat(
+        str(folder / "train_32x32.mat"), {"y": svhn_arrays()[1]}) or folder / "train_32x32.mat"), BadDataError,
+                  ["no 'X' variable"]),
+    # TinyImageNet: a class list that would shift or overflow labels; annotations not in the official form
+    "tiny-201-wnids": ("tinyimagenet", "train", _tiny(_text("wnids.txt", "\n".join(
+        f"n{i:04d}" for i in range(201)))), BadDataError, ["lists 201 wnids", "200 classes"]),
+    "tiny-repeated-wnid": ("tinyimagenet", "train", _tiny(_text("wnids.txt", "n0100\nn0200\nn0100\n")),
+                           BadDataError, ["lists n0100 more than once"]),
+    "tiny-no-wnid": ("tinyimagenet", "train", _tiny(_text("wnids.txt", "\n\n")), BadDataError, ["lists no wnid"]),
+    "tiny-words-not-wnids": ("tinyimagenet", "train", _tiny(_text("wnids.txt", "n0100 goldfish\n")),
+                             BadDataError, ["one wnid", "per line"]),
+    "tiny-wnids-is-a-dir": ("tinyimagenet", "test", _tiny(_then(replace_with_dir, "wnids.txt")), BadDataError,
+                            ["is a directory, not a file"]),
+    "tiny-train-is-a-file": ("tinyimagenet", "train", _tiny(_then(replace_with_file, "train")), BadDataError,
+                             ["is a file, not a directory"]),
+    "tiny-annotations-with-spaces": ("tinyimagenet", "test", _tiny(_text(
+        "val/val_annotations.txt", "val_0.JPEG n0100 0 0 15 15\n")), BadDataError, ["tab-separated"]),
+    "tiny-annotations-one-column": ("tinyimagenet", "test", _tiny(_text(
+        "val/val_annotations.txt", "val_0.JPEG\n")), BadDataError, ["'val_0.JPEG'", "FILE<TAB>WNID"]),
+    "tiny-annotated-image-missing": ("tinyimagenet", "test", _tiny(_text(
+        "val/val_annotations.txt", "val_0.JPEG\tn0100\nval_7.JPEG\tn0200\n")), BadDataError,
+                                     ["lists val_7.JPEG, which is not in"]),
+    "tiny-annotated-wnid-unknown": ("tinyimagenet", "test", _tiny(_text(
+        "val/val_annotations.txt", "val_0.JPEG\tn0900\n")), BadDataError, ["'n0900'", "not in"]),
+    "tiny-empty-train": ("tinyimagenet", "train", _tiny(_empty_tiny_train), DataNotFoundError,
+                         ["no images were found in", "for the 2 wnids"]),
+    "tiny-empty-val": ("tinyimagenet", "test", _tiny(_text("val/val_annotations.txt", "\n")), DataNotFoundError,
+                       ["no images were found", "lists none"]),
+    # ImageNet: more classes than outputs, train/ a file (val/ would silently define the classes), nothing found
+    "imagenet-1003-classes": ("imagenet", "train", _imagenet(_many_imagenet_classes), BadDataError,
+                              ["has 1003 class folders", "1000 classes"]),
+    "imagenet-train-is-a-file-test": ("imagenet", "test", _imagenet(_then(replace_with_file, "train")),
+                                      BadDataError, ["is a file, not a directory"]),
+    "imagenet-train-is-a-file-train": ("imagenet", "train", _imagenet(_then(replace_with_file, "train")),
+                                       BadDataError, ["is a file, not a directory"]),
+    "imagenet-val-not-by-class": ("imagenet", "test", _imagenet(_flat_imagenet_val), DataNotFoundError,
+                                  ["no images were found in", "<wnid>"]),
+    "imagenet-val-extra-class": ("imagenet", "test", _imagenet(_val_extra_class), BadDataError,
+                                 ["no matching class folder in"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_malformed_file_is_one_line_naming_it(tmp_path, case):
+    name, split, setup, error_type, fragments = BAD[case]
+    bad_path = setup(tmp_path)
+    with pytest.raises(error_type) as caught:
+        build_dataset(name, split, tmp_path)
+    assert_one_line(caught.value, str(bad_path), *fragments)
+    assert ";" in str(caught.value)  # then the fix
+
+
+def test_the_fix_for_a_downloadable_file_is_a_fresh_download(tmp_path):
+    write_cifar10(tmp_path)
+    cut_in_half(tmp_path / "cifar-10-batches-py" / "test_batch")
+    with pytest.raises(BadDataError) as caught:
+        build_dataset("cifar10", "test", tmp_path)
+    assert_one_line(caught.value, "delete it and run with data.download=true", "layout: cifar-10-batches-py/")
+
+
+# --- what the format allows is still accepted -------------------------------------------------------------------
+
+
+def test_python2_bytes_keys_and_integer_pixels_are_read(tmp_path):
+    folder = write_cifar10(tmp_path)
+    pixels = np.arange(4 * 3072).reshape(4, 3072) % 256  # int64, all within 0..255
+    write_pickle(folder / "test_batch", {b"data": pixels, b"labels": [9, 0, 1, 2]})
+    test = build_dataset("cifar10", "test", tmp_path)
+    assert test.labels.tolist() == [9, 0, 1, 2]
+    assert torch.equal(test.images.flatten(1), torch.from_numpy(pixels.astype(np.uint8)))
+
+
+def test_svhn_labels_0_and_10_are_both_the_digit_0(tmp_path):
+    folder = write_svhn(tmp_path)
+    write_mat(folder / "train_32x32.mat", svhn_arrays()[0], np.array([[0], [10], [9], [1]], np.float64))
+    assert build_dataset("svhn", "train", tmp_path).labels.tolist() == [0, 0, 9, 1]
+
+
+def test_tinyimagenet_wnids_with_windows_line_ends_read_the_same(tmp_path):
+    base = write_tiny(tmp_path)
+    (base / "wnids.txt").write_bytes(b"n0200\r\nn0100\r\n")
+    assert build_dataset("tinyimagenet", "train", tmp_path).labels.tolist() == [0, 1]
+
+
+# --- downloads --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, host, failure, reason", [
+    ("cifar10", "www.cs.toronto.edu", urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name "
+                                                                             "resolution")),
+     "(Temporary failure in name resolution)"),
+    ("svhn", "ufldl.stanford.edu", urllib.error.HTTPError("http://x", 503, "Service Unavailable", {}, None),
+     "(HTTP 503 Service Unavailable)"),
+])
+def test_a_failed_download_names_the_host_and_placing_files_by_hand(tmp_path, monkeypatch, name, host, failure,
+                                                                    reason):
+    def no_network(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(DataNotFoundError) as caught:
+        build_dataset(name, "train", tmp_path, download=True)
+    folder = "cifar-10-batches-py" if name == "cifar10" else "svhn"
+    assert_one_line(caught.value, f"{name} download from {host} failed {reason}",
+                    f"download it by hand and put the files at {tmp_path / folder} (layout: ")
+
+
+# --- a corrupt image: found when a batch decodes it ----------------------------------------------------------------
+
+
+def test_a_corrupt_jpeg_fails_its_batch_naming_the_file(tmp_path):
+    base = write_imagenet(tmp_path)
+    broken = base / "train" / "n02" / "n02_0.JPEG"
+    cut_in_half(broken)
+    train = build_dataset("imagenet", "train", tmp_path)  # opening does not decode images
+    with pytest.raises(UnreadableImageError) as caught:
+        train.get_batch(torch.tensor([1]), None)
+    assert_one_line(caught.value, f"cannot decode the image {broken}")
+
+
+# --- end to end: `absa train` stops before anything starts --------------------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("where", [["--local"], []])
+def test_train_on_a_bad_file_is_one_error_line_and_no_run_dir(tmp_path, where):
+    root = tmp_path / "data"
+    folder = write_cifar10(root)
+    write_pickle(folder / "data_batch_3", _labels([0, 11, 2, 3]))
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "c1-cifar10", *where, "epochs=1", f"data.root={root}",
+                                 "--runs-dir", str(runs)])
+    assert_user_error(result, str(folder / "data_batch_3"), "value 11", "data.download=true")
+    assert not runs.exists()
+
+
+def test_train_on_an_empty_split_says_no_images_were_found(tmp_path):
+    root = tmp_path / "data"
+    _empty_tiny_train(write_tiny(root))
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "resnet18-tinyimagenet", "--local", "epochs=1", f"data.root={root}",
+                                 "--runs-dir", str(runs)])
+    assert_user_error(result, "no images were found in", str(root / "tiny-imagenet-200" / "train"))
+    assert "max_global_batch" not in result.stderr
+    assert not runs.exists()
