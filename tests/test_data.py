@@ -207,6 +207,8 @@ def test_imagenet_folder_tree(tmp_path):
     assert augmented.shape == (3, 3, 224, 224) and labels.tolist() == [1, 0, 1]
     assert torch.equal(augmented[2:], train.get_batch(indices[2:], seeds[2:])[0])
     assert len(build_dataset("imagenet", "train", tmp_path, size=3)) == 3
+    # a subset spreads over the classes (the files are listed class by class): the first 2 would be class 0 only
+    assert build_dataset("imagenet", "train", tmp_path, size=2).labels.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "tinyimagenet", "imagenet"])

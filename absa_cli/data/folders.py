@@ -70,8 +70,9 @@ class FileImageDataset(ImageDataset):
     """A list of image files with labels; subclasses say how one file becomes a uint8 ``3×S×S`` tensor."""
 
     def __init__(self, spec: DatasetSpec, split: str, paths: list[Path], labels: list[int], size: int) -> None:
-        if size > 0:
-            paths, labels = paths[:size], labels[:size]
+        if 0 < size < len(paths):  # spread over the split: its files are listed class by class, so the first
+            keep = [i * len(paths) // size for i in range(size)]  # N of ImageNet's would be a class or two
+            paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
         self.spec = spec
         self.split = split
         self.paths = paths
