@@ -60,6 +60,9 @@ def _switch(value: str) -> str:
     return {"True": "on", "False": "off"}.get(value, value)
 
 
+SUBSETS = ("spread", "first")
+
+
 @dataclass
 class DataConfig:
     name: str = "shapes"
@@ -69,6 +72,9 @@ class DataConfig:
     train_split: str = "train"  # svhn also takes "extra" and "train+extra"
     train_size: int = 0  # 0: the whole split (procedural sets: the catalogue's default size)
     test_size: int = 0
+    # How train_size/test_size choose from tinyimagenet's and imagenet's files, listed class by class: spread (every
+    # k-th file) or first (the first N: a class or two; what runs made before 2026-12-01 trained on).
+    subset: str = "spread"
     seed: int = 0  # content of procedural datasets; independent of the training seed on purpose
     augment: bool = True  # the dataset's standard augmentation on training batches
     # In-memory sets (all but tinyimagenet/imagenet) held on the GPU, batches gathered and augmented there.
@@ -82,6 +88,7 @@ class DataConfig:
         _require(self.name in catalog.DATASETS,
                  f"data.name={self.name!r} is not a dataset; choose one of {', '.join(catalog.DATASETS)}")
         _require(self.train_size >= 0 and self.test_size >= 0, "data.train_size/test_size must be >= 0")
+        _require(self.subset in SUBSETS, f"data.subset={self.subset!r}; choose one of {', '.join(SUBSETS)}")
         splits = ("train", "extra", "train+extra") if self.name == "svhn" else ("train",)
         _require(self.train_split in splits,
                  f"data.train_split={self.train_split!r} is not valid for {self.name}; use one of {splits}")
@@ -357,6 +364,8 @@ def from_yaml(text: str) -> RunConfig:
     missing = [section for section in ("data", "model", "optim", "batch", "policy") if section not in layer]
     if missing:  # absa saves every section: an empty or cut file must not read as the schema's defaults
         raise ConfigError(f"no {', '.join(missing)} section (an empty or cut file)")
+    if isinstance(layer.data, DictConfig) and "subset" not in layer.data:  # saved before data.subset existed:
+        layer.data.subset = "first"  # its subsets were the first N files, and a resume must train on the same
     return from_layers([(layer, "the saved config")])
 
 
@@ -412,8 +421,8 @@ def _renamed_keys(layer: Any, origin: str) -> Any:
 # What a checkpoint's numbers mean: the keys that fix the model, the data and the training trajectory. Not in it:
 # where the run happens and how it reports (cluster, device, logging, checkpoint, eval), its length (epochs) and
 # where the data lives (data.root), all of which a resume may meet changed.
-IDENTITY_KEYS = ("seed", "data.name", "data.train_split", "data.train_size", "data.seed", "data.augment", "model",
-                 "optim", "batch", "policy", "probe")
+IDENTITY_KEYS = ("seed", "data.name", "data.train_split", "data.train_size", "data.subset", "data.seed",
+                 "data.augment", "model", "optim", "batch", "policy", "probe")
 NOT_IDENTITY = ("policy.stop_on_collapse",)  # whether to stop, not how to train: a run stopped by it may turn it off
 
 

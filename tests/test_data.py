@@ -209,6 +209,20 @@ def test_imagenet_folder_tree(tmp_path):
     assert len(build_dataset("imagenet", "train", tmp_path, size=3)) == 3
     # a subset spreads over the classes (the files are listed class by class): the first 2 would be class 0 only
     assert build_dataset("imagenet", "train", tmp_path, size=2).labels.tolist() == [0, 1]
+    assert build_dataset("imagenet", "train", tmp_path, size=2, subset="first").labels.tolist() == [0, 0]
+
+
+def test_a_saved_config_from_before_data_subset_keeps_its_first_n_files():
+    """A run saved before the key existed trained on the first N files: it must resume on them (the key is part of
+    its recipe); a new run spreads."""
+    from absa_cli import config as config_mod
+
+    new = config_mod.load("resnet18-tinyimagenet", ["data.train_size=1000"])
+    assert new.data.subset == "spread" and "data.subset" in config_mod.identity(new)
+    saved = config_mod.to_yaml(new).replace("  subset: spread\n", "")
+    assert "subset" not in saved
+    assert config_mod.from_yaml(saved).data.subset == "first"
+    assert config_mod.from_yaml(config_mod.to_yaml(new)).data.subset == "spread"
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "tinyimagenet", "imagenet"])

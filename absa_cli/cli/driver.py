@@ -35,13 +35,12 @@ def private_network(config, address: str | None, local: bool) -> None:
 def check_datasets(config) -> None:
     """Open (or download) both splits: a missing dataset, or a global batch larger than the training set, fails in
     one line before anything starts."""
-    from absa_cli.data import build_dataset
+    from absa_cli.data import open_split
     from absa_cli.decide.policy import check_batch_fits, dropped_share_notes
 
     data = config.data
     for split in (data.train_split, "test"):
-        dataset = build_dataset(data.name, split, data.resolved_root(), seed=data.seed,
-                                size=data.test_size if split == "test" else data.train_size, download=data.download)
+        dataset = open_split(data, split)
         if split != "test":
             check_batch_fits(config, len(dataset))
             for note in dropped_share_notes(config, len(dataset)):

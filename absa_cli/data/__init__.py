@@ -45,11 +45,14 @@ def build_dataset(
     seed: int = 0,
     size: int = 0,
     download: bool = False,
+    subset: str = "spread",
 ) -> ImageDataset:
     """Open (or generate) one split of a catalogued dataset.
 
     ``root`` holds each on-disk set in ``root / spec.folder``. ``seed`` and ``size`` define generated sets
-    (``size`` 0: the spec's default); for on-disk sets ``size`` > 0 keeps the first ``size`` samples. Missing files
+    (``size`` 0: the spec's default); for on-disk sets ``size`` > 0 keeps ``size`` samples: the first ones of CIFAR
+    and SVHN (their files mix the classes); of the image folders, listed class by class, ``subset`` says which
+    (``spread``: every k-th, ``first``: the first ones; ``config.DataConfig.subset``). Missing files
     (or an empty split, or a failed download) raise ``DataNotFoundError`` (one line: expected path, layout, fix);
     malformed ones raise ``BadDataError`` (one line: the file, what is wrong, the fix), so both are found here, when
     the dataset is opened, not mid-run. ``download`` fetches downloadable sets first.
@@ -64,4 +67,13 @@ def build_dataset(
         raise UserError(f"dataset size must be >= 0 (0 = the whole split), got {size}")
     if name in _GENERATED:
         return _GENERATED[name](spec, split, seed=seed, size=size)
+    if spec.streamed:
+        return _ON_DISK[name](spec, split, root, size=size, download=download, subset=subset)
     return _ON_DISK[name](spec, split, root, size=size, download=download)
+
+
+def open_split(data, split: str) -> ImageDataset:
+    """``split`` of the dataset a ``config.DataConfig`` names, as the run trains on it."""
+    size = data.test_size if split == "test" else data.train_size
+    return build_dataset(data.name, split, data.resolved_root(), seed=data.seed, size=size, download=data.download,
+                         subset=data.subset)

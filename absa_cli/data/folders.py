@@ -69,10 +69,11 @@ def _to_uint8_chw(image: Image.Image) -> torch.Tensor:
 class FileImageDataset(ImageDataset):
     """A list of image files with labels; subclasses say how one file becomes a uint8 ``3×S×S`` tensor."""
 
-    def __init__(self, spec: DatasetSpec, split: str, paths: list[Path], labels: list[int], size: int) -> None:
-        if 0 < size < len(paths):  # spread over the split: its files are listed class by class, so the first
-            keep = [i * len(paths) // size for i in range(size)]  # N of ImageNet's would be a class or two
-            paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    def __init__(self, spec: DatasetSpec, split: str, paths: list[Path], labels: list[int], size: int,
+                 subset: str = "spread") -> None:
+        if 0 < size < len(paths):  # spread: the files are listed class by class, so the first N of ImageNet's
+            keep = [i * len(paths) // size for i in range(size)] if subset == "spread" else range(size)  # are a
+            paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]  # class or two (data.subset)
         self.spec = spec
         self.split = split
         self.paths = paths
@@ -174,7 +175,7 @@ def _read_val_annotations(spec: DatasetSpec, path: Path) -> list[tuple[str, str]
 
 
 def load_tinyimagenet(
-    spec: DatasetSpec, split: str, root: str | os.PathLike, *, size: int, download: bool
+    spec: DatasetSpec, split: str, root: str | os.PathLike, *, size: int, download: bool, subset: str = "spread"
 ) -> TinyImageNetDataset:
     """``train`` from ``train/<wnid>/images``; ``test`` is the labelled ``val`` split (official test: unlabelled)."""
     directory = dataset_dir(spec, root)
@@ -212,11 +213,11 @@ def load_tinyimagenet(
             labels.append(class_index[wnid])
         if not paths:
             raise no_images(spec, f"for the test split: {annotations} lists none", download_requested=download)
-    return TinyImageNetDataset(spec, split, paths, labels, size)
+    return TinyImageNetDataset(spec, split, paths, labels, size, subset)
 
 
 def load_imagenet(
-    spec: DatasetSpec, split: str, root: str | os.PathLike, *, size: int, download: bool
+    spec: DatasetSpec, split: str, root: str | os.PathLike, *, size: int, download: bool, subset: str = "spread"
 ) -> ImageNetDataset:
     """``train/<wnid>/*`` or (for ``test``) ``val/<wnid>/*``; classes: the sorted wnids of ``train/`` if present."""
     directory = dataset_dir(spec, root)
@@ -244,4 +245,4 @@ def load_imagenet(
     if not paths:
         raise no_images(spec, f"in {split_dir}/<wnid>/ (image files sorted into one folder per class)",
                         download_requested=download)
-    return ImageNetDataset(spec, split, paths, labels, size)
+    return ImageNetDataset(spec, split, paths, labels, size, subset)

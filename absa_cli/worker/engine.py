@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from absa_cli.config import ProbeConfig, RunConfig
-from absa_cli.data import ImageDataset, build_dataset
+from absa_cli.data import ImageDataset, open_split
 from absa_cli.data.loader import PrefetchLoader, Request
 from absa_cli.data.order import EpochOrder, derive_seed
 from absa_cli.decide.geometry import BatchGeometry, samples_in_epoch
@@ -73,11 +73,7 @@ class Engine:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.device.cudnn_benchmark
         data = config.data
-        root = data.resolved_root()
-        train_set, test_set = datasets or (
-            build_dataset(data.name, data.train_split, root, seed=data.seed, size=data.train_size,
-                          download=data.download),
-            build_dataset(data.name, "test", root, seed=data.seed, size=data.test_size, download=data.download))
+        train_set, test_set = datasets or (open_split(data, data.train_split), open_split(data, "test"))
         (self.train_set, self.test_set), self.data_on_device = place_datasets(data.on_device, [train_set, test_set],
                                                                               self.device)
         torch.manual_seed(config.seed)  # identical initial weights on every worker

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from absa_cli.config import RunConfig
 from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
-from absa_cli.data import build_dataset
+from absa_cli.data import open_split
 from absa_cli.data.order import probe_indices
 from absa_cli.dist import DistContext, LocalContext
 from absa_cli.errors import UserError, first_line
@@ -82,8 +82,7 @@ def probe_batches(config: RunConfig, options: HessianOptions,
     """This rank's shard of each probe batch (``ctx``: the group; one process by default): the same samples
     whatever the number of workers."""
     data = config.data
-    train_set = build_dataset(data.name, data.train_split, data.resolved_root(), seed=data.seed,
-                              size=data.train_size, download=data.download)
+    train_set = open_split(data, data.train_split)
     ctx = ctx or LocalContext()
     return [train_set.get_batch(ctx.shard(batch), None)
             for batch in probe_indices(len(train_set), options.batch_size, options.num_batches, options.seed)]
