@@ -30,7 +30,7 @@ class DatasetSpec:
 
     def train_size(self, split: str = "train", asked: int = 0) -> int:
         """The samples an epoch of ``split`` holds with ``data.train_size=asked`` (0: the whole split): a generated
-        set makes as many as asked; a set of files has at most its split's (the loader keeps the first ``asked``)."""
+        set makes as many as asked; a set of files has at most its split's (the loader keeps ``asked`` of them)."""
         whole = dict(self.other_splits).get(split, self.num_train)
         if self.procedural:
             return asked or whole

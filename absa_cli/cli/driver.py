@@ -119,12 +119,12 @@ def drive(config, run, group, lock, where: str, *, resume: bool, local: bool,
 
 def _record(ending, run, info_before: dict[str, Any] | None) -> None:
     """``run.json`` after an ending: its status and fields; for a resume refused before it restored anything (no
-    usable checkpoint: one line, exit 2), ``info_before``, the fields the resume had changed: the run is left as it
-    was, not marked failed."""
+    usable checkpoint: one line, exit 2), ``info_before``, the whole file as the resume found it: the run is left as
+    it was, not marked failed."""
     if ending.status is not None:
         run.finish(ending.status, **ending.fields)
     elif ending.put_back and info_before is not None:
-        run.write_info(**info_before)
+        run.replace_info(info_before)
 
 
 def report(ending, run, local: bool) -> None:

@@ -114,13 +114,11 @@ def resume(
         except BaseException:
             lock.release()
             raise
-    changed = dict(status=Status.RUNNING, host=socket.gethostname(), pid=os.getpid(), ended_at=None, error=None,
+    run.write_info(status=Status.RUNNING, host=socket.gethostname(), pid=os.getpid(), ended_at=None, error=None,
                    resumed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   resumes=int(info.get("resumes", 0)) + 1, max_workers=config.cluster.max_workers)
-    before = {key: info.get(key) for key in changed}
-    run.write_info(**changed)
+                   resumes=int(info.get("resumes") or 0) + 1, max_workers=config.cluster.max_workers)
     typer.echo(f"run: {run.id} (resumed)")
-    drive(config, run, group, lock, where, resume=True, local=local, info_before=before)
+    drive(config, run, group, lock, where, resume=True, local=local, info_before=info)
 
 
 def _refuse_local(local: bool) -> None:

@@ -262,7 +262,10 @@ class RunDir:
             raise ValueError(f"unknown run status {fields['status']!r}")
         if isinstance(fields.get("status"), Status):
             fields["status"] = fields["status"].value
-        info = {**self.info(), **fields, "updated_at": _now()}
+        self.replace_info({**self.info(), **fields, "updated_at": _now()})
+
+    def replace_info(self, info: dict[str, Any]) -> None:
+        """Write ``run.json`` as ``info``, whole and atomically (``write_info`` updates fields of it)."""
         tmp = self.info_path.with_suffix(".json.tmp")
         with tmp.open("w") as handle:
             handle.write(json.dumps(info, indent=2) + "\n")
