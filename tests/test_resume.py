@@ -237,6 +237,13 @@ def test_a_metrics_file_cut_inside_a_line_is_mended_before_the_next_record(tmp_p
     assert [json.loads(line) for line in run.metrics_path.read_text().splitlines()] == [
         {"kind": "epoch", "epoch": 1}, {"kind": "epoch", "epoch": 2}, {"kind": "resume"}]
     assert run.rewind_metrics(run.metrics_size()) == 0  # a whole file: nothing moves
+    # a size counted before the mend, no longer a line's end once the file grew again: cut at that line's start
+    sink.write({"kind": "epoch", "epoch": 3})
+    assert run.metrics_size() > counted
+    assert run.rewind_metrics(counted) == 1
+    assert run.metrics_path.read_bytes().endswith(b"\n")
+    assert [json.loads(line)["kind"] for line in run.metrics_path.read_text().splitlines()] == ["epoch", "epoch",
+                                                                                                "resume"]
 
 
 def test_bytes_that_are_not_utf8_in_the_metrics_are_skipped_by_show_and_named_by_plot(finished, tmp_path):

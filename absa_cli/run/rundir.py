@@ -186,13 +186,15 @@ class RunDir:
         """Cut ``metrics.jsonl`` back to ``size`` bytes (its size when a checkpoint was written), appending the
         cut records to ``metrics.superseded.jsonl``; returns how many records were moved.
 
-        A file that ends inside a line (shorter than ``size``: writes lost to a crash) has that partial line moved
-        aside the same way, so the next record starts a line of its own instead of joining it into one bad line."""
+        The cut is always at a line's end: a file that ends inside a line (shorter than ``size``: writes lost to a
+        crash) has that partial line moved aside too, so the next record starts a line of its own instead of joining
+        it into one bad line; and a ``size`` that is no longer a line's end (counted before such a mend) cuts at the
+        line's start."""
         if not self.metrics_path.exists():
             return 0
         with self.metrics_path.open("r+b") as handle:
             data = handle.read()
-            cut = size if len(data) > size else data.rfind(b"\n") + 1
+            cut = data.rfind(b"\n", 0, min(size, len(data))) + 1
             if cut >= len(data):
                 return 0
             tail = data[cut:]
