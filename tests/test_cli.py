@@ -101,6 +101,8 @@ def test_a_sample_log_dir_that_cannot_be_written_is_one_line_before_anything_sta
     assert_user_error(result, f"logging.sample_log_dir {blocker / 'audit'} is under {blocker}, which is not a "
                               f"directory; choose a folder this user can write (it is made if missing)")
     assert not (tmp_path / "runs").exists()
+    planned = _invoke("plan", "quickstart", f"logging.sample_log_dir={blocker / 'audit'}")
+    assert planned.exit_code == 0, planned.output  # nothing is written by a plan (nor here by --submit)
 
 
 def test_unknown_preset_exit_2():

@@ -21,7 +21,7 @@ from absa_cli.driver.local_group import LocalGroup
 from absa_cli.run.metrics import Console
 from absa_cli.run.rundir import RunDir
 
-from conftest import TINY, untimed
+from conftest import TINY, assert_user_error, untimed
 
 
 
@@ -173,6 +173,19 @@ def test_checkpoints_without_their_manifest_are_refused_not_restarted(finished, 
     assert epoch_records(run) == finished[2] and not run.superseded_path.exists()  # nothing was moved or lost
     shown = runner.invoke(app, ["runs", "show", run.id, "--runs-dir", str(run.path.parent)])
     assert shown.exit_code == 0 and "no manifest.json to verify" in shown.output.replace("\n", " ")
+
+
+def test_a_sample_log_a_resume_cannot_write_names_the_run_config_to_change(finished, tmp_path):
+    run = _copy_run(finished[0], tmp_path)
+    run.write_info(status="interrupted")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run.config_path.write_text(run.config_path.read_text().replace("sample_log_dir: ''",
+                                                                   f"sample_log_dir: {blocker / 'audit'}"))
+    result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
+    assert_user_error(result, f"logging.sample_log_dir {blocker / 'audit'} is under {blocker}",
+                      f"change it in {run.config_path} (a resume takes no overrides)")
+    assert run.info()["status"] == "interrupted" and not run.lock_path.exists()
 
 
 def test_a_damaged_run_json_is_listed_not_a_traceback(finished, tmp_path):

@@ -18,8 +18,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import (check_schedule, complete_preset, complete_run_id, held_interrupt, interrupted,
-                                  load_libraries, user_errors)
+from absa_cli.cli.common import (check_sample_log, check_schedule, complete_preset, complete_run_id, held_interrupt,
+                                  interrupted, load_libraries, user_errors)
 
 WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
 CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
@@ -142,6 +142,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
     config = config_mod.load(preset, overrides)
     _apply_workers(config, max_gpus, local)
     check_schedule(config)
+    check_sample_log(config)
     private_network(config, address, local)
     load_libraries(ray=not local, dataset=config.data.name)
     group, where = make_group(config, address, local)

@@ -95,9 +95,8 @@ def load_libraries(*, ray: bool, dataset: str = "", on_quit: Callable[[], None] 
 
 def check_schedule(config) -> None:
     """One ``ConfigError`` line, before anything starts, for a config whose batches split badly into workers and
-    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch), whose
-    ``cluster.profile`` cannot be read, or whose ``logging.sample_log_dir`` cannot be written (a worker that could
-    not open its audit log would fail to join, and the group would wait for it as for missing capacity)."""
+    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch), or whose
+    ``cluster.profile`` cannot be read."""
     from absa_cli.decide.membership import check_geometries
     from absa_cli.decide.policy import reachable_batches
 
@@ -106,11 +105,20 @@ def check_schedule(config) -> None:
         from absa_cli.run import profile
 
         profile.load(config.cluster.profile)
-    if config.logging.sample_log_dir:
-        from absa_cli.run.rundir import check_writable
 
-        check_writable(Path(config.logging.sample_log_dir), what="logging.sample_log_dir",
-                       fix="choose a folder this user can write (it is made if missing)")
+
+def check_sample_log(config, run=None) -> None:
+    """One line, before anything starts, for a ``logging.sample_log_dir`` this machine cannot write: a worker that
+    could not open its audit log would fail to join, and the group would wait for it as for missing capacity. Only
+    where workers start from here (not `absa plan`, nor `--submit`, whose workers write on the cluster); ``run``:
+    the run a resume continues, whose saved config is where the setting is changed."""
+    if not config.logging.sample_log_dir:
+        return
+    from absa_cli.run.rundir import check_writable
+
+    fix = (f"change it in {run.config_path} (a resume takes no overrides)" if run is not None else
+           "choose a folder this user can write (it is made if missing)")
+    check_writable(Path(config.logging.sample_log_dir), what="logging.sample_log_dir", fix=fix)
 
 
 def complete_preset(incomplete: str) -> list[str]:

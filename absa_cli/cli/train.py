@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import (check_schedule, complete_preset, complete_run_id, interrupted, load_libraries,
-                                  user_errors)
+from absa_cli.cli.common import (check_sample_log, check_schedule, complete_preset, complete_run_id, interrupted,
+                                  load_libraries, user_errors)
 
 MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU slot on a cluster without GPUs "
                  "(so on a laptop --max-gpus bounds CPU workers).")
@@ -50,8 +50,9 @@ def train(
         check_schedule(config)
         if run_id is not None:
             check_run_id(run_id)
-        if not submit:  # --submit: the runs directory is on the head node
+        if not submit:  # --submit: the runs directory (and any sample log) is on the head node
             check_writable(runs_root(runs_dir))
+            check_sample_log(config)
         if submit:
             _refuse_local(local)
             new_id = run_id or new_run_id(config.preset)
@@ -109,6 +110,7 @@ def resume(
             except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
                 raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new "
                                   f"run from its config, {run.config_path}") from None
+            check_sample_log(config, run)
             load_libraries(ray=not local, dataset=config.data.name, on_quit=lock.release)
             group, where = make_group(config, address, local, run.id)
         except BaseException:
