@@ -68,8 +68,11 @@ def test_invalid_values_are_config_errors():
     ("policy.adv_eps=.inf", "policy.adv_eps must be a finite number, got inf"),
     ("cluster.collective_timeout_s=.inf", "cluster.collective_timeout_s must be a finite number"),
     ("preset=c1-cifar10", "the preset is the command's first argument, not a key; write e.g. absa train c1-cifar10"),
-    ("epochs=010", "a number with a leading zero is ambiguous in YAML (010 reads as octal 8); write epochs=10"),
+    ("epochs=010", "a number with a leading zero (010) is ambiguous in YAML, which reads 010 as octal 8; write "
+                   "epochs=10"),
     ("seed=-07", "write seed=-7"),
+    ("optim.decay_epochs=[030,060]", "write optim.decay_epochs=[30,60]"),
+    ("data.root=007", """quote it for YAML, inside the shell's quotes: 'data.root="007"'"""),
 ])
 def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, says):
     """Each once a traceback (a TypeError or OmegaConf error outside the caught ones) or silently something else
@@ -78,6 +81,17 @@ def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, s
         config_mod.load("c1-cifar10", [override])
     message = str(info.value)
     assert says in message and "\n" not in message
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("data.root=007dir", "data.root", "007dir"), ("data.root=/data/007", "data.root", "/data/007"),
+    ('data.root="007"', "data.root", "007"), ("probe.seed=0", "probe.seed", 0), ("optim.lr=0.005", "optim.lr", 0.005),
+    ("optim.decay_epochs=[30,60]", "optim.decay_epochs", [30, 60]), ("seed=-7", "seed", -7),
+])
+def test_values_that_only_look_like_a_leading_zero_are_taken(override, key, value):
+    loaded = config_mod.load("c1-cifar10", [override])
+    section, _, leaf = key.rpartition(".")
+    assert getattr(getattr(loaded, section) if section else loaded, leaf) == value
 
 
 @pytest.mark.parametrize(("override", "says"), [
