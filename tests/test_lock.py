@@ -52,10 +52,12 @@ def test_a_reused_pid_does_not_keep_a_stale_lock(tmp_path):
     RunLock(path, "run-c").acquire().release()
 
 
-def test_an_unreadable_lock_file_says_so_and_how_long_until_it_is_stale(tmp_path):
-    """Not "driven by pid -1 on None": the file is judged by its age, and the line says what to do."""
+@pytest.mark.parametrize("content", ["garbage", "[]", '{"pid": "x"}', '{"host": "h", "pid": 1}'])
+def test_an_unreadable_lock_file_says_so_and_how_long_until_it_is_stale(tmp_path, content):
+    """Not "driven by pid -1 on None" (nor a traceback for JSON of another shape): the file is judged by its age,
+    and the line says what to do."""
     path = tmp_path / "lock.json"
-    path.write_text("garbage")
+    path.write_text(content)
     with pytest.raises(RunLocked) as info:
         RunLock(path, "run-g").acquire()
     message = str(info.value)

@@ -73,7 +73,12 @@ _TWICE = """
 import os, signal, sys, time
 from absa_cli.cli.common import held_interrupt, interrupted
 with interrupted("the enclosing block's line"):
-    with held_interrupt(on_quit=lambda: print("on_quit ran", file=sys.stderr, flush=True)):
+    def on_quit():
+        print("on_quit ran", file=sys.stderr, flush=True)
+        if FAIL:
+            raise OSError("the lock's folder went read-only")
+
+    with held_interrupt(on_quit=on_quit):
         os.kill(os.getpid(), signal.SIGINT)
         print("held, the block runs on", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGINT)
@@ -82,10 +87,11 @@ print("not reached", file=sys.stderr)
 """
 
 
-def test_a_second_ctrl_c_during_the_hold_quits_at_once_with_the_enclosing_line(tmp_path):
-    """The first press is held (and says so), the second ends the process: ``on_quit``, then the line of the
-    ``interrupted`` block around it, exit code 130 (not after the 30 s the block would still take)."""
-    (tmp_path / "twice.py").write_text(_TWICE)
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_second_ctrl_c_during_the_hold_quits_at_once_with_the_enclosing_line(tmp_path, fail):
+    """The first press is held (and says so), the second ends the process: ``on_quit`` (even one that fails), then
+    the line of the ``interrupted`` block around it, exit code 130 (not after the 30 s the block would still take)."""
+    (tmp_path / "twice.py").write_text(f"FAIL = {fail}\n" + _TWICE)
     result = subprocess.run(as_a_terminal_starts([sys.executable, str(tmp_path / "twice.py")]),
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=20)
     assert result.returncode == 130, result.stderr

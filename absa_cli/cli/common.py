@@ -67,10 +67,12 @@ def held_interrupt(on_quit: Callable[[], None] | None = None) -> Iterator[None]:
         if len(held) == 1:
             os.write(2, HELD)  # os.write: a handler may run inside a write to sys.stderr, which is not reentrant
             return
-        if on_quit is not None:
-            on_quit()
-        os.write(2, f"{_QUIT_LINES[-1] if _QUIT_LINES else 'interrupted'}\n".encode())
-        os._exit(130)
+        try:
+            if on_quit is not None:
+                on_quit()
+        finally:  # whatever on_quit met (a lock file gone read-only): quit all the same, nothing unwinds
+            os.write(2, f"{_QUIT_LINES[-1] if _QUIT_LINES else 'interrupted'}\n".encode())
+            os._exit(130)
 
     previous = signal.signal(signal.SIGINT, hold)
     try:

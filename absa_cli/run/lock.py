@@ -70,11 +70,15 @@ def is_stale(holder: dict[str, Any], now: float | None = None) -> bool:
 
 def read(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(Path(path).read_text())
+        holder = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
     except ValueError:  # not written by this version (locks are linked in whole): judge it by its age
+        holder = None
+    if not (isinstance(holder, dict) and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int)
+            and isinstance(holder.get("heartbeat"), (int, float))):  # JSON, but not a lock's: by its age too
         return {"host": None, "pid": -1, "heartbeat": Path(path).stat().st_mtime}
+    return holder
 
 
 class RunLock:
