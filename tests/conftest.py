@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -91,6 +92,17 @@ def load_benchmark(name: str):
 # A line another Ray process logged, which Ray forwards to the stderr of this test session, a driver of the session
 # cluster (seen: the raylet's warning that /tmp was over 95% full, printed while a `calibrate` case ran): not absa's.
 RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[\w.-]* ?pid=\d+)[^)]*\)")
+
+
+def with_private_mounts(script: str, timeout: float, env: dict[str, str] | None = None):
+    """``sh -c script`` as root of a user namespace with mounts of its own (a read-only or tiny file system the
+    script mounts, as root in a user namespace permission bits alone would not stop a write); the test is skipped
+    where this machine gives no private mount namespace."""
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=timeout, env=env)
+    if "mount" in result.stderr and result.returncode != 2:
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    return result
 
 
 def as_a_terminal_starts(command: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from absa_cli.cli.app import app
 from absa_cli.run.metrics import EPOCH_FIELDS
 
-from conftest import TINY, assert_user_error, audited_epochs
+from conftest import TINY, assert_user_error, audited_epochs, with_private_mounts
 
 runner = CliRunner()
 
@@ -125,10 +125,7 @@ def test_a_read_only_runs_dir_is_one_line_before_a_ray_cluster_starts(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     script = (f"mount -t tmpfs -o ro none {readonly} && exec {sys.executable} -m absa_cli train quickstart "
               f"--runs-dir {readonly / 'runs'}")
-    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-                            capture_output=True, text=True, timeout=120, env=env)
-    if "mount" in result.stderr and result.returncode != 2:
-        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    result = with_private_mounts(script, timeout=120, env=env)
     assert result.returncode == 2 and not result.stdout, result.stderr
     assert result.stderr == (f"error: runs directory {readonly / 'runs'} cannot be written (Read-only file system); "
                              f"pass a writable --runs-dir (or set ABSA_RUNS_DIR)\n")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from absa_cli.cli.app import app
 
-from conftest import TINY
+from conftest import TINY, with_private_mounts
 
 runner = CliRunner()
 FAST = ["--batch-size", "16", "--seed", "1", "--trace-samples", "10", "--density-steps", "12"]
@@ -123,10 +123,7 @@ def test_a_plot_that_cannot_be_written_after_the_computation_loses_no_number(tra
     tiny.mkdir()
     script = (f"mount -t tmpfs -o size=8k none {tiny} && exec {sys.executable} -m absa_cli hessian "
               f"{trained_checkpoint} --json --density --plot {tiny / 'density.png'} {' '.join(FAST)}")
-    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-                            capture_output=True, text=True, timeout=300)
-    if "mount" in result.stderr and result.returncode != 2:
-        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    result = with_private_mounts(script, timeout=300)
     assert result.returncode == 2, result.stderr
     payload = json.loads(result.stdout)
     assert payload["top_eigenvalues"][0] > 0 and payload["density"]["grid"]

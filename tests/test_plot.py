@@ -21,7 +21,7 @@ from absa_cli.run import plots
 from absa_cli.cli.app import app
 from absa_cli.run.metrics import EPOCH_FIELDS
 
-from conftest import assert_user_error
+from conftest import assert_user_error, with_private_mounts
 
 runner = CliRunner()
 NUM_TRAIN = 8000
@@ -213,10 +213,7 @@ def test_a_run_directory_that_cannot_be_written_asks_for_another_output(runs):
     run = runs / "absa-run"
     script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && exec {sys.executable} -m absa_cli "
               f"plot absa-run --runs-dir {runs}")
-    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-                            capture_output=True, text=True, timeout=120)
-    if "mount" in result.stderr and result.returncode != 2:
-        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    result = with_private_mounts(script, timeout=120)
     assert result.returncode == 2 and not result.stdout, result.stderr
     assert result.stderr == (f"error: --output {run / 'plot.png'}: the folder {run} cannot be written (Read-only "
                              f"file system); choose another path with --output\n")
