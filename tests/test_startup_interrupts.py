@@ -46,7 +46,9 @@ def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(sigint_as_in_a_termi
             assert seen == []
         assert seen == [signal.SIGINT]
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with held_interrupt():  # ignored before (a background job): ignored after
+        with held_interrupt():  # ignored before (a background job): ignored throughout, even pressed twice
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, previous)

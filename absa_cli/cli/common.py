@@ -56,10 +56,12 @@ def held_interrupt(on_quit: Callable[[], None] | None = None) -> Iterator[None]:
     through ``PyRun_*`` (as importing torch does) makes CPython end a ``python -m`` process by SIGINT at exit
     (status −2) even after absa handled it. The second press therefore ends the process without unwinding
     (``os._exit``): nothing half-loaded runs again, and nothing was started yet that needs stopping. Outside the
-    main thread, where no handler can be set, the block simply runs."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        yield  # no handler can be set here, or the one there is was set from C and could not be put back
-        return
+    main thread, where no handler can be set, or where Ctrl-C is ignored (a background job), the block simply
+    runs."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) in (None, signal.SIG_IGN):
+        yield  # no handler can be set here, the one there is was set from C (it could not be put back), or SIGINT
+        return  # is ignored, and must stay so: two presses of it must not end a background job
     held: list[int] = []
 
     def hold(signum: int, frame: object) -> None:
