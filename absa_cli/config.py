@@ -468,11 +468,13 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         if key.strip() == "preset":  # set by `load` from the command's argument: an override would be overwritten
             raise ConfigError(f"override {item!r}: the preset is the command's first argument, not a key; write "
                               f"e.g. absa train {value or 'quickstart'}")
-        zeroed = [t for t in re.split(r"[\[\],\s]+", value) if re.fullmatch(r"[+-]?0\d+", t)]
+        text = _expected_type(key.strip()) == "str"  # YAML reads "trial 007" as text: only a bare 007 misleads
+        tokens = [value.strip()] if text else re.split(r"[\[\]{},:\s]+", value)
+        zeroed = [t for t in tokens if re.fullmatch(r"[+-]?0\d+", t)]
         if zeroed:  # YAML 1.1 reads 010 as octal 8 and 09 as a string
             unzeroed = re.sub(r"(?<![0-9.])([+-]?)0+([0-9])", r"\1\2", value)
-            fix = (f"""quote it for YAML, inside the shell's quotes: '{key}="{value}"'""" if
-                   _expected_type(key.strip()) == "str" else f"write {key}={unzeroed}")
+            fix = (f"""quote it for YAML, inside the shell's quotes: '{key}="{value}"'""" if text else
+                   f"write {key}={unzeroed}")
             raise ConfigError(f"override {item!r}: a number with a leading zero ({zeroed[0]}) is ambiguous in YAML, "
                               f"which reads 010 as octal 8; {fix}")
     for item in overrides:  # one at a time first, so an error names the override it comes from

@@ -73,6 +73,7 @@ def test_invalid_values_are_config_errors():
     ("seed=-07", "write seed=-7"),
     ("optim.decay_epochs=[030,060]", "write optim.decay_epochs=[30,60]"),
     ("data.root=007", """quote it for YAML, inside the shell's quotes: 'data.root="007"'"""),
+    ("data={train_size: 010}", "write data={train_size: 10}"),
 ])
 def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, says):
     """Each once a traceback (a TypeError or OmegaConf error outside the caught ones) or silently something else
@@ -86,6 +87,7 @@ def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, s
 @pytest.mark.parametrize("override, key, value", [
     ("data.root=007dir", "data.root", "007dir"), ("data.root=/data/007", "data.root", "/data/007"),
     ('data.root="007"', "data.root", "007"), ("probe.seed=0", "probe.seed", 0), ("optim.lr=0.005", "optim.lr", 0.005),
+    ("description=trial 007", "description", "trial 007"),
     ("optim.decay_epochs=[30,60]", "optim.decay_epochs", [30, 60]), ("seed=-7", "seed", -7),
 ])
 def test_values_that_only_look_like_a_leading_zero_are_taken(override, key, value):

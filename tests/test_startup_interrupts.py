@@ -37,7 +37,7 @@ def test_a_ctrl_c_inside_the_block_is_delivered_when_it_ends(sigint_as_in_a_term
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(sigint_as_in_a_terminal):
+def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(sigint_as_in_a_terminal, capfd):
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
     try:
@@ -45,11 +45,13 @@ def test_a_held_ctrl_c_goes_to_the_handler_there_was_before(sigint_as_in_a_termi
             os.kill(os.getpid(), signal.SIGINT)
             assert seen == []
         assert seen == [signal.SIGINT]
+        assert capfd.readouterr().err == HELD.decode()  # the hold said so, once
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         with held_interrupt():  # ignored before (a background job): ignored throughout, even pressed twice
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
+        assert capfd.readouterr().err == ""  # nothing held, so nothing said
     finally:
         signal.signal(signal.SIGINT, previous)
 

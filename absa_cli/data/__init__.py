@@ -65,6 +65,8 @@ def build_dataset(
         raise UserError(f"dataset {name!r} has splits {', '.join(splits_of(name))}; got {split!r}")
     if size < 0:
         raise UserError(f"dataset size must be >= 0 (0 = the whole split), got {size}")
+    if subset not in ("spread", "first"):  # config.SUBSETS
+        raise UserError(f"data.subset={subset!r}; choose spread or first")
     if name in _GENERATED:
         return _GENERATED[name](spec, split, seed=seed, size=size)
     if spec.streamed:
