@@ -426,6 +426,33 @@ IDENTITY_KEYS = ("seed", "data.name", "data.train_split", "data.train_size", "da
 NOT_IDENTITY = ("policy.stop_on_collapse",)  # whether to stop, not how to train: a run stopped by it may turn it off
 
 
+def resumed_with(config: RunConfig, overrides: list[str] | tuple[str, ...], run_id: str) -> RunConfig:
+    """A run's saved ``config`` with the ``KEY=VALUE`` overrides a resume may make: any key outside its recipe
+    (``IDENTITY_KEYS``, whose values its checkpoints carry) and its length; e.g. ``policy.stop_on_collapse=false``,
+    ``cluster.collective_timeout_s=120``, ``logging.tensorboard=true``, ``data.root=/elsewhere``. Anything else is
+    one ``ConfigError`` line: a resume continues the run as it was trained."""
+    layer = _parse_overrides(overrides)
+    for key in _leaf_keys(OmegaConf.to_container(layer)):
+        if key == "epochs":
+            raise ConfigError(f"epochs cannot change on resume: the run's schedule follows its length (the adversarial "
+                              f"phase ends after ⌊policy.adv_stop_frac · epochs⌋ epochs); start a new run for "
+                              f"another length")
+        recipe = key not in NOT_IDENTITY and any(key == k or key.startswith(f"{k}.") for k in IDENTITY_KEYS)
+        if recipe:
+            raise ConfigError(f"{key} is part of run {run_id}'s recipe (its checkpoints carry it), so a resume cannot "
+                              f"change it; start a new run with `absa train {config.preset or 'PRESET'} {key}=...`")
+    resumed = from_layers([(OmegaConf.structured(config), "the run's config"), (layer, "the command line")])
+    resumed.preset = config.preset
+    return resumed
+
+
+def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested mapping's values (a list is a value)."""
+    if not isinstance(tree, dict) or not tree:
+        return [prefix.rstrip(".")] if prefix else []
+    return [key for name, value in tree.items() for key in _leaf_keys(value, f"{prefix}{name}.")]
+
+
 def identity(config: RunConfig) -> dict[str, str]:
     """The ``IDENTITY_KEYS`` of ``config``, flattened to ``{"model.width": "1.0", ...}`` (plain strings: a
     checkpoint stores them and still loads with ``weights_only=True``)."""

@@ -86,6 +86,29 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_bit_identical(fini
     assert len(resume) == 1 and resume[0]["checkpoint"] == "epoch-0002.pt" and resume[0]["epoch"] == 3
 
 
+def test_a_resume_may_change_what_is_outside_the_recipe_and_keeps_it(finished, tmp_path, one_thread):
+    """`absa resume RUN KEY=VALUE`: a key outside the recipe (here whether a collapse stops the run, and how many
+    checkpoints to keep) is kept in config.yaml, and the run still continues exactly; a key of the recipe, or the
+    length, is one line and changes nothing."""
+    source, _, records = finished
+    run = _copy_run(source, tmp_path)
+    newest = run.checkpoints_dir / "epoch-0003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # resume from epoch 2: epoch 3 trains again
+    run.write_info(status="interrupted")
+    where = ["--local", "--runs-dir", str(run.path.parent)]
+    for refused, says in (("optim.lr=0.2", f"optim.lr is part of run {run.id}'s recipe (its checkpoints carry it)"),
+                          ("epochs=5", "epochs cannot change on resume")):
+        before = (run.config_path.read_bytes(), run.info_path.read_bytes())
+        assert_user_error(runner.invoke(app, ["resume", run.id, refused, *where]), says)
+        assert (run.config_path.read_bytes(), run.info_path.read_bytes()) == before
+    result = runner.invoke(app, ["resume", run.id, "policy.stop_on_collapse=false", "checkpoint.keep_last=5",
+                                 *where])
+    assert result.exit_code == 0, result.output
+    kept = config_mod.from_yaml(run.config_path.read_text())
+    assert kept.policy.stop_on_collapse is False and kept.checkpoint.keep_last == 5
+    assert epoch_records(run) == records
+
+
 def test_resume_with_no_checkpoint_yet_starts_over(finished, tmp_path, one_thread):
     source, final_model, records = finished
     run = _copy_run(source, tmp_path)
@@ -184,7 +207,7 @@ def test_a_sample_log_a_resume_cannot_write_names_the_run_config_to_change(finis
                                                                    f"sample_log_dir: {blocker / 'audit'}"))
     result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
     assert_user_error(result, f"logging.sample_log_dir {blocker / 'audit'} is under {blocker}",
-                      f"change it in {run.config_path} (a resume takes no overrides)")
+                      f"give another with `absa resume {run.id} logging.sample_log_dir=DIR`")
     assert run.info()["status"] == "interrupted" and not run.lock_path.exists()
 
 
@@ -307,8 +330,11 @@ def test_checkpoints_that_are_all_foreign_or_of_another_config_stop_resume_in_on
                 _foreign(run, name, uid="0123456789abcdef", id="another-run")
         else:  # a config.yaml edited to another model width: the weights would not even fit
             run.config_path.write_text(run.config_path.read_text().replace("width: 0.5", "width: 2.0"))
-        result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
+        saved = run.config_path.read_bytes()
+        result = runner.invoke(app, ["resume", run.id, "logging.tensorboard=false", "--local", "--runs-dir",
+                                     str(run.path.parent)])
         assert result.exit_code == 2, result.output
+        assert run.config_path.read_bytes() == saved  # the override, kept for a resume that runs, is put back
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "no usable checkpoint" in errors[0] and "Traceback" not in result.output
         assert ("belongs to run 'another-run'" if damage == "foreign" else "model.width=0.5 (this run: 2.0)") \

@@ -120,7 +120,7 @@ def check_sample_log(config, run=None) -> None:
         return
     from absa_cli.run.rundir import check_writable
 
-    fix = (f"change it in {run.config_path} (a resume takes no overrides)" if run is not None else
+    fix = (f"give another with `absa resume {run.id} logging.sample_log_dir=DIR`" if run is not None else
            "choose a folder this user can write (it is made if missing)")
     check_writable(Path(config.logging.sample_log_dir), what="logging.sample_log_dir", fix=fix)
 

@@ -12,7 +12,7 @@ import os
 import shlex
 import signal
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import typer
 
@@ -86,7 +86,7 @@ def resume_command(run, local: bool) -> str:
 
 
 def drive(config, run, group, lock, where: str, *, resume: bool, local: bool,
-          info_before: dict[str, Any] | None = None) -> None:
+          undo: Callable[[], Any] | None = None) -> None:
     """Run (or resume) to the end, then report how it ended (``driver/outcome.py``). Whatever happens, the run's
     status is written (``_record``), the group closed and the lock released; signals are ignored once the outcome is
     decided."""
@@ -104,7 +104,7 @@ def drive(config, run, group, lock, where: str, *, resume: bool, local: bool,
             finally:
                 signals.ignore = True
                 controller.console.close()
-            _record(ending, run, info_before)
+            _record(ending, run, undo)
         except BaseException as exc:  # an internal error: the run stays resumable and the traceback stays
             run.finish(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
@@ -117,14 +117,14 @@ def drive(config, run, group, lock, where: str, *, resume: bool, local: bool,
     report(ending, run, local)
 
 
-def _record(ending, run, info_before: dict[str, Any] | None) -> None:
+def _record(ending, run, undo: Callable[[], Any] | None) -> None:
     """``run.json`` after an ending: its status and fields; for a resume refused before it restored anything (no
-    usable checkpoint: one line, exit 2), ``info_before``, the whole file as the resume found it: the run is left as
-    it was, not marked failed."""
+    usable checkpoint: one line, exit 2), ``undo``: run.json and config.yaml put back whole, as the resume found
+    them: the run is left as it was, not marked failed."""
     if ending.status is not None:
         run.finish(ending.status, **ending.fields)
-    elif ending.put_back and info_before is not None:
-        run.replace_info(info_before)
+    elif ending.put_back and undo is not None:
+        undo()
 
 
 def report(ending, run, local: bool) -> None:

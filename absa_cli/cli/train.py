@@ -72,6 +72,9 @@ def train(
 def resume(
     run_id: Annotated[str, typer.Argument(help="The run to continue (see `absa runs list`).",
                                           autocompletion=complete_run_id)],
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="KEY=VALUE changes outside the run's recipe, kept in its config.yaml, e.g. "
+             "policy.stop_on_collapse=false cluster.collective_timeout_s=120.", show_default=False)] = None,
     max_gpus: Annotated[Optional[int], typer.Option(
         "--max-gpus", min=1, help=MAX_GPUS_HELP + " The global batch and LR come from the run's policy state, "
         "so any worker count continues the same run.", show_default="the run's cluster.max_workers")] = None,
@@ -81,6 +84,7 @@ def resume(
     submit: Annotated[bool, typer.Option("--submit", help=SUBMIT_HELP)] = False,
 ) -> None:
     """Continue an interrupted, failed or killed run exactly where its newest good checkpoint stands."""
+    from absa_cli import config as config_mod
     from absa_cli.cli.driver import drive, make_group, private_network
     from absa_cli.config import ConfigError
     from absa_cli.run.rundir import RunDir, Status, check_run_id, check_writable, runs_root
@@ -89,7 +93,7 @@ def resume(
         with user_errors():
             _refuse_local(local)
             check_run_id(run_id)
-            _submitted(address, ["resume", run_id, *_max_gpus_args(max_gpus)], run_id, runs_dir, "",
+            _submitted(address, ["resume", run_id, *(overrides or []), *_max_gpus_args(max_gpus)], run_id, runs_dir, "",
                        resume_hint=False)
         return
     with user_errors(), interrupted(BEFORE_TRAINING):
@@ -98,12 +102,12 @@ def resume(
         _refuse_finished(run)
         _refuse_damaged(run)
         check_writable(run.path, what="run directory")
-        private_network(run.load_config(), address, local)  # before the lock: the re-run takes it
-        lock = run.lock().acquire()
+        private_network(config_mod.resumed_with(run.load_config(), overrides or [], run.id), address, local)
+        lock = run.lock().acquire()  # after the re-run in a private network, if any: it takes the lock itself
         try:
-            info = run.info()
+            info, saved = run.info(), run.config_path.read_text()
             _refuse_finished(run)  # again, under the lock: a driver may have finished it meanwhile
-            config = run.load_config()
+            config = config_mod.resumed_with(run.load_config(), overrides or [], run.id)
             _apply_workers(config, max_gpus, local)
             try:
                 check_schedule(config)
@@ -116,11 +120,14 @@ def resume(
         except BaseException:
             lock.release()
             raise
+    if overrides:  # kept: the run goes on with them (a resume refused before it restored anything puts it back)
+        run.save_config(config_mod.to_yaml(config_mod.resumed_with(run.load_config(), overrides, run.id)))
     run.write_info(status=Status.RUNNING, host=socket.gethostname(), pid=os.getpid(), ended_at=None, error=None,
                    resumed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    resumes=int(info.get("resumes") or 0) + 1, max_workers=config.cluster.max_workers)
     typer.echo(f"run: {run.id} (resumed)")
-    drive(config, run, group, lock, where, resume=True, local=local, info_before=info)
+    drive(config, run, group, lock, where, resume=True, local=local,
+          undo=lambda: (run.replace_info(info), run.save_config(saved)))
 
 
 def _refuse_local(local: bool) -> None:

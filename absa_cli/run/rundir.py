@@ -266,6 +266,12 @@ class RunDir:
             fields["status"] = fields["status"].value
         self.replace_info({**self.info(), **fields, "updated_at": _now()})
 
+    def save_config(self, text: str) -> None:
+        """Write ``config.yaml`` atomically (a resume's overrides; checked by ``config.resumed_with`` first)."""
+        tmp = self.config_path.with_suffix(".yaml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
     def replace_info(self, info: dict[str, Any]) -> None:
         """Write ``run.json`` as ``info``, whole and atomically (``write_info`` updates fields of it)."""
         tmp = self.info_path.with_suffix(".json.tmp")
