@@ -87,6 +87,8 @@ DATASETS: dict[str, DatasetSpec] = {
     )
 }
 
+FIXED_WIDTH_MODELS = ("resnet18",)  # torchvision's widths: a model.width other than 1 cannot be built
+
 MODEL_NAMES: tuple[str, ...] = (
     "c1", "c2", "alexnet", "resnet20", "resnet32", "resnet56", "resnet18", "squeezenext",
 )

@@ -115,6 +115,8 @@ class ModelConfig:
         _require(self.name in catalog.MODEL_NAMES,
                  f"model.name={self.name!r} is not a model; choose one of {', '.join(catalog.MODEL_NAMES)}")
         _require(self.width > 0, f"model.width must be > 0, got {self.width}")
+        _require(self.width == 1.0 or self.name not in catalog.FIXED_WIDTH_MODELS,  # else every worker dies starting
+                 f"model.width={self.width:g}: {self.name} has fixed widths (torchvision's); use model.width=1.0")
 
 
 @dataclass

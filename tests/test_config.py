@@ -65,6 +65,7 @@ def test_invalid_values_are_config_errors():
     ("optim.decay_epochs=30,60", "'optim.decay_epochs' expects list[int], got '30,60'"),
     ("optim.decay_epochs=[8,8]", "optim.decay_epochs must be increasing positive epochs, each once, got [8, 8]"),
     ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
+    (["model.name=resnet18", "model.width=0.5"], "model.width=0.5: resnet18 has fixed widths (torchvision's)"),
     ("policy.adv_eps=.inf", "policy.adv_eps must be a finite number, got inf"),
     ("cluster.collective_timeout_s=.inf", "cluster.collective_timeout_s must be a finite number"),
     ("preset=c1-cifar10", "the preset is the command's first argument, not a key; write e.g. absa train c1-cifar10"),
@@ -79,7 +80,7 @@ def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, s
     """Each once a traceback (a TypeError or OmegaConf error outside the caught ones) or silently something else
     (`epochs=010` trained 8 epochs, `preset=` was overwritten, `[8,8]` decayed twice, `inf` passed `> 0`)."""
     with pytest.raises(ConfigError) as info:
-        config_mod.load("c1-cifar10", [override])
+        config_mod.load("c1-cifar10", override if isinstance(override, list) else [override])
     message = str(info.value)
     assert says in message and "\n" not in message
 

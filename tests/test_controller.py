@@ -391,6 +391,20 @@ def test_with_no_capacity_the_run_waits_visibly_then_ends_in_one_line(tmp_path):
     assert fake.now >= 65 and not group.applied
 
 
+def test_workers_that_die_starting_are_named_as_the_cause_not_missing_capacity(tmp_path):
+    """Room on the cluster, but every worker fails in its constructor: the wait and the final line say why."""
+    reason = "RayActorError: ValueError: the worker's own error"
+    group = ScriptedGroup(offered=1, events={("resize", n): NoRoom(reason=reason) for n in range(1, 200)})
+    controller, run, out = _controller(tmp_path, group, "cluster.start_timeout_s=65")
+    fake = _FakeTime()
+    controller.groups.clock, controller.groups.sleep = fake.clock, fake.sleep
+    ending = controller.train()
+    assert (ending.status, ending.exit_code) == (Status.FAILED, 2)
+    assert ending.message.startswith(f"error: no worker could start within cluster.start_timeout_s=65 s (the last "
+                                     f"start failed: {reason}): ")
+    assert any(f"no worker can start (the last start failed: {reason})" in line for line in out.getvalue().splitlines())
+
+
 def test_capacity_that_appears_while_waiting_starts_the_run(tmp_path):
     group = ScriptedGroup(offered=0)
     controller, run, out = _controller(tmp_path, group, "epochs=1")

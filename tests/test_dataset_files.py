@@ -12,6 +12,7 @@ works; a corrupt JPEG, found only when a batch decodes it, names the file.
 
 from __future__ import annotations
 
+import json
 import pickle
 import socket
 import urllib.error
@@ -399,6 +400,52 @@ def test_a_corrupt_jpeg_fails_its_batch_naming_the_file(tmp_path):
     with pytest.raises(UnreadableImageError) as caught:
         train.get_batch(torch.tensor([1]), None)
     assert_one_line(caught.value, f"cannot decode the image {broken}")
+
+
+def test_a_corrupt_jpeg_met_by_a_prefetching_worker_process_keeps_its_one_line(tmp_path):
+    """Decoded ahead in a DataLoader worker process (data.loader_workers, on CUDA by default), the error comes back
+    as its type with "Caught ... in DataLoader worker process 0" and a traceback for a message: absa gives it back
+    its own line."""
+    from absa_cli.data.loader import PrefetchLoader
+
+    base = write_imagenet(tmp_path)
+    broken = base / "train" / "n02" / "n02_0.JPEG"
+    cut_in_half(broken)
+    loader = PrefetchLoader(build_dataset("imagenet", "train", tmp_path), num_workers=1)
+    with pytest.raises(UnreadableImageError) as caught:
+        list(loader.batches([(torch.tensor([0]), None), (torch.tensor([1]), None)]))
+    assert_one_line(caught.value, f"cannot decode the image {broken}")
+    assert not str(caught.value).startswith("Caught")
+
+
+@pytest.mark.parametrize("where", [["--local"], ["--max-gpus", "2", "cluster.collective_timeout_s=5"]])
+def test_a_corrupt_jpeg_mid_run_ends_the_run_in_one_line_and_it_stays_resumable(tmp_path, where, request):
+    """Found only when a batch decodes it: the run ends failed (exit 2) on the worker's own line, naming the file,
+    never a traceback, and resumes once the file is replaced. On Ray the other worker's collective fails after the
+    timeout; its error is a consequence, not the line."""
+    if "--local" not in where:
+        request.getfixturevalue("ray_cluster")
+    root = tmp_path / "data"
+    base = write_tiny(root)
+    for first in base.glob("train/*/images/*_0.JPEG"):  # 4 images a class: 8, two steps of 4, none dropped
+        for i in (1, 2, 3):
+            (first.parent / first.name.replace("_0.", f"_{i}.")).write_bytes(first.read_bytes())
+    broken = base / "train" / "n0200" / "images" / "n0200_1.JPEG"
+    good = broken.read_bytes()
+    cut_in_half(broken)
+    runs = tmp_path / "runs"
+    small = ["epochs=1", f"data.root={root}", "policy.name=fixed", "batch.global_batch_size=4",
+             "policy.max_global_batch=4", "batch.per_worker_max=2"]
+    result = runner.invoke(app, ["train", "resnet18-tinyimagenet", *small, *where, "--runs-dir", str(runs)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot decode the image {broken}" in errors[0], result.stderr
+    (run,) = runs.iterdir()
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    broken.write_bytes(good)
+    resumed = runner.invoke(app, ["resume", run.name, *[w for w in where if w.startswith("--") or w == "2"],
+                                  "--runs-dir", str(runs)])
+    assert resumed.exit_code == 0, resumed.output
 
 
 # --- end to end: `absa train` stops before anything starts --------------------------------------------------------

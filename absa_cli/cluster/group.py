@@ -30,7 +30,7 @@ from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, Unchanged,
                                       WorkerFailure)
-from absa_cli.errors import first_line
+from absa_cli.errors import UserError, first_line
 
 class StopState(enum.Enum):
     """A stop request on its way to the workers: asked for by a signal handler, then sent by the main thread (no Ray
@@ -319,7 +319,7 @@ class RayWorkerGroup:
             except (RayActorError, GetTimeoutError):
                 lost.append(actor)
         if not lost:  # every worker is alive: the error is a bug or a bad input, not a failure to recover from
-            raise errors[0]
+            raise _own_error(errors)
         if not alive:
             raise GroupLost(f"all {len(self.actors)} workers were lost: {first_line(errors[0], typed=True)}")
         old = len(self.actors)
@@ -373,3 +373,10 @@ class RayWorkerGroup:
             except Exception:  # the cluster is gone already: no request stands
                 pass
 
+
+def _own_error(errors: list[BaseException]) -> BaseException:
+    """What to raise when every worker is alive: a worker's own ``UserError`` (bad input met mid-run, e.g. a corrupt
+    image), unwrapped from Ray's ``RayTaskError`` so the run ends on its one line; else the first error as Ray
+    raised it (a bug: its traceback stays). The peers' collective errors that follow are its consequences."""
+    causes = [getattr(error, "cause", None) for error in errors]
+    return next((cause for cause in causes if isinstance(cause, UserError)), errors[0])

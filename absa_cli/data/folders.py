@@ -26,11 +26,12 @@ from absa_cli.catalog import DatasetSpec
 from absa_cli.data.augment import CropFlip, random_resized_crop_box, sample_generator
 from absa_cli.data.base import ImageDataset, check_batch_args, normalize
 from absa_cli.data.files import bad_data, dataset_dir, no_images, not_found, require_files
-from absa_cli.errors import first_line
+from absa_cli.errors import BadDataError, first_line
 
 
-class UnreadableImageError(OSError):
-    """An image file PIL cannot decode (cut short, not an image), met mid-run: its message names the file."""
+class UnreadableImageError(BadDataError):
+    """An image file PIL cannot decode (cut short, not an image), met mid-run: its message names the file, and the
+    run ends on it in one line (failed, resumable once the file is replaced), as for bad input found up front."""
 
 
 def _listing(spec: DatasetSpec, directory: Path) -> list[os.DirEntry]:
@@ -59,7 +60,7 @@ def _decode_rgb(path: Path) -> Image.Image:
             return image.convert("RGB")  # a few TinyImageNet/ImageNet JPEGs are greyscale or CMYK
     except Exception as error:  # PIL's errors for a cut JPEG ("image file is truncated") do not name the file
         raise UnreadableImageError(f"cannot decode the image {path} ({first_line(error, typed=True)}); replace "
-                                   f"it with a good copy, or delete it") from error
+                                   f"it with a good copy") from error
 
 
 def _to_uint8_chw(image: Image.Image) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from absa_cli.data.base import ImageDataset
+from absa_cli.errors import UserError
 
 Request = tuple[torch.Tensor, torch.Tensor | None]  # (sample indices, augmentation seeds or None)
 _Plain = tuple[list[int], list[int] | None]  # what crosses to a worker: plain ints pickle cheaply
@@ -67,4 +68,18 @@ class PrefetchLoader:
     def batches(self, requests: Sequence[Request]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._requests.requests = [(indices.tolist(), None if seeds is None else seeds.tolist())
                                    for indices, seeds in requests]
-        return iter(self._loader)  # a persistent loader resets its one iterator and starts prefetching here
+        return _reraised(iter(self._loader))  # a persistent loader resets its iterator and starts prefetching here
+
+
+def _reraised(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches; a worker process's ``UserError`` (a corrupt image) raised again with its own one-line message.
+    The DataLoader re-raises it as its type but with "Caught X in DataLoader worker process N" and the worker's
+    traceback as the message; the traceback's last line is the original ``X: message``."""
+    try:
+        yield from batches
+    except UserError as error:
+        text = str(error)
+        if not text.startswith("Caught "):
+            raise
+        last = text.strip().splitlines()[-1]
+        raise type(error)(last.partition(": ")[2] or last) from None

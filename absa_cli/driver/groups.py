@@ -83,7 +83,7 @@ class GroupKeeper:
         while isinstance(result, Shortfall):  # the cluster gave fewer: decide again on what the group has
             self.console.line(f"[yellow]cluster[/]: asked for {result.requested} workers, have {result.available} "
                               f"({result.reason}); accumulation keeps the global batch exact")
-            membership = self._decide(result.available or self._capacity(deadline, waited=True))
+            membership = self._decide(result.available or self._capacity(deadline, failed=result.reason))
             result = self.group.resize(membership.num_workers)
         self._ask(membership, progress)
         for line in self.group.notices():
@@ -116,20 +116,22 @@ class GroupKeeper:
         self.console.line(f"[yellow]cluster[/]: asked the autoscaler for {demand} workers ({reason})" if demand
                           else f"[yellow]cluster[/]: request to the autoscaler {reason}")
 
-    def _capacity(self, deadline: float, waited: bool = False) -> int:
-        """The cluster's capacity; while it is none (or no worker could be started: ``waited``), wait for some,
-        until ``deadline`` (``cluster.start_timeout_s`` after the group began to form)."""
-        capacity = 0 if waited else self.group.capacity()
+    def _capacity(self, deadline: float, failed: str = "") -> int:
+        """The cluster's capacity; while it is none (or no worker could be started: ``failed``, the start's error),
+        wait for some, until ``deadline`` (``cluster.start_timeout_s`` after the group began to form). The lines
+        say why a start failed: a worker that dies starting (a bad config, a broken node) is not missing capacity."""
+        capacity = 0 if failed else self.group.capacity()
         if capacity > 0:
             return capacity
         timeout = self.config.cluster.start_timeout_s
         started = reported = self.clock()
-        self.console.line(f"[yellow]cluster[/]: no worker can start: {self.group.describe_capacity()}; waiting "
+        why = f" (the last start failed: {failed})" if failed else ""
+        self.console.line(f"[yellow]cluster[/]: no worker can start{why}: {self.group.describe_capacity()}; waiting "
                           f"until cluster.start_timeout_s={timeout:g} s have passed")
         while True:
             self.check_stop()
             if self.clock() >= deadline:
-                raise CapacityError(f"no worker could start within cluster.start_timeout_s={timeout:g} s: "
+                raise CapacityError(f"no worker could start within cluster.start_timeout_s={timeout:g} s{why}: "
                                     f"{self.group.describe_capacity()}; free a slot or raise the timeout, then "
                                     f"resume the run")
             if self.clock() - reported >= WAIT_REPORT_S:
