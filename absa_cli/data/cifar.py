@@ -19,7 +19,7 @@ from absa_cli.catalog import DatasetSpec
 from absa_cli.data.augment import CropFlip
 from absa_cli.data.base import TensorImageDataset
 from absa_cli.data.checks import as_array, integer_labels, uint8_pixels
-from absa_cli.data.files import bad_data, dataset_dir, require_files
+from absa_cli.data.files import bad_data, dataset_dir, require_files, unreadable
 from absa_cli.errors import first_line
 
 _CIFAR_AUGMENT = CropFlip(padding=4, flip=True)
@@ -40,7 +40,7 @@ def _unpickle(spec: DatasetSpec, path: Path) -> dict:
             entry = pickle.load(f, encoding="latin1")
     except Exception as error:  # a cut or foreign file trips pickle in many ways: UnpicklingError, EOFError, ...
         if isinstance(error, OSError) and error.errno is not None:  # the system's refusal (permissions, I/O)
-            raise bad_data(spec, path, f"cannot be read ({error.strerror})") from None
+            raise unreadable(spec, path, error) from None
         raise bad_data(spec, path, f"is not a readable pickle ({first_line(error, typed=True)})") from None
     if not isinstance(entry, dict):
         raise bad_data(spec, path, f"holds a pickled {type(entry).__name__}, not the dict of a CIFAR batch")

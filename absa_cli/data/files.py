@@ -62,6 +62,13 @@ def bad_data(spec: DatasetSpec, path: Path, problem: str, fix: str | None = None
     return BadDataError(_one_line(f"{spec.name}: {path} {problem}; {fix}"))
 
 
+def unreadable(spec: DatasetSpec, path: Path, error: OSError, doing: str = "read") -> BadDataError:
+    """The error for a file or folder the system refuses (permissions, I/O): its reason, and where a readable copy
+    may be pointed to instead."""
+    return bad_data(spec, path, f"cannot be {doing} ({_reason(error)})",
+                    fix="make it readable, or set data.root=DIR (or ABSA_DATA) to a readable copy")
+
+
 def download_failed(spec: DatasetSpec, url: str, error: BaseException, expected: Path) -> DataNotFoundError:
     """The error for a download that did not complete (no network, a proxy, a server error): the host, the reason,
     and that placing the files by hand works as well."""

@@ -25,7 +25,7 @@ from torchvision.transforms import functional as TF
 from absa_cli.catalog import DatasetSpec
 from absa_cli.data.augment import CropFlip, random_resized_crop_box, sample_generator
 from absa_cli.data.base import ImageDataset, check_batch_args, normalize
-from absa_cli.data.files import bad_data, dataset_dir, no_images, not_found, require_files
+from absa_cli.data.files import bad_data, dataset_dir, no_images, not_found, require_files, unreadable
 from absa_cli.errors import BadDataError, first_line
 
 
@@ -40,8 +40,7 @@ def _listing(spec: DatasetSpec, directory: Path) -> list[os.DirEntry]:
         with os.scandir(directory) as entries:
             return list(entries)
     except OSError as error:
-        raise bad_data(spec, directory, f"cannot be listed ({error.strerror or first_line(error, typed=True)})",
-                       fix="make it readable, or set data.root=DIR (or ABSA_DATA) to a readable copy") from None
+        raise unreadable(spec, directory, error, doing="listed") from None
 
 
 def _image_files(spec: DatasetSpec, directory: Path) -> list[Path]:
@@ -139,7 +138,7 @@ def _read_lines(spec: DatasetSpec, path: Path) -> list[str]:
     except UnicodeDecodeError:
         raise bad_data(spec, path, "is not a text file") from None
     except OSError as error:
-        raise bad_data(spec, path, f"cannot be read ({error.strerror or first_line(error, typed=True)})") from None
+        raise unreadable(spec, path, error) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -18,7 +18,7 @@ from absa_cli.catalog import DatasetSpec
 from absa_cli.data.augment import CropFlip
 from absa_cli.data.base import TensorImageDataset
 from absa_cli.data.checks import as_array, integer_labels, uint8_pixels
-from absa_cli.data.files import bad_data, dataset_dir, require_files
+from absa_cli.data.files import bad_data, dataset_dir, require_files, unreadable
 from absa_cli.errors import first_line
 
 SVHN_SPLITS = ("train", "test", "extra", "train+extra")
@@ -44,8 +44,8 @@ def _read_mat(spec: DatasetSpec, path: Path) -> tuple[np.ndarray, np.ndarray]:
         content = scipy.io.loadmat(str(path), variable_names=("X", "y"))
     except Exception as error:  # cut or foreign files: MatReadError, OSError("could not read bytes"), ValueError...
         if isinstance(error, OSError) and error.errno is not None:  # the system's refusal (permissions, I/O)
-            problem = f"cannot be read ({error.strerror})"
-        elif _is_hdf5(path):
+            raise unreadable(spec, path, error) from None
+        if _is_hdf5(path):
             problem = ("is a MATLAB v7.3 (HDF5) file, which scipy cannot read; the official format-2 files are "
                        "MATLAB v5 (re-save it with save(..., '-v7'))")
         else:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from absa_cli import config as config_mod
 from absa_cli.errors import UserError
+from absa_cli.run.rundir import check_writable
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
 MATPLOTLIB = "{} needs matplotlib; install it with `pip install 'absa-train[plot]'`"
@@ -160,12 +160,7 @@ def check_output(path: Path, option: str, needs: str) -> None:
     if not path.parent.is_dir():
         raise UserError(f"{option} {path}: the folder {path.parent} does not exist; create it or choose another "
                         f"path")
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".absa-write-check-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"{option} {path}: the folder {path.parent} cannot be written ({exc.strerror}); choose "
-                        f"another path with {option}") from None
+    check_writable(path.parent, what=f"{option} {path}: the folder", fix=f"choose another path with {option}")
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError(MATPLOTLIB.format(needs))
 
