@@ -137,9 +137,8 @@ def _checkpoint_table(run):
     except CheckpointError as exc:
         table.add_row("-", "", "", "", "", "", str(exc))
         return table
-    if not entries and any(run.checkpoints_dir.glob("epoch-*.pt")):  # what resume would refuse, said here too
-        table.add_row("-", "", "", "", "", "", f"[red]checkpoint files but no {store.manifest_path.name} to verify "
-                                               f"them against: resume refuses them; restore it, or start a new run[/]")
+    if not entries and store.unlisted() is not None:  # what resume refuses, said here too
+        table.add_row("-", "", "", "", "", "", f"[red]{store.unlisted()}[/]")
     for entry in entries:
         try:
             verify(run.checkpoints_dir / entry.file, entry)

@@ -210,6 +210,13 @@ class CheckpointStore:
     def entry(self, name: str) -> Entry | None:
         return next((e for e in self.entries() if e.file == name), None) if self.manifest_path.is_file() else None
 
+    def unlisted(self) -> CheckpointError | None:
+        """The error for checkpoint files with no manifest to verify them (never loaded), or None."""
+        if self.manifest_path.is_file() or not any(self.directory.glob("epoch-*.pt")):
+            return None
+        return CheckpointError(f"{self.directory} holds checkpoints but no {MANIFEST} to verify them against; "
+                               f"restore it, or start a new run (absa never loads an unverified checkpoint)")
+
     def save(self, name: str, state: dict[str, Any]) -> Entry:
         """Write the file, then the manifest (a crash in between leaves an unlisted file, never a bad entry);
         then drop the oldest beyond ``keep_last``."""
@@ -232,9 +239,8 @@ class CheckpointStore:
         None when no checkpoint was ever written; ``CheckpointError`` when some were but none is usable.
         """
         entries = self.entries()
-        if not entries and any(self.directory.glob("epoch-*.pt")):
-            raise CheckpointError(f"{self.directory} holds checkpoints but no {MANIFEST} to verify them against; "
-                                  f"restore it, or start a new run (absa never loads an unverified checkpoint)")
+        if not entries and self.unlisted() is not None:
+            raise self.unlisted()
         problems = []
         for entry in reversed(entries):
             try:
