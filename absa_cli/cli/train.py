@@ -108,6 +108,7 @@ def resume(
             info, saved = run.info(), run.config_path.read_text()
             _refuse_finished(run)  # again, under the lock: a driver may have finished it meanwhile
             config = config_mod.resumed_with(run.load_config(), overrides or [], run.id)
+            changed = config_mod.to_yaml(config)  # to keep, as resumed (before this command's worker count)
             _apply_workers(config, max_gpus, local)
             try:
                 check_schedule(config)
@@ -121,7 +122,7 @@ def resume(
             lock.release()
             raise
     if overrides:  # kept: the run goes on with them (a resume refused before it restored anything puts it back)
-        run.save_config(config_mod.to_yaml(config_mod.resumed_with(run.load_config(), overrides, run.id)))
+        run.save_config(changed)
     run.write_info(status=Status.RUNNING, host=socket.gethostname(), pid=os.getpid(), ended_at=None, error=None,
                    resumed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    resumes=int(info.get("resumes") or 0) + 1, max_workers=config.cluster.max_workers)
