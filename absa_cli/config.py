@@ -288,6 +288,9 @@ class ClusterConfig:
                  f"cluster.placement must be pack or spread, got {self.placement!r}")
 
 
+MAX_EPOCHS = 100_000  # `absa plan` replays the rule epoch by epoch: 1e8 epochs took minutes and 12 GB
+
+
 @dataclass
 class RunConfig:
     preset: str = ""  # the preset this config came from (set by `load`)
@@ -310,6 +313,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _require_finite(self, "")
         _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _require(self.epochs <= MAX_EPOCHS, f"epochs must be at most {MAX_EPOCHS:,}, got {self.epochs:,}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         _require(self.policy.max_global_batch >= self.batch.global_batch_size,
                  f"policy.max_global_batch={self.policy.max_global_batch} is below batch.global_batch_size="

@@ -68,6 +68,16 @@ def test_plan_bad_input_exit_2():
     assert result.exit_code == 2 and "did you mean 'policy.growth'" in result.stderr
 
 
+def test_plan_answers_at_once_for_huge_worker_counts_and_refuses_huge_epoch_counts():
+    # were a minute-long loop over every worker count up to --max-gpus, and 12 GB for epochs=1e8
+    started = time.perf_counter()
+    result = runner.invoke(app, ["plan", "quickstart", "--max-gpus", "1000000000", "--profile", H100])
+    assert result.exit_code == 0, result.output
+    assert "fewer than fixed" in result.stdout and time.perf_counter() - started < 5.0
+    assert_user_error(runner.invoke(app, ["plan", "quickstart", "epochs=100000000"]),
+                      "epochs must be at most 100,000, got 100,000,000")
+
+
 def test_plan_refuses_a_cap_larger_than_the_training_set():
     result = runner.invoke(app, ["plan", "quickstart", "data.train_size=1000"])
     assert_user_error(result, "policy.max_global_batch=1024", "1000 training samples", "at most 1000")

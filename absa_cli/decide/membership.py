@@ -101,7 +101,7 @@ def check_geometries(config: RunConfig, batches: list[int]) -> None:
     and the worker count would allow, e.g. a prime batch, trained one sample at a time."""
     max_workers, per_worker_max = config.cluster.max_workers, config.batch.per_worker_max
     for batch in batches:
-        for available in range(1, max_workers + 1):
+        for available in range(1, min(max_workers, batch) + 1):  # beyond the batch: the same geometry
             geometry = BatchGeometry.plan(batch, max_workers, per_worker_max, available_workers=available)
             room = min(per_worker_max, -(-batch // geometry.num_workers))
             if 2 * geometry.per_worker_batch_size < room:

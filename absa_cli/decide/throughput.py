@@ -200,7 +200,7 @@ def fastest_workers(model: StepModel, global_batch_size: int, max_workers: int, 
     """The worker count (≤ ``max_workers``) whose geometry the model predicts fastest for ``global_batch_size``
     (ties: fewer workers), and each candidate's predicted step seconds. ``plan``: ``BatchGeometry.plan``."""
     predicted: dict[int, float] = {}
-    for available in range(1, max_workers + 1):
+    for available in range(1, min(max_workers, global_batch_size) + 1):  # more workers than samples: same geometry
         geometry = plan(global_batch_size, max_workers, per_worker_max, available_workers=available)
         if geometry.num_workers not in predicted:
             predicted[geometry.num_workers] = model.step_s(geometry.num_workers, geometry.per_worker_batch_size,

@@ -29,10 +29,9 @@ def driver_geometry(config: RunConfig, model: StepModel, batch: int, max_workers
 def fastest_split(config: RunConfig, model: StepModel, batch: int, max_workers: int) -> BatchGeometry:
     """The fastest way to run ``batch`` on up to ``max_workers`` workers, splitting it finer than absa's driver
     does if that pays (``fixed`` on its best worker count): every worker count that divides the batch."""
-    candidates = [BatchGeometry.plan(batch, n, config.batch.per_worker_max)
-                  for n in range(1, max_workers + 1) if batch % n == 0]
-    candidates += [BatchGeometry(batch, n, batch // n, 1) for n in range(1, max_workers + 1)
-                   if batch % n == 0 and batch // n <= config.batch.per_worker_max]
+    counts = [n for n in range(1, min(max_workers, batch) + 1) if batch % n == 0]
+    candidates = [BatchGeometry.plan(batch, n, config.batch.per_worker_max) for n in counts]
+    candidates += [BatchGeometry(batch, n, batch // n, 1) for n in counts if batch // n <= config.batch.per_worker_max]
     return min(candidates, key=lambda g: (model.step_s(g.num_workers, g.per_worker_batch_size, g.grad_accum_steps),
                                           g.num_workers))
 
