@@ -20,10 +20,10 @@ from conftest import TINY
 RUN = [*TINY, "epochs=2", "data.train_size=2048", "logging.chunk_steps=1"]
 
 
-def _start(tmp_path, *extra: str, mark: str = "step 3/32") -> tuple[subprocess.Popen, list[str]]:
+def _start(tmp_path, *extra: str, mark: str = "step 3/32", **popen) -> tuple[subprocess.Popen, list[str]]:
     process = subprocess.Popen([sys.executable, "-m", "absa_cli", "train", "quickstart", *RUN, *extra, "--local",
                                 "--runs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, **popen)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in process.stdout), daemon=True).start()
     _wait_for(process, lines, mark)  # mid-epoch 1
@@ -58,6 +58,18 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_143(tmp_path):
     assert entry.file == f"epoch-0000-sample-{entry.samples_seen:09d}.pt"
     assert checkpoint.load(run.checkpoints_dir / entry.file)["updates"] == entry.samples_seen // 64
     assert not run.lock_path.exists()  # released
+
+
+def test_a_sigint_the_driver_was_started_ignoring_stays_ignored(tmp_path):
+    """`nohup absa train ...` or a shell's background job: SIGINT ignored from the start is not turned into a stop
+    (it was); SIGTERM still stops."""
+    process, lines = _start(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process.send_signal(signal.SIGINT)
+    _wait_for(process, lines, "step 6/32")  # trained on past it
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    output = "\n".join(lines)
+    assert "SIGINT" not in output and "SIGTERM: stopping after the current step" in output
 
 
 def test_a_second_sigint_aborts_at_once(tmp_path):

@@ -158,7 +158,9 @@ class _Signals:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """A signal the process was started ignoring (``nohup``, a shell's background job) stays ignored."""
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
             yield
         finally:
