@@ -183,4 +183,4 @@ def test_without_an_address_absa_starts_its_own_cluster_even_where_ray_start_lef
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "ray: started a local cluster on 127.0.0.1" in done.stdout + done.stderr
+    assert "ray: started a local cluster on " in done.stdout + done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +84,36 @@ def test_absa_train_runs_its_local_cluster_in_a_loopback_only_namespace_which_di
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "summary: 2 epochs" in resumed.stdout and "Traceback" not in resumed.stderr
+
+
+def _hosts_can_be_replaced() -> bool:
+    unshare = shutil.which("unshare")
+    return unshare is not None and subprocess.run(
+        [unshare, "--user", "--map-root-user", "--mount", "--", "mount", "--bind", "/dev/null", "/etc/hosts"],
+        capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (_namespaces_allowed() and _hosts_can_be_replaced()),
+                    reason="user, network and mount namespaces are not all allowed here")
+def test_a_hostname_that_resolves_to_a_lan_address_neither_hangs_the_cluster_nor_its_gloo_group(tmp_path):
+    """Docker containers and cloud VMs map their hostname to a LAN address in /etc/hosts. Ray turned the local
+    cluster's 127.0.0.1 into that address, which absa's namespace does not have, and its start hung for good; gloo
+    would bind to it too. Here /etc/hosts is replaced (in a mount namespace of the test's own) by one that maps
+    this hostname to 10.255.0.1, and a run of two workers must train as anywhere else, with nothing from Ray (a
+    failed probe of 8.8.8.8, its token notice) on the terminal."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n10.255.0.1 {socket.gethostname()}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", netns.ENV, "GLOO_SOCKET_IFNAME")}
+    absa = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=1", "batch.global_batch_size=64",
+            "--runs-dir", str(tmp_path / "runs")]
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--", "sh", "-c",
+                           f'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *absa],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "network_util" not in done.stderr and "RAY_AUTH_MODE" not in done.stderr, done.stderr[:2000]
+    assert "ray: started a local cluster on 127.0.0.2" in done.stdout + done.stderr
+    assert "2 worker(s)" in done.stdout and "summary: 1 epochs" in done.stdout
 
 
 def _still_running(processes: dict[int, int]) -> list[str]:

@@ -15,7 +15,7 @@ from absa_cli.cli.common import (check_sample_log, check_schedule, complete_pres
 
 MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU slot on a cluster without GPUs "
                  "(so on a laptop --max-gpus bounds CPU workers).")
-ADDRESS_HELP = "Ray cluster to join (default: $RAY_ADDRESS, else start a local one on 127.0.0.1)."
+ADDRESS_HELP = "Ray cluster to join (default: $RAY_ADDRESS, else start a local one on this machine)."
 LOCAL_HELP = "Train in this process, without Ray (debugging)."
 RUNS_DIR_HELP = "Where run directories are (default: $ABSA_RUNS_DIR, else ./runs)."
 BEFORE_TRAINING = "interrupted before training started; nothing to save"

@@ -3,7 +3,7 @@ loopback interface, so nothing the cluster opens can be reached from another mac
 
 Why: Ray 2.60's gRPC servers (GCS, raylet, every worker) and torch.distributed's rendezvous listen on all
 interfaces whatever ``ray.init`` is told, and Ray's runtime-env agent binds the machine's external address. Inside
-a namespace whose only interface is ``lo``, "all interfaces" is 127.0.0.1 (and ::1), which is what a local cluster
+a namespace whose only interface is ``lo``, "all interfaces" is loopback, which is what a local cluster
 needs and all it gets.
 
 How: when the ``absa`` command (not an in-process caller such as a test's ``CliRunner``) is about to start a local
@@ -76,10 +76,11 @@ def isolate(address: str | None, local: bool) -> str | None:
     sys.stderr.flush()
     env = {**os.environ, ENV: INSIDE}
     # Without a network c10d's reverse lookup of every rendezvous peer fails (there is no DNS to ask), harmlessly,
-    # and each failure would print a warning. Errors still print; a user's own setting wins. (Ray's guess of this
-    # machine's external address fails too, in one warning line printed before any setting could hide it; the
-    # cluster uses 127.0.0.1 anyway.)
+    # and each failure would print a warning. Errors still print; a user's own setting wins.
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # gloo binds to the address the hostname resolves to, which /etc/hosts may map to a LAN address the namespace
+    # does not have; lo is the namespace's only interface.
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.execve(unshare, [unshare, "--user", "--map-root-user", "--net", "--", *_command()], env)
     return None  # not reached
 

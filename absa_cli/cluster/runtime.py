@@ -1,7 +1,7 @@
 """Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``, e.g. under ``ray job submit``) or a
 local one started here.
 
-The local cluster uses 127.0.0.1 as its node address and starts no dashboard; ``absa_cli.cluster.reaper`` stops
+The local cluster starts no dashboard; ``absa_cli.cluster.reaper`` stops
 it when the driver exits, however it exits. Ray 2.60's own gRPC servers (GCS,
 raylet, workers) nevertheless listen on all interfaces, protected by Ray's token authentication; binding them to
 loopback only is not possible through ``ray.init`` in this version, so the ``absa`` command starts its local
@@ -13,12 +13,22 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import contextmanager
+from typing import Iterator
 
 import ray
 import ray.job_config
 
 from absa_cli.cluster import handshake, netns, reaper
 from absa_cli.errors import UserError, first_line
+
+# The local cluster's node address inside absa's private namespace. Ray replaces 127.0.0.1 and "localhost" by its
+# guess at this machine's external address: a probe towards 8.8.8.8, else the address the hostname resolves to. In
+# the namespace the probe fails (a warning line), and where /etc/hosts maps the hostname to a LAN address (Docker
+# containers, cloud VMs) the cluster was told an address the namespace does not have: its start hung for good. Any
+# other loopback address Ray takes as given (Linux routes all of 127.0.0.0/8 to lo). Outside the namespace Ray's
+# guess names an address the machine has, as Ray intends.
+NAMESPACE_NODE_IP = "127.0.0.2"
 
 
 def is_host_port(address: str) -> bool:
@@ -67,11 +77,26 @@ def connect(address: str | None = None, num_cpus: int | None = None, metadata: d
         # notebook, a test), whose other children are not absa's to end.
         if netns.entry_argv is not None:
             reaper.start()
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=True,
-                 configure_logging=True, job_config=job)
-        where = "ray: started a local cluster on 127.0.0.1"
-        if os.environ.get(netns.ENV) == netns.INSIDE:
+        inside = os.environ.get(netns.ENV) == netns.INSIDE
+        with _quiet("ray._private.authentication.authentication_token_setup"):
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     _node_ip_address=NAMESPACE_NODE_IP if inside else "127.0.0.1", logging_level=logging.WARNING,
+                     log_to_driver=True, configure_logging=True, job_config=job)
+        where = f"ray: started a local cluster on {ray.util.get_node_ip_address()}"
+        if inside:
             where += " in a private network namespace (loopback only)"
     resources = ray.cluster_resources()
     return f"{where} ({int(resources.get('CPU', 0))} CPU, {int(resources.get('GPU', 0))} GPU)"
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only errors from ``logger_name`` meanwhile. For the local cluster: Ray's notice that token authentication is
+    on, which ends "Set RAY_AUTH_MODE=disabled to opt out" (docs/cluster.md says what protects the cluster)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
