@@ -430,10 +430,15 @@ def autoscaling(work: Path, temp: Path) -> dict:
 
 @scenario
 def submitted_job(work: Path, temp: Path) -> dict:
-    """A head with its dashboard (the Jobs API) and a Prometheus export port, as a Ray user runs one; `absa train
-    --submit` sends a run to it. While the job runs, the run's figures are scraped from the export; afterwards the
-    job's status, metadata and logs, Ray's actor list, and the workers' log prefixes."""
+    """A head with its dashboard (the Jobs API) and a Prometheus export port, as a Ray user runs one on a machine
+    where a token exists (any local cluster writes one, absa's too), so the head wants it; `absa train --submit`
+    sends a run to it, once from a HOME without the token. While the job runs, the run's figures are scraped from
+    the export; afterwards the job's status, metadata and logs, Ray's actor list, and the workers' log prefixes."""
     import urllib.request
+
+    os.environ["RAY_AUTH_MODE"] = "token"  # for this process's own requests (before Ray is imported)
+    (work / "home" / ".ray").mkdir(parents=True)
+    (work / "home" / ".ray" / "auth_token").write_text("absa0test0token0" + os.urandom(8).hex())
 
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors
@@ -455,10 +460,13 @@ def submitted_job(work: Path, temp: Path) -> dict:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        submit = absa("train", "quickstart", *TINY, "epochs=2", "data.train_size=512",  # policy abs: it probes
-                      "batch.global_batch_size=32", "batch.per_worker_max=16", "policy.max_global_batch=64",
-                      "logging.chunk_steps=1", "--max-gpus", "2", "--submit", "--address", address,
-                      "--runs-dir", str(work / "runs"))
+        train = ["train", "quickstart", *TINY, "epochs=2", "data.train_size=512",  # policy abs: it probes
+                 "batch.global_batch_size=32", "batch.per_worker_max=16", "policy.max_global_batch=64",
+                 "logging.chunk_steps=1", "--max-gpus", "2", "--submit", "--address", address,
+                 "--runs-dir", str(work / "runs")]
+        (work / "bare-home").mkdir()
+        result["no_token"] = absa(*train, env={"HOME": str(work / "bare-home")})
+        submit = absa(*train)
         result["submit"] = submit
         job_id = next(line.split()[2] for line in submit["stdout"].splitlines() if line.startswith("submitted:"))
         run_id = job_id.removeprefix("absa-")

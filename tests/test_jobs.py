@@ -58,12 +58,22 @@ def test_a_submitted_run_prints_how_to_reach_it_and_finishes_on_the_cluster(job)
     assert submit["rc"] == 0 and submit["seconds"] < 20, submit
     out, job_id, run_id = submit["stdout"], job["job_id"], job["run_id"]
     assert job_id == f"absa-{run_id}" and run_id.startswith("quickstart-")
-    for hint in (f"ray job logs --follow {job_id} --address http://127.0.0.1:", f"ray job stop {job_id}",
+    # the head wants a token: absa sent this machine's, and Ray's CLI must be told to send it too (it did not)
+    for hint in (f"RAY_AUTH_MODE=token ray job logs --follow {job_id} --address http://127.0.0.1:",
+                 f"RAY_AUTH_MODE=token ray job stop {job_id}",
                  f"absa resume {run_id} --submit --address http://127.0.0.1:", f"absa runs show {run_id} --runs-dir"):
         assert hint in out, out
     assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
     assert job["metadata"]["absa_run_id"] == run_id and job["metadata"]["absa_preset"] == "quickstart"
     assert job["run_json"]["status"] == "finished" and f"run: {run_id}" in job["logs"]
+
+
+@pytest.mark.slow
+def test_a_submission_without_the_heads_token_is_one_line_saying_so(job):
+    refused = job["no_token"]
+    assert refused["rc"] == 2 and refused["stdout"] == "", refused
+    assert refused["stderr"].count("\n") == 1 and "requires token authentication and this machine has no token; " \
+        "copy the head's ~/.ray/auth_token" in refused["stderr"], refused["stderr"]
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ What it settles:
   explicit address sends its own token only if ``RAY_AUTH_MODE=token``. Where this machine has a token (the
   ``RAY_AUTH_TOKEN`` variable, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``) and
   ``RAY_AUTH_MODE`` is unset, absa sends it: a head without authentication ignores a token, so sending one never
-  hurts. ``RAY_AUTH_MODE`` set by the user is obeyed as it is.
+  hurts. ``RAY_AUTH_MODE`` set by the user is obeyed as it is. The same rule holds for the Jobs API (``--submit``,
+  ``absa_cli.cluster.jobs``), which a head with token authentication guards too.
 - **Versions.** Ray refuses a driver whose Ray or Python version (to the patch level, by default) differs from the
   head's; absa reads the head's versions and names both.
 """
@@ -51,11 +52,16 @@ def token_source() -> str | None:
     return "~/.ray/auth_token" if default.is_file() else None
 
 
+def token_to_send() -> bool:
+    """Whether absa sends this machine's token: it has one and ``RAY_AUTH_MODE`` is unset (see above)."""
+    return os.environ.get(AUTH_MODE) is None and token_source() is not None
+
+
 def ask(address: str, deadline_s: float = DEADLINE_S) -> Head:
     """The head's versions, and whether to send this machine's token; one ``UserError`` line for every refusal."""
     env = dict(os.environ)
     source = token_source()
-    send_token = env.get(AUTH_MODE) is None and source is not None
+    send_token = token_to_send()
     if send_token:
         env[AUTH_MODE] = "token"
     try:
@@ -68,7 +74,7 @@ def ask(address: str, deadline_s: float = DEADLINE_S) -> Head:
     lines = done.stdout.strip().splitlines()
     answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"error": done.stderr.strip()}
     if "auth" in answer:
-        raise UserError(_auth_message(address, source, env.get(AUTH_MODE)))
+        raise UserError(auth_message(address, source, env.get(AUTH_MODE)))
     if "error" in answer:
         raise UserError(f"cannot talk to the Ray head at {address} ({first_line(answer['error'] or 'no answer')}); "
                         f"check --address or RAY_ADDRESS, or leave both unset to start a local cluster")
@@ -77,7 +83,9 @@ def ask(address: str, deadline_s: float = DEADLINE_S) -> Head:
     return head
 
 
-def _auth_message(address: str, source: str | None, mode: str | None) -> str:
+def auth_message(address: str, source: str | None, mode: str | None) -> str:
+    """What to do when the head at ``address`` turned this machine away, given where its token came from and the
+    ``RAY_AUTH_MODE`` it ran with."""
     fix = ("copy the head's ~/.ray/auth_token to this machine (or set RAY_AUTH_TOKEN to its contents; "
            "`ray get-auth-token` prints it on the head)")
     if mode is not None and mode.lower() != "token":

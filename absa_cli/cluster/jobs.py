@@ -7,16 +7,21 @@ and printed, with how to follow, stop and resume — before the terminal lets go
 preset in its metadata (``ray job list``) and its submission id is ``absa-<run id>``.
 
 The Jobs API comes with ``ray[default]`` (absa's ``cluster`` extra). absa must be installed on the cluster's head
-node, where Ray runs a job's entrypoint.
+node, where Ray runs a job's entrypoint. A head with token authentication guards its Jobs API too: absa sends this
+machine's token on the rule of ``absa_cli.cluster.handshake``, and the ``ray job`` commands it prints then carry
+``RAY_AUTH_MODE=token``, without which Ray's CLI would not send it.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
+from absa_cli.cluster import handshake
 from absa_cli.errors import UserError, first_line
 
 # On the cluster, unless ABSA_RUNS_DIR is set there: a path that does not depend on the job's working directory
@@ -31,14 +36,16 @@ class Submitted:
     run_id: str
     address: str
     runs_dir: str  # as the entrypoint names it (the cluster's shell expands it)
+    token: bool = False  # absa sent this machine's token (RAY_AUTH_MODE unset here): Ray's CLI must be told to
 
     def lines(self, resume_hint: bool = True) -> list[str]:
         where = ("$ABSA_RUNS_DIR (else ~/absa-runs) on the head node" if self.runs_dir == CLUSTER_RUNS_DIR
                  else f"{self.runs_dir} on the head node")
         runs_opt = "" if self.runs_dir == CLUSTER_RUNS_DIR else f" --runs-dir {shlex.quote(self.runs_dir)}"
+        ray = "RAY_AUTH_MODE=token ray" if self.token else "ray"
         lines = [f"submitted: job {self.job_id} to {self.address} (run {self.run_id}); this terminal may close",
-                 f"  follow: ray job logs --follow {self.job_id} --address {self.address}",
-                 f"  stop:   ray job stop {self.job_id} --address {self.address}   (checkpoints; the run stays "
+                 f"  follow: {ray} job logs --follow {self.job_id} --address {self.address}",
+                 f"  stop:   {ray} job stop {self.job_id} --address {self.address}   (checkpoints; the run stays "
                  f"resumable)",
                  f"  run directory: {where}; there, `absa runs show {self.run_id}{runs_opt}`"]
         if resume_hint:
@@ -58,8 +65,10 @@ def check_address(address: str | None) -> str:
     return address.rstrip("/")
 
 
-def _client(address: str):
+def _client(address: str) -> tuple[Any, bool]:
+    """A client of the Jobs API at ``address``, and whether it sends this machine's token."""
     try:
+        from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
     except ImportError:
         raise UserError("--submit needs Ray's Jobs API: pip install 'absa-train[cluster]' (ray[default])") from None
@@ -72,8 +81,14 @@ def _client(address: str):
         raise UserError(f"cannot reach the Ray dashboard at {address} ({reason}); the head serves the Jobs API "
                         f"with ray[default] installed, on port 8265 (`ray start --head --dashboard-host 0.0.0.0`)"
                         ) from None
+    token = handshake.token_to_send()
+    if token:
+        handshake.send_token()
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address), token
+    except AuthenticationError:
+        raise UserError(handshake.auth_message(address, handshake.token_source(),
+                                               os.environ.get(handshake.AUTH_MODE))) from None
     except Exception as exc:  # noqa: BLE001 - refused, not a dashboard, a version the SDK rejects
         raise UserError(f"the Ray Jobs API at {address} did not answer ({first_line(exc, limit=200)}); give the "
                         f"head's dashboard address (`ray start --head --dashboard-host 0.0.0.0`, port 8265)") from None
@@ -83,7 +98,7 @@ def submit(address: str, argv: list[str], run_id: str, runs_dir: str | None, pre
            submission_id: str | None = None) -> Submitted:
     """Submit ``absa <argv...> --runs-dir <runs_dir>`` as a job; ``argv`` carries the run id already."""
     address = check_address(address)
-    client = _client(address)
+    client, token = _client(address)
     runs = shlex.quote(runs_dir) if runs_dir else CLUSTER_RUNS_DIR
     entrypoint = f"{shlex.join(['absa', *argv])} --runs-dir {runs}"
     try:
@@ -93,4 +108,4 @@ def submit(address: str, argv: list[str], run_id: str, runs_dir: str | None, pre
             runtime_env={"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}})
     except Exception as exc:  # noqa: BLE001 - e.g. a submission id in use: one line, nothing started
         raise UserError(f"the Ray Jobs API at {address} refused the job ({first_line(exc, limit=200)})") from None
-    return Submitted(job_id, run_id, address, runs_dir or CLUSTER_RUNS_DIR)
+    return Submitted(job_id, run_id, address, runs_dir or CLUSTER_RUNS_DIR, token)
