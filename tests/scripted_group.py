@@ -185,10 +185,10 @@ class ScriptedGroup:
             raise self._lose(event, *self._position())
         return {"model": {"steps": torch.tensor(len(self.applied))}, "applied": [list(a) for a in self.applied]}
 
-    def restart(self, state: dict) -> None:
+    def restart(self, state: dict | None) -> None:
         self._call("restart")
         self.num_workers = 0  # the next resize starts the new group
-        self.applied = [list(a) for a in state["applied"]]
+        self.applied = [list(a) for a in state["applied"]] if state is not None else []
 
     def request_stop(self) -> None:
         self.stop_requested = True

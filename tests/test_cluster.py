@@ -180,14 +180,16 @@ def test_train_grows_live_from_one_to_two_workers(cluster, tmp_path):
     assert epochs[1]["resize_s"] == resize["resize_s"] and "policy.duration=1" in epochs[0]["policy_reason"]
 
 
-def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]:
-    """Run `absa train` against the shared cluster; once epoch 1 is done, SIGKILL one worker (or all of them).
+def _train_and_kill(cluster, tmp_path, kill_all: bool, in_epoch_1: bool = False) -> tuple[str, list[dict]]:
+    """Run `absa train` against the shared cluster; once epoch 1 is done (or, ``in_epoch_1``, once its first steps
+    are applied), SIGKILL one worker (or all of them).
 
     The run's own workers are found through their sample-audit files (``samples-pid<PID>.jsonl``), so workers of
     other runs on the same machine are never touched."""
     audit = tmp_path / "audit"
     audit.mkdir()
-    command = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=3", "data.train_size=1000",
+    size = ["data.train_size=4000", "logging.chunk_steps=1"] if in_epoch_1 else ["data.train_size=1000"]
+    command = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=3", *size,
                "policy.name=fixed", "batch.global_batch_size=32", "batch.per_worker_max=16", "--max-gpus", "2",
                f"cluster.collective_timeout_s={COLLECTIVE_TIMEOUT_S}", f"logging.sample_log_dir={audit}",
                "--address", cluster, "--runs-dir", str(tmp_path / "runs")]
@@ -197,9 +199,12 @@ def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]
         metrics = None
         while time.monotonic() < deadline:  # wait until epoch 1 is recorded and checkpointed, then kill
             metrics = next(tmp_path.glob("runs/*/metrics.jsonl"), None)
+            if in_epoch_1 and sum(1 for log in audit.glob("samples-pid*.jsonl") if log.stat().st_size) == 2:
+                assert not next(tmp_path.glob("runs/*/checkpoints/*.pt"), None), "epoch 1 ended before the kill"
+                break
             if next(tmp_path.glob("runs/*/checkpoints/epoch-0001.pt"), None) and metrics:
                 break
-            time.sleep(0.2)
+            time.sleep(0.02 if in_epoch_1 else 0.2)
         victims = sorted(int(p.stem.removeprefix("samples-pid")) for p in audit.glob("samples-pid*.jsonl"))
         assert len(victims) == 2, victims
         for pid in victims if kill_all else victims[-1:]:
@@ -209,6 +214,7 @@ def _train_and_kill(cluster, tmp_path, kill_all: bool) -> tuple[str, list[dict]]
         process.kill()
     assert process.returncode == 0, output
     assert json.loads(next(tmp_path.glob("runs/*/run.json")).read_text())["status"] == "finished"
+    metrics = next(tmp_path.glob("runs/*/metrics.jsonl"))
     return output, [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
@@ -242,6 +248,17 @@ def test_losing_every_worker_falls_back_to_the_last_checkpoint(cluster, tmp_path
     assert "restart" in output and "epoch-0001.pt" in output  # the log says so
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3] and all(r["samples_seen"] == 992 for r in epochs)
+
+
+def test_losing_every_worker_before_any_checkpoint_starts_the_run_over(cluster, tmp_path):
+    """A worker crash in epoch 1 (an OOM on the first worker, which trains the first epoch alone in the quickstart)
+    ended the run with a 100-line traceback; now the run starts again from its seed, and says so."""
+    output, records = _train_and_kill(cluster, tmp_path, kill_all=True, in_epoch_1=True)
+    (restart,) = [r for r in records if r["kind"] == "restart"]
+    assert (restart["checkpoint"], restart["epoch"], restart["updates"]) == (None, 1, 0), output
+    assert "from the start (no checkpoint was written yet)" in output and "Traceback" not in output
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["updates"]) for r in epochs] == [(1, 125), (2, 250), (3, 375)]
 
 
 def test_hessian_sharded_over_two_workers_matches_one_process(cluster, tmp_path):

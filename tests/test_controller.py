@@ -145,18 +145,35 @@ def test_a_group_lost_again_and_again_stops_after_the_restart_cap(tmp_path):
     events = {("train_chunk", n): LoseAll() for n in range(3, 20)}  # from epoch 2 on, after epoch 1's checkpoint
     group = ScriptedGroup(offered=2, events=events)
     controller, run, _ = _controller(tmp_path, group)
-    with pytest.raises(RuntimeError, match=f"lost {MAX_RESTARTS + 1} times"):
-        controller.train()  # an internal error: not an outcome, the CLI marks the run failed and keeps the traceback
+    ending = controller.train()  # one line and the resume command, not a traceback (it was)
+    assert (ending.status, ending.exit_code, ending.resumable) == (Status.FAILED, 1, True)
+    assert ending.message.startswith(f"error: the worker group was lost {MAX_RESTARTS + 1} times, each time "
+                                     f"restarted; last: ")
     # each restart rewinds metrics.jsonl to its checkpoint: the earlier restart records are in the superseded file
     superseded = [json.loads(line) for line in run.superseded_path.read_text().splitlines()]
     assert len(_records(run, "restart") + [r for r in superseded if r["kind"] == "restart"]) == MAX_RESTARTS
 
 
-def test_a_group_lost_before_any_checkpoint_cannot_restart(tmp_path):
-    group = ScriptedGroup(offered=2, events={("train_chunk", 1): LoseAll("scripted: gone")})
-    controller, _, _ = _controller(tmp_path, group)
-    with pytest.raises(RuntimeError, match=r"lost \(scripted: gone\) before any checkpoint"):
-        controller.train()
+@pytest.mark.parametrize("lost_at", [2, 3])  # mid-epoch 1; epoch 2 (no checkpoint: every 2 epochs), batch grown
+def test_a_group_lost_before_any_checkpoint_starts_over_from_the_seed(tmp_path, lost_at):
+    """Before, a RuntimeError: a worker lost in epoch 1 (an OOM, a crash) ended the run with a traceback. Now the
+    run starts again as it started (policy state, position, records) and ends as an uninterrupted one."""
+    def run_with(events, folder):
+        group = ScriptedGroup(offered=2, events=events)
+        controller, run, out = _controller(tmp_path / folder, group, "checkpoint.every_epochs=2")
+        assert controller.train().status == Status.FINISHED
+        return group, run, out.getvalue()
+
+    _, plain, _ = run_with({}, "plain")
+    group, run, out = run_with({("train_chunk", lost_at): LoseAll("scripted: gone")}, "lost")
+    (restart,) = _records(run, "restart")
+    assert (restart["checkpoint"], restart["epoch"], restart["samples_seen"], restart["updates"]) == (None, 1, 0, 0)
+    assert "restarted 2 worker(s) from the start (no checkpoint was written yet)" in out
+    assert "scripted: gone" in restart["reason"]
+    fields = ("epoch", "global_batch_size", "samples_seen", "updates", "num_workers")
+    assert [[r[f] for f in fields] for r in _records(run, "epoch")] == \
+        [[r[f] for f in fields] for r in _records(plain, "epoch")]
+    _assert_exactly_once(group, run)
 
 
 def test_a_grow_the_cluster_cannot_start_falls_back_to_accumulation(tmp_path):

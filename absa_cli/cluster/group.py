@@ -253,7 +253,7 @@ class RayWorkerGroup:
         except (RayActorError, GetTimeoutError, ray.exceptions.RayTaskError) as exc:
             raise GroupLost(f"re-forming the process group failed: {first_line(exc, typed=True)}") from exc
 
-    def restart(self, state: dict) -> None:
+    def restart(self, state: dict | None) -> None:
         """Tear everything down; the next ``resize`` starts fresh workers loaded with ``state``."""
         self.close()
         self._pending_state = state

@@ -152,9 +152,10 @@ class WorkerGroup(Protocol):
 
     def state_dict(self) -> dict: ...
 
-    def restart(self, state: dict) -> None:
-        """Start over from ``state`` (a checkpoint: resume, or the fallback when a live re-form is impossible): every
-        worker goes; the next ``resize`` starts new ones loaded with it."""
+    def restart(self, state: dict | None) -> None:
+        """Start over from ``state`` (a checkpoint: resume, or the fallback when a live re-form is impossible; None:
+        none was written yet, so from the seed): every worker goes; the next ``resize`` starts new ones loaded with
+        it."""
 
     def request_stop(self) -> None:
         """From a signal handler: the workers stop after the step in progress, all after the same one."""

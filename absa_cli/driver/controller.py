@@ -32,7 +32,8 @@ from absa_cli.run.lock import LockLost
 from absa_cli.run.metrics import Console, FanOut, JsonlSink
 from absa_cli.run.rundir import RunDir
 
-MAX_RESTARTS = 3  # restarts from a checkpoint per run before giving up (a deterministic failure must not loop)
+MAX_RESTARTS = 3  # restarts (from a checkpoint, or the start) per run before giving up: a failure that repeats
+# must not loop
 
 
 class Controller:
@@ -52,6 +53,7 @@ class Controller:
             self.sink = FanOut(self.sink, cluster_sink)
         self.progress = Progress()
         self.policy = make_policy(config)
+        self._initial_policy = self.policy.state_dict()  # a restart before any checkpoint starts from it
         self.decision: Decision = self.policy.initial()
         self.checkpoints = Checkpoints(run, config.checkpoint.keep_last,
                                        report=lambda problem: console.line(f"[red]checkpoint[/]: {problem}"),
@@ -82,6 +84,8 @@ class Controller:
             return outcome.aborted(self.abort_signal or signal.SIGINT, self.progress.epoch)
         except LockLost as exc:  # the run is another driver's now: write nothing more
             return outcome.lock_lost(str(exc))
+        except outcome.GaveUp as exc:
+            return outcome.gave_up(str(exc), self.progress.epoch, self.progress.updates)
         except outcome.Diverged as exc:
             return outcome.diverged(str(exc), self.progress.epoch, self.progress.updates)
         except UserError as exc:  # the run stays resumable; one refused before restoring anything stays as it was
@@ -118,7 +122,8 @@ class Controller:
             except GroupLost as lost:
                 restarts += 1
                 if restarts > MAX_RESTARTS:
-                    raise RuntimeError(f"the worker group was lost {restarts} times; last: {lost}") from lost
+                    raise outcome.GaveUp(f"the worker group was lost {restarts} times, each time restarted; last: "
+                                         f"{lost}") from lost
                 self.restart_from_checkpoint(str(lost))
         if self.last_record is None:  # resumed from the last epoch's checkpoint: nothing was left to train
             epochs = self.run.records("epoch")
@@ -244,15 +249,27 @@ class Controller:
         return source
 
     def restart_from_checkpoint(self, why: str) -> None:
-        """The fallback when a live re-form is impossible: a new group from the newest good checkpoint."""
+        """The fallback when a live re-form is impossible: a new group from the newest good checkpoint, or from the
+        start when none was written yet (exact: the run starts again as it started, from its seed)."""
         source = self._restore_latest()
         if source is None:
-            raise RuntimeError(f"the worker group was lost ({why}) before any checkpoint was written")
+            self._start_over()
         self.groups.form(self.progress, why="restart")
         self.sink.write(event_record("restart", self.progress, checkpoint=source,
                                      num_workers=self.group.num_workers, reason=why))
         self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
-                          f"{self.group.num_workers} worker(s) from {source}")
+                          f"{self.group.num_workers} worker(s) from "
+                          f"{source or 'the start (no checkpoint was written yet)'}")
+
+    def _start_over(self) -> None:
+        """Back to the run's first step: its initial policy state, no progress, no records (moved aside), and a
+        group whose next workers start from the seed."""
+        self.policy.load_state_dict(self._initial_policy)
+        self.decision, self.progress = self.policy.initial(), Progress()
+        moved = self.run.rewind_metrics(0)
+        if moved:
+            self.console.line(f"[yellow]restart[/]: {moved} record(s) moved to {self.run.superseded_path.name}")
+        self.group.restart(None)
 
     def _restore_latest(self) -> str | None:
         """Load the newest checkpoint that verifies, into the controller and a fresh group; its file name."""

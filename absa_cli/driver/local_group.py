@@ -77,7 +77,11 @@ class LocalGroup:
         """From a signal handler: the engine stops after the step in progress."""
         self.engine.stop_requested = True
 
-    def restart(self, state: dict) -> None:
+    def restart(self, state: dict | None) -> None:
+        if state is None:  # from the seed: a new engine (this process's own, so never lost; for the contract)
+            audit, self.engine = self.engine.audit, Engine(self.engine.config)
+            self.engine.audit = audit
+            return
         self.engine.load_state_dict(state)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ with its code. The endings, with the status each leaves (``run.rundir.Status``, 
 | a resume refused before it restored anything (no usable checkpoint) | as before the resume | 2 | stderr |
 | a user error found while running (e.g. a damaged checkpoint manifest) | failed | 2 | stderr |
 | the lock was taken over by another driver | unchanged (the run is the other driver's) | 1 | stderr |
+| the worker group lost more often than a run restarts (a failure that repeats) | failed | 1 | stderr |
 
 An internal error is not an outcome: the run is marked failed (still resumable) and its traceback stays.
 """
@@ -82,6 +83,11 @@ def lock_lost(message: str) -> Outcome:
     return Outcome(None, 1, f"error: {message}")
 
 
+def gave_up(message: str, epoch: int, updates: int) -> Outcome:
+    return Outcome(Status.FAILED, 1, f"error: {message}", resumable=True,
+                   fields={"last_epoch": epoch, "updates": updates, "error": message})
+
+
 @dataclass(frozen=True)
 class StopRequest:
     """SIGINT or SIGTERM arrived: finish the step in progress, checkpoint, end the run resumable."""
@@ -94,6 +100,11 @@ class Stopped(Exception):
 
     def __init__(self, checkpoint: str | None) -> None:
         self.checkpoint = checkpoint
+
+
+class GaveUp(RuntimeError):
+    """The worker group was lost again and again: restarting once more would most likely fail the same way (a
+    worker that runs out of memory, a node that keeps dying). The run ends resumable from its checkpoints."""
 
 
 FIX = ("Start a new run with a lower optim.lr, a lower policy.max_global_batch, or policy.lr_ramp_epochs > 0 "
