@@ -173,3 +173,116 @@ def test_plan_profile_errors_are_one_line(tmp_path):
                       "cannot read the profile")
     assert_user_error(runner.invoke(app, ["plan", "quickstart", "--profile", H100, "--from-run", "x"]),
                       "not both")
+
+
+# ------------------------------------------------------------------------------------ the LR, as the run gets it
+
+def _driven(config, eigenvalues, num_samples):
+    """Per epoch, the batch and the LR of its first and last step, from a policy driven as the controller drives it:
+    ``lr`` at each step's first sample over the training set, then ``observe`` (the probe's λ only where the last
+    decision asked for one)."""
+    from absa_cli.decide.geometry import steps_in_epoch
+    from absa_cli.decide.policy import EpochMeasurements, make_policy
+
+    policy = make_policy(config)
+    decision, epochs = policy.initial(), []
+    for epoch in range(config.epochs):
+        batch = decision.global_batch_size
+        last = (steps_in_epoch(num_samples, batch) - 1) * batch / num_samples
+        epochs.append((batch, policy.lr(epoch), policy.lr(epoch + last)))
+        eig = eigenvalues[epoch] if decision.probe_next else None
+        decision = policy.observe(EpochMeasurements(epoch + 1, config.epochs, eig))
+    return epochs
+
+
+@pytest.mark.parametrize("overrides", [
+    ["policy.name=fixed-large", "epochs=3", "data.train_size=1000", "policy.max_global_batch=256"],  # the review's
+    ["policy.name=fixed-large", "optim.warmup_epochs=2"],
+    ["policy.name=fixed", "optim.warmup_epochs=3"],
+    ["policy.name=absa", "policy.lr_ramp_epochs=1.5"],
+    ["policy.name=abs", "policy.lr_ramp_epochs=1", "optim.warmup_epochs=2", "optim.lr_scaling=sqrt"],
+    ["policy.name=absa"],
+])
+def test_plan_shows_the_lr_the_policy_gives_the_run_at_each_phase_start_and_end(overrides):
+    """Was ``lr_at(config.optim, batch, epoch)``: fixed-large's LR scaled to the cap from the first step (the run warms
+    up from the unscaled optim.lr), and after a growth with a ramp the new batch's LR (the run starts from the old)."""
+    from absa_cli import config as config_mod
+
+    config = config_mod.load("quickstart", overrides)
+    plan = json.loads(runner.invoke(app, ["plan", "quickstart", *overrides, "--json"]).stdout)
+    samples = plan["num_train_samples"]
+    falling = [config.policy.eig_ratio ** -k for k in range(config.epochs)]  # the fastest case: every probe halves
+    for name, eigenvalues in (("fastest", falling), ("slowest", [1.0] * config.epochs)):
+        run, phases = _driven(config, eigenvalues, samples), plan["cases"][name]
+        assert [p["global_batch_size"] for p in phases] == [run[p["first_epoch"] - 1][0] for p in phases]
+        assert [p["lr"] for p in phases] == pytest.approx([run[p["first_epoch"] - 1][1] for p in phases], rel=1e-12)
+        assert [p["lr_last"] for p in phases] == pytest.approx([run[p["last_epoch"] - 1][2] for p in phases],
+                                                               rel=1e-12)
+
+
+def test_plan_of_fixed_large_names_its_batch_field_and_warm_up():
+    args = ["plan", "quickstart", "policy.name=fixed-large", "epochs=3", "data.train_size=1000",
+            "model.width=0.02", "policy.max_global_batch=256"]
+    (phase,) = json.loads(runner.invoke(app, [*args, "--json"]).stdout)["cases"]["fastest"]
+    # the run's metrics.jsonl: lr 0.05512, 0.06512, 0.07512 (each epoch's last step, 0.05 + 0.05 · progress / 5)
+    assert phase["lr"] == 0.05 and phase["why"] == "start (policy.max_global_batch)"
+    assert phase["lr_last"] == pytest.approx(0.05 + 0.05 * (2 + 512 / 1000) / 5)
+    out = " ".join(runner.invoke(app, args, env={"COLUMNS": "200"}).stdout.split())
+    assert "LR first → last step" in out and "0.05 → 0.07512" in out
+    assert "LR warm-up from optim.lr=0.05 over 5 epochs" in out  # the policy's own start, as the run prints it
+
+
+@pytest.mark.slow
+def test_plan_lr_matches_a_real_fixed_large_run(tmp_path):
+    """The last epoch's recorded LR (its last step's) is the plan's last LR, from a tiny real run."""
+    import io
+
+    from absa_cli import config as config_mod
+    from absa_cli.driver.controller import Controller
+    from absa_cli.driver.local_group import LocalGroup
+    from absa_cli.run.metrics import Console
+    from absa_cli.run.rundir import RunDir
+
+    overrides = ["policy.name=fixed-large", "epochs=3", "data.train_size=1000", "data.test_size=64",
+                 "model.width=0.02", "policy.max_global_batch=256", "cluster.max_workers=1"]
+    config = config_mod.load("quickstart", overrides)
+    run = RunDir.create(tmp_path / "runs", config)
+    Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True)).train()
+    recorded = [r["lr"] for r in run.records("epoch")]
+    (phase,) = json.loads(runner.invoke(app, ["plan", "quickstart", *overrides, "--json"]).stdout)["cases"]["fastest"]
+    assert recorded == pytest.approx([0.05512, 0.06512, 0.07512]) and phase["lr_last"] == pytest.approx(recorded[-1])
+
+
+# --------------------------------------------------------------------------- a profile of another model or dataset
+
+def _profile(tmp_path, timed: str) -> str:
+    from absa_cli.decide.throughput import StepModel
+    from absa_cli.run import profile as profiles
+
+    path = tmp_path / "p.json"
+    profiles.save(StepModel(model=timed, device="cpu", gradient_bytes=4_000, compute_s=(1e-3, 1e-4)), path)
+    return str(path)
+
+
+def test_plan_notes_a_profile_of_another_model_width_or_dataset(tmp_path):
+    """A note, not a refusal: a profile may be reused knowingly, but never silently."""
+    path = _profile(tmp_path, "c1 (width 0.02) on shapes")
+    result = runner.invoke(app, ["plan", "quickstart", "model.width=0.5", "epochs=4", "--profile", path],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: the profile")]
+    assert notes == ["note: the profile times c1 (width 0.02) on shapes, but this config trains c1 (width 0.5) on "
+                     "shapes: its wall times are estimates for another model; for this one make a profile with "
+                     "`absa calibrate quickstart model.width=0.5`"]
+    assert "Time, from" in result.stdout  # the times are still shown
+    plan = json.loads(runner.invoke(app, ["plan", "c1-cifar10", "--profile", path, "--json"]).stdout)
+    assert "trains c1 (width 1) on cifar10" in plan["time"]["note"] and "`absa calibrate c1-cifar10`" in \
+        plan["time"]["note"]
+
+
+def test_plan_with_a_matching_profile_has_no_note(tmp_path):
+    path = _profile(tmp_path, "c1 (width 0.25) on shapes")
+    result = runner.invoke(app, ["plan", "quickstart", "model.width=0.25", "--profile", path, "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["time"]["note"] is None
+    assert "note: the profile" not in runner.invoke(app, ["plan", "quickstart", "model.width=0.25", "--profile",
+                                                          path]).stdout

@@ -89,6 +89,7 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     from absa_cli.decide.policy import num_adversarial
     from absa_cli.decide.throughput import fit
     from absa_cli.errors import UserError
+    from absa_cli.run.profile import timed_model
     from absa_cli.run.rundir import RunDir, runs_root
 
     run = RunDir.open(runs_root(runs_dir), run_id)
@@ -110,14 +111,10 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     first = config.batch.global_batch_size  # each epoch's share of FGSM samples, from the fraction it trained
     timed = [{**g, "attacked": num_adversarial(r.get("adv_ratio", 0.0), first) / first}
              for r in epochs for g in r["geometries"]]
-    return fit(timed, _model_name(config), device,
+    return fit(timed, timed_model(config), device,
                _gradient_bytes(config), sources=[f"the records of run {run.id}"],
                eval_s_per_sample=eval_per_sample, probe_s=sum(probed) / len(probed) if probed else 0.0,
                epoch_s=max(epoch_extra, 0.0))
-
-
-def _model_name(config) -> str:
-    return f"{config.model.name} (width {config.model.width:g}) on {config.data.name}"
 
 
 def _devices(epochs: list[dict[str, Any]], host: str) -> str:
@@ -138,6 +135,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
     from absa_cli.driver.contract import GroupLost, Shortfall, WorkerFailure
     from absa_cli.errors import UserError
     from absa_cli.run import checkpoint
+    from absa_cli.run.profile import timed_model
 
     config = config_mod.load(preset, overrides)
     _apply_workers(config, max_gpus, local)
@@ -209,7 +207,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
     from absa_cli import catalog
 
     test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
-    return fit(entries, _model_name(config), devices, _gradient_bytes(config),
+    return fit(entries, timed_model(config), devices, _gradient_bytes(config),
                sources=[f"absa calibrate {preset} {' '.join(overrides)} --max-gpus {most} ({where})".replace("  ", " ")],
                eval_s_per_sample=eval_s / test, probe_s=probe_s, epoch_s=checkpoint_s, start_s=start_s)
 

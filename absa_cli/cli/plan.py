@@ -2,14 +2,17 @@
 
 A dry run: no torch, no data opened (the training-set size comes from the catalogue). For the two bounding cases
 of the ABS rule — growth at every probe from the first possible epoch, and growth only by the ``policy.duration``
-fallback — it prints each batch phase (epochs, global batch, workers × per-worker batch × accumulation, LR at the
-phase start, SGD updates, and why the policy set that batch, λ_ref included) and the total update count beside the
-``fixed`` small-batch baseline's.
+fallback — it prints each batch phase (epochs, global batch, workers × per-worker batch × accumulation, the LR of
+its first and last SGD step, SGD updates, and why the policy set that batch, λ_ref included) and the total update
+count beside the ``fixed`` small-batch baseline's. The LRs are the policy's own (``decide/replay.py``
+``lr_in_state``), as the run asks it for each step: ``fixed-large``'s warm-up starts from the unscaled ``optim.lr``,
+and after a growth with ``policy.lr_ramp_epochs`` the LR starts where it was.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -54,7 +57,7 @@ def plan(
 
             model = profile_from_run(from_run, runs_dir)
         try:
-            result = build_plan(config, config.cluster.max_workers, model)
+            result = build_plan(config, config.cluster.max_workers, model, overrides or [])
         except ValueError as exc:  # an impossible geometry, e.g. per_worker_max against the cap
             raise UserError(f"cannot plan {preset}: {exc}") from None
     if as_json:
@@ -63,10 +66,12 @@ def plan(
         _print(result)
 
 
-def build_plan(config, max_workers: int, model: Any = None) -> dict[str, Any]:
+def build_plan(config, max_workers: int, model: Any = None, overrides: list[str] | tuple[str, ...] = ()
+               ) -> dict[str, Any]:
+    """The plan as data (``--json``); ``overrides``: the command line's, for the command that profiles this config."""
     from absa_cli import catalog
     from absa_cli.decide.geometry import steps_in_epoch
-    from absa_cli.decide.policy import check_batch_fits, dropped_share_notes
+    from absa_cli.decide.policy import check_batch_fits, dropped_share_notes, make_policy
     from absa_cli.decide.replay import schedule_bounds
 
     spec = catalog.dataset_spec(config.data.name)
@@ -74,38 +79,62 @@ def build_plan(config, max_workers: int, model: Any = None) -> dict[str, Any]:
     check_batch_fits(config, num_samples)
     bounds = schedule_bounds(config)
     base_updates = config.epochs * steps_in_epoch(num_samples, config.batch.global_batch_size)
-    cases = {"fastest": _phases(config, bounds.fastest, bounds.fastest_growths, num_samples, max_workers),
-             "slowest": _phases(config, bounds.slowest, bounds.slowest_growths, num_samples, max_workers)}
+    cases = {"fastest": _phases(config, bounds.fastest, bounds.fastest_growths, bounds.fastest_states, num_samples,
+                                max_workers),
+             "slowest": _phases(config, bounds.slowest, bounds.slowest_growths, bounds.slowest_states, num_samples,
+                                max_workers)}
     return {
         "notes": dropped_share_notes(config, num_samples), "lr_ramp_epochs": config.policy.lr_ramp_epochs,
-        "preset": config.preset, "policy": config.policy.name, "dataset": spec.name,
-        "num_train_samples": num_samples, "epochs": config.epochs, "max_workers": max_workers,
+        "preset": config.preset, "policy": config.policy.name, "start": make_policy(config).initial().reason,
+        "dataset": spec.name, "num_train_samples": num_samples, "epochs": config.epochs, "max_workers": max_workers,
         "cases": cases,
         "updates": {name: sum(p["updates"] for p in phases) for name, phases in cases.items()},
         "fixed_updates": base_updates,
-        "time": None if model is None else _time(config, model, bounds, num_samples, spec, max_workers),
+        "time": None if model is None else _time(config, model, bounds, num_samples, spec, max_workers, overrides),
     }
 
 
-def _time(config, model, bounds, num_samples: int, spec, max_workers: int) -> dict[str, Any]:
+def _time(config, model, bounds, num_samples: int, spec, max_workers: int,
+          overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     from absa_cli.decide.timeline import time_cases
 
     test_samples = config.data.test_size or spec.num_test
     cases = time_cases(config, model, {"fastest": bounds.fastest, "slowest": bounds.slowest}, num_samples,
                        test_samples, max_workers)
-    return {"profile": model.describe(), "sources": list(model.sources), "cases": cases}
+    return {"profile": model.describe(), "sources": list(model.sources), "cases": cases,
+            "note": _profile_note(config, model, overrides)}
 
 
-def _phases(config, batches: list[int], growths: list[str | None], num_samples: int,
+def _profile_note(config, model, overrides: list[str] | tuple[str, ...]) -> str | None:
+    """A note when the profile timed another model, width or dataset than ``config`` trains: its seconds are still
+    shown (reusing a profile may be deliberate), but never silently. The advice profiles this config: the preset with
+    the overrides that change what a step computes."""
+    from absa_cli.run.profile import mismatch
+
+    why = mismatch(model, config)
+    if why is None:
+        return None
+    timed = [item for item in overrides if item.split("=", 1)[0].strip().startswith(("model.", "data."))]
+    command = shlex.join(["absa", "calibrate", config.preset, *timed])
+    return f"note: {why}: its wall times are estimates for another model; for this one make a profile with " \
+           f"`{command}`"
+
+
+def _phases(config, batches: list[int], growths: list[str | None], states: list[dict[str, Any]], num_samples: int,
             max_workers: int) -> list[dict[str, Any]]:
     """Runs of epochs at one batch; ``growth`` and ``why``: the cause of the growth that led to it, and the config
-    fields behind it."""
+    fields behind it; ``lr`` and ``lr_last``: the LR of its first and last SGD step, from the policy in the state it
+    holds then (``states``), at the epoch progress the driver gives it (the step's first sample over the training
+    set; an epoch's tail that does not fill a batch is dropped)."""
     from absa_cli.decide.geometry import BatchGeometry, steps_in_epoch
-    from absa_cli.decide.schedule import lr_at
+    from absa_cli.decide.policy import make_policy
+    from absa_cli.decide.replay import lr_in_state
 
     phases: list[dict[str, Any]] = []
     policy = config.policy
-    why = {None: "start (batch.global_batch_size)",
+    # the baselines name the field their batch comes from (fixed-large: policy.max_global_batch); ABS starts at B₀
+    start = getattr(make_policy(config), "batch_field", "batch.global_batch_size")
+    why = {None: f"start ({start})",
            "curvature": f"curvature: λ_max ≤ λ_ref / policy.eig_ratio={policy.eig_ratio:g}",
            "fallback": f"fallback: policy.duration={policy.duration}, λ_ref kept"}
     for epoch, (batch, growth) in enumerate(zip(batches, growths), start=1):
@@ -117,33 +146,38 @@ def _phases(config, batches: list[int], growths: list[str | None], num_samples: 
         phases.append({"first_epoch": epoch, "last_epoch": epoch, "global_batch_size": batch,
                        "num_workers": geometry.num_workers, "per_worker_batch_size": geometry.per_worker_batch_size,
                        "grad_accum_steps": geometry.grad_accum_steps,
-                       "lr": lr_at(config.optim, batch, epoch - 1), "updates": steps_in_epoch(num_samples, batch),
-                       "growth": growth, "why": why[growth]})
+                       "lr": lr_in_state(config, states[epoch - 1], epoch - 1), "lr_last": None,
+                       "updates": steps_in_epoch(num_samples, batch), "growth": growth, "why": why[growth]})
+    for phase in phases:  # per phase, not per epoch: a 100,000-epoch plan answers at once
+        last, batch = phase["last_epoch"], phase["global_batch_size"]
+        last_step = last - 1 + (steps_in_epoch(num_samples, batch) - 1) * batch / num_samples
+        phase["lr_last"] = lr_in_state(config, states[last - 1], last_step)
     return phases
 
 
 def _print(result: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False)
     console.print(f"{result['preset']}: policy {result['policy']}, {result['dataset']} "
                   f"({result['num_train_samples']:,} training samples), {result['epochs']} epochs, "
                   f"up to {result['max_workers']} worker(s)")
+    console.print(f"Epoch 1: {escape(result['start'])}")  # the run's own first line (fixed-large: its warm-up)
     titles = {"fastest": "growth at every probe (fastest)", "slowest": "growth only by policy.duration (slowest)"}
     for name, phases in result["cases"].items():
-        lr_title = "LR after ramp" if result["lr_ramp_epochs"] else "LR at start"
-        table = Table("epochs", "global batch", "workers", "per worker", "accum", lr_title, "updates", "why",
-                      title=titles[name], title_justify="left")
+        table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR first → last step", "updates",
+                      "why", title=titles[name], title_justify="left")
         for p in phases:
             span = f"{p['first_epoch']}" if p["first_epoch"] == p["last_epoch"] else \
                 f"{p['first_epoch']}–{p['last_epoch']}"
             table.add_row(span, f"{p['global_batch_size']:,}", str(p["num_workers"]), str(p["per_worker_batch_size"]),
-                          str(p["grad_accum_steps"]), f"{p['lr']:.4g}", f"{p['updates']:,}", p["why"])
+                          str(p["grad_accum_steps"]), _lrs(p), f"{p['updates']:,}", p["why"])
         console.print(table)
-    if result["lr_ramp_epochs"]:
-        console.print(f"After each growth the LR ramps from its value before to the one shown over "
-                      f"policy.lr_ramp_epochs={result['lr_ramp_epochs']:g} epochs.")
+    if result["lr_ramp_epochs"] and any(p["growth"] for phases in result["cases"].values() for p in phases):
+        console.print(f"After each growth the LR ramps from its value before the growth (the phase's first LR) to "
+                      f"the new batch's over policy.lr_ramp_epochs={result['lr_ramp_epochs']:g} epochs.")
     for note in result["notes"]:
         console.print(note)
     fixed = result["fixed_updates"]
@@ -163,6 +197,8 @@ def _print_time(console: Any, time: dict[str, Any] | None, max_workers: int) -> 
         return
     names = {"fastest": "absa, growth at every probe", "slowest": "absa, growth by policy.duration",
              "fixed": "fixed, on its fastest worker count", "fixed-large": "fixed-large"}
+    if time["note"]:
+        console.print(escape(time["note"]))
     fixed = time["cases"]["fixed"]["seconds"]
     table = Table("run", "wall time", "vs fixed", "worker-hours", f"held idle (of {max_workers})",
                   title=f"Time, from {escape(time['profile'])}", title_justify="left")
@@ -175,6 +211,12 @@ def _print_time(console: Any, time: dict[str, Any] | None, max_workers: int) -> 
                            f"({_duration(p['step_s'])} a step)" for p in case["phases"])
         console.print(f"  {names[name]}: {phases}")
     console.print(f"Profile sources: {escape('; '.join(time['sources']) or 'not recorded')}")
+
+
+def _lrs(phase: dict[str, Any]) -> str:
+    """``0.05 → 0.07512`` where the LR changes in the phase (warm-up, a ramp after a growth, step decay), else one."""
+    first, last = f"{phase['lr']:.4g}", f"{phase['lr_last']:.4g}"
+    return first if first == last else f"{first} → {last}"
 
 
 def _versus(fixed_s: float, seconds: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from absa_cli.config import RunConfig
 from absa_cli.decide.policy import Decision, EpochMeasurements, make_policy
@@ -14,12 +15,30 @@ def trajectory(config: RunConfig, eigenvalues: list[float | None]) -> list[Decis
     ``eigenvalues[k]`` is the probe's λ at the end of epoch k+1; it is dropped (None) when the previous decision
     did not ask for a probe, as the controller would not have probed.
     """
+    return replay(config, eigenvalues)[0]
+
+
+def replay(config: RunConfig, eigenvalues: list[float | None]) -> tuple[list[Decision], list[dict[str, Any]]]:
+    """``trajectory``'s decisions, and beside each the policy's state its LR follows through the epoch the decision
+    is for. The state is copied at the start and at each growth only: between growths ``lr`` depends on nothing the
+    policy changes (the batch, and the ramp set at the growth), and a copy per epoch would slow a 100,000-epoch
+    plan by a second."""
     policy = make_policy(config)
-    decisions = [policy.initial()]
+    decisions, states = [policy.initial()], [policy.state_dict()]
     for epoch, eig in enumerate(eigenvalues, start=1):
         previous = decisions[-1]
         decisions.append(policy.observe(EpochMeasurements(epoch, config.epochs, eig if previous.probe_next else None)))
-    return decisions
+        states.append(policy.state_dict() if decisions[-1].grew else states[-1])
+    return decisions, states
+
+
+def lr_in_state(config: RunConfig, state: dict[str, Any], epoch_progress: float) -> float:
+    """The LR the run's policy gives at ``epoch_progress`` while it holds ``state`` (``replay``'s): a fresh policy
+    loads it as a resumed run does and answers with its own ``lr``, so a plan's LR is the run's for every policy
+    (``fixed-large``'s warm-up from the unscaled ``optim.lr``, the ramp after a growth)."""
+    policy = make_policy(config)
+    policy.load_state_dict(state)
+    return policy.lr(epoch_progress)
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,8 @@ class ScheduleBounds:
     slowest: list[int]  # λ never drops: growth only by the policy.duration fallback
     fastest_growths: list[str | None]
     slowest_growths: list[str | None]
+    fastest_states: list[dict[str, Any]]  # the policy state each epoch's LR follows (``replay``; ``lr_in_state``)
+    slowest_states: list[dict[str, Any]]
 
 
 def schedule_bounds(config: RunConfig) -> ScheduleBounds:
@@ -40,7 +61,9 @@ def schedule_bounds(config: RunConfig) -> ScheduleBounds:
     for _ in range(num_epochs - 1):  # each probe exactly at the previous one / eig_ratio, as the rule computes it
         falling.append(falling[-1] / config.policy.eig_ratio)
     flat = [1.0] * num_epochs
-    fastest, slowest = (trajectory(config, eigs)[:num_epochs] for eigs in (falling, flat))
+    (fastest, fastest_states), (slowest, slowest_states) = (replay(config, eigs) for eigs in (falling, flat))
+    fastest, slowest = fastest[:num_epochs], slowest[:num_epochs]
     return ScheduleBounds(fastest=[d.global_batch_size for d in fastest],
                           slowest=[d.global_batch_size for d in slowest],
-                          fastest_growths=[d.growth for d in fastest], slowest_growths=[d.growth for d in slowest])
+                          fastest_growths=[d.growth for d in fastest], slowest_growths=[d.growth for d in slowest],
+                          fastest_states=fastest_states[:num_epochs], slowest_states=slowest_states[:num_epochs])

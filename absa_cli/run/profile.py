@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from absa_cli.config import ConfigError
+from absa_cli.config import ConfigError, RunConfig
 from absa_cli.decide.throughput import StepModel
 
 
@@ -21,3 +21,20 @@ def load(path: Path | str) -> StepModel:
         raise ConfigError(f"cannot read the profile {path} ({exc}); make one with `absa calibrate PRESET` or "
                           f"`absa calibrate --from-run RUN`") from None
     return StepModel.from_dict(data, str(path))
+
+
+def timed_model(config: RunConfig) -> str:
+    """What a profile of ``config`` times, as its ``model`` field says it (``absa calibrate``'s ``_model_name``):
+    the model, its width and the dataset, which set a step's compute and the all-reduced gradient."""
+    return f"{config.model.name} (width {config.model.width:g}) on {config.data.name}"
+
+
+def mismatch(model: StepModel, config: RunConfig) -> str | None:
+    """Why ``model``'s seconds are not those of ``config``'s steps (another model, width or dataset), or None.
+
+    Only a note, not a refusal: a user may knowingly reuse a profile of a similar model, or a projection; what is
+    wrong is applying one silently."""
+    planned = timed_model(config)
+    if model.model == planned:
+        return None
+    return f"the profile times {model.model}, but this config trains {planned}"
