@@ -50,6 +50,18 @@ def test_an_address_where_nothing_listens_is_one_line_within_seconds(tmp_path):
     assert time.perf_counter() - started < 10 and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("address, says", [
+    ("http://127.0.0.1:8265", "is a dashboard's address, which serves the Jobs API: add --submit"),  # was cut off
+    ("ray://127.0.0.1:10001", "is Ray Client's address, which absa does not use"),  # was 30-45 s and Ray's warnings
+    ("127.0.0.1:99999", "port 99999 is not a TCP port (1–65535)"),  # was advice to `ray start --head --port 99999`
+])
+def test_addresses_absa_cannot_join_are_one_line_at_once(tmp_path, address, says):
+    started = time.perf_counter()
+    done = subprocess.run(_absa_train(address, tmp_path / "runs"), capture_output=True, text=True, timeout=60)
+    assert says in _one_error_line(done) and time.perf_counter() - started < 10
+    assert not (tmp_path / "runs").exists()
+
+
 class _Silent:
     """A port that accepts connections and never answers (a dashboard or a Ray Client port, as Ray's GCS client
     sees it)."""

@@ -38,11 +38,25 @@ def is_host_port(address: str) -> bool:
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:
-    """One line within seconds when nothing listens at a ``HOST:PORT`` address (Ray itself retries for minutes).
-    Other forms (``auto``, ``ray://...``) are left to Ray."""
+    """One line within seconds for an address absa cannot join: a dashboard's ``http(s)://`` URL (the Jobs API's,
+    for ``--submit``), Ray Client's ``ray://`` (absa's driver is not tested through it: it would wait 30 s and more
+    for a silent port, behind Ray's own warnings), a port out of range, nothing listening at ``HOST:PORT`` (Ray
+    itself retries for minutes). ``auto`` is left to Ray."""
+    scheme = address.partition("://")[0].lower() if "://" in address else ""
+    if scheme in ("http", "https"):
+        raise UserError(f"--address {address} is a dashboard's address, which serves the Jobs API: add --submit to "
+                        f"run the driver there as a Ray job, or give the head's GCS address (HOST:6379) to drive the "
+                        f"run from here")
+    if scheme == "ray":
+        raise UserError(f"--address {address} is Ray Client's address, which absa does not use: give the head's GCS "
+                        f"address (HOST:6379) to drive the run from here, or its dashboard's with --submit "
+                        f"(http://HOST:8265) to run the driver on the cluster")
     if not is_host_port(address):
         return
     host, _, port = address.rpartition(":")
+    if not 0 < int(port) < 65536:
+        raise UserError(f"--address {address}: port {port} is not a TCP port (1–65535); the head's GCS port is "
+                        f"6379 unless `ray start --head --port` said otherwise")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             return
