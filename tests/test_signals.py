@@ -100,3 +100,23 @@ def test_the_printed_resume_command_pastes_into_a_shell(tmp_path, monkeypatch):
     assert shlex.split(resume_command(spaced, local=True)) == ["absa", "resume", "quickstart-1", "--local",
                                                                 "--runs-dir", str(tmp_path / "my runs")]
     assert resume_command(RunDir(Path("runs") / "quickstart-1"), local=False) == "absa resume quickstart-1"
+
+
+def test_a_ctrl_c_while_the_command_exits_quits_at_once_without_a_traceback(tmp_path):
+    """After the command's last line, Ray's atexit hook shuts Ray down (about a second); a Ctrl-C there printed
+    `Exception ignored in atexit callback ... KeyboardInterrupt`. A slow atexit hook stands in for Ray's here."""
+    script = tmp_path / "absa_then_slow_exit.py"
+    script.write_text("import atexit, sys, time\n"
+                      "atexit.register(time.sleep, 30)  # runs after the command's own hooks, as a slow shutdown\n"
+                      "sys.argv = ['absa', 'presets', 'list']\n"
+                      "from absa_cli.cli.app import main\n"
+                      "main()\n")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    _wait_for(process, lines, "quickstart")  # the command's output is out: it is exiting
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 130
+    assert process.stderr.read() == ""

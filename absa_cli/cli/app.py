@@ -88,4 +88,28 @@ def main() -> None:
     from absa_cli.cluster import netns
 
     netns.entry_argv = sys.argv[1:]  # this process is the absa command: it may re-run itself (netns.isolate)
-    app()
+    try:
+        app()
+    finally:
+        _quit_at_once_from_now()
+
+
+def _quit_at_once_from_now() -> None:
+    """The command's work is done and reported; what is left is the interpreter's exit, where Ray's atexit hook
+    shuts its client (and a local cluster) down, about a second. A Ctrl-C there raised KeyboardInterrupt inside that
+    hook: a traceback after the command's last line. From now on SIGINT or SIGTERM ends the process at once (a local
+    cluster goes with it through its reaper, absa_cli/cluster/reaper.py); a signal ignored from the start stays so."""
+    import os
+    import signal
+
+    def quit_now(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, quit_now)
