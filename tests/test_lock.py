@@ -40,6 +40,8 @@ def test_the_lock_of_a_dead_driver_is_taken_over(tmp_path):
     held = RunLock(path, "run-b").acquire()  # dead: taken over at once, heartbeat or not
     try:
         assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert held.took_over.startswith(f"pid {child.pid} on {socket.gethostname()} (heartbeat ")  # `absa resume`
+        # says so
     finally:
         held.release()
 

@@ -84,6 +84,7 @@ def test_absa_train_runs_its_local_cluster_in_a_loopback_only_namespace_which_di
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "summary: 2 epochs" in resumed.stdout and "Traceback" not in resumed.stderr
+    assert f"lock: took the run over from its last driver, pid {process.pid} on " in resumed.stderr
 
 
 def _hosts_can_be_replaced() -> bool:

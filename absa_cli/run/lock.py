@@ -90,6 +90,7 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.taken_by: str | None = None  # set by the heartbeat thread when another driver took the run over
+        self.took_over: str | None = None  # the stale holder this lock replaced (``acquire``), described
         self._me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
 
     def acquire(self) -> "RunLock":
@@ -105,6 +106,8 @@ class RunLock:
                 if not is_stale(holder):
                     raise RunLocked(f"run {self.run_id} is being driven by {describe(holder)}; stop that driver "
                                     f"first (Ctrl-C), or wait for it to finish")
+                self.took_over = (describe(holder) if holder.get("host") is not None
+                                  else f"an unreadable lock file, {time.time() - float(holder['heartbeat']):.0f} s old")
                 self.path.unlink(missing_ok=True)  # a stale lock: take it over
             tmp = self._write_tmp()
             try:
