@@ -482,6 +482,10 @@ def submitted_job(work: Path, temp: Path) -> dict:
             if time.monotonic() > deadline:
                 raise TimeoutError("the submitted job did not finish in 300 s")
             time.sleep(1)
+        resumed = absa("resume", run_id, "--submit", "--address", address, "--runs-dir", str(work / "runs"))
+        resume_id = next(line.split()[2] for line in resumed["stdout"].splitlines() if line.startswith("submitted:"))
+        result["resume"] = {"job_id": resume_id, "metadata": client.get_job_info(resume_id).metadata}
+        client.stop_job(resume_id)  # the run is finished: that job only refuses, there or here
         info = client.get_job_info(job_id)
         result.update(job_id=job_id, run_id=run_id, status=str(info.status), metadata=info.metadata,
                       logs=client.get_job_logs(job_id), families=sorted(families),

@@ -66,6 +66,9 @@ def test_a_submitted_run_prints_how_to_reach_it_and_finishes_on_the_cluster(job)
     assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
     assert job["metadata"]["absa_run_id"] == run_id and job["metadata"]["absa_preset"] == "quickstart"
     assert job["run_json"]["status"] == "finished" and f"run: {run_id}" in job["logs"]
+    resume = job["resume"]  # `absa resume RUN --submit`: named after the run, with its preset (was Ray's random id)
+    assert resume["job_id"].startswith(f"absa-{run_id}-resume-"), resume
+    assert resume["metadata"]["absa_run_id"] == run_id and resume["metadata"]["absa_preset"] == "quickstart"
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +94,8 @@ def resume(
         with user_errors():
             _refuse_local(local)
             check_run_id(run_id)
-            _submitted(address, ["resume", run_id, *(overrides or []), *_max_gpus_args(max_gpus)], run_id, runs_dir, "",
+            _submitted(address, ["resume", run_id, *(overrides or []), *_max_gpus_args(max_gpus)], run_id, runs_dir,
+                       preset_of(run_id), submission_id=f"absa-{run_id}-resume-{datetime.now():%Y%m%d-%H%M%S}",
                        resume_hint=False)
         return
     with user_errors(), interrupted(BEFORE_TRAINING):
@@ -138,6 +140,13 @@ def _refuse_local(local: bool) -> None:
 
     if local:
         raise UserError("--submit runs the driver on a cluster and --local trains in this process; drop one")
+
+
+def preset_of(run_id: str) -> str:
+    """The preset of a run id absa drew (``PRESET-YYYYMMDD-HHMMSS-xxxx``), or "" (a job's metadata, where the run
+    directory is on the cluster and cannot be read from here)."""
+    match = re.fullmatch(r"(.+)-\d{8}-\d{6}-[0-9a-f]{4}", run_id)
+    return match.group(1) if match else ""
 
 
 def _max_gpus_args(max_gpus: int | None) -> list[str]:
