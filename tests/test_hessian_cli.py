@@ -7,8 +7,8 @@ with the library on the same model and batch, and produce a PNG.
 from __future__ import annotations
 
 import json
+import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -29,6 +29,38 @@ def trained_checkpoint(tmp_path_factory):
     assert result.exit_code == 0, result.output
     (path,) = runs.glob("*/checkpoints/epoch-0001.pt")
     return path
+
+
+@pytest.fixture(scope="module")
+def narrow_checkpoint(tmp_path_factory):
+    """A run trained with overrides that change the model's shapes (model.width) and its training set: its weights
+    fit neither the preset alone nor the preset with one of the overrides."""
+    runs = tmp_path_factory.mktemp("narrow")
+    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=1", "model.width=0.02", "--local",
+                                 "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    (path,) = runs.glob("*/checkpoints/epoch-0001.pt")
+    return path
+
+
+def _bare(checkpoint, folder, name="bare.pt", recipe=True):
+    """A copy outside its run directory; ``recipe=False``: as absa wrote it before checkpoints named their run."""
+    import torch
+
+    from absa_cli.run import checkpoint as checkpoint_mod
+
+    bare = folder / name
+    state = torch.load(checkpoint, weights_only=True)
+    if not recipe:
+        del state["run"]
+    checkpoint_mod.save(bare, state)
+    return bare
+
+
+def _json(args):
+    result = runner.invoke(app, ["hessian", *map(str, args), "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
 
 
 def test_json_is_one_object_with_the_contract_fields(trained_checkpoint):
@@ -55,13 +87,61 @@ def test_table_and_plot(trained_checkpoint, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_bare_checkpoint_needs_a_preset(trained_checkpoint, tmp_path):
-    bare = tmp_path / "bare.pt"
-    bare.write_bytes(trained_checkpoint.read_bytes())
-    result = runner.invoke(app, ["hessian", str(bare), "--json", *FAST])
-    assert result.exit_code == 2 and "--preset" in result.stderr and "Traceback" not in result.output
-    with_preset = runner.invoke(app, ["hessian", str(bare), "--json", "--preset", "quickstart", *FAST])
-    assert with_preset.exit_code == 0, with_preset.output
+def test_a_bare_checkpoint_is_rebuilt_from_the_recipe_it_records(narrow_checkpoint, tmp_path):
+    """Outside its run directory, a checkpoint of a run trained with overrides gives the numbers it gives inside it,
+    with or without --preset, and says which config it used; an override that contradicts its recipe is refused."""
+    in_run, _ = _json([narrow_checkpoint])
+    bare = _bare(narrow_checkpoint, tmp_path)
+    for extra in ([], ["--preset", "quickstart"], ["--preset", "quickstart", "model.width=0.02"]):
+        payload, stderr = _json([bare, *extra])
+        assert payload["top_eigenvalues"] == in_run["top_eigenvalues"], extra
+        assert payload["num_parameters"] == in_run["num_parameters"], extra
+        assert payload["config_source"].startswith(f"preset quickstart{' model.width=0.02' * (len(extra) == 3)} + "
+                                                   f"the checkpoint's recipe (data.train_size=256, ")
+        assert ("model.width=0.02" in payload["config_source"]) and f"config: {payload['config_source']}" in stderr
+    contradicts = runner.invoke(app, ["hessian", str(bare), "--preset", "quickstart", "model.width=0.5", *FAST])
+    assert contradicts.exit_code == 2 and not contradicts.stdout and "Traceback" not in contradicts.output
+    assert contradicts.stderr.startswith("error: model.width=0.5 contradicts checkpoint ")
+    assert "records model.width=0.02" in contradicts.stderr and len(contradicts.stderr.splitlines()) == 1
+    alone = runner.invoke(app, ["hessian", str(bare), "model.width=0.02", *FAST])
+    assert alone.exit_code == 2 and "pass the preset with them (--preset NAME model.width=0.02)" in alone.stderr
+
+
+def test_a_data_key_comes_from_the_checkpoint_not_the_preset(trained_checkpoint, tmp_path):
+    """data.train_size changes no shape: the weights fit the preset alone, but its training set is another one. The
+    probe must draw from the set the run trained on, as inside the run directory."""
+    in_run, _ = _json([trained_checkpoint])
+    payload, _ = _json([_bare(trained_checkpoint, tmp_path), "--preset", "quickstart"])
+    assert payload["top_eigenvalues"] == in_run["top_eigenvalues"]
+    assert "data.train_size=256" in payload["config_source"] and "model.width" not in payload["config_source"]
+    assert in_run["config_source"].startswith(f"its run's {trained_checkpoint.parent.parent / 'config.yaml'}, "
+                                              f"matching the checkpoint's recipe")
+
+
+def test_a_checkpoint_without_a_recipe_needs_the_preset_and_overrides_it_was_trained_with(narrow_checkpoint,
+                                                                                          tmp_path):
+    old = _bare(narrow_checkpoint, tmp_path, recipe=False)
+    result = runner.invoke(app, ["hessian", str(old), "--json", *FAST])
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(result.stderr.splitlines()) == 1
+    assert "records no recipe" in result.stderr and "--preset quickstart KEY=VALUE" in result.stderr
+    misfit = runner.invoke(app, ["hessian", str(old), "--preset", "quickstart", *FAST])
+    assert misfit.exit_code == 2 and "Traceback" not in misfit.output and len(misfit.stderr.splitlines()) == 1
+    # the first tensor that does not fit, with both shapes, and a fix that works (torch's many lines were cut to
+    # "Error(s) in loading state_dict for C1:")
+    assert misfit.stderr.startswith("error: the checkpoint's weights do not fit c1 (model.width=0.5) for shapes: ")
+    assert re.search(r": \S+ is \[[\d, ]+\] in the checkpoint, \[[\d, ]+\] in the model \(and \d+ more tensors "
+                     r"differ\); pass the preset and the KEY=VALUE overrides it was trained with: --preset "
+                     r"quickstart KEY=VALUE \.\.\.$", misfit.stderr.strip()), misfit.stderr
+    payload, stderr = _json([old, "--preset", "quickstart", "model.width=0.02", "data.train_size=256"])
+    assert payload["top_eigenvalues"] == _json([narrow_checkpoint])[0]["top_eigenvalues"]
+    assert "config: preset quickstart model.width=0.02 data.train_size=256 (the checkpoint records no recipe" in stderr
+    assert "checkpoint of: a checkpoint that names no run" in stderr
+
+
+def test_plot_help_names_the_formats_it_writes():
+    result = runner.invoke(app, ["hessian", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and ".pdf" in result.stdout and ".svg" in result.stdout
+    assert "PNG of the density" not in result.stdout
 
 
 def test_missing_and_corrupt_checkpoints_exit_2(tmp_path):
@@ -89,6 +169,7 @@ def test_it_says_whose_checkpoint_it_reads_and_takes_a_run_directory(trained_che
     assert payload["owner"].startswith(f"run {run_dir.name} (preset quickstart, config ")
     assert payload["config_fingerprint"] in payload["owner"] and "epoch 1" in payload["owner"]
     assert f"reading {trained_checkpoint}, the newest good checkpoint in {run_dir}" in result.stderr
+    assert f"checkpoint of: {payload['owner']}\nconfig: {payload['config_source']}\n" in result.stderr
 
 
 def test_unconverged_eigenvalues_are_marked_and_a_raised_max_iter_is_said(trained_checkpoint):
@@ -128,11 +209,13 @@ def test_a_plot_that_cannot_be_written_after_the_computation_loses_no_number(tra
     payload = json.loads(result.stdout)
     assert payload["top_eigenvalues"][0] > 0 and payload["density"]["grid"]
     assert "plot" not in payload and "No space left on device" in payload["plot_error"]  # names no missing file
-    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    *said_first, line = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [said.split(":")[0] for said in said_first] == ["checkpoint of", "config"]
     assert line.startswith("error: cannot write the plot") and "No space left on device" in line
 
 
 def test_ctrl_c_during_the_computation_is_one_line_and_exit_130(trained_checkpoint, monkeypatch):
+    """... after the lines that say, before the computation, whose checkpoint it is and which config it uses."""
     from absa_cli.worker import hessian as hessian_mod
 
     def interrupt(*args, **kwargs):
@@ -140,4 +223,7 @@ def test_ctrl_c_during_the_computation_is_one_line_and_exit_130(trained_checkpoi
 
     monkeypatch.setattr(hessian_mod, "analyse", interrupt)
     result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--json", *FAST])
-    assert (result.exit_code, result.stderr.strip(), result.stdout) == (130, "interrupted; nothing was computed", "")
+    said = result.stderr.strip().splitlines()
+    assert (result.exit_code, said[-1], result.stdout) == (130, "interrupted; nothing was computed", "")
+    assert said[0].startswith(f"checkpoint of: run {trained_checkpoint.parent.parent.name} (preset quickstart, config ")
+    assert said[1].startswith("config: its run's ") and len(said) == 3

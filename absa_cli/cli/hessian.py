@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -24,6 +24,9 @@ class BNMode(str, Enum):
 
 def hessian(
     checkpoint: Annotated[Path, typer.Argument(help="A .pt file from a run's checkpoints/ folder.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="KEY=VALUE changes to --preset's config, e.g. data.root=/data; for a checkpoint that records no recipe, "
+             "the overrides it was trained with.", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many top eigenvalues.")] = 1,
     method: Annotated[Method, typer.Option(help="lanczos (top-k, fewer HVPs) or power (top-1, the paper's).")] =
     Method.lanczos,
@@ -31,7 +34,8 @@ def hessian(
     density: Annotated[bool, typer.Option("--density", help="Eigenvalue density (stochastic Lanczos quadrature).")] =
     False,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Trace per layer (implies --trace).")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the density (implies --density).")] =
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Write an image of the density: .png, .pdf, .svg, .jpg, ... (implies --density).")] =
     None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per probe batch.")] = 128,
@@ -49,11 +53,13 @@ def hessian(
     address: Annotated[Optional[str], typer.Option(
         "--address", help="Ray cluster for --max-gpus > 1 (default: $RAY_ADDRESS, else a local one).")] = None,
     preset: Annotated[Optional[str], typer.Option(
-        "--preset", help="Rebuild model and data from this preset (for a checkpoint outside a run directory).",
+        "--preset", help="Rebuild model and data from this preset (and KEY=VALUE overrides) instead of the "
+        "checkpoint's run config or preset; the recipe a checkpoint records still wins over it.",
         autocompletion=complete_preset)] = None,
 ) -> None:
-    """Inspect the loss curvature of a checkpoint (model and data rebuilt from its run's config). CHECKPOINT may
-    also be a run directory or its checkpoints/ folder: the newest good checkpoint there is read."""
+    """Inspect the loss curvature of a checkpoint (model and data rebuilt from the recipe it records, over its run's
+    config or its preset). CHECKPOINT may also be a run directory or its checkpoints/ folder: the newest good
+    checkpoint there is read."""
     from absa_cli.errors import UserError
 
     with user_errors(), interrupted("interrupted; nothing was computed"):
@@ -65,24 +71,30 @@ def hessian(
             trace_samples=trace_samples, density_steps=density_steps, density=density or plot is not None,
             per_layer=per_layer, batch_size=batch_size, num_batches=num_batches, bn_mode=bn_mode.value, seed=seed)
         hessian_mod.check_options(options)
+        if overrides and preset is None:
+            raise UserError(f"KEY=VALUE overrides ({' '.join(overrides)}) change a preset's config: pass the preset "
+                            f"with them (--preset NAME {' '.join(overrides)}), or drop them (a checkpoint that records "
+                            f"its recipe needs none)")
         if address is not None and max_gpus == 1:
             raise UserError("--address names a Ray cluster for --max-gpus > 1; one worker computes here: drop "
                             "--address, or pass --max-gpus N")
         if plot is not None:  # before the computation, which a plotting error must never lose
             plots.check_output(plot, "--plot", needs="--plot")
         checkpoint, found_in, skipped, state = _checkpoint_file(checkpoint)
-        config = _config_for(checkpoint, preset)
+        state = state or checkpoint_mod.load(checkpoint)
+        config, source, fix = _config_for(checkpoint, state, preset, overrides or [])
         if max_gpus > 1:
             from absa_cli.cli.driver import private_network
 
             private_network(config, address, local=False)  # may re-run this command: nothing is said before it
-        state = state or checkpoint_mod.load(checkpoint)
-        model = hessian_mod.rebuild_model(config, state)  # checks that the weights fit, in one clear line
+        model = hessian_mod.rebuild_model(config, state, fix)  # checks that the weights fit, in one clear line
         max_iter_used = hessian_mod.check_against_model(options, model)
         for problem in skipped:
             typer.echo(f"checkpoint: {problem}", err=True)
         if found_in is not None:
             typer.echo(f"reading {checkpoint}, the newest good checkpoint in {found_in}", err=True)
+        typer.echo(f"checkpoint of: {checkpoint_mod.owner_line(state)}", err=True)  # before the long part
+        typer.echo(f"config: {source}", err=True)
         if max_iter_used != options.max_iter:
             typer.echo(f"note: --max-iter {options.max_iter} raised to {max_iter_used}: Lanczos needs --top-k + 2 "
                        f"iterations for {options.top_k} eigenvalues", err=True)
@@ -96,6 +108,7 @@ def hessian(
     result["owner"] = checkpoint_mod.owner_line(state)
     owner = state.get("run") if isinstance(state.get("run"), dict) else {}
     result["run_id"], result["config_fingerprint"] = owner.get("id"), owner.get("fingerprint")
+    result["config_source"] = source
     plot_error = None
     if plot is not None:  # checked before the computation; a failure now (a disk that fills) loses no number
         try:
@@ -114,21 +127,88 @@ def hessian(
         raise typer.Exit(2)
 
 
-def _config_for(checkpoint: Path, preset: str | None):
-    """The config to rebuild the model and data from: ``--preset``, else the run's config.yaml beside checkpoints/."""
+def _config_for(checkpoint: Path, state: dict, preset: str | None, overrides: list[str]) -> tuple[Any, str, str]:
+    """The config to rebuild the model and the probe data from, where it came from (said before the computation),
+    and the fix to name if the weights do not fit it.
+
+    The base is ``--preset`` with its overrides, else the run's config.yaml beside checkpoints/, else the preset
+    the checkpoint names. Where the checkpoint records its recipe (docs/runs.md, "Whose"), the recipe wins wherever
+    the base differs: the weights fit, and the probe draws from the training set they were trained on (a data key
+    changes no shape, so a preset alone would draw from another set without a word)."""
     from absa_cli import config as config_mod
     from absa_cli.errors import UserError
 
-    if preset is not None:
-        return config_mod.load(preset)
+    owner = state.get("run") if isinstance(state.get("run"), dict) else {}
+    recipe = owner.get("config") if isinstance(owner.get("config"), dict) else None
+    trained = state.get("preset") if isinstance(state.get("preset"), str) and state.get("preset") else None
     saved = checkpoint.resolve().parent.parent / "config.yaml"
-    if not saved.is_file():
-        from absa_cli.run import checkpoint as checkpoint_mod
+    fix = f"pass the preset and the KEY=VALUE overrides it was trained with: --preset {trained or 'NAME'} KEY=VALUE ..."
+    if preset is not None:
+        config, source = config_mod.load(preset, overrides), " ".join([f"preset {preset}", *overrides])
+    elif checkpoint.resolve().parent.name == "checkpoints" and saved.is_file():
+        config, source = config_mod.from_yaml(saved.read_text()), f"its run's {saved}"
+    elif recipe is not None and trained is not None:
+        if trained not in config_mod.preset_names():
+            raise UserError(f"checkpoint {checkpoint} was trained with preset {trained!r}, which this absa does not "
+                            f"have; pass a preset to build on (--preset NAME): the recipe it records wins over it")
+        config, source = config_mod.load(trained), f"preset {trained}"
+    else:
+        raise UserError(f"checkpoint {checkpoint} records no recipe (written before absa recorded one) and has no run "
+                        f"config.yaml beside its checkpoints/ folder; {fix}")
+    if recipe is None:
+        return config, f"{source} (the checkpoint records no recipe to check it against)", fix
+    _refuse_contradictions(checkpoint, config, recipe, overrides)
+    config, changed = _with_recipe(checkpoint, config, recipe)
+    shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+    source += f" + the checkpoint's recipe ({shown})" if changed else ", matching the checkpoint's recipe"
+    return config, source, ("this absa builds another model from the recipe the checkpoint records; read it with "
+                            "the absa version that trained it")
 
-        checkpoint_mod.load(checkpoint)  # a missing or bad checkpoint's own line first: it names the real problem
-        raise UserError(f"no run config at {saved} for checkpoint {checkpoint}; "
-                        f"pass the preset it was trained with: --preset NAME")
-    return config_mod.from_yaml(saved.read_text())
+
+def _refuse_contradictions(checkpoint: Path, config, recipe: dict, overrides: list[str]) -> None:
+    """One line for an override of a key the checkpoint's recipe records with another value: the recipe is used
+    (the weights need it), so the override would be dropped without a word."""
+    from absa_cli.config import identity
+    from absa_cli.errors import UserError
+
+    current = identity(config)
+    for item in overrides:
+        name = item.partition("=")[0].strip()
+        for key, value in recipe.items():
+            if (key == name or key.startswith(f"{name}.")) and current.get(key, str(value)) != str(value):
+                raise UserError(f"{item} contradicts checkpoint {checkpoint}, which records {key}={value} (its "
+                                f"recipe, used for the model and the probe data); drop {item}")
+
+
+def _with_recipe(checkpoint: Path, config, recipe: dict) -> tuple[Any, list[str]]:
+    """``config`` with the checkpoint's recipe (``config.identity`` strings) where they differ, and those keys as
+    ``KEY=VALUE``. A key this absa does not know (a newer absa's) is left out, as ``identity_differences`` does."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from absa_cli import config as config_mod
+    from absa_cli.errors import UserError, first_line
+
+    current = config_mod.identity(config)
+    changed = [f"{key}={value}" for key, value in recipe.items() if key in current and current[key] != str(value)]
+    if not changed:
+        return config, []
+    try:
+        layer = OmegaConf.from_dotlist(changed)  # each value as an override's: "[8]" a list, "True" a bool
+        rebuilt = config_mod.from_layers([(OmegaConf.structured(config), "the base config"),
+                                          (layer, "the checkpoint's recipe")])
+    except (UserError, OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
+        raise UserError(f"the recipe checkpoint {checkpoint} records does not make a config here ({first_line(exc)}); "
+                        f"read it with the absa version that trained it") from None
+    rebuilt.preset = config.preset
+    now = config_mod.identity(rebuilt)
+    left = [f"{key}={value} (rebuilt: {now[key]})" for key, value in recipe.items()
+            if key in now and now[key] != str(value)]
+    if left:
+        raise UserError(f"the recipe checkpoint {checkpoint} records cannot be rebuilt here: {left[0]}; read it "
+                        f"with the absa version that trained it")
+    return rebuilt, changed
 
 
 def _checkpoint_file(path: Path) -> tuple[Path, Path | None, list[str], dict | None]:
@@ -181,6 +261,7 @@ def _print(result: dict) -> None:
     table = Table("quantity", "value", title=f"Hessian of the training loss: {result['checkpoint']}",
                   title_justify="left")
     table.add_row("checkpoint of", result["owner"])
+    table.add_row("config", result["config_source"])
     flags = result.get("eigen_converged_each") or [True] * len(result["top_eigenvalues"])
     for rank, (value, ok) in enumerate(zip(result["top_eigenvalues"], flags), start=1):
         table.add_row(f"λ_{rank}", f"{value:.6g}" + ("" if ok else " (not converged)"))

@@ -1,7 +1,8 @@
 """Curvature of a saved model: what ``absa hessian`` computes (worker/: torch).
 
-The model and the probe data are rebuilt from a run's config (or a preset), the weights come from a checkpoint
-loaded with ``weights_only=True``, and every quantity is computed by ``absa_cli.curvature`` on one
+The model and the probe data are rebuilt from a config the command chose (the checkpoint's recorded recipe over
+its run's config.yaml or a preset: cli/hessian.py), the weights come from a checkpoint loaded with
+``weights_only=True``, and every quantity is computed by ``absa_cli.curvature`` on one
 ``HessianOperator`` over ``num_batches`` unaugmented training batches drawn from ``seed``.
 """
 
@@ -63,18 +64,42 @@ def check_against_model(options: HessianOptions, model: torch.nn.Module) -> int:
     return lanczos_iterations(options)
 
 
-def rebuild_model(config: RunConfig, state: dict[str, Any]) -> torch.nn.Module:
+FIX = "pass the preset and the KEY=VALUE overrides it was trained with: --preset NAME KEY=VALUE ..."
+
+
+def rebuild_model(config: RunConfig, state: dict[str, Any], fix: str = FIX) -> torch.nn.Module:
+    """The model ``config`` builds, with the checkpoint's weights; one line naming the first tensor that does not
+    fit (and ``fix``) otherwise."""
     from absa_cli.catalog import dataset_spec
 
     spec = dataset_spec(config.data.name)
     model = build_model(config.model.name, spec.num_classes, spec.image_size, width=config.model.width)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise UserError(f"the checkpoint's weights do not fit {config.model.name} for {config.data.name} "
-                        f"({first_line(exc)}); "
-                        f"pass the preset it was trained with (--preset NAME)") from None
+    weights = state.get("model")
+    problem = _misfit(model.state_dict(), weights) if isinstance(weights, dict) else "it holds no model weights"
+    if problem is None:
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # what _misfit does not compare (a dtype torch cannot copy, ...)
+            problem = first_line(exc)
+    if problem is not None:
+        raise UserError(f"the checkpoint's weights do not fit {config.model.name} (model.width="
+                        f"{config.model.width:g}) for {config.data.name}: {problem}; {fix}") from None
     return model
+
+
+def _misfit(expected: dict[str, torch.Tensor], weights: dict[str, Any]) -> str | None:
+    """The first tensor the checkpoint and the model disagree on (shape, or one without the other), and how many
+    do; None when every name and shape matches. torch's own message lists them all over many lines."""
+    def shape(value: Any) -> list[int]:  # a checkpoint's entry need not be a tensor
+        return list(getattr(value, "shape", []))
+
+    wrong = [f"{name} is {shape(weights[name])} in the checkpoint, {shape(tensor)} in the model"
+             for name, tensor in expected.items() if name in weights and shape(weights[name]) != shape(tensor)]
+    wrong += [f"the model's {name} is not in the checkpoint" for name in expected if name not in weights]
+    wrong += [f"the checkpoint's {name} is not in the model" for name in weights if name not in expected]
+    if not wrong:
+        return None
+    return wrong[0] + (f" (and {len(wrong) - 1} more tensors differ)" if len(wrong) > 1 else "")
 
 
 def probe_batches(config: RunConfig, options: HessianOptions,
@@ -149,7 +174,8 @@ def _by_layer(block_traces: dict[str, float]) -> dict[str, float]:
 
 
 def plot_density(result: dict[str, Any], path: str, title: str) -> None:
-    """A PNG of the eigenvalue density (log-scale y) with the top eigenvalues marked."""
+    """An image of the eigenvalue density (log-scale y) with the top eigenvalues marked, in the format of ``path``'s
+    extension (.png, .pdf, .svg, ...)."""
     try:
         import matplotlib
 
