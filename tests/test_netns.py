@@ -109,7 +109,7 @@ def test_a_hostname_that_resolves_to_a_lan_address_neither_hangs_the_cluster_nor
     absa = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "epochs=1", "batch.global_batch_size=64",
             "--runs-dir", str(tmp_path / "runs")]
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--", "sh", "-c",
-                           f'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *absa],
+                           'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *absa],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "network_util" not in done.stderr and "RAY_AUTH_MODE" not in done.stderr, done.stderr[:2000]
