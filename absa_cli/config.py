@@ -440,9 +440,9 @@ def resumed_with(config: RunConfig, overrides: list[str] | tuple[str, ...], run_
     layer = _parse_overrides(overrides)
     for key in _leaf_keys(OmegaConf.to_container(layer)):
         if key == "epochs":
-            raise ConfigError(f"epochs cannot change on resume: the run's schedule follows its length (the adversarial "
-                              f"phase ends after ⌊policy.adv_stop_frac · epochs⌋ epochs); start a new run for "
-                              f"another length")
+            raise ConfigError("epochs cannot change on resume: the run's schedule follows its length (the adversarial "
+                              "phase ends after ⌊policy.adv_stop_frac · epochs⌋ epochs); start a new run for "
+                              "another length")
         recipe = key not in NOT_IDENTITY and any(key == k or key.startswith(f"{k}.") for k in IDENTITY_KEYS)
         if recipe:
             raise ConfigError(f"{key} is part of run {run_id}'s recipe (its checkpoints carry it), so a resume cannot "
