@@ -112,6 +112,9 @@ class ScriptedGroup:
     def name(self, run_id: str) -> None:
         self.calls.append(("name", run_id))
 
+    def report_to(self, say: Any) -> None:
+        self.calls.append(("report_to", say))
+
     def prepare(self, num_workers: int) -> None:
         self.prepared.append(num_workers)
 

@@ -42,6 +42,7 @@ class StopState(enum.Enum):
 
 
 _STOP_POLL_S = 0.25  # how soon a stop request reaches workers busy in a chunk
+_SAY_AFTER_S = 5.0  # a failure whose other workers have not answered after this long: say what absa waits for
 _START_ATTEMPT_S = 60.0  # one attempt to start workers; the driver keeps trying until cluster.start_timeout_s
 
 
@@ -64,6 +65,7 @@ class RayWorkerGroup:
         self._stop = StopState.NONE
         self._pending_state: dict | None = None  # a checkpoint the next start loads (restart)
         self._notices: list[str] = []  # lines for the console, once
+        self._say: Any = lambda line: None  # report_to: a line about a long wait, while it lasts
         self._demanded = 0  # workers asked of the autoscaler; withdrawn on close
         self._warned_nodes: set[str] = set()
 
@@ -179,6 +181,9 @@ class RayWorkerGroup:
         lines, self._notices = self._notices, []
         return lines
 
+    def report_to(self, say: Any) -> None:
+        self._say = say
+
     def devices(self) -> list[str]:
         return sorted({self._workers.get(actor._actor_id.hex(), {}).get("device_name", "?") for actor in self.actors})
 
@@ -287,7 +292,7 @@ class RayWorkerGroup:
         """Wait for every rank; once one fails, the others get the collective timeout (plus a margin) to fail too."""
         errors: list[BaseException] = []
         pending = list(futures)
-        deadline = None
+        deadline = failed_at = None
         while pending:
             if self._stop is StopState.REQUESTED:  # sent from here, not from the signal handler (no ray calls)
                 self._stop = StopState.SENT
@@ -296,6 +301,13 @@ class RayWorkerGroup:
             poll = _STOP_POLL_S if deadline is None else max(0.0, min(_STOP_POLL_S, deadline - time.monotonic()))
             done, pending = ray.wait(pending, num_returns=1, timeout=poll)
             if not done:
+                if failed_at is not None and time.monotonic() - failed_at > _SAY_AFTER_S:
+                    failed_at = None  # said once: the workers on a node SIGKILLed whole answer when Ray notices
+                    cause = getattr(errors[0], "cause", None) or errors[0]  # a RayTaskError's first line is its pid
+                    self._say(f"a worker failed ({first_line(cause, typed=True)}); waiting up to "
+                              f"{deadline - time.monotonic():.0f} s more for the other {len(pending)} to fail or "
+                              f"finish (cluster.collective_timeout_s={self.config.cluster.collective_timeout_s:g}; "
+                              f"Ray notices a lost node within a minute)")
                 if deadline is None or time.monotonic() < deadline:
                     continue
                 # survivors stuck past the collective timeout: _recover's position probe finds them
@@ -307,6 +319,7 @@ class RayWorkerGroup:
                 errors.append(exc)
                 if deadline is None:
                     deadline = time.monotonic() + self.config.cluster.collective_timeout_s + 10
+                    failed_at = time.monotonic()
         return errors
 
     def _recover(self, errors: list[BaseException]) -> WorkerFailure:

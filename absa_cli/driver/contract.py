@@ -17,7 +17,7 @@ last applied step left the epoch) and ``GroupLost`` (no live re-form is possible
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from absa_cli.decide.geometry import BatchGeometry
 
@@ -138,6 +138,9 @@ class WorkerGroup(Protocol):
 
     def notices(self) -> list[str]:
         """Lines to show once, then forgotten (e.g. a worker that got a GPU slot on a node without CUDA)."""
+
+    def report_to(self, say: Callable[[str], None]) -> None:
+        """Where to say, during a call, what it waits for when the wait is long (the workers of a lost node)."""
 
     def devices(self) -> list[str]:
         """The kinds of device the workers train on now, each once, sorted (``accel.device_name``)."""

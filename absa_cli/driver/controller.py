@@ -63,6 +63,7 @@ class Controller:
         self.stop: outcome.StopRequest | None = None
         self.abort_signal: int | None = None  # a second signal: the run ends at once (KeyboardInterrupt)
         group.name(run.id)
+        group.report_to(lambda line: console.line(f"[yellow]failure[/]: {line}"))
         self.groups = GroupKeeper(config, group, self.policy, self.sink, console, check_stop=self._check_stop,
                                   stopping=lambda: self.stop is not None)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
@@ -34,6 +35,9 @@ class LocalGroup:
 
     def name(self, run_id: str) -> None:
         """Nothing to name: the worker is this process."""
+
+    def report_to(self, say: Any) -> None:
+        """Nothing to wait for: the worker is this process."""
 
     def prepare(self, num_workers: int) -> None:
         """Nothing to start ahead: there is only this process."""
