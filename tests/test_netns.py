@@ -76,15 +76,28 @@ def test_absa_train_runs_its_local_cluster_in_a_loopback_only_namespace_which_di
     assert len(listening) >= 3, listening  # GCS, raylet, the driver's core worker: there, not in our namespace
     assert len(cluster) >= 5, cluster  # at least GCS, raylet, the two agents and a worker
     deadline = time.monotonic() + 15
-    while (alive := _still_running(cluster)) and time.monotonic() < deadline:
+    while ((alive := _still_running(cluster)) or _in_namespace(namespace)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not alive, f"left behind by the SIGKILLed driver: {alive}"
+    assert not _in_namespace(namespace)  # nothing at all is left in the namespace, not only what the test saw
     (run,) = tmp_path.iterdir()
     resumed = subprocess.run([sys.executable, "-m", "absa_cli", "resume", run.name, "--runs-dir", str(tmp_path)],
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "summary: 2 epochs" in resumed.stdout and "Traceback" not in resumed.stderr
     assert f"lock: took the run over from its last driver, pid {process.pid} on " in resumed.stderr
+
+
+def _in_namespace(namespace: str) -> list[int]:
+    """The pids of the processes still in the network namespace ``namespace`` (as /proc/PID/ns/net reads)."""
+    found = []
+    for pid in reaper._processes():
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == namespace:
+                found.append(pid)
+        except OSError:
+            pass
+    return found
 
 
 def _hosts_can_be_replaced() -> bool:
