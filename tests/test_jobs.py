@@ -6,6 +6,8 @@ Prometheus export tagged with it; actors and their log prefixes name the run, ra
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from typer.testing import CliRunner
 
@@ -40,6 +42,19 @@ def test_a_run_id_given_twice_is_refused(tmp_path):
     RunDir.create(tmp_path, config, run_id="quickstart-1")
     with pytest.raises(UserError, match="run quickstart-1 exists already"):
         RunDir.create(tmp_path, config, run_id="quickstart-1")
+
+
+def test_a_job_on_a_head_without_absa_on_its_path_says_so_in_its_log(tmp_path):
+    """Ray runs the entrypoint with the PATH `ray start` had: a head started from a virtualenv without activating
+    it has no `absa` there, and the job's log said only `/bin/sh: 1: absa: not found`."""
+    from absa_cli.cluster.jobs import job_entrypoint
+
+    entrypoint = job_entrypoint(["train", "quickstart", "--run-id", "quickstart-1"], str(tmp_path / "runs"))
+    done = subprocess.run(["sh", "-c", entrypoint], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 127 and done.stderr.startswith("error: absa is not on the PATH this head runs Ray "
+                                                            "jobs with (the PATH `ray start` had); install"), done
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.fixture(scope="module")

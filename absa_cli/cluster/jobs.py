@@ -94,13 +94,25 @@ def _client(address: str) -> tuple[Any, bool]:
                         f"head's dashboard address (`ray start --head --dashboard-host 0.0.0.0`, port 8265)") from None
 
 
+# Ray runs an entrypoint with the PATH `ray start` had on the head: without absa there, the job's log said only
+# "/bin/sh: 1: absa: not found"
+_NEEDS_ABSA = ("command -v absa >/dev/null 2>&1 || { echo \"error: absa is not on the PATH this head runs Ray jobs "
+               "with (the PATH \\`ray start\\` had); install absa-train[cluster] in the environment that runs Ray "
+               "there, or start Ray with that environment's bin folder on PATH\" >&2; exit 127; };")
+
+
+def job_entrypoint(argv: list[str], runs_dir: str | None) -> str:
+    """The shell command a job runs on the head: ``absa ARGV --runs-dir DIR``, after a check that absa is there."""
+    runs = shlex.quote(runs_dir) if runs_dir else CLUSTER_RUNS_DIR
+    return f"{_NEEDS_ABSA} {shlex.join(['absa', *argv])} --runs-dir {runs}"
+
+
 def submit(address: str, argv: list[str], run_id: str, runs_dir: str | None, preset: str,
            submission_id: str | None = None) -> Submitted:
     """Submit ``absa <argv...> --runs-dir <runs_dir>`` as a job; ``argv`` carries the run id already."""
     address = check_address(address)
     client, token = _client(address)
-    runs = shlex.quote(runs_dir) if runs_dir else CLUSTER_RUNS_DIR
-    entrypoint = f"{shlex.join(['absa', *argv])} --runs-dir {runs}"
+    entrypoint = job_entrypoint(argv, runs_dir)
     try:
         job_id = client.submit_job(
             entrypoint=entrypoint, submission_id=submission_id,
