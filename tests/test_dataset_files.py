@@ -342,6 +342,37 @@ def test_the_fix_for_a_downloadable_file_is_a_fresh_download(tmp_path):
     assert_one_line(caught.value, "delete it and run with data.download=true", "layout: cifar-10-batches-py/")
 
 
+class _RunsCode:
+    """Unpickled, it would call ``pathlib.Path.touch`` on a marker: what a crafted "CIFAR" file could do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+def test_a_cifar_pickle_that_names_a_callable_is_refused_and_runs_nothing(tmp_path):
+    folder = write_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    write_pickle(folder / "test_batch", {**cifar_entry(), "extra": _RunsCode(str(marker))})
+    with pytest.raises(BadDataError) as caught:
+        build_dataset("cifar10", "test", tmp_path)
+    assert_one_line(caught.value, str(folder / "test_batch"), "is not a readable pickle", "it names pathlib",
+                    "which a CIFAR batch never does; not called")
+    assert not marker.exists()  # before, pickle.load called it
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])  # 2: the official files (Python 2); 5: arrays rebuilt from buffers
+def test_cifar_pickles_of_every_protocol_numpy_writes_are_read(tmp_path, protocol):
+    folder = write_cifar10(tmp_path)
+    entry = cifar_entry(seed=7)
+    with (folder / "test_batch").open("wb") as f:
+        pickle.dump(entry, f, protocol=protocol)
+    test = build_dataset("cifar10", "test", tmp_path)
+    assert torch.equal(test.images.flatten(1), torch.from_numpy(entry["data"]))
+
+
 # --- what the format allows is still accepted -------------------------------------------------------------------
 
 

@@ -4,6 +4,8 @@ torchvision's dataset classes verify md5 checksums of the whole archive, which r
 tests; the pickle format itself is trivial (``data``: N×3072 uint8 in CHW row-major order, plus a label list).
 Since no checksum guards the files, each batch is checked as it is read (a dict with both keys, N×3072 pixels,
 one label per row within the classes, at least one row), and anything else is refused in one line naming the file.
+A pickle may name any callable, which unpickling calls (a file from anywhere could run code, as a checkpoint could
+without ``weights_only``): a batch may name only numpy's array reconstruction, and nothing else is called.
 """
 
 from __future__ import annotations
@@ -32,12 +34,28 @@ def _batch_files(spec: DatasetSpec, split: str) -> list[str]:
     return ["train"] if split == "train" else ["test"]
 
 
+# Every global a CIFAR batch's pickle names (numpy 1 and numpy 2 spell the module differently; protocol 5 rebuilds
+# arrays from a buffer; Python 3 writes bytes in protocol 2 through _codecs.encode, as torch's weights_only reader
+# also allows): a dict of lists, strings and uint8 arrays needs no other.
+_ARRAY_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")} | \
+                 {(module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")} | \
+                 {("_codecs", "encode")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never does; not called")
+
+
 def _unpickle(spec: DatasetSpec, path: Path) -> dict:
     """The batch's dict, with keys as ``str`` (a pickle written under Python 2 with ``encoding="bytes"`` habits
     has ``bytes`` keys; the content is the same)."""
     try:
         with path.open("rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()
     except Exception as error:  # a cut or foreign file trips pickle in many ways: UnpicklingError, EOFError, ...
         if isinstance(error, OSError) and error.errno is not None:  # the system's refusal (permissions, I/O)
             raise unreadable(spec, path, error) from None
