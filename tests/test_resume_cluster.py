@@ -26,7 +26,7 @@ import torch
 from absa_cli.run import checkpoint
 from absa_cli.run.rundir import RunDir
 
-from conftest import untimed
+from conftest import as_a_terminal_starts, untimed
 
 ray = pytest.importorskip("ray")
 
@@ -42,8 +42,8 @@ class Driver:
     """An `absa` process whose output lines are collected as they come."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "absa_cli", *args], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(as_a_terminal_starts([sys.executable, "-m", "absa_cli", *args]),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -14,16 +14,20 @@ from pathlib import Path
 from absa_cli.run import checkpoint
 from absa_cli.run.rundir import RunDir
 
-from conftest import TINY
+from conftest import TINY, as_a_terminal_starts
 
 # Two epochs of 32 steps: plenty of time to signal mid-epoch.
 RUN = [*TINY, "epochs=2", "data.train_size=2048", "logging.chunk_steps=1"]
 
 
-def _start(tmp_path, *extra: str, mark: str = "step 3/32", **popen) -> tuple[subprocess.Popen, list[str]]:
-    process = subprocess.Popen([sys.executable, "-m", "absa_cli", "train", "quickstart", *RUN, *extra, "--local",
-                                "--runs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, **popen)
+def _start(tmp_path, *extra: str, mark: str = "step 3/32", terminal: bool = True,
+           **popen) -> tuple[subprocess.Popen, list[str]]:
+    """``absa train`` started as a terminal starts it (SIGINT handled, whatever this suite's own state), unless
+    ``terminal`` is False."""
+    command = [sys.executable, "-m", "absa_cli", "train", "quickstart", *RUN, *extra, "--local", "--runs-dir",
+               str(tmp_path)]
+    process = subprocess.Popen(as_a_terminal_starts(command) if terminal else command, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, **popen)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in process.stdout), daemon=True).start()
     _wait_for(process, lines, mark)  # mid-epoch 1
@@ -63,7 +67,8 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_143(tmp_path):
 def test_a_sigint_the_driver_was_started_ignoring_stays_ignored(tmp_path):
     """`nohup absa train ...` or a shell's background job: SIGINT ignored from the start is not turned into a stop
     (it was); SIGTERM still stops."""
-    process, lines = _start(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process, lines = _start(tmp_path, terminal=False,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     process.send_signal(signal.SIGINT)
     _wait_for(process, lines, "step 6/32")  # trained on past it
     process.send_signal(signal.SIGTERM)
@@ -111,8 +116,8 @@ def test_a_ctrl_c_while_the_command_exits_quits_at_once_without_a_traceback(tmp_
                       "sys.argv = ['absa', 'presets', 'list']\n"
                       "from absa_cli.cli.app import main\n"
                       "main()\n")
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(as_a_terminal_starts([sys.executable, str(script)]), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
     _wait_for(process, lines, "quickstart")  # the command's output is out: it is exiting
