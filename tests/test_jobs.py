@@ -6,6 +6,7 @@ Prometheus export tagged with it; actors and their log prefixes name the run, ra
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -31,6 +32,41 @@ runner = CliRunner()
 def test_bad_submissions_are_one_line_before_anything_is_sent(args, message, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert_user_error(runner.invoke(app, args), message)
+
+
+def test_this_machines_token_is_not_handed_to_a_dashboard_that_does_not_ask_for_it(tmp_path):
+    """The token in ~/.ray/auth_token guards this machine's own local clusters: an http server that is not a Ray
+    dashboard (nor asks for a token) must never see it. It saw it in an Authorization header on every request."""
+    import http.server
+    import sys
+    import threading
+
+    seen: list[str | None] = []
+
+    class NotADashboard(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(404)
+            self.end_headers()
+
+        do_POST = do_HEAD = do_GET
+
+        def log_message(self, *args) -> None:
+            pass
+
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("absa0test0token0secret")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotADashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+        done = subprocess.run([sys.executable, "-m", "absa_cli", "train", "quickstart", "--submit", "--address",
+                               f"http://127.0.0.1:{server.server_port}"], capture_output=True, text=True,
+                              env={**env, "HOME": str(tmp_path)}, timeout=120)
+    finally:
+        server.shutdown()
+    assert done.returncode == 2 and done.stderr.startswith("error: the Ray Jobs API at"), done.stderr
+    assert seen and not any(seen), seen  # asked, and never with the token
 
 
 def test_a_run_id_given_twice_is_refused(tmp_path):

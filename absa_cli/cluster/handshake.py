@@ -9,11 +9,13 @@ child can be killed at its deadline, and takes the user's Ctrl-C with the parent
 What it settles:
 - **Token authentication.** Ray 2.60 enables token authentication on a head whenever a token exists on that
   machine (``~/.ray/auth_token``, which Ray writes when it starts any local cluster), but a client given an
-  explicit address sends its own token only if ``RAY_AUTH_MODE=token``. Where this machine has a token (the
-  ``RAY_AUTH_TOKEN`` variable, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``) and
-  ``RAY_AUTH_MODE`` is unset, absa sends it: a head without authentication ignores a token, so sending one never
-  hurts. ``RAY_AUTH_MODE`` set by the user is obeyed as it is. The same rule holds for the Jobs API (``--submit``,
-  ``absa_cli.cluster.jobs``), which a head with token authentication guards too.
+  explicit address sends its own token only if ``RAY_AUTH_MODE=token``. Where a head asks for a token, this
+  machine has one (the ``RAY_AUTH_TOKEN`` variable, the file named by ``RAY_AUTH_TOKEN_PATH``, or
+  ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is unset, absa asks again with it. Only then: the token also guards
+  this machine's own local clusters, so it is never handed to a head that did not ask for one (a head without
+  authentication, a dashboard over plain http that is not this user's). ``RAY_AUTH_MODE`` set by the user is
+  obeyed as it is. The same rule holds for the Jobs API (``--submit``, ``absa_cli.cluster.jobs``), which a head with
+  token authentication guards too.
 - **Versions.** Ray refuses a driver whose Ray or Python version (to the patch level, by default) differs from the
   head's; absa reads the head's versions and names both.
 """
@@ -53,17 +55,30 @@ def token_source() -> str | None:
 
 
 def token_to_send() -> bool:
-    """Whether absa sends this machine's token: it has one and ``RAY_AUTH_MODE`` is unset (see above)."""
+    """Whether absa may send this machine's token to a head that asks for one: it has one and ``RAY_AUTH_MODE`` is
+    unset (see above)."""
     return os.environ.get(AUTH_MODE) is None and token_source() is not None
 
 
 def ask(address: str, deadline_s: float = DEADLINE_S) -> Head:
-    """The head's versions, and whether to send this machine's token; one ``UserError`` line for every refusal."""
-    env = dict(os.environ)
+    """The head's versions, and whether to send this machine's token (it asked for one); one ``UserError`` line for
+    every refusal."""
     source = token_source()
-    send_token = token_to_send()
-    if send_token:
-        env[AUTH_MODE] = "token"
+    answer, send_token = _answer(address, dict(os.environ), deadline_s), False
+    if "auth" in answer and token_to_send():
+        answer, send_token = _answer(address, {**os.environ, AUTH_MODE: "token"}, deadline_s), True
+    if "auth" in answer:
+        raise UserError(auth_message(address, source, "token" if send_token else os.environ.get(AUTH_MODE)))
+    if "error" in answer:
+        raise UserError(f"cannot talk to the Ray head at {address} ({first_line(answer['error'] or 'no answer')}); "
+                        f"check --address or RAY_ADDRESS, or leave both unset to start a local cluster")
+    head = Head(answer.get("ray_version"), answer.get("python_version"), token=send_token)
+    check_versions(address, head)
+    return head
+
+
+def _answer(address: str, env: dict[str, str], deadline_s: float) -> dict:
+    """The child's answer (``_child``), run with ``env``."""
     try:
         done = subprocess.run([sys.executable, "-m", "absa_cli.cluster.handshake", address], env=env,
                               capture_output=True, text=True, timeout=deadline_s)
@@ -72,15 +87,7 @@ def ask(address: str, deadline_s: float = DEADLINE_S) -> Head:
                         f"{deadline_s:.0f} s; give the head's GCS address (HOST:6379 unless `ray start --head "
                         f"--port` said otherwise), not the dashboard's (8265) or Ray Client's (10001)") from None
     lines = done.stdout.strip().splitlines()
-    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"error": done.stderr.strip()}
-    if "auth" in answer:
-        raise UserError(auth_message(address, source, env.get(AUTH_MODE)))
-    if "error" in answer:
-        raise UserError(f"cannot talk to the Ray head at {address} ({first_line(answer['error'] or 'no answer')}); "
-                        f"check --address or RAY_ADDRESS, or leave both unset to start a local cluster")
-    head = Head(answer.get("ray_version"), answer.get("python_version"), token=send_token)
-    check_versions(address, head)
-    return head
+    return json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"error": done.stderr.strip()}
 
 
 def auth_message(address: str, source: str | None, mode: str | None) -> str:

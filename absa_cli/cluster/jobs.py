@@ -8,8 +8,8 @@ preset in its metadata (``ray job list``) and its submission id is ``absa-<run i
 
 The Jobs API comes with ``ray[default]`` (absa's ``cluster`` extra). absa must be installed on the cluster's head
 node, where Ray runs a job's entrypoint. A head with token authentication guards its Jobs API too: absa sends this
-machine's token on the rule of ``absa_cli.cluster.handshake``, and the ``ray job`` commands it prints then carry
-``RAY_AUTH_MODE=token``, without which Ray's CLI would not send it.
+machine's token when the head asks for one, on the rule of ``absa_cli.cluster.handshake``, and the ``ray job``
+commands it prints then carry ``RAY_AUTH_MODE=token``, without which Ray's CLI would not send it.
 """
 
 from __future__ import annotations
@@ -81,13 +81,18 @@ def _client(address: str) -> tuple[Any, bool]:
         raise UserError(f"cannot reach the Ray dashboard at {address} ({reason}); the head serves the Jobs API "
                         f"with ray[default] installed, on port 8265 (`ray start --head --dashboard-host 0.0.0.0`)"
                         ) from None
-    token = handshake.token_to_send()
-    if token:
-        handshake.send_token()
+    token = False
     try:
+        try:
+            return JobSubmissionClient(address), token
+        except AuthenticationError:  # the head asks for a token: this machine's, if it may (handshake's rule)
+            if not handshake.token_to_send():
+                raise
+        handshake.send_token()
+        token = True
         return JobSubmissionClient(address), token
     except AuthenticationError:
-        raise UserError(handshake.auth_message(address, handshake.token_source(),
+        raise UserError(handshake.auth_message(address, handshake.token_source(), "token" if token else
                                                os.environ.get(handshake.AUTH_MODE))) from None
     except Exception as exc:  # noqa: BLE001 - refused, not a dashboard, a version the SDK rejects
         raise UserError(f"the Ray Jobs API at {address} did not answer ({first_line(exc, limit=200)}); give the "
