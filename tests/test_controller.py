@@ -147,11 +147,23 @@ def test_a_group_lost_again_and_again_stops_after_the_restart_cap(tmp_path):
     controller, run, _ = _controller(tmp_path, group)
     ending = controller.train()  # one line and the resume command, not a traceback (it was)
     assert (ending.status, ending.exit_code, ending.resumable) == (Status.FAILED, 1, True)
-    assert ending.message.startswith(f"error: the worker group was lost {MAX_RESTARTS + 1} times, each time "
-                                     f"restarted; last: ")
+    assert ending.message.startswith(f"error: the worker group was lost {MAX_RESTARTS + 1} times (restarted after "
+                                     f"each of the first {MAX_RESTARTS}); last: ")
     # each restart rewinds metrics.jsonl to its checkpoint: the earlier restart records are in the superseded file
     superseded = [json.loads(line) for line in run.superseded_path.read_text().splitlines()]
     assert len(_records(run, "restart") + [r for r in superseded if r["kind"] == "restart"]) == MAX_RESTARTS
+
+
+def test_a_group_that_cannot_even_restart_counts_as_another_loss_and_is_restarted_again(tmp_path):
+    """A GroupLost raised by the restart itself escaped as a traceback, outside the restart count (review)."""
+    events = {("train_chunk", 3): LoseAll("scripted: gone"), ("restart", 1): LoseAll("scripted: re-form failed")}
+    group = ScriptedGroup(offered=2, events=events)
+    controller, run, _ = _controller(tmp_path, group)
+    assert controller.train().status == Status.FINISHED
+    (restart,) = _records(run, "restart")  # the failed attempt wrote none
+    assert "re-form failed" in restart["reason"] and restart["checkpoint"] == "epoch-0001.pt"
+    assert [c[0] for c in group.calls].count("restart") == 2
+    _assert_exactly_once(group, run)
 
 
 @pytest.mark.parametrize("lost_at", [2, 3])  # mid-epoch 1; epoch 2 (no checkpoint: every 2 epochs), batch grown

@@ -28,7 +28,7 @@ EPOCH_GAUGES = {
 COUNTERS = {
     "absa_resizes": ("resize", "live resizes of the worker group"),
     "absa_failures": ("failure", "worker failures recovered from"),
-    "absa_restarts": ("restart", "restarts of the group from a checkpoint"),
+    "absa_restarts": ("restart", "restarts of the group from a checkpoint (or from the start)"),
 }
 TAGS = ("run_id", "preset")
 

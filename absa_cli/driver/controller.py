@@ -115,17 +115,19 @@ class Controller:
         started = time.perf_counter()
         self.console.line(f"[bold]policy[/] {self.config.policy.name}: {self.decision.reason}")
         self.console.status(policy=self.decision.reason, updates=self.progress.updates)
-        restarts = 0
+        restarts, lost = 0, None
         while self.progress.epoch < self.config.epochs:
-            try:
+            try:  # a restart inside: a group that cannot even re-form counts as another loss, not a traceback
+                if lost is not None:
+                    self.restart_from_checkpoint(str(lost))
+                    lost = None
                 self._check_stop()
                 self.last_record = self.run_epoch()
-            except GroupLost as lost:
-                restarts += 1
+            except GroupLost as exc:
+                restarts, lost = restarts + 1, exc
                 if restarts > MAX_RESTARTS:
-                    raise outcome.GaveUp(f"the worker group was lost {restarts} times, each time restarted; last: "
-                                         f"{lost}") from lost
-                self.restart_from_checkpoint(str(lost))
+                    raise outcome.GaveUp(f"the worker group was lost {restarts} times (restarted after each of the "
+                                         f"first {MAX_RESTARTS}); last: {exc}") from exc
         if self.last_record is None:  # resumed from the last epoch's checkpoint: nothing was left to train
             epochs = self.run.records("epoch")
             self.last_record = epochs[-1] if epochs else None
