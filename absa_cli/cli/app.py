@@ -88,27 +88,36 @@ def main() -> None:
     from absa_cli.cluster import netns
 
     netns.entry_argv = sys.argv[1:]  # this process is the absa command: it may re-run itself (netns.isolate)
+    code: int | None = None
     try:
         app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        raise
     finally:
-        _quit_at_once_from_now()
+        _quit_at_once_from_now(code)
 
 
-def _quit_at_once_from_now() -> None:
-    """The command's work is done and reported; what is left is the interpreter's exit, where Ray's atexit hook
-    shuts its client (and a local cluster) down, about a second. A Ctrl-C there raised KeyboardInterrupt inside that
-    hook: a traceback after the command's last line. From now on SIGINT or SIGTERM ends the process at once (a local
-    cluster goes with it through its reaper, absa_cli/cluster/reaper.py); a signal ignored from the start stays so."""
+def _quit_at_once_from_now(code: int | None) -> None:
+    """The command's work is done and reported (its exit code ``code``); what is left is the interpreter's exit,
+    where Ray's atexit hook shuts its client (and a local cluster) down, about a second. A Ctrl-C there raised
+    KeyboardInterrupt inside that hook: a traceback after the command's last line. From now on SIGINT or SIGTERM
+    ends the process at once, with the command's own exit code (128 + the signal if it had none: it failed
+    unexpectedly); a local cluster goes with it through its reaper (Linux; elsewhere there is no reaper, and Ray's
+    hook is left to run). A signal ignored from the start stays so."""
     import os
     import signal
+
+    if not os.path.isdir("/proc/self"):  # no reaper here (absa_cli/cluster/reaper.py): Ray's hook must stop the cluster
+        return
 
     def quit_now(signum: int, frame: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - a closed pipe, a write this signal interrupted: leave regardless
                 pass
-        os._exit(128 + signum)
+        os._exit(128 + signum if code is None else code)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:

@@ -158,7 +158,8 @@ class _Signals:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """A signal the process was started ignoring (``nohup``, a shell's background job) stays ignored."""
+        """A signal the process was started ignoring (SIGINT in a non-interactive shell's background job) stays
+        ignored."""
         previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)
                     if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
