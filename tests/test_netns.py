@@ -195,6 +195,18 @@ def test_an_inherited_inside_marker_is_not_believed_outside_the_namespace(monkey
     assert netns.ENV not in os.environ
 
 
+def test_a_command_started_inside_another_ones_namespace_makes_its_own(monkeypatch):
+    """The marker is inherited by everything the first command starts; another absa command among them shared its
+    namespace, and its reaper, on exit, would have ended the first command's cluster (review)."""
+    monkeypatch.setattr(netns, "interfaces", lambda pid="self": ["lo"])
+    monkeypatch.setenv(netns.ENV, netns.INSIDE)
+    monkeypatch.setenv(netns.OWNER, str(os.getpid() + 1))  # made by another process
+    monkeypatch.setattr(netns, "entry_argv", None)  # in-process: it must not exec
+    assert netns.isolate(None, local=False) is None
+    assert netns.ENV not in os.environ and netns.OWNER not in os.environ
+    assert reaper.namespace_mates(os.getpid()) == {}  # and a reaper would empty no namespace it did not make
+
+
 def test_the_re_run_is_this_command_again(monkeypatch):
     monkeypatch.setattr(netns, "entry_argv", ["train", "quickstart", "epochs=2"])
     monkeypatch.setattr(sys, "argv", ["/venv/bin/absa", "train", "quickstart", "epochs=2"])

@@ -30,6 +30,7 @@ import sys
 
 ENV = "ABSA_PRIVATE_NETWORK"
 INSIDE = "inside"
+OWNER = "ABSA_PRIVATE_NETWORK_OWNER"  # the pid that made the namespace (exec keeps it): only it is "inside" as owner
 OFF = "off"
 
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
@@ -61,10 +62,13 @@ def isolate(address: str | None, local: bool) -> str | None:
         return None
     mode = os.environ.get(ENV, "")
     if mode == INSIDE:
-        if interfaces() == ["lo"]:
+        if interfaces() == ["lo"] and os.environ.get(OWNER) == str(os.getpid()):
             loopback_up()
             return None
-        del os.environ[ENV]  # inherited from somewhere else: this process is not in absa's namespace
+        # inherited: this process is not in absa's namespace, or is another command started inside it, whose
+        # cluster (and reaper) must not share the namespace of the command that made it
+        os.environ.pop(ENV, None)
+        os.environ.pop(OWNER, None)
         mode = ""
     if mode.lower() == OFF or entry_argv is None:
         return None
@@ -74,13 +78,14 @@ def isolate(address: str | None, local: bool) -> str | None:
                 "the local cluster's ports listen on all interfaces, token-authenticated (docs/cluster.md)")
     sys.stdout.flush()
     sys.stderr.flush()
-    env = {**os.environ, ENV: INSIDE}
+    env = {**os.environ, ENV: INSIDE, OWNER: str(os.getpid())}
     # Without a network c10d's reverse lookup of every rendezvous peer fails (there is no DNS to ask), harmlessly,
     # and each failure would print a warning. Errors still print; a user's own setting wins.
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     # gloo binds to the address the hostname resolves to, which /etc/hosts may map to a LAN address the namespace
-    # does not have; lo is the namespace's only interface.
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # does not have. lo is the namespace's only interface: a user's own choice (eth0, for multi-node work) would
+    # leave the process group nothing to bind to.
+    env.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
     os.execve(unshare, [unshare, "--user", "--map-root-user", "--net", "--", *_command()], env)
     return None  # not reached
 

@@ -96,15 +96,17 @@ def _signal_all(processes: dict[int, int], signum: int) -> None:
 
 def namespace_mates(driver: int) -> dict[int, int]:
     """pid -> start time of every process in this network namespace but this one and the driver (which closes the
-    pipe as it exits, and may not have exited yet), if it is absa's private one (marked by
-    ``ABSA_PRIVATE_NETWORK=inside`` and holding only ``lo``); else none."""
+    pipe as it exits, and may not have exited yet), if it is absa's private one and the driver made it (marked by
+    ``ABSA_PRIVATE_NETWORK=inside`` and ``ABSA_PRIVATE_NETWORK_OWNER=<driver pid>``, and holding only ``lo``); else
+    none."""
     try:
         with open("/proc/self/net/dev") as handle:
             interfaces = [line.split(":", 1)[0].strip() for line in handle.readlines()[2:] if ":" in line]
         mine = os.readlink("/proc/self/ns/net")
     except OSError:
         return {}
-    if os.environ.get("ABSA_PRIVATE_NETWORK") != "inside" or interfaces != ["lo"]:
+    if (os.environ.get("ABSA_PRIVATE_NETWORK") != "inside" or os.environ.get("ABSA_PRIVATE_NETWORK_OWNER") != str(driver)
+            or interfaces != ["lo"]):  # a namespace the driver did not make is not its to empty
         return {}
     mates = {}
     for pid, (_, start) in _processes().items():
