@@ -62,6 +62,15 @@ def test_addresses_absa_cannot_join_are_one_line_at_once(tmp_path, address, says
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_dashboard_address_in_ray_address_is_named_as_set(tmp_path):
+    """Ray's docs have users export RAY_ADDRESS=http://HEAD:8265 for its Jobs CLI; the line named an --address
+    that was never passed."""
+    done = subprocess.run([sys.executable, "-m", "absa_cli", "train", "quickstart", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"})
+    assert _one_error_line(done).startswith("error: RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard's address")
+
+
 class _Silent:
     """A port that accepts connections and never answers (a dashboard or a Ray Client port, as Ray's GCS client
     sees it)."""

@@ -86,6 +86,7 @@ def test_absa_train_runs_its_local_cluster_in_a_loopback_only_namespace_which_di
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "summary: 2 epochs" in resumed.stdout and "Traceback" not in resumed.stderr
     assert f"lock: took the run over from its last driver, pid {process.pid} on " in resumed.stderr
+    assert "which is no longer running" in resumed.stderr
 
 
 def _in_namespace(namespace: str) -> list[int]:

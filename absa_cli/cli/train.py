@@ -130,7 +130,7 @@ def resume(
                    resumes=int(info.get("resumes") or 0) + 1, max_workers=config.cluster.max_workers)
     typer.echo(f"run: {run.id} (resumed)")
     if lock.took_over:  # a driver that was killed, or lost with its machine: say whose place this one takes
-        typer.echo(f"lock: took the run over from its last driver, {lock.took_over}, which is gone", err=True)
+        typer.echo(f"lock: took the run over from its last driver, {lock.took_over}", err=True)
     drive(config, run, group, lock, where, resume=True, local=local,
           undo=lambda: (run.replace_info(info), run.save_config(saved)))
 

@@ -37,25 +37,26 @@ def is_host_port(address: str) -> bool:
     return bool(colon) and port.isdigit() and "/" not in address
 
 
-def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+def check_reachable(address: str, timeout_s: float = 3.0, given: str = "--address ") -> None:
     """One line within seconds for an address absa cannot join: a dashboard's ``http(s)://`` URL (the Jobs API's,
     for ``--submit``), Ray Client's ``ray://`` (absa's driver is not tested through it: it would wait 30 s and more
     for a silent port, behind Ray's own warnings), a port out of range, nothing listening at ``HOST:PORT`` (Ray
-    itself retries for minutes). ``auto`` is left to Ray."""
+    itself retries for minutes). ``auto`` is left to Ray. ``given``: where the address came from, as the user set it
+    (``--address`` or ``RAY_ADDRESS``)."""
     scheme = address.partition("://")[0].lower() if "://" in address else ""
     if scheme in ("http", "https"):
-        raise UserError(f"--address {address} is a dashboard's address, which serves the Jobs API: add --submit to "
+        raise UserError(f"{given}{address} is a dashboard's address, which serves the Jobs API: add --submit to "
                         f"run the driver there as a Ray job, or give the head's GCS address (HOST:6379) to drive the "
                         f"run from here")
     if scheme == "ray":
-        raise UserError(f"--address {address} is Ray Client's address, which absa does not use: give the head's GCS "
+        raise UserError(f"{given}{address} is Ray Client's address, which absa does not use: give the head's GCS "
                         f"address (HOST:6379) to drive the run from here, or its dashboard's with --submit "
                         f"(http://HOST:8265) to run the driver on the cluster")
     if not is_host_port(address):
         return
     host, _, port = address.rpartition(":")
     if not 0 < int(port) < 65536:
-        raise UserError(f"--address {address}: port {port} is not a TCP port (1–65535); the head's GCS port is "
+        raise UserError(f"{given}{address}: port {port} is not a TCP port (1–65535); the head's GCS port is "
                         f"6379 unless `ray start --head --port` said otherwise")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
@@ -73,9 +74,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, metadata: d
     if ray.is_initialized():
         return "ray: already connected"
     job = ray.job_config.JobConfig(metadata=metadata or {})
+    given = "--address " if address else "RAY_ADDRESS="
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        check_reachable(address)
+        check_reachable(address, given=given)
         if is_host_port(address) and handshake.ask(address).token:
             handshake.send_token()
         try:

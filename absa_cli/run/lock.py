@@ -106,8 +106,12 @@ class RunLock:
                 if not is_stale(holder):
                     raise RunLocked(f"run {self.run_id} is being driven by {describe(holder)}; stop that driver "
                                     f"first (Ctrl-C), or wait for it to finish")
-                self.took_over = (describe(holder) if holder.get("host") is not None
-                                  else f"an unreadable lock file, {time.time() - float(holder['heartbeat']):.0f} s old")
+                if holder.get("host") is None:
+                    self.took_over = f"an unreadable lock file, {time.time() - float(holder['heartbeat']):.0f} s old"
+                elif holder.get("host") == socket.gethostname():
+                    self.took_over = f"{describe(holder)}, which is no longer running"
+                else:  # it may still be alive, cut off: it stops before its next write (``check``)
+                    self.took_over = f"{describe(holder)}, silent for over {STALE_AFTER_S:.0f} s"
                 self.path.unlink(missing_ok=True)  # a stale lock: take it over
             tmp = self._write_tmp()
             try:
