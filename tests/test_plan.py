@@ -178,9 +178,9 @@ def test_plan_profile_errors_are_one_line(tmp_path):
 # ------------------------------------------------------------------------------------ the LR, as the run gets it
 
 def _driven(config, eigenvalues, num_samples):
-    """Per epoch, the batch and the LR of its first and last step, from a policy driven as the controller drives it:
-    ``lr`` at each step's first sample over the training set, then ``observe`` (the probe's λ only where the last
-    decision asked for one)."""
+    """Per epoch, the batch, the LR of its first and last step and the highest of its steps, from a policy driven as
+    the controller drives it: ``lr`` at each step's first sample over the training set, then ``observe`` (the
+    probe's λ only where the last decision asked for one)."""
     from absa_cli.decide.geometry import steps_in_epoch
     from absa_cli.decide.policy import EpochMeasurements, make_policy
 
@@ -188,8 +188,9 @@ def _driven(config, eigenvalues, num_samples):
     decision, epochs = policy.initial(), []
     for epoch in range(config.epochs):
         batch = decision.global_batch_size
-        last = (steps_in_epoch(num_samples, batch) - 1) * batch / num_samples
-        epochs.append((batch, policy.lr(epoch), policy.lr(epoch + last)))
+        steps = steps_in_epoch(num_samples, batch)
+        lrs = [policy.lr(epoch + step * batch / num_samples) for step in range(steps)]
+        epochs.append((batch, lrs[0], lrs[-1], max(lrs)))
         eig = eigenvalues[epoch] if decision.probe_next else None
         decision = policy.observe(EpochMeasurements(epoch + 1, config.epochs, eig))
     return epochs
@@ -202,6 +203,8 @@ def _driven(config, eigenvalues, num_samples):
     ["policy.name=absa", "policy.lr_ramp_epochs=1.5"],
     ["policy.name=abs", "policy.lr_ramp_epochs=1", "optim.warmup_epochs=2", "optim.lr_scaling=sqrt"],
     ["policy.name=absa"],
+    ["policy.name=fixed-large"],  # warms up to 0.4, decays at epoch 8: the peak is neither end (review)
+    ["policy.name=absa", "policy.lr_ramp_epochs=2"],
 ])
 def test_plan_shows_the_lr_the_policy_gives_the_run_at_each_phase_start_and_end(overrides):
     """Was ``lr_at(config.optim, batch, epoch)``: fixed-large's LR scaled to the cap from the first step (the run warms
@@ -218,6 +221,8 @@ def test_plan_shows_the_lr_the_policy_gives_the_run_at_each_phase_start_and_end(
         assert [p["lr"] for p in phases] == pytest.approx([run[p["first_epoch"] - 1][1] for p in phases], rel=1e-12)
         assert [p["lr_last"] for p in phases] == pytest.approx([run[p["last_epoch"] - 1][2] for p in phases],
                                                                rel=1e-12)
+        assert [p["lr_peak"] for p in phases] == pytest.approx(
+            [max(run[e][3] for e in range(p["first_epoch"] - 1, p["last_epoch"])) for p in phases], rel=1e-12)
 
 
 def test_plan_of_fixed_large_names_its_batch_field_and_warm_up():
@@ -228,8 +233,10 @@ def test_plan_of_fixed_large_names_its_batch_field_and_warm_up():
     assert phase["lr"] == 0.05 and phase["why"] == "start (policy.max_global_batch)"
     assert phase["lr_last"] == pytest.approx(0.05 + 0.05 * (2 + 512 / 1000) / 5)
     out = " ".join(runner.invoke(app, args, env={"COLUMNS": "200"}).stdout.split())
-    assert "LR first → last step" in out and "0.05 → 0.07512" in out
+    assert "LR first (→ peak) → last step" in out and "0.05 → 0.07512" in out
     assert "LR warm-up from optim.lr=0.05 over 5 epochs" in out  # the policy's own start, as the run prints it
+    peaked = runner.invoke(app, ["plan", "quickstart", "policy.name=fixed-large"], env={"COLUMNS": "200"}).stdout
+    assert "0.05 → 0.4 → 0.08" in " ".join(peaked.split())  # warm-up to 0.4, then the decay at epoch 8
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 A dry run: no torch, no data opened (the training-set size comes from the catalogue). For the two bounding cases
 of the ABS rule — growth at every probe from the first possible epoch, and growth only by the ``policy.duration``
 fallback — it prints each batch phase (epochs, global batch, workers × per-worker batch × accumulation, the LR of
-its first and last SGD step, SGD updates, and why the policy set that batch, λ_ref included) and the total update
+its first SGD step, its peak and its last, SGD updates, and why the policy set that batch, λ_ref included) and the total update
 count beside the ``fixed`` small-batch baseline's. The LRs are the policy's own (``decide/replay.py``
 ``lr_in_state``), as the run asks it for each step: ``fixed-large``'s warm-up starts from the unscaled ``optim.lr``,
 and after a growth with ``policy.lr_ramp_epochs`` the LR starts where it was.
@@ -149,9 +149,17 @@ def _phases(config, batches: list[int], growths: list[str | None], states: list[
                        "lr": lr_in_state(config, states[epoch - 1], epoch - 1), "lr_last": None,
                        "updates": steps_in_epoch(num_samples, batch), "growth": growth, "why": why[growth]})
     for phase in phases:  # per phase, not per epoch: a 100,000-epoch plan answers at once
-        last, batch = phase["last_epoch"], phase["global_batch_size"]
-        last_step = last - 1 + (steps_in_epoch(num_samples, batch) - 1) * batch / num_samples
-        phase["lr_last"] = lr_in_state(config, states[last - 1], last_step)
+        first, last, batch = phase["first_epoch"], phase["last_epoch"], phase["global_batch_size"]
+
+        def last_step(epoch: int) -> float:  # the epoch progress of epoch ``epoch``'s (1-based) last step
+            return epoch - 1 + (steps_in_epoch(num_samples, batch) - 1) * batch / num_samples
+
+        phase["lr_last"] = lr_in_state(config, states[last - 1], last_step(last))
+        # between step decays the LR only rises (a warm-up, a ramp after a growth) or stays: its peak is at the last
+        # step before a decay inside the phase, or the phase's last
+        before_decays = [lr_in_state(config, states[first - 1], last_step(decay))
+                         for decay in config.optim.decay_epochs if first <= decay < last]
+        phase["lr_peak"] = max([phase["lr"], phase["lr_last"], *before_decays])
     return phases
 
 
@@ -167,7 +175,8 @@ def _print(result: dict[str, Any]) -> None:
     console.print(f"Epoch 1: {escape(result['start'])}")  # the run's own first line (fixed-large: its warm-up)
     titles = {"fastest": "growth at every probe (fastest)", "slowest": "growth only by policy.duration (slowest)"}
     for name, phases in result["cases"].items():
-        table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR first → last step", "updates",
+        table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR first (→ peak) → last step",
+                      "updates",
                       "why", title=titles[name], title_justify="left")
         for p in phases:
             span = f"{p['first_epoch']}" if p["first_epoch"] == p["last_epoch"] else \
@@ -214,9 +223,11 @@ def _print_time(console: Any, time: dict[str, Any] | None, max_workers: int) -> 
 
 
 def _lrs(phase: dict[str, Any]) -> str:
-    """``0.05 → 0.07512`` where the LR changes in the phase (warm-up, a ramp after a growth, step decay), else one."""
-    first, last = f"{phase['lr']:.4g}", f"{phase['lr_last']:.4g}"
-    return first if first == last else f"{first} → {last}"
+    """``0.05 → 0.07512`` where the LR changes in the phase (warm-up, a ramp after a growth, step decay), else one;
+    ``0.05 → 0.4 → 0.08`` where it peaks in between (a warm-up, then a decay)."""
+    first, peak, last = (f"{phase[key]:.4g}" for key in ("lr", "lr_peak", "lr_last"))
+    shown = [first] + ([peak] if peak not in (first, last) else []) + ([last] if last != first or peak != first else [])
+    return " → ".join(shown)
 
 
 def _versus(fixed_s: float, seconds: float) -> str:
