@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import socket
+import struct
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -363,8 +364,35 @@ def test_a_cifar_pickle_that_names_a_callable_is_refused_and_runs_nothing(tmp_pa
     assert not marker.exists()  # before, pickle.load called it
 
 
-@pytest.mark.parametrize("protocol", [2, 4, 5])  # 2: the official files (Python 2); 5: arrays rebuilt from buffers
-def test_cifar_pickles_of_every_protocol_numpy_writes_are_read(tmp_path, protocol):
+def python2_cifar_batch(pixels: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as the official files are: cPickle protocol 2 from Python 2 and numpy 1 (byte strings as
+    SHORT_BINSTRING/BINSTRING, ``numpy.core.multiarray._reconstruct``), which Python 3 cannot write itself."""
+    def short(text: str) -> bytes:
+        raw = text.encode("latin1")
+        return b"U" + bytes([len(raw)]) + raw
+
+    count = len(labels)
+    array = (short("data") + b"cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04K\x00\x85" + short("b")
+             + b"\x87R(K\x01M" + struct.pack("<H", count) + b"M\x00\x0c\x86cnumpy\ndtype\nq\x05" + short("u1")
+             + b"K\x00K\x01\x87R(K\x03" + short("|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+             + b"T" + struct.pack("<i", pixels.nbytes) + pixels.tobytes() + b"tb")
+    rest = (short("labels") + b"](" + b"".join(b"K" + bytes([label]) for label in labels) + b"e"
+            + short("batch_label") + short("testing batch 1 of 1")
+            + short("filenames") + b"](" + b"".join(short(f"f{i}.png") for i in range(count)) + b"e")
+    return b"\x80\x02}q\x01(" + array + rest + b"u."
+
+
+def test_the_official_python2_format_is_read(tmp_path):
+    folder = write_cifar10(tmp_path)
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 3072), dtype=np.uint8)
+    (folder / "test_batch").write_bytes(python2_cifar_batch(pixels, [3, 1, 4, 1, 5]))
+    test = build_dataset("cifar10", "test", tmp_path)
+    assert test.labels.tolist() == [3, 1, 4, 1, 5]
+    assert torch.equal(test.images.flatten(1), torch.from_numpy(pixels))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])  # as Python 3 writes them (2: bytes through _codecs.encode; 5: arrays
+def test_cifar_pickles_of_every_protocol_numpy_writes_are_read(tmp_path, protocol):  # rebuilt from buffers)
     folder = write_cifar10(tmp_path)
     entry = cifar_entry(seed=7)
     with (folder / "test_batch").open("wb") as f:
