@@ -447,9 +447,15 @@ def resumed_with(config: RunConfig, overrides: list[str] | tuple[str, ...], run_
         if recipe:
             raise ConfigError(f"{key} is part of run {run_id}'s recipe (its checkpoints carry it), so a resume cannot "
                               f"change it; start a new run with `absa train {config.preset or 'PRESET'} {key}=...`")
-    resumed = from_layers([(OmegaConf.structured(config), "the run's config"), (layer, "the command line")])
-    resumed.preset = config.preset
-    return resumed
+    return with_overrides(config, overrides, "the run's config")
+
+
+def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...], origin: str) -> RunConfig:
+    """``config`` (from ``origin``, e.g. a run's config.yaml) with the command line's ``KEY=VALUE`` overrides,
+    validated as ``load`` validates them; a new config either way."""
+    changed = from_layers([(OmegaConf.structured(config), origin), (_parse_overrides(overrides), "the command line")])
+    changed.preset = config.preset
+    return changed
 
 
 def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:

@@ -103,8 +103,12 @@ def test_a_bare_checkpoint_is_rebuilt_from_the_recipe_it_records(narrow_checkpoi
     assert contradicts.exit_code == 2 and not contradicts.stdout and "Traceback" not in contradicts.output
     assert contradicts.stderr.startswith("error: model.width=0.5 contradicts checkpoint ")
     assert "records model.width=0.02" in contradicts.stderr and len(contradicts.stderr.splitlines()) == 1
-    alone = runner.invoke(app, ["hessian", str(bare), "model.width=0.02", *FAST])
-    assert alone.exit_code == 2 and "pass the preset with them (--preset NAME model.width=0.02)" in alone.stderr
+    alone, _ = _json([bare, "model.width=0.02"])  # without --preset: on the preset the checkpoint names (review:
+    assert alone["top_eigenvalues"] == in_run["top_eigenvalues"]  # overrides were refused without one)
+    assert alone["config_source"].startswith("preset quickstart model.width=0.02 + the checkpoint's recipe")
+    moved, _ = _json([narrow_checkpoint, "data.root=/data/elsewhere"])  # a run's data that moved: on its config
+    assert moved["config_source"].startswith(f"its run's {narrow_checkpoint.parent.parent / 'config.yaml'} "
+                                             f"data.root=/data/elsewhere")
 
 
 def test_a_data_key_comes_from_the_checkpoint_not_the_preset(trained_checkpoint, tmp_path):

@@ -25,8 +25,9 @@ class BNMode(str, Enum):
 def hessian(
     checkpoint: Annotated[Path, typer.Argument(help="A .pt file from a run's checkpoints/ folder.")],
     overrides: Annotated[Optional[list[str]], typer.Argument(
-        help="KEY=VALUE changes to --preset's config, e.g. data.root=/data; for a checkpoint that records no recipe, "
-             "the overrides it was trained with.", show_default=False)] = None,
+        help="KEY=VALUE changes to the config the model and data are rebuilt from, e.g. data.root=/data (a key of the "
+             "recipe the checkpoint records must agree with it); with --preset, for a checkpoint that records no "
+             "recipe, the overrides it was trained with.", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many top eigenvalues.")] = 1,
     method: Annotated[Method, typer.Option(help="lanczos (top-k, fewer HVPs) or power (top-1, the paper's).")] =
     Method.lanczos,
@@ -71,10 +72,6 @@ def hessian(
             trace_samples=trace_samples, density_steps=density_steps, density=density or plot is not None,
             per_layer=per_layer, batch_size=batch_size, num_batches=num_batches, bn_mode=bn_mode.value, seed=seed)
         hessian_mod.check_options(options)
-        if overrides and preset is None:
-            raise UserError(f"KEY=VALUE overrides ({' '.join(overrides)}) change a preset's config: pass the preset "
-                            f"with them (--preset NAME {' '.join(overrides)}), or drop them (a checkpoint that records "
-                            f"its recipe needs none)")
         if address is not None and max_gpus == 1:
             raise UserError("--address names a Ray cluster for --max-gpus > 1; one worker computes here: drop "
                             "--address, or pass --max-gpus N")
@@ -131,8 +128,8 @@ def _config_for(checkpoint: Path, state: dict, preset: str | None, overrides: li
     """The config to rebuild the model and the probe data from, where it came from (said before the computation),
     and the fix to name if the weights do not fit it.
 
-    The base is ``--preset`` with its overrides, else the run's config.yaml beside checkpoints/, else the preset
-    the checkpoint names. Where the checkpoint records its recipe (docs/runs.md, "Whose"), the recipe wins wherever
+    The base is ``--preset``, else the run's config.yaml beside checkpoints/, else the preset the checkpoint names;
+    then the command line's ``KEY=VALUE`` overrides (e.g. ``data.root=`` for data that moved). Where the checkpoint records its recipe (docs/runs.md, "Whose"), the recipe wins wherever
     the base differs: the weights fit, and the probe draws from the training set they were trained on (a data key
     changes no shape, so a preset alone would draw from another set without a word)."""
     from absa_cli import config as config_mod
@@ -146,12 +143,13 @@ def _config_for(checkpoint: Path, state: dict, preset: str | None, overrides: li
     if preset is not None:
         config, source = config_mod.load(preset, overrides), " ".join([f"preset {preset}", *overrides])
     elif checkpoint.resolve().parent.name == "checkpoints" and saved.is_file():
-        config, source = config_mod.from_yaml(saved.read_text()), f"its run's {saved}"
+        config = config_mod.with_overrides(config_mod.from_yaml(saved.read_text()), overrides, "its run's config")
+        source = " ".join([f"its run's {saved}", *overrides])
     elif recipe is not None and trained is not None:
         if trained not in config_mod.preset_names():
             raise UserError(f"checkpoint {checkpoint} was trained with preset {trained!r}, which this absa does not "
                             f"have; pass a preset to build on (--preset NAME): the recipe it records wins over it")
-        config, source = config_mod.load(trained), f"preset {trained}"
+        config, source = config_mod.load(trained, overrides), " ".join([f"preset {trained}", *overrides])
     else:
         raise UserError(f"checkpoint {checkpoint} records no recipe (written before absa recorded one) and has no run "
                         f"config.yaml beside its checkpoints/ folder; {fix}")
