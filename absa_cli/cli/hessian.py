@@ -129,9 +129,10 @@ def _config_for(checkpoint: Path, state: dict, preset: str | None, overrides: li
     and the fix to name if the weights do not fit it.
 
     The base is ``--preset``, else the run's config.yaml beside checkpoints/, else the preset the checkpoint names;
-    then the command line's ``KEY=VALUE`` overrides (e.g. ``data.root=`` for data that moved). Where the checkpoint records its recipe (docs/runs.md, "Whose"), the recipe wins wherever
-    the base differs: the weights fit, and the probe draws from the training set they were trained on (a data key
-    changes no shape, so a preset alone would draw from another set without a word)."""
+    then the command line's ``KEY=VALUE`` overrides (e.g. ``data.root=`` for data that moved). Where the checkpoint
+    records its recipe (docs/runs.md, "Whose"), the recipe wins wherever the base differs: the weights fit, and the
+    probe draws from the training set they were trained on (a data key changes no shape, so a preset alone would
+    draw from another set without a word)."""
     from absa_cli import config as config_mod
     from absa_cli.errors import UserError
 

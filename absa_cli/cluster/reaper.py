@@ -105,8 +105,8 @@ def namespace_mates(driver: int) -> dict[int, int]:
         mine = os.readlink("/proc/self/ns/net")
     except OSError:
         return {}
-    if (os.environ.get("ABSA_PRIVATE_NETWORK") != "inside" or os.environ.get("ABSA_PRIVATE_NETWORK_OWNER") != str(driver)
-            or interfaces != ["lo"]):  # a namespace the driver did not make is not its to empty
+    made_by_driver = os.environ.get("ABSA_PRIVATE_NETWORK_OWNER") == str(driver)  # not one it was started inside
+    if os.environ.get("ABSA_PRIVATE_NETWORK") != "inside" or not made_by_driver or interfaces != ["lo"]:
         return {}
     mates = {}
     for pid, (_, start) in _processes().items():
