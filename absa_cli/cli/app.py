@@ -108,7 +108,9 @@ def _quit_at_once_from_now(code: int | None) -> None:
     import os
     import signal
 
-    if not os.path.isdir("/proc/self"):  # no reaper here (absa_cli/cluster/reaper.py): Ray's hook must stop the cluster
+    from absa_cli.cluster import reaper  # the standard library only: cheap
+
+    if not reaper.available():  # no reaper here: Ray's hook must stop the local cluster
         return
 
     def quit_now(signum: int, frame: Any) -> None:

@@ -182,10 +182,6 @@ def _refuse_contradictions(checkpoint: Path, config, recipe: dict, overrides: li
 def _with_recipe(checkpoint: Path, config, recipe: dict) -> tuple[Any, list[str]]:
     """``config`` with the checkpoint's recipe (``config.identity`` strings) where they differ, and those keys as
     ``KEY=VALUE``. A key this absa does not know (a newer absa's) is left out, as ``identity_differences`` does."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     from absa_cli import config as config_mod
     from absa_cli.errors import UserError, first_line
 
@@ -193,14 +189,11 @@ def _with_recipe(checkpoint: Path, config, recipe: dict) -> tuple[Any, list[str]
     changed = [f"{key}={value}" for key, value in recipe.items() if key in current and current[key] != str(value)]
     if not changed:
         return config, []
-    try:
-        layer = OmegaConf.from_dotlist(changed)  # each value as an override's: "[8]" a list, "True" a bool
-        rebuilt = config_mod.from_layers([(OmegaConf.structured(config), "the base config"),
-                                          (layer, "the checkpoint's recipe")])
-    except (UserError, OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
+    try:  # each value read as an override's: "[8]" a list, "True" a bool
+        rebuilt = config_mod.with_overrides(config, changed, "the base config")
+    except UserError as exc:
         raise UserError(f"the recipe checkpoint {checkpoint} records does not make a config here ({first_line(exc)}); "
                         f"read it with the absa version that trained it") from None
-    rebuilt.preset = config.preset
     now = config_mod.identity(rebuilt)
     left = [f"{key}={value} (rebuilt: {now[key]})" for key, value in recipe.items()
             if key in now and now[key] != str(value)]

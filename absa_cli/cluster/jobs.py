@@ -81,22 +81,20 @@ def _client(address: str) -> tuple[Any, bool]:
         raise UserError(f"cannot reach the Ray dashboard at {address} ({reason}); the head serves the Jobs API "
                         f"with ray[default] installed, on port 8265 (`ray start --head --dashboard-host 0.0.0.0`)"
                         ) from None
-    token = False
-    try:
+    for token in (False, True):  # with this machine's token only once the head has asked for one (handshake's rule)
+        if token:
+            handshake.send_token()
         try:
             return JobSubmissionClient(address), token
-        except AuthenticationError:  # the head asks for a token: this machine's, if it may (handshake's rule)
-            if not handshake.token_to_send():
-                raise
-        handshake.send_token()
-        token = True
-        return JobSubmissionClient(address), token
-    except AuthenticationError:
-        raise UserError(handshake.auth_message(address, handshake.token_source(), "token" if token else
-                                               os.environ.get(handshake.AUTH_MODE))) from None
-    except Exception as exc:  # noqa: BLE001 - refused, not a dashboard, a version the SDK rejects
-        raise UserError(f"the Ray Jobs API at {address} did not answer ({first_line(exc, limit=200)}); give the "
-                        f"head's dashboard address (`ray start --head --dashboard-host 0.0.0.0`, port 8265)") from None
+        except AuthenticationError:
+            if token or not handshake.token_to_send():
+                raise UserError(handshake.auth_message(address, handshake.token_source(), "token" if token else
+                                                       os.environ.get(handshake.AUTH_MODE))) from None
+        except Exception as exc:  # noqa: BLE001 - refused, not a dashboard, a version the SDK rejects
+            raise UserError(f"the Ray Jobs API at {address} did not answer ({first_line(exc, limit=200)}); give the "
+                            f"head's dashboard address (`ray start --head --dashboard-host 0.0.0.0`, port 8265)"
+                            ) from None
+    raise AssertionError("not reached")
 
 
 # Ray runs an entrypoint with the PATH `ray start` had on the head: without absa there, the job's log said only

@@ -35,11 +35,16 @@ POLL_S = 1.0  # how often the driver's descendants are noted
 _reaper: subprocess.Popen | None = None  # this process's reaper (its stdin is the pipe that must stay open)
 
 
+def available() -> bool:
+    """Whether a reaper can run here: it reads ``/proc`` (Linux)."""
+    return os.path.isdir("/proc/self")
+
+
 def start() -> subprocess.Popen | None:
     """Start the reaper for this process's local cluster (once; Linux only). Call just before ``ray.init`` starts
     one, so that a driver killed while it starts still takes it along: processes are noted as they come."""
     global _reaper
-    if _reaper is not None or not os.path.isdir("/proc/self"):
+    if _reaper is not None or not available():
         return _reaper
     _reaper = subprocess.Popen([sys.executable, "-I", "-S", "-u", os.path.abspath(__file__), str(os.getpid())],
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
