@@ -63,6 +63,19 @@ def test_plan_table_is_fast_and_imports_no_torch():
     assert elapsed < 2.0, f"absa plan took {elapsed:.2f} s"
 
 
+def test_plan_piped_keeps_every_cell_whole():
+    """On a pipe or in a file (no terminal, no $COLUMNS) the table is not cut at 80 columns: each phase's reason is
+    on its row, whole, as --json gives it."""
+    args = ["plan", "resnet18-imagenet", "--max-gpus", "64"]
+    plan = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    out = runner.invoke(app, args, env={"COLUMNS": None}).stdout
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    phases = plan["cases"]["fastest"] + plan["cases"]["slowest"]
+    assert len(rows) == len(phases)  # one line per phase: nothing wrapped
+    for row, phase in zip(rows, phases):
+        assert row.split("│")[-2].strip() == phase["why"]
+
+
 def test_plan_bad_input_exit_2():
     result = runner.invoke(app, ["plan", "resnet18-imagenet", "policy.growht=2"])
     assert result.exit_code == 2 and "did you mean 'policy.growth'" in result.stderr

@@ -16,6 +16,17 @@ import typer
 from absa_cli.errors import UserError
 
 
+def report_console():
+    """The Rich console of a command's report (``absa plan``, ``absa hessian``): the terminal's width on a terminal;
+    elsewhere (a pipe, a file, CI) ``$COLUMNS`` or 200 columns, not Rich's 80, at which a table's cells were cut."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = 200
+    return console
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print a ``UserError`` as ``error: <message>`` on stderr (no traceback) and exit with its code (2)."""

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import complete_preset, held_interrupt, interrupted, user_errors
+from absa_cli.cli.common import complete_preset, held_interrupt, interrupted, report_console, user_errors
 
 
 class Method(str, Enum):
@@ -246,10 +246,9 @@ def _distributed(config, options, state: dict, num_workers: int, address: str | 
 
 
 def _print(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = report_console()
     table = Table("quantity", "value", title=f"Hessian of the training loss: {result['checkpoint']}",
                   title_justify="left")
     table.add_row("checkpoint of", result["owner"])

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import check_schedule, complete_preset, user_errors
+from absa_cli.cli.common import check_schedule, complete_preset, report_console, user_errors
 
 
 def plan(
@@ -164,11 +164,10 @@ def _phases(config, batches: list[int], growths: list[str | None], states: list[
 
 
 def _print(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = report_console()
     console.print(f"{result['preset']}: policy {result['policy']}, {result['dataset']} "
                   f"({result['num_train_samples']:,} training samples), {result['epochs']} epochs, "
                   f"up to {result['max_workers']} worker(s)")
@@ -178,6 +177,7 @@ def _print(result: dict[str, Any]) -> None:
         table = Table("epochs", "global batch", "workers", "per worker", "accum", "LR first (→ peak) → last step",
                       "updates",
                       "why", title=titles[name], title_justify="left")
+        table.columns[-1].overflow = "fold"  # a narrow terminal wraps the reason; it never cuts it
         for p in phases:
             span = f"{p['first_epoch']}" if p["first_epoch"] == p["last_epoch"] else \
                 f"{p['first_epoch']}–{p['last_epoch']}"
