@@ -46,6 +46,20 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+def test_a_file_that_is_not_a_checkpoint_or_a_damaged_archive_is_named_in_one_line(tmp_path):
+    other = tmp_path / "metrics.jsonl"
+    other.write_text("{}\n")
+    with pytest.raises(CheckpointError, match="it is not a PyTorch checkpoint archive; pass a .pt file"):
+        checkpoint.load(other)
+    truncated = tmp_path / "epoch-0001.pt"
+    torch.save({"format_version": 1, "model": {}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(truncated)
+    assert str(info.value).endswith("(PytorchStreamReader failed reading zip archive: failed finding central "
+                                    "directory); it is truncated, corrupted or not an absa checkpoint")
+
+
 def test_code_carrying_pickle_is_refused_and_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
@@ -53,7 +67,10 @@ def test_code_carrying_pickle_is_refused_and_does_not_run(tmp_path):
     with pytest.raises(CheckpointError) as info:
         checkpoint.load(path)
     assert not marker.exists()
-    assert "cannot be loaded safely" in str(info.value) and "\n" not in str(info.value)
+    message = str(info.value)
+    assert "cannot be loaded safely" in message and "\n" not in message
+    # it names what the file asks to run, and never repeats torch's advice to load with weights_only=False
+    assert "would call posix.system" in message and "False" not in message
     torch.load(path, weights_only=False)  # the payload is real: an unsafe load does run it
     assert marker.exists()
 

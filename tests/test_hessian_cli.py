@@ -154,7 +154,7 @@ def test_missing_and_corrupt_checkpoints_exit_2(tmp_path):
     corrupt = tmp_path / "epoch-0001.pt"
     corrupt.write_bytes(b"\x00garbage")
     result = runner.invoke(app, ["hessian", str(corrupt)])
-    assert result.exit_code == 2 and "cannot be loaded safely" in result.stderr
+    assert result.exit_code == 2 and "cannot be loaded safely: it is not a PyTorch checkpoint" in result.stderr
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
 
 

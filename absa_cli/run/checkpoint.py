@@ -25,6 +25,7 @@ from typing import Any, Callable
 from absa_cli.errors import UserError, first_line
 
 FORMAT_VERSION = 1
+_REFUSED = re.compile(r"GLOBAL ([\w.]+)")  # the callable a refused pickle names
 MANIFEST = "manifest.json"
 
 
@@ -86,13 +87,25 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def _load_unverified(path: Path) -> dict[str, Any]:
+    import pickle
+
     import torch
 
+    with open(path, "rb") as file:
+        if file.read(2) != b"PK":  # torch.save writes a zip archive
+            raise CheckpointError(f"checkpoint {path} cannot be loaded safely: it is not a PyTorch checkpoint "
+                                  f"archive; pass a .pt file from a run's checkpoints/ folder, or the run's folder")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        reason = first_line(exc)
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({reason[:200]}); "
+    except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never repeated here
+        refused = _REFUSED.search(str(exc))
+        what = f"loading it would call {refused.group(1)}" if refused else "it holds data other than tensors"
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {what}, which absa's safe load "
+                              f"(weights_only) refuses; absa writes only tensors and plain data, so it is not an "
+                              f"absa checkpoint or was altered") from None
+    except Exception as exc:  # RuntimeError, EOFError, ... for a damaged archive
+        reason = first_line(exc, limit=200).split(". ")[0]  # torch's first sentence; the rest is advice
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({reason}); "
                               f"it is truncated, corrupted or not an absa checkpoint") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not an absa checkpoint (format {FORMAT_VERSION})")
