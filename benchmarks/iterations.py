@@ -145,28 +145,38 @@ def run_one(config: Any, runs_root: Path) -> dict[str, Any]:
     """One whole in-process run; its summary figures and epoch records."""
     from absa_cli.driver.controller import Controller
     from absa_cli.driver.local_group import LocalGroup
+    from absa_cli.driver.outcome import Diverged
+    from absa_cli.errors import first_line
     from absa_cli.run.metrics import Console
     from absa_cli.run.rundir import RunDir
 
     started = time.perf_counter()
     group = LocalGroup(config)
     run = RunDir.create(runs_root, config)
+    stopped = None
     with (run.path / "console.log").open("w") as log:
         controller = Controller(config, run, group, Console(stream=log, force_plain=True))
         try:
             summary = controller.run_all()
+        except Diverged as error:  # a result, not a crash: recorded, and the other runs go on
+            stopped = first_line(error)
         finally:
             controller.close()
             group.close()
-    run.finish("finished", last_epoch=summary["epochs"], updates=summary["updates"],
-               final_test_acc=summary["final_test_acc"], best_test_acc=summary["best_test_acc"])
     epochs = run.records("epoch")
-    return {"policy": config.policy.name, "seed": config.seed, "final_test_acc": epochs[-1]["test_acc"],
-            "best_test_acc": summary["best_test_acc"], "updates": summary["updates"],
-            "final_global_batch": epochs[-1]["global_batch_size"],
+    if stopped is None:
+        run.finish("finished", last_epoch=summary["epochs"], updates=summary["updates"],
+                   final_test_acc=summary["final_test_acc"], best_test_acc=summary["best_test_acc"])
+    else:
+        run.finish("diverged", last_epoch=len(epochs), error=stopped)
+        summary = {"updates": epochs[-1]["updates"] if epochs else 0, "wall_s": time.perf_counter() - started,
+                   "best_test_acc": max((r["test_acc"] for r in epochs), default=0.0)}
+    return {"policy": config.policy.name, "seed": config.seed,
+            "final_test_acc": epochs[-1]["test_acc"] if epochs else 0.0, "best_test_acc": summary["best_test_acc"],
+            "updates": summary["updates"], "final_global_batch": epochs[-1]["global_batch_size"] if epochs else 0,
             "batches": [r["global_batch_size"] for r in epochs], "wall_s": summary["wall_s"],
             "setup_and_run_s": time.perf_counter() - started, "probe_s": sum(r["probe_s"] for r in epochs),
-            "run_id": run.id, "epochs": epochs}
+            "run_id": run.id, "epochs": epochs, "stopped": stopped}
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -176,16 +186,20 @@ def _std(values: list[float]) -> float:
 
 
 def summarize(runs: list[dict[str, Any]], policies: list[str]) -> list[dict[str, Any]]:
-    """Per policy: mean and sample std over seeds, and the comparison with the fixed baseline, paired by seed."""
-    baseline = {r["seed"]: r for r in runs if r["policy"] == BASELINE}
+    """Per policy: mean and sample std over seeds, and the comparison with the fixed baseline, paired by seed. A run
+    that stopped (diverged or collapsed) is counted as such, and left out of the means: its updates are a part."""
+    baseline = {r["seed"]: r for r in runs if r["policy"] == BASELINE and not r.get("stopped")}
     rows = []
     for policy in policies:
-        mine = [r for r in runs if r["policy"] == policy]
+        stopped = [r["seed"] for r in runs if r["policy"] == policy and r.get("stopped")]
+        mine = [r for r in runs if r["policy"] == policy and not r.get("stopped")]
         if not mine:
+            if stopped:
+                rows.append({"policy": policy, "seeds": [], "stopped": stopped})
             continue
         accs, updates, walls = ([r[k] for r in mine] for k in ("final_test_acc", "updates", "wall_s"))
         row: dict[str, Any] = {
-            "policy": policy, "seeds": [r["seed"] for r in mine],
+            "policy": policy, "seeds": [r["seed"] for r in mine], "stopped": stopped,
             "final_test_acc_mean": statistics.mean(accs), "final_test_acc_std": _std(accs),
             "updates_mean": statistics.mean(updates), "updates_std": _std(updates),
             "final_global_batch": sorted({r["final_global_batch"] for r in mine}),
@@ -226,23 +240,28 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
              "on the fallback's epoch / fallback | wall time s (mean ± std) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        seeds = f"{len(r['seeds'])}" + (f" (+{len(r['stopped'])} stopped)" if r.get("stopped") else "")
+        if not r["seeds"]:
+            lines.append(f"| {r['policy']} | {seeds} | — | — | — | — | — | — | — |")
+            continue
         delta = _pm(r["acc_delta_vs_fixed_mean"], r["acc_delta_vs_fixed_std"], 2, 100) \
             if "acc_delta_vs_fixed_mean" in r and r["policy"] != BASELINE else "—"
         ratio = f"{r['updates_ratio_vs_fixed']:.2f}×" if "updates_ratio_vs_fixed" in r else "—"
         acc = _pm(r["final_test_acc_mean"], r["final_test_acc_std"], 2, 100)
         growths = " / ".join(str(n) for n in r["growths"].values()) if "growths" in r else "—"
-        lines.append(f"| {r['policy']} | {len(r['seeds'])} | {acc} | {delta} "
+        lines.append(f"| {r['policy']} | {seeds} | {acc} | {delta} "
                      f"| {_pm(r['updates_mean'], r['updates_std'], 0)} | {ratio} "
                      f"| {', '.join(str(b) for b in r['final_global_batch'])} | {growths} "
                      f"| {_pm(r['wall_s_mean'], r['wall_s_std'], 0)} |")
     return "\n".join(lines)
 
 
-def growth_causes(epochs: list[dict[str, Any]]) -> tuple[int, int, int]:
+def growth_causes(epochs: list[dict[str, Any]], stopped: bool = False) -> tuple[int, int, int]:
     """(curvature growths earlier than the policy.duration fallback would have grown, curvature growths on the
     fallback's own epoch, fallback growths), from the epoch records' ``growth`` and ``growth_epochs_early``. The last
-    epoch's decision is left out: no epoch trains at it (absa no longer grows there; runs saved before it did)."""
-    trained = epochs[:-1]
+    epoch's decision is left out: no epoch trains at it (absa no longer grows there; runs saved before it did),
+    unless the run ``stopped`` in the epoch after it (which trained at that batch)."""
+    trained = epochs if stopped else epochs[:-1]
     if any("growth" not in r for r in trained):
         raise ValueError("these epoch records carry no `growth` field: they were saved before absa recorded why "
                          "each growth happened; rerun the benchmark")
@@ -262,11 +281,20 @@ def seeds_table(runs: list[dict[str, Any]], policies: list[str]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for policy in policies:
         for r in sorted((r for r in runs if r["policy"] == policy), key=lambda r: r["seed"]):
-            causes = " / ".join(map(str, growth_causes(r["epochs"]))) if is_adaptive(policy) else "—"
-            lines.append(f"| {policy} | {r['seed']} | {100 * r['final_test_acc']:.2f} | {100 * r['best_test_acc']:.2f} "
-                         f"| {_loss(r['epochs'][-1]['train_loss'])} | {r['updates']} | {r['final_global_batch']} "
+            causes = " / ".join(map(str, growth_causes(r["epochs"], bool(r.get("stopped"))))) \
+                if is_adaptive(policy) else "—"
+            final, done = f"{100 * r['final_test_acc']:.2f}", len(r["epochs"])
+            if r.get("stopped"):
+                final = f"{stop_word(r['stopped'])} in epoch {done + 1}" + (f" ({final} after {done})" if done else "")
+            loss = _loss(r["epochs"][-1]["train_loss"]) if done else "—"
+            lines.append(f"| {policy} | {r['seed']} | {final} | {100 * r['best_test_acc']:.2f} "
+                         f"| {loss} | {r['updates']} | {r['final_global_batch']} "
                          f"| {schedule(r['batches'])} | {causes} | {r['wall_s']:.0f} | {r['probe_s']:.1f} |")
     return "\n".join(lines)
+
+
+def stop_word(message: str) -> str:
+    return "collapsed" if "collapsed" in message.split(":")[0] else "diverged"
 
 
 def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[str]:
@@ -274,6 +302,9 @@ def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[st
     out = []
     for r in rows:
         policy = r["policy"]
+        if is_adaptive(policy) and r.get("stopped"):
+            out.append(f"- {policy}: seed(s) {', '.join(map(str, r['stopped']))} stopped (diverged or collapsed): "
+                       f"below the claim, which asks for equal accuracy")
         if not is_adaptive(policy) or "updates_ratio_vs_fixed" not in r:
             continue
         ratio = r["updates_ratio_vs_fixed"]
@@ -323,6 +354,10 @@ def compare(preset: str, overrides: list[str], args: argparse.Namespace, runs_ro
                 result = {**run_one(config, runs_root), "policy": policy, "extra": extra}
             runs.append(result)
             kept = " (kept from --out)" if done else ""
+            if result.get("stopped"):
+                print(f"[{len(runs)}/{total}] {policy} seed {seed}{kept}: {result['stopped']}", flush=True)
+                save(measured)
+                continue
             print(f"[{len(runs)}/{total}] {policy} seed {seed}{kept}: final test acc "
                   f"{100 * result['final_test_acc']:.2f}%, {result['updates']} updates, "
                   f"batches {schedule(result['batches'])}, {result['wall_s']:.0f} s", flush=True)

@@ -115,3 +115,31 @@ def test_tables_from_merges_files_run_side_by_side(iterations, tmp_path, capsys)
     missing = tmp_path / "missing.json"
     assert iterations.main(["--tables-from", str(seed0), str(missing)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {missing}: not an iterations.py --out file")
+
+
+def test_a_run_that_diverges_is_recorded_as_stopped_and_the_others_go_on(iterations, tmp_path, capsys, one_thread):
+    """A contender that blows up is a result (the claim asks for equal accuracy), not a crash of the benchmark: it
+    is recorded with the stop's message, left out of the means, named in the tables, and the next run still runs."""
+    out = tmp_path / "results.json"
+    argv = [*TINY, "epochs=2", "model.width=0.1", "--policies", "fixed", "--seeds", "0", "1",
+            "--variant", "hot: optim.lr=1e6", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    assert iterations.main(argv) == 0
+    printed = capsys.readouterr().out
+    runs = json.loads(out.read_text())["results"][0]["runs"]
+    assert [(r["policy"], r["seed"], r["stopped"] is None) for r in runs] == [
+        ("fixed", 0, True), ("absa[hot]", 0, False), ("fixed", 1, True), ("absa[hot]", 1, False)]
+    assert all(r["stopped"].startswith("training diverged") for r in runs if r["stopped"])
+    assert "| absa[hot] | 0 (+2 stopped) | — |" in printed
+    assert "| absa[hot] | 0 | diverged in epoch 1 | 0.00 | — | 0 |" in printed
+    assert "[2/4] absa[hot] seed 0: training diverged: " in printed
+    assert "- absa[hot]: seed(s) 0, 1 stopped (diverged or collapsed)" in printed
+    statuses = {json.loads((d / "run.json").read_text())["status"] for d in (tmp_path / "runs").iterdir()}
+    assert statuses == {"finished", "diverged"}
+    epochs = [{"growth": "curvature", "growth_epochs_early": 1, "train_loss": 0.4},
+              {"growth": "fallback", "growth_epochs_early": 0, "train_loss": 0.9}]
+    collapsed = {"policy": "absa", "seed": 0, "final_test_acc": 0.8, "best_test_acc": 0.85, "updates": 96,
+                 "final_global_batch": 256, "batches": [128, 256], "wall_s": 1.0, "probe_s": 0.5, "epochs": epochs,
+                 "stopped": "training collapsed in epoch 3: the training loss averaged 8.2 ..."}
+    # the growth decided after the last recorded epoch trained in the epoch that collapsed: it is counted
+    assert "| absa | 0 | collapsed in epoch 3 (80.00 after 2) | 85.00 | 0.9 | 96 | 256 | 128, 256 | 1 / 0 / 1 |" \
+        in iterations.seeds_table([collapsed], ["absa"])
