@@ -125,3 +125,50 @@ def test_a_ctrl_c_while_the_command_exits_quits_at_once_with_its_code_and_no_tra
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) == 0  # the command's own code: its work was done
     assert process.stderr.read() == ""
+
+
+def test_two_presses_while_the_main_thread_is_in_native_code_are_two(tmp_path):
+    """Python runs a handler once for any number of deliveries that arrive while the main thread sits in native
+    code (a `ray.get`, a long torch op): a double Ctrl-C there was taken for one, a stop instead of an abort. Here
+    the main thread waits in `Thread.join` (no handler runs until it returns) while another thread takes the two
+    deliveries; the driver's handler counts both. A single delivery there is still one stop."""
+    from absa_cli.cli.driver import _Signals
+
+    class Controller:
+        abort_signal = None
+        stops: list[int] = []
+
+        def request_stop(self, signum):
+            self.stops.append(signum)
+
+    def deliver(times: int) -> None:
+        for _ in range(times):
+            time.sleep(0.1)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # taken by this thread, run by the main one
+
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts absa (not CI's)
+    try:
+        _press(Controller, deliver)
+    finally:
+        signal.signal(signal.SIGINT, started_with)
+
+
+def _press(Controller, deliver) -> None:
+    from absa_cli.cli.driver import _Signals
+
+    for times, aborted in ((1, False), (2, True)):
+        controller = Controller()
+        controller.stops = []
+        signals = _Signals(controller)
+        with signals.installed():
+            sender = threading.Thread(target=deliver, args=(times,))
+            sender.start()
+            try:
+                sender.join()  # both deliveries arrive in here
+                time.sleep(0.05)  # the eval loop runs the handler
+                raised = False
+            except KeyboardInterrupt:
+                raised = True
+        assert (controller.stops, raised, controller.abort_signal) == (
+            [signal.SIGINT], aborted, signal.SIGINT if aborted else None), times
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

@@ -142,8 +142,26 @@ class _Signals:
         self.controller = controller
         self.last: int | None = None
         self.ignore = False  # set once the run's outcome is decided: only bookkeeping is left
+        self.wakeup: int | None = None  # the read end of Python's wakeup fd: one byte per delivered signal
+        self.ahead: dict[int, int] = {}  # deliveries of a signal read from it before that signal's handler ran
 
     def handle(self, signum: int, frame: Any) -> None:
+        """Python runs a handler once for any number of deliveries that arrive while the main thread is in native
+        code (a ``ray.get``, a long torch op): two presses of Ctrl-C there were one stop. The wakeup fd has a byte
+        per delivery, so each is counted."""
+        for _ in range(self._deliveries(signum)):
+            self._one(signum)
+
+    def _deliveries(self, signum: int) -> int:
+        if self.wakeup is not None:
+            try:
+                for byte in os.read(self.wakeup, 512):
+                    self.ahead[byte] = self.ahead.get(byte, 0) + 1
+            except BlockingIOError:
+                pass
+        return max(1, self.ahead.pop(signum, 0))  # this call is one delivery, whatever the fd says
+
+    def _one(self, signum: int) -> None:
         if self.ignore:
             return
         first = self.last is None
@@ -160,6 +178,11 @@ class _Signals:
     def installed(self) -> Iterator[None]:
         """A signal the process was started ignoring (SIGINT in a non-interactive shell's background job) stays
         ignored."""
+        read, write = os.pipe()
+        for end in (read, write):
+            os.set_blocking(end, False)
+        self.wakeup, self.ahead = read, {}
+        woken = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)
                     if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
@@ -167,3 +190,7 @@ class _Signals:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            signal.set_wakeup_fd(woken)
+            self.wakeup = None
+            os.close(read)
+            os.close(write)
