@@ -24,7 +24,7 @@ demo: install
 ISOLATE := $(shell unshare --user --map-root-user --net true >/dev/null 2>&1 && echo unshare --user --map-root-user --net --)
 
 test: install
-	$(ISOLATE) $(BIN)/python -m pytest -q
+	$(ISOLATE) $(BIN)/python -m pytest -q --durations=20  # the slowest tests, in every CI log: the suite has a 15-minute budget
 
 test-fast: install
 	$(ISOLATE) $(BIN)/python -m pytest -q -m "not slow"
