@@ -225,6 +225,11 @@ def _empty_tiny_train(base: Path) -> Path:
     return base / "train"
 
 
+def _empty_folder(folder: Path) -> None:
+    for image in folder.iterdir():
+        image.unlink()
+
+
 def _flat_imagenet_val(base: Path) -> Path:
     for wnid in ("n01", "n02"):
         replace_with_file(base / "val" / wnid)  # files in val/ itself, not sorted into class folders
@@ -322,7 +327,37 @@ BAD = {
                                   ["no images were found in", "<wnid>"]),
     "imagenet-val-extra-class": ("imagenet", "test", _imagenet(_val_extra_class), BadDataError,
                                  ["no matching class folder in"]),
+    # a training class without images (an extraction cut short) would never be trained
+    "imagenet-empty-train-class": ("imagenet", "train", _imagenet(_then(Path.mkdir, "train/n03")), BadDataError,
+                                   ["holds no image files: that class would never be trained"]),
+    "tiny-empty-train-class": ("tinyimagenet", "train", _tiny(_then(_empty_folder, "train/n0200/images")),
+                               BadDataError, ["holds no image files: that class would never be trained"]),
 }
+
+
+def test_hidden_files_and_folders_are_neither_images_nor_classes(tmp_path):
+    """macOS leaves `._<name>` metadata beside each file it copies (they failed mid-epoch as undecodable images);
+    a `.Trash-1000` or `.ipynb_checkpoints` folder counted as a class and shifted every label after it."""
+    base = write_imagenet(tmp_path)
+    before = {split: build_dataset("imagenet", split, tmp_path) for split in ("train", "test")}
+    (base / "train" / ".Trash-1000").mkdir()
+    (base / "val" / ".ipynb_checkpoints").mkdir()
+    (base / "train" / "n01" / "._n01_0.JPEG").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X        ")
+    tiny = write_tiny(tmp_path)
+    (tiny / "train" / "n0100" / "images" / "._n0100_0.JPEG").write_bytes(b"\0\5\26\7")
+    for split in ("train", "test"):
+        after = build_dataset("imagenet", split, tmp_path)
+        assert after.labels.tolist() == before[split].labels.tolist() == [0, 1]
+        assert [p.name for p in after.paths] == [p.name for p in before[split].paths]
+    assert len(build_dataset("tinyimagenet", "train", tmp_path).labels) == 2
+
+
+def test_tinyimagenet_text_files_saved_with_a_byte_order_mark_read_the_same(tmp_path):
+    base = write_tiny(tmp_path)
+    for name in ("wnids.txt", "val/val_annotations.txt"):
+        (base / name).write_bytes(b"\xef\xbb\xbf" + (base / name).read_bytes())  # as Windows Notepad saves
+    assert build_dataset("tinyimagenet", "train", tmp_path).labels.tolist() == [0, 1]
+    assert build_dataset("tinyimagenet", "test", tmp_path).labels.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -44,13 +44,25 @@ def _listing(spec: DatasetSpec, directory: Path) -> list[os.DirEntry]:
 
 
 def _image_files(spec: DatasetSpec, directory: Path) -> list[Path]:
-    """Image files directly inside ``directory``, sorted by name so the index order is reproducible."""
-    names = [e.name for e in _listing(spec, directory) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+    """Image files directly inside ``directory``, sorted by name so the index order is reproducible. Hidden files
+    are not images: macOS leaves a ``._<name>.JPEG`` of metadata beside every file it copies to another disk."""
+    names = [e.name for e in _listing(spec, directory)
+             if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMG_EXTENSIONS)]
     return [directory / name for name in sorted(names)]
 
 
 def _subdirs(spec: DatasetSpec, directory: Path) -> list[str]:
-    return sorted(e.name for e in _listing(spec, directory) if e.is_dir())
+    """Folders inside ``directory``, sorted; hidden ones (``.Trash-1000``, ``.ipynb_checkpoints``) are no class:
+    counted as one, they shifted every label after them."""
+    return sorted(e.name for e in _listing(spec, directory) if e.is_dir() and not e.name.startswith("."))
+
+
+def _no_empty_class(spec: DatasetSpec, empty: list[Path]) -> None:
+    """A training class folder without images (an extraction cut short) would leave its class untrained, silently."""
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise bad_data(spec, empty[0], f"holds no image files{more}: that class would never be trained",
+                       fix="restore its images, or remove the class")
 
 
 def _decode_rgb(path: Path) -> Image.Image:
@@ -134,7 +146,7 @@ class ImageNetDataset(FileImageDataset):
 def _read_lines(spec: DatasetSpec, path: Path) -> list[str]:
     """The non-blank lines of a small text file, stripped (so Windows line ends read the same)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Windows editors start a UTF-8 file with a byte-order mark
     except UnicodeDecodeError:
         raise bad_data(spec, path, "is not a text file") from None
     except OSError as error:
@@ -189,17 +201,20 @@ def load_tinyimagenet(
     class_index = {wnid: i for i, wnid in enumerate(wnids)}
     paths: list[Path] = []
     labels: list[int] = []
+    empty: list[Path] = []
     if split == "train":
         for wnid in wnids:
             images_dir = directory / "train" / wnid / "images"
             if not images_dir.is_dir():
                 raise not_found(spec, images_dir, download_requested=download)
             files = _image_files(spec, images_dir)
+            empty += [] if files else [images_dir]
             paths.extend(files)
             labels.extend([class_index[wnid]] * len(files))
         if not paths:
             raise no_images(spec, f"in {directory / 'train'}/<wnid>/images for the {len(wnids)} wnids of {wnids_file}",
                             download_requested=download)
+        _no_empty_class(spec, empty)
     else:
         present = {entry.name for entry in _listing(spec, val_images)}
         for filename, wnid in _read_val_annotations(spec, annotations):
@@ -235,14 +250,18 @@ def load_imagenet(
     class_index = {wnid: i for i, wnid in enumerate(wnids)}
     paths: list[Path] = []
     labels: list[int] = []
+    empty: list[Path] = []
     for wnid in _subdirs(spec, split_dir):
         if wnid not in class_index:
             raise bad_data(spec, split_dir / wnid, f"has no matching class folder in {class_source}",
                            fix="give train/ and val/ the same <wnid> folders (val/ sorted into class folders)")
         files = _image_files(spec, split_dir / wnid)
+        empty += [] if files else [split_dir / wnid]
         paths.extend(files)
         labels.extend([class_index[wnid]] * len(files))
     if not paths:
         raise no_images(spec, f"in {split_dir}/<wnid>/ (image files sorted into one folder per class)",
                         download_requested=download)
+    if split == "train":
+        _no_empty_class(spec, empty)
     return ImageNetDataset(spec, split, paths, labels, size, subset)
