@@ -156,6 +156,24 @@ def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_o
                           f"run {run.name} is damaged", says)
 
 
+def test_runs_show_reads_hand_damaged_records_without_a_traceback(tmp_path):
+    """A line that is no object, a record without the fields absa writes, a field of another type: each was a
+    traceback (AttributeError, KeyError); the records are shown with "-" where a field is missing."""
+    from absa_cli import config as config_mod
+    from absa_cli.run.rundir import RunDir
+
+    run = RunDir.create(tmp_path, config_mod.load("quickstart", []))
+    lines = ["null", "[1, 2]", '{"kind": "geometry", "epoch": 1, "global_batch_size": 128}',
+             '{"kind": "resize", "epoch": 2, "from_workers": 1, "to_workers": 2, "resize_s": "fast"}',
+             '{"kind": "epoch", "epoch": "3", "test_acc": "high"}']
+    run.metrics_path.write_text("\n".join(lines) + "\n")
+    shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path))
+    assert shown.exit_code == 0 and "Traceback" not in shown.output, shown.output
+    text = " ".join(shown.output.split())
+    assert "1 geometry 128 - × - × -" in text and "live in fast s" in text
+    assert "last epoch 3: updates -," in text and "test acc high" in text
+
+
 @pytest.mark.parametrize("command", [[], ["runs"], ["presets"]])
 def test_a_bare_group_prints_its_help_once(command):
     result = _invoke(*command)

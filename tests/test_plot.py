@@ -184,6 +184,23 @@ def test_damaged_metrics_line(runs):
     assert_user_error(runner.invoke(app, ["plot", "absa-run", "--runs-dir", str(runs)]), "metrics.jsonl:1 ")
 
 
+@pytest.mark.parametrize("line, says", [
+    ("null", "(a JSON NoneType, not an object)"),
+    ("[1, 2]", "(a JSON list, not an object)"),
+    ('{"kind": "epoch", "epoch": "1", "updates": 5}', "(its epoch is '1', not a whole number)"),
+    ('{"kind": "epoch", "epoch": 3}', "(its updates are None, not a number)"),
+    ('{"kind": "epoch", "epoch": 3, "updates": 5, "lr": "0.1"}', "(its lr is '0.1', not a number)"),
+    ('{"kind": "resize", "epoch": null}', "(its epoch is None, not a whole number)"),
+])
+def test_a_hand_damaged_record_is_one_line_naming_its_line(runs, line, says):
+    """Each of these was a traceback (AttributeError, KeyError, TypeError) from the figure's code."""
+    path = runs / "absa-run" / "metrics.jsonl"
+    path.write_text(path.read_text() + line + "\n" + json.dumps(RESIZE) + "\n")  # not the last line: not a cut
+    number = len(path.read_text().splitlines()) - 1
+    assert_user_error(runner.invoke(app, ["plot", "absa-run", "--runs-dir", str(runs)]),
+                      f"metrics.jsonl:{number} is not a record absa writes {says}")
+
+
 def test_missing_matplotlib(runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     result = runner.invoke(app, ["plot", "absa-run", "--runs-dir", str(runs)])

@@ -95,7 +95,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
     if epochs:
         last = epochs[-1]
         console.print(
-            f"[bold]last epoch[/] {last['epoch']}: updates {last['updates']}, train loss "
+            f"[bold]last epoch[/] {fmt(last.get('epoch'))}: updates {fmt(last.get('updates'))}, train loss "
             f"{fmt(last.get('train_loss'), '.4f')} acc {fmt(last.get('train_acc'), '.4f')}, test acc "
             f"{fmt(last.get('test_acc'), '.4f')}, λ_max {fmt(last.get('eigenvalue'), '.4g')}, lr "
             f"{fmt(last.get('lr'), '.4g')}, policy: {last.get('policy_reason') or '-'}")
@@ -107,19 +107,19 @@ def _history_table(records: list[dict[str, Any]]):
 
     table = Table("epoch", "event", "global batch", "workers × batch × accum", "detail", title="history",
                   title_justify="left", box=None, pad_edge=False)
-    for r in records:
-        kind = r.get("kind")
+    for r in records:  # a field missing from a hand-edited record shows as "-", not a traceback
+        kind, f = r.get("kind"), lambda key, spec="": fmt(r.get(key), spec)
         if kind == "geometry":
-            table.add_row(str(r["epoch"]), "geometry", str(r["global_batch_size"]),
-                          f"{r['num_workers']} × {r['per_worker_batch_size']} × {r['grad_accum_steps']}", "")
+            table.add_row(f("epoch"), "geometry", f("global_batch_size"),
+                          f"{f('num_workers')} × {f('per_worker_batch_size')} × {f('grad_accum_steps')}", "")
         elif kind == "resize":
-            table.add_row(str(r.get("epoch")), "resize", "", f"{r['from_workers']} → {r['to_workers']}",
-                          f"live in {r['resize_s']:.2f} s")
+            table.add_row(f("epoch"), "resize", "", f"{f('from_workers')} → {f('to_workers')}",
+                          f"live in {f('resize_s', '.2f')} s")
         elif kind == "failure":
-            table.add_row(str(r["epoch"]), "failure", "", f"{r['from_workers']} → {r['to_workers']}",
-                          f"lost {r['lost_workers']} at sample {r['samples_seen']}: {r['error']}")
+            table.add_row(f("epoch"), "failure", "", f"{f('from_workers')} → {f('to_workers')}",
+                          f"lost {f('lost_workers')} at sample {f('samples_seen')}: {f('error')}")
         elif kind in ("restart", "resume"):
-            table.add_row(str(r["epoch"]), kind, "", str(r.get("num_workers") or r.get("max_workers") or ""),
+            table.add_row(f("epoch"), kind, "", str(r.get("num_workers") or r.get("max_workers") or ""),
                           f"from {r.get('checkpoint') or 'the start'}")
     return table
 

@@ -215,8 +215,14 @@ class _LiveView:
 
 
 def fmt(value: Any, spec: str = "") -> str:
-    """``value`` formatted with ``spec``, or "-" when it is missing (an unprobed λ, a run with no epoch yet)."""
-    return "-" if value is None else format(value, spec)
+    """``value`` formatted with ``spec``, or "-" when it is missing (an unprobed λ, a run with no epoch yet); a value
+    of another type than the spec's (a hand-edited record) as it is."""
+    if value is None:
+        return "-"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _strip_markup(text: str) -> str:

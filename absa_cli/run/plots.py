@@ -82,6 +82,10 @@ def load_run(run_dir: Path) -> RunCurves:
     return RunCurves(run_dir.name, _label(run_dir), [by_epoch[e] for e in sorted(by_epoch)], events)
 
 
+PLOTTED = ("epoch_s", "samples_seen", "global_batch_size", "num_workers", "lr", "eigenvalue", "test_acc",
+           "train_acc")  # besides the epoch and the updates: numbers, or null where unmeasured
+
+
 def _records(path: Path) -> list[dict[str, Any]]:
     lines = path.read_bytes().splitlines()
     records = []
@@ -89,12 +93,34 @@ def _records(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:  # not JSON, or not UTF-8
             if number == len(lines):  # a live run's record half-written at this instant: skip it
                 continue
             raise UserError(f"{path}:{number} is not a JSON record; the metrics file is damaged") from None
+        problem = _not_plottable(record)
+        if problem:
+            raise UserError(f"{path}:{number} is not a record absa writes ({problem}); the metrics file is damaged: "
+                            f"restore it from a copy")
+        records.append(record)
     return records
+
+
+def _not_plottable(record: Any) -> str | None:
+    """What keeps a record from being plotted, or None (records of kinds the plot does not read are not looked at)."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if record.get("kind") not in ("epoch", *EVENT_STYLES):
+        return None
+    if not isinstance(record.get("epoch"), int) or isinstance(record.get("epoch"), bool):
+        return f"its epoch is {record.get('epoch')!r}, not a whole number"
+    if record["kind"] == "epoch" and not number(record.get("updates")):
+        return f"its updates are {record.get('updates')!r}, not a number"
+    wrong = next((key for key in PLOTTED if record.get(key) is not None and not number(record[key])), None)
+    return f"its {wrong} is {record[wrong]!r}, not a number" if wrong else None
 
 
 def _label(run_dir: Path) -> str:

@@ -214,6 +214,7 @@ class RunDir:
                 records.append(json.loads(line))
             except ValueError:  # a line cut by a crash mid-write (or not UTF-8): the records before it stand
                 continue
+        records = [r for r in records if isinstance(r, dict)]  # absa writes objects only; anything else is damage
         return [r for r in records if kind is None or r.get("kind") == kind]
 
     def load_config(self) -> config_mod.RunConfig:
