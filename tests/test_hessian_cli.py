@@ -142,6 +142,24 @@ def test_a_checkpoint_without_a_recipe_needs_the_preset_and_overrides_it_was_tra
     assert "checkpoint of: a checkpoint that names no run" in stderr
 
 
+def test_a_damaged_run_config_falls_back_to_the_recipe_or_is_named(narrow_checkpoint, tmp_path):
+    """`epochs: [` in the run's config.yaml was `error: not valid YAML: ...`, naming neither the file nor a fix."""
+    import shutil
+
+    in_run, _ = _json([narrow_checkpoint])
+    run = shutil.copytree(narrow_checkpoint.parent.parent, tmp_path / "run")
+    (run / "config.yaml").write_text("epochs: [\n")
+    payload, stderr = _json([run / "checkpoints" / "epoch-0001.pt"])
+    assert payload["top_eigenvalues"] == in_run["top_eigenvalues"]  # the checkpoint's own recipe
+    assert payload["config_source"].startswith(f"preset quickstart (its run's {run / 'config.yaml'} cannot be read "
+                                               f"(") and "+ the checkpoint's recipe" in payload["config_source"]
+    _bare(narrow_checkpoint, run / "checkpoints", "old.pt", recipe=False)  # nothing to fall back to: one line
+    result = runner.invoke(app, ["hessian", str(run / "checkpoints" / "old.pt"), *FAST])
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: its run's {run / 'config.yaml'} cannot be read (")
+    assert "restore it from a copy, or pass the preset and the KEY=VALUE overrides" in result.stderr
+
+
 def test_plot_help_names_the_formats_it_writes():
     result = runner.invoke(app, ["hessian", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and ".pdf" in result.stdout and ".svg" in result.stdout

@@ -134,23 +134,32 @@ def _config_for(checkpoint: Path, state: dict, preset: str | None, overrides: li
     probe draws from the training set they were trained on (a data key changes no shape, so a preset alone would
     draw from another set without a word)."""
     from absa_cli import config as config_mod
-    from absa_cli.errors import UserError
+    from absa_cli.errors import UserError, first_line
 
     owner = state.get("run") if isinstance(state.get("run"), dict) else {}
     recipe = owner.get("config") if isinstance(owner.get("config"), dict) else None
     trained = state.get("preset") if isinstance(state.get("preset"), str) and state.get("preset") else None
     saved = checkpoint.resolve().parent.parent / "config.yaml"
     fix = f"pass the preset and the KEY=VALUE overrides it was trained with: --preset {trained or 'NAME'} KEY=VALUE ..."
+    damaged = ""
+    if preset is None and checkpoint.resolve().parent.name == "checkpoints" and saved.is_file():
+        try:
+            base = config_mod.from_yaml(saved.read_text())
+        except (UserError, OSError, UnicodeDecodeError) as exc:
+            damaged = f"its run's {saved} cannot be read ({first_line(exc)})"
+            if recipe is None or trained is None:
+                raise UserError(f"{damaged}; restore it from a copy, or {fix}") from None
+            damaged = f" ({damaged})"
     if preset is not None:
         config, source = config_mod.load(preset, overrides), " ".join([f"preset {preset}", *overrides])
-    elif checkpoint.resolve().parent.name == "checkpoints" and saved.is_file():
-        config = config_mod.with_overrides(config_mod.from_yaml(saved.read_text()), overrides, "its run's config")
+    elif saved.is_file() and checkpoint.resolve().parent.name == "checkpoints" and not damaged:
+        config = config_mod.with_overrides(base, overrides, "its run's config")
         source = " ".join([f"its run's {saved}", *overrides])
     elif recipe is not None and trained is not None:
         if trained not in config_mod.preset_names():
             raise UserError(f"checkpoint {checkpoint} was trained with preset {trained!r}, which this absa does not "
                             f"have; pass a preset to build on (--preset NAME): the recipe it records wins over it")
-        config, source = config_mod.load(trained, overrides), " ".join([f"preset {trained}", *overrides])
+        config, source = config_mod.load(trained, overrides), " ".join([f"preset {trained}", *overrides]) + damaged
     else:
         raise UserError(f"checkpoint {checkpoint} records no recipe (written before absa recorded one) and has no run "
                         f"config.yaml beside its checkpoints/ folder; {fix}")
