@@ -341,3 +341,16 @@ def test_random_resized_crop_box_stays_inside_the_image():
         top, left, height, width = random_resized_crop_box(120, 300, generator)
         assert 0 <= top and top + height <= 120 and 0 <= left and left + width <= 300
         assert height > 0 and width > 0
+
+
+def test_a_relative_root_that_holds_nothing_says_where_it_was_read_from(tmp_path, monkeypatch):
+    """`data.root=data` trained from one directory and probed (`absa hessian`) or resumed from another: the path
+    in the message is relative, so the message says relative to what."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError) as caught:
+        build_dataset("cifar10", "train", "data")
+    assert f"expected data/cifar-10-batches-py/data_batch_1, relative to the current directory {tmp_path} (" \
+        in str(caught.value)
+    with pytest.raises(DataNotFoundError) as caught:
+        build_dataset("cifar10", "train", tmp_path)
+    assert "relative to" not in str(caught.value)

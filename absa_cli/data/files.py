@@ -39,7 +39,8 @@ def _placement_fix(spec: DatasetSpec, download_requested: bool) -> str:
 
 def not_found(spec: DatasetSpec, expected: Path, *, download_requested: bool = False) -> DataNotFoundError:
     """The error for a missing file or directory: one line naming the path, the layout and the fix."""
-    message = (f"{spec.name} data not found: expected {expected} (layout: {spec.layout}); "
+    relative = "" if expected.is_absolute() else f", relative to the current directory {Path.cwd()}"
+    message = (f"{spec.name} data not found: expected {expected}{relative} (layout: {spec.layout}); "
                f"{_placement_fix(spec, download_requested)}")
     return DataNotFoundError(_one_line(message))
 
