@@ -568,3 +568,18 @@ def test_train_on_an_empty_split_says_no_images_were_found(tmp_path):
     assert_user_error(result, "no images were found in", str(root / "tiny-imagenet-200" / "train"))
     assert "max_global_batch" not in result.stderr
     assert not runs.exists()
+
+
+def test_training_says_when_the_split_holds_fewer_samples_than_data_train_size(tmp_path, one_thread):
+    """The loader keeps at most the split: 20 samples were trained on where 1,000 were asked for, without a word."""
+    from typer.testing import CliRunner
+
+    from absa_cli.cli.app import app
+
+    write_cifar10(tmp_path)  # 5 training batches of 4 samples
+    result = CliRunner().invoke(app, ["train", "c1-cifar10", f"data.root={tmp_path}", "data.train_size=1000",
+                                      "epochs=1", "model.width=0.05", "batch.global_batch_size=4",
+                                      "policy.max_global_batch=4", "--local", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert ("note: data.train_size=1000 is more than the 20 samples cifar10's train split holds: all 20 are used"
+            in result.stderr)

@@ -131,6 +131,14 @@ def test_plan_notes_batches_whose_epochs_drop_a_large_tail():
     assert json.loads(runner.invoke(app, ["plan", "quickstart", "--json"]).stdout)["notes"] == []  # 8,192: none
 
 
+def test_a_train_size_above_the_split_is_noted_where_it_was_silently_cut():
+    plan = json.loads(runner.invoke(app, ["plan", "alexnet-svhn", "data.train_size=1000000", "--json"]).stdout)
+    assert plan["notes"][0] == ("note: data.train_size=1000000 is more than the 73257 samples svhn's train split "
+                                "holds: all 73257 are used")
+    assert not any("train_size" in note for note in json.loads(runner.invoke(
+        app, ["plan", "alexnet-svhn", "data.train_size=70000", "--json"]).stdout)["notes"])
+
+
 H100 = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks" / "profiles"
            / "resnet18-imagenet-h100.json")
 

@@ -36,14 +36,14 @@ def check_datasets(config) -> None:
     """Open (or download) both splits: a missing dataset, or a global batch larger than the training set, fails in
     one line before anything starts."""
     from absa_cli.data import open_split
-    from absa_cli.decide.policy import check_batch_fits, dropped_share_notes
+    from absa_cli.decide.policy import check_batch_fits, training_set_notes
 
     data = config.data
     for split in (data.train_split, "test"):
         dataset = open_split(data, split)
         if split != "test":
             check_batch_fits(config, len(dataset))
-            for note in dropped_share_notes(config, len(dataset)):
+            for note in training_set_notes(config, len(dataset)):
                 typer.echo(note, err=True)
 
 
@@ -57,11 +57,11 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
         check_available()  # before any run directory or cluster exists
     if local:
         from absa_cli.driver.local_group import LocalGroup  # torch import: only once the config is known good
-        from absa_cli.decide.policy import check_batch_fits, dropped_share_notes
+        from absa_cli.decide.policy import check_batch_fits, training_set_notes
 
         group = LocalGroup(config)
         check_batch_fits(config, group.num_train_samples)
-        for note in dropped_share_notes(config, group.num_train_samples):
+        for note in training_set_notes(config, group.num_train_samples):
             typer.echo(note, err=True)
         return group, "local: one worker in this process"
     check_datasets(config)

@@ -71,7 +71,7 @@ def build_plan(config, max_workers: int, model: Any = None, overrides: list[str]
     """The plan as data (``--json``); ``overrides``: the command line's, for the command that profiles this config."""
     from absa_cli import catalog
     from absa_cli.decide.geometry import steps_in_epoch
-    from absa_cli.decide.policy import check_batch_fits, dropped_share_notes, make_policy
+    from absa_cli.decide.policy import check_batch_fits, training_set_notes, make_policy
     from absa_cli.decide.replay import schedule_bounds
 
     spec = catalog.dataset_spec(config.data.name)
@@ -84,7 +84,7 @@ def build_plan(config, max_workers: int, model: Any = None, overrides: list[str]
              "slowest": _phases(config, bounds.slowest, bounds.slowest_growths, bounds.slowest_states, num_samples,
                                 max_workers)}
     return {
-        "notes": dropped_share_notes(config, num_samples), "lr_ramp_epochs": config.policy.lr_ramp_epochs,
+        "notes": training_set_notes(config, num_samples), "lr_ramp_epochs": config.policy.lr_ramp_epochs,
         "preset": config.preset, "policy": config.policy.name, "start": make_policy(config).initial().reason,
         "dataset": spec.name, "num_train_samples": num_samples, "epochs": config.epochs, "max_workers": max_workers,
         "cases": cases,

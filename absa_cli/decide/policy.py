@@ -145,10 +145,14 @@ def check_batch_fits(config: RunConfig, num_train_samples: int) -> None:
                       f"{num_train_samples}")
 
 
-def dropped_share_notes(config: RunConfig, num_train_samples: int, threshold: float = 0.1) -> list[str]:
-    """One note per batch of the schedule whose epoch drops more than ``threshold`` of the training set (the tail
-    that does not fill a global batch): not an error, but worth knowing before the run."""
+def training_set_notes(config: RunConfig, num_train_samples: int, threshold: float = 0.1) -> list[str]:
+    """Not errors, but worth knowing before the run: a ``data.train_size`` above what the split holds (all of it is
+    used), and one note per batch of the schedule whose epoch drops more than ``threshold`` of the training set (the
+    tail that does not fill a global batch)."""
     notes = []
+    if config.data.train_size > num_train_samples:
+        notes.append(f"note: data.train_size={config.data.train_size} is more than the {num_train_samples} samples "
+                     f"{config.data.name}'s {config.data.train_split} split holds: all {num_train_samples} are used")
     for batch in reachable_batches(config):
         dropped = num_train_samples % batch
         if dropped > threshold * num_train_samples:
