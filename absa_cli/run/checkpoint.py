@@ -228,7 +228,8 @@ class CheckpointStore:
         if self.manifest_path.is_file() or not any(self.directory.glob("epoch-*.pt")):
             return None
         return CheckpointError(f"{self.directory} holds checkpoints but no {MANIFEST} to verify them against; "
-                               f"restore it, or start a new run (absa never loads an unverified checkpoint)")
+                               f"restore it, or start a new run (absa picks no unverified checkpoint to resume "
+                               f"or probe; `absa hessian FILE` reads one it is given by name, safely)")
 
     def save(self, name: str, state: dict[str, Any]) -> Entry:
         """Write the file, then the manifest (a crash in between leaves an unlisted file, never a bad entry);
