@@ -196,6 +196,19 @@ def test_plan_profile_errors_are_one_line(tmp_path):
                       "not both")
 
 
+@pytest.mark.parametrize("key, value, says", [
+    ("allreduce_bandwidth", 0, "allreduce_bandwidth is 0.0"),  # was a ZeroDivisionError traceback (here and mid-run)
+    ("allreduce_bandwidth", -5, "allreduce_bandwidth is -5.0"),  # were negative times, printed as a plan
+    ("compute_s", [-1, -1], "compute_s is [-1.0, -1.0]"),
+    ("epoch_s", float("nan"), "epoch_s is nan"),
+])
+def test_a_profile_with_impossible_numbers_is_one_line(tmp_path, key, value, says):
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps({**json.loads(open(H100).read()), key: value}))
+    assert_user_error(runner.invoke(app, ["plan", "resnet18-imagenet", "--max-gpus", "8", "--profile", str(damaged)]),
+                      f"the profile {damaged} is damaged ({says}, which no timing gives)")
+
+
 # ------------------------------------------------------------------------------------ the LR, as the run gets it
 
 def _driven(config, eigenvalues, num_samples):

@@ -19,6 +19,8 @@ holds them with the model, the device and the sources they came from.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -88,7 +90,7 @@ class StepModel:
                               f"`absa calibrate PRESET`")
         try:
             bandwidth, inter = data["allreduce_bandwidth"], data.get("allreduce_bandwidth_inter")
-            return cls(model=str(data["model"]), device=str(data["device"]),
+            model = cls(model=str(data["model"]), device=str(data["device"]),
                        gradient_bytes=int(data["gradient_bytes"]), compute_s=_pair(data["compute_s"]),
                        data_s=_pair(data.get("data_s", (0.0, 0.0))),
                        allreduce_latency_s=float(data.get("allreduce_latency_s", 0.0)),
@@ -102,6 +104,27 @@ class StepModel:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the profile {where} is damaged ({exc!r}); make it again with `absa calibrate`"
                               ) from None
+        impossible = model._impossible()
+        if impossible:  # a zero bandwidth divided by zero mid-run; negative or NaN times printed nonsense plans
+            raise ConfigError(f"the profile {where} is damaged ({impossible}, which no timing gives); make it "
+                              f"again with `absa calibrate`")
+        return model
+
+    def _impossible(self) -> str | None:
+        """The first value no measurement gives: a time or a size that is negative or not finite, a bandwidth
+        that is not positive (infinite, null in the file, stands for no communication timed)."""
+        for name in ("allreduce_bandwidth", "allreduce_bandwidth_inter"):
+            value = getattr(self, name)
+            if not value > 0:  # NaN too
+                return f"{name} is {value}"
+        times = {"compute_s": self.compute_s, "data_s": self.data_s}
+        times.update((name, (getattr(self, name),)) for name in (
+            "allreduce_latency_s", "optimizer_s", "other_s", "eval_s_per_sample", "probe_s", "epoch_s", "start_s",
+            "gradient_bytes", "node_workers"))
+        for name, values in times.items():
+            if not all(math.isfinite(v) and v >= 0 for v in values):
+                return f"{name} is {list(values) if len(values) > 1 else values[0]}"
+        return None
 
 
 def _pair(value: Any) -> tuple[float, float]:
