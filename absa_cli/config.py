@@ -288,6 +288,7 @@ class ClusterConfig:
                  f"cluster.placement must be pack or spread, got {self.placement!r}")
 
 
+SEED_LIMIT = 2 ** 63
 MAX_EPOCHS = 100_000  # `absa plan` replays the rule epoch by epoch: 1e8 epochs took minutes and 12 GB
 
 
@@ -315,6 +316,9 @@ class RunConfig:
         _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _require(self.epochs <= MAX_EPOCHS, f"epochs must be at most {MAX_EPOCHS:,}, got {self.epochs:,}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        for name, value in (("seed", self.seed), ("data.seed", self.data.seed), ("probe.seed", self.probe.seed)):
+            _require(-SEED_LIMIT <= value < SEED_LIMIT,  # past it torch raised an overflow, or the seed wrapped
+                     f"{name} must be a 64-bit integer (between -2**63 and 2**63 - 1), got {value}")
         _require(self.policy.max_global_batch >= self.batch.global_batch_size,
                  f"policy.max_global_batch={self.policy.max_global_batch} is below batch.global_batch_size="
                  f"{self.batch.global_batch_size}; raise the cap or lower the starting batch")

@@ -65,6 +65,9 @@ def test_invalid_values_are_config_errors():
     ("optim.decay_epochs=30,60", "'optim.decay_epochs' expects list[int], got '30,60'"),
     ("optim.decay_epochs=[8,8]", "optim.decay_epochs must be increasing positive epochs, each once, got [8, 8]"),
     ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
+    ("seed=18446744073709551616", "seed must be a 64-bit integer"),  # was torch's overflow traceback
+    ("data.seed=18446744073709551616", "data.seed must be a 64-bit integer"),  # wrapped round to data.seed=0
+    ("probe.seed=-9223372036854775809", "probe.seed must be a 64-bit integer (between -2**63 and 2**63 - 1)"),
     (["model.name=resnet18", "model.width=0.5"], "model.width=0.5: resnet18 has fixed widths (torchvision's)"),
     ("policy.adv_eps=.inf", "policy.adv_eps must be a finite number, got inf"),
     ("cluster.collective_timeout_s=.inf", "cluster.collective_timeout_s must be a finite number"),
