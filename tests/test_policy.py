@@ -452,3 +452,14 @@ def test_policy_modules_are_pure():
         inside = {name for name in imported if name.startswith("absa_cli.")}
         assert all(name.startswith("absa_cli.decide.") or name in ("absa_cli.config", "absa_cli.errors")
                    for name in inside), (source.name, inside)
+
+
+@pytest.mark.parametrize("eig, reads", [
+    (5.004, "batch 128 kept: λ_max 5.004 > λ_ref 10 / policy.eig_ratio=2"),  # was "λ_max 5 > λ_ref 10 / ..."
+    (5.0, "batch 128→256: λ_max 5 ≤ λ_ref 10 / policy.eig_ratio=2"),
+    (35.5, "batch 128 kept: λ_max 35.5 > λ_ref 10 / policy.eig_ratio=2"),  # 3 digits where they suffice
+])
+def test_a_reason_prints_the_digits_its_comparison_needs_to_read_true(eig, reads):
+    policy = make_policy(make_config())
+    policy.observe(EpochMeasurements(1, 90, 10.0))
+    assert policy.observe(EpochMeasurements(2, 90, eig)).reason.startswith(reads)

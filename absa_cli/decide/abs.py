@@ -125,7 +125,8 @@ class AdaptivePolicy(BasePolicy):
             measured = (f"first probe sets λ_ref = λ_max {eig:.3g} "
                         f"(policy.eig_ratio={p.eig_ratio:g} applies from the next probe)")
         else:
-            compared = f"λ_max {eig:.3g} {{}} λ_ref {s.eig_ref:.3g} / policy.eig_ratio={p.eig_ratio:g}"
+            shown_eig, shown_ref = _compared_digits(eig, s.eig_ref, p.eig_ratio)
+            compared = f"λ_max {shown_eig} {{}} λ_ref {shown_ref} / policy.eig_ratio={p.eig_ratio:g}"
             if eig <= s.eig_ref / p.eig_ratio:
                 s.num_confirming += 1
                 if s.num_confirming >= p.confirm:
@@ -178,3 +179,13 @@ def _scale_ratio(optim: OptimConfig, old_batch: int, new_batch: int) -> float:
     """LR(old batch) / LR(new batch) under ``optim.lr_scaling``."""
     return scale_lr(1.0, optim.ref_batch_size, old_batch, optim.lr_scaling) / \
         scale_lr(1.0, optim.ref_batch_size, new_batch, optim.lr_scaling)
+
+
+def _compared_digits(eig: float, ref: float, ratio: float) -> tuple[str, str]:
+    """λ_max and λ_ref with 3 significant digits, or as many more as the printed comparison needs to read true
+    (λ_max 5.004 against λ_ref 10 / 2 read "λ_max 5 > λ_ref 10 / 2")."""
+    for digits in range(3, 18):
+        shown_eig, shown_ref = f"{eig:.{digits}g}", f"{ref:.{digits}g}"
+        if (float(shown_eig) <= float(shown_ref) / ratio) == (eig <= ref / ratio):
+            return shown_eig, shown_ref
+    return repr(eig), repr(ref)
