@@ -447,6 +447,9 @@ def resumed_with(config: RunConfig, overrides: list[str] | tuple[str, ...], run_
             raise ConfigError("epochs cannot change on resume: the run's schedule follows its length (the adversarial "
                               "phase ends after ⌊policy.adv_stop_frac · epochs⌋ epochs); start a new run for "
                               "another length")
+        if key == "data.test_size":
+            raise ConfigError("data.test_size cannot change on resume: the run's test accuracies, and its best, are "
+                              "measured on one test set; start a new run for another")
         recipe = key not in NOT_IDENTITY and any(key == k or key.startswith(f"{k}.") for k in IDENTITY_KEYS)
         if recipe:
             raise ConfigError(f"{key} is part of run {run_id}'s recipe (its checkpoints carry it), so a resume cannot "
