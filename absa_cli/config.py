@@ -506,7 +506,22 @@ def to_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
+# Numbers YAML 1.1 reads in a form the user may not mean: octal 010 = 8, sexagesimal 1:30 = 90, hex 0x10 = 16,
+# binary 0b11 = 3, and digits grouped by underscores (1_000 = 1000; 1_0.5 = 10.5).
+_YAML_NUMBER_FORMS = (
+    (re.compile(r"[+-]?0\d+"), "a number with a leading zero"),
+    (re.compile(r"[+-]?\d[\d_]*(:[0-5]?\d)+(\.\d*)?"), "a number with colons"),
+    (re.compile(r"[+-]?0x[0-9a-fA-F_]+"), "a hexadecimal number"),
+    (re.compile(r"[+-]?0b[01_]+"), "a binary number"),
+    (re.compile(r"[+-]?[\d.]*\d_[\d_.]*([eE][+-]?\d+)?"), "a number with underscores"),
+)
+
+
 def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """The command line's ``KEY=VALUE`` overrides as a config layer. A value for a text field is the text as typed
+    (YAML would read ``2024_01`` as 202401, ``10:30`` as 630, ``off`` as False; quotes still work); a number in one
+    of YAML 1.1's surprising forms is refused with its plain form."""
+    items = []
     for item in overrides:
         key, _, value = item.partition("=")
         if "=" not in item or not key:
@@ -514,25 +529,40 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         if key.strip() == "preset":  # set by `load` from the command's argument: an override would be overwritten
             raise ConfigError(f"override {item!r}: the preset is the command's first argument, not a key; write "
                               f"e.g. absa train {value or 'quickstart'}")
-        text = _expected_type(key.strip()) == "str"  # YAML reads "trial 007" as text: only a bare 007 misleads
-        tokens = [value.strip()] if text else re.split(r"[\[\]{},:\s]+", value)
-        zeroed = [t for t in tokens if re.fullmatch(r"[+-]?0\d+", t)]
-        if zeroed:  # YAML 1.1 reads 010 as octal 8 and 09 as a string
-            unzeroed = re.sub(r"(?<![0-9.])([+-]?)0+([0-9])", r"\1\2", value)
-            fix = (f"""quote it for YAML, inside the shell's quotes: '{key}="{value}"'""" if text else
-                   f"write {key}={unzeroed}")
-            raise ConfigError(f"override {item!r}: a number with a leading zero ({zeroed[0]}) is ambiguous in YAML, "
-                              f"which reads 010 as octal 8; {fix}")
-    for item in overrides:  # one at a time first, so an error names the override it comes from
+        if _expected_type(key.strip()) == "str":
+            text = value.strip()
+            quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
+            items.append(item if quoted else f"{key}='{text.replace(chr(39), chr(39) * 2)}'")  # YAML's quoting
+            continue
+        for token in re.split(r"[\[\]{},\s]+", value):
+            for form, what in _YAML_NUMBER_FORMS:
+                if form.fullmatch(token):
+                    read = "010 as octal 8" if "leading zero" in what else f"it as {yaml.safe_load(token)}"
+                    raise ConfigError(f"override {item!r}: {what} ({token}) is ambiguous in YAML, which reads "
+                                      f"{read}; write {key}={_plain_number(value)}")
+        items.append(item)
+    for item in items:  # one at a time first, so an error names the override it comes from
         try:
             OmegaConf.from_dotlist([item])
         except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
             problem = _yaml_problem(exc, item.partition("=")[2])
             raise ConfigError(f"cannot parse override {item!r}: {problem}; {_override_hint(item)}") from None
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.from_dotlist(items)
     except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {first_line(exc)}") from None
+
+
+def _plain_number(value: str) -> str:
+    """``value`` with each number in YAML 1.1's plain reading written out (0x10 → 16, 1:30 → 90, 010 → 10, as the
+    user most likely meant a leading zero)."""
+    def plain(match: re.Match) -> str:
+        token = match.group(0)
+        if re.fullmatch(r"[+-]?0\d+", token):
+            return re.sub(r"^([+-]?)0+(\d)", r"\1\2", token)
+        read = yaml.safe_load(token)
+        return str(read) if isinstance(read, (int, float)) and not isinstance(read, bool) else token
+    return re.sub(r"[^\[\]{},\s]+", plain, value)
 
 
 def _yaml_problem(exc: BaseException, value: str) -> str:

@@ -76,7 +76,11 @@ def test_invalid_values_are_config_errors():
                    "epochs=10"),
     ("seed=-07", "write seed=-7"),
     ("optim.decay_epochs=[030,060]", "write optim.decay_epochs=[30,60]"),
-    ("data.root=007", """quote it for YAML, inside the shell's quotes: 'data.root="007"'"""),
+    ("epochs=1:30", "a number with colons (1:30) is ambiguous in YAML, which reads it as 90; write epochs=90"),
+    ("optim.lr=0x10", "a hexadecimal number (0x10) is ambiguous in YAML, which reads it as 16; write optim.lr=16"),
+    ("seed=0b11", "a binary number (0b11) is ambiguous in YAML, which reads it as 3; write seed=3"),
+    ("optim.lr=1_0.5", "a number with underscores (1_0.5) is ambiguous in YAML, which reads it as 10.5"),
+    ("optim.decay_epochs=[0x1e,60]", "write optim.decay_epochs=[30,60]"),
     ("data={train_size: 010}", "write data={train_size: 10}"),
 ])
 def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, says):
@@ -92,6 +96,11 @@ def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, s
     ("data.root=007dir", "data.root", "007dir"), ("data.root=/data/007", "data.root", "/data/007"),
     ('data.root="007"', "data.root", "007"), ("probe.seed=0", "probe.seed", 0), ("optim.lr=0.005", "optim.lr", 0.005),
     ("description=trial 007", "description", "trial 007"),
+    # a text field is the text as typed: YAML 1.1 read these as 202401, 630, True, False, None and 8
+    ("logging.sample_log_dir=2024_01", "logging.sample_log_dir", "2024_01"), ("data.root=10:30", "data.root", "10:30"),
+    ("data.root=yes", "data.root", "yes"), ("description=off", "description", "off"), ("data.root=~", "data.root", "~"),
+    ("data.root=007", "data.root", "007"), ("data.root=it's", "data.root", "it's"),
+    ("optim.lr=1e-3", "optim.lr", 0.001), ("optim.lr=.1", "optim.lr", 0.1),
     ("optim.decay_epochs=[30,60]", "optim.decay_epochs", [30, 60]), ("seed=-7", "seed", -7),
 ])
 def test_values_that_only_look_like_a_leading_zero_are_taken(override, key, value):
