@@ -39,6 +39,11 @@ class ConfigError(UserError):
     """A config key, type or value that cannot be used."""
 
 
+class OtherVersionConfig(ConfigError):
+    """A saved config (a run's config.yaml) with a key this version of absa does not have: written by a newer one,
+    or by an older one before a key was renamed. Not damage: the file is as that version wrote it."""
+
+
 def _require_finite(section: Any, prefix: str) -> None:
     """Every float of every section a finite number: YAML reads ``inf`` and ``.nan``, which the range checks let
     through (``optim.lr=inf`` is > 0) and training would turn into a diverged run."""
@@ -388,7 +393,8 @@ def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
         try:
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as exc:
-            raise ConfigError(_unknown_key_message(exc, origin)) from None
+            error = OtherVersionConfig if origin == "the saved config" else ConfigError
+            raise error(_unknown_key_message(exc, origin)) from None
         except ValidationError as exc:
             raise ConfigError(_type_message(exc, origin)) from None
         except OmegaConfBaseException as exc:
@@ -421,9 +427,9 @@ def _renamed_keys(layer: Any, origin: str) -> Any:
         del layer.policy["lr_ramp_steps"]
         return layer
     if origin == "the saved config":
-        raise ConfigError("this run was saved by an earlier version of absa with policy.lr_ramp_steps (a ramp in "
-                          "updates), now policy.lr_ramp_epochs (in epochs); it cannot continue exactly: start a new "
-                          "run with policy.lr_ramp_epochs")
+        raise OtherVersionConfig("this run was saved by an earlier version of absa with policy.lr_ramp_steps (a "
+                                 "ramp in updates), now policy.lr_ramp_epochs (in epochs); it cannot continue exactly: "
+                                 "start a new run with policy.lr_ramp_epochs")
     raise ConfigError(f"policy.lr_ramp_steps (from {origin}) was replaced by policy.lr_ramp_epochs: the ramp after a "
                       f"growth is now given in epochs, e.g. policy.lr_ramp_epochs=1")
 

@@ -110,6 +110,22 @@ def test_a_resume_may_change_what_is_outside_the_recipe_and_keeps_it(finished, t
     assert epoch_records(run) == records
 
 
+@pytest.mark.parametrize("edit, says", [
+    (("lr_ramp_epochs: 0.0", "lr_ramp_steps: 5"), "saved by an earlier version of absa with policy.lr_ramp_steps"),
+    (("  stop_on_collapse: true", "  stop_on_collapse: true\n  newer_key: 3"), "unknown config key 'policy.newer_key'"),
+])
+def test_a_run_written_by_another_version_is_not_called_damaged(finished, tmp_path, edit, says):
+    """Its config.yaml is as that version wrote it: "damaged ... restore the file from a copy" sent users looking
+    for a copy of a good file (review)."""
+    run = _copy_run(finished[0], tmp_path)
+    run.write_info(status="interrupted")
+    run.config_path.write_text(run.config_path.read_text().replace(*edit))
+    result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
+    assert_user_error(result, f"run {run.id} cannot continue with this version of absa: {run.config_path} was "
+                              f"written by another version of absa (", says, "resume it with the version that made it")
+    assert "damaged" not in result.stderr
+
+
 def test_resume_with_no_checkpoint_yet_starts_over(finished, tmp_path, one_thread):
     source, final_model, records = finished
     run = _copy_run(source, tmp_path)

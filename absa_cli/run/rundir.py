@@ -37,6 +37,7 @@ class Status(str, enum.Enum):
 
 
 STATUSES = tuple(status.value for status in Status)
+OTHER_VERSION = "was written by another version of absa"  # a config.yaml that is not damage: see damage()
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -237,6 +238,8 @@ class RunDir:
             return config_mod.from_yaml(self.config_path.read_text()), None
         except OSError as exc:
             problem = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
+        except config_mod.OtherVersionConfig as exc:
+            problem = f"{OTHER_VERSION} ({exc})"
         except config_mod.ConfigError as exc:
             problem = f"is not a valid config ({exc})"
         return None, f"{self.config_path} {problem}"
