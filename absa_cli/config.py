@@ -363,7 +363,7 @@ def load(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Schema defaults < preset YAML < ``KEY=VALUE`` overrides, validated; ``ConfigError`` on any problem."""
     layers = [(OmegaConf.load(_preset_path(preset)), f"preset {preset}"),
               (_parse_overrides(overrides), "the command line")]
-    config = from_layers(layers)
+    config = from_layers(layers, _typed(overrides))
     config.preset = preset
     return config
 
@@ -384,8 +384,14 @@ def from_yaml(text: str) -> RunConfig:
     return from_layers([(layer, "the saved config")])
 
 
-def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
-    """Merge ``(layer, origin)`` pairs over the schema, lowest precedence first, and validate."""
+def _typed(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Each override's value as the user typed it, by key: what an error quotes (YAML's reading may differ)."""
+    return {key.strip(): value.strip() for key, _, value in (item.partition("=") for item in overrides)}
+
+
+def from_layers(layers: list[tuple[Any, str]], typed: dict[str, str] | None = None) -> RunConfig:
+    """Merge ``(layer, origin)`` pairs over the schema, lowest precedence first, and validate; ``typed``: the
+    command line's values as typed, by key, for the messages."""
     merged: DictConfig = OmegaConf.structured(RunConfig)
     OmegaConf.set_struct(merged, True)
     for layer, origin in layers:
@@ -396,7 +402,7 @@ def from_layers(layers: list[tuple[Any, str]]) -> RunConfig:
             error = OtherVersionConfig if origin == "the saved config" else ConfigError
             raise error(_unknown_key_message(exc, origin)) from None
         except ValidationError as exc:
-            raise ConfigError(_type_message(exc, origin)) from None
+            raise ConfigError(_type_message(exc, origin, typed or {})) from None
         except OmegaConfBaseException as exc:
             raise ConfigError(f"invalid config (from {origin}): {first_line(exc)}") from None
         except TypeError:  # OmegaConf merging a list into a mapping or the reverse: optim.decay_epochs[0]=5
@@ -466,7 +472,8 @@ def resumed_with(config: RunConfig, overrides: list[str] | tuple[str, ...], run_
 def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...], origin: str) -> RunConfig:
     """``config`` (from ``origin``, e.g. a run's config.yaml) with the command line's ``KEY=VALUE`` overrides,
     validated as ``load`` validates them; a new config either way."""
-    changed = from_layers([(OmegaConf.structured(config), origin), (_parse_overrides(overrides), "the command line")])
+    changed = from_layers([(OmegaConf.structured(config), origin), (_parse_overrides(overrides), "the command line")],
+                          _typed(overrides))
     changed.preset = config.preset
     return changed
 
@@ -609,18 +616,20 @@ def _keys_under(parent: str) -> list[str]:
     return [str(key) for key in node.keys()]
 
 
-def _type_message(exc: ValidationError, origin: str) -> str:
+def _type_message(exc: ValidationError, origin: str, typed: dict[str, str]) -> str:
     if not (exc.full_key or exc.key):  # a whole section given a scalar, e.g. optim=3
         return f"invalid config (from {origin}): {first_line(exc)}; set keys inside a section, e.g. optim.lr=0.1"
     key = str(exc.full_key or exc.key)
     expected = _expected_type(key)
-    value = first_line(exc).split("'")[1] if "'" in str(exc) else getattr(exc, "value", None)
+    value = typed.get(key.split("[")[0], getattr(exc, "value", None))  # the text typed, not YAML's reading of it
+    shown = f"{value!r}" + (", which YAML reads as nothing (null)" if value in ("null", "~", "", "Null", "NULL")
+                            else "")
     example = {"int": "3", "float": "0.1", "bool": "true", "str": "name", "list[int]": "[30,60]"}.get(expected)
     hint_key = key
     if "[" in key:  # a list element: show how to write the whole list
         hint_key, example = key.split("[")[0], "[30,60]"
     hint = f"; write e.g. {hint_key}={example}" if example else ""
-    return f"config key {key!r} expects {expected}, got {value!r} (from {origin}){hint}"
+    return f"config key {key!r} expects {expected}, got {shown} (from {origin}){hint}"
 
 
 def _expected_type(full_key: str) -> str:

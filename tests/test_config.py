@@ -45,6 +45,16 @@ def test_wrong_type_names_key_expected_type_and_value():
         config_mod.load("c1-cifar10", ["optim.lr=fast"])
 
 
+@pytest.mark.parametrize("override, got", [  # each quoted something else: the key, '{', '1000.0' (review)
+    ("optim.decay_epochs=null", "got 'null', which YAML reads as nothing (null) (from the command line)"),
+    ("optim.lr={a:1}", "got '{a:1}' (from"), ("seed=1e3", "got '1e3' (from"),
+])
+def test_a_wrong_type_quotes_the_value_as_typed(override, got):
+    with pytest.raises(ConfigError) as info:
+        config_mod.load("c1-cifar10", [override])
+    assert got in str(info.value)
+
+
 def test_invalid_values_are_config_errors():
     with pytest.raises(ConfigError, match="optim.lr_scaling='cubic'"):
         config_mod.load("c1-cifar10", ["optim.lr_scaling=cubic"])
