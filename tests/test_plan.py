@@ -209,6 +209,22 @@ def test_a_profile_with_impossible_numbers_is_one_line(tmp_path, key, value, say
                       f"the profile {damaged} is damaged ({says}, which no timing gives)")
 
 
+def test_a_profile_made_on_one_worker_is_noted_where_more_workers_are_planned(tmp_path):
+    """It timed no all-reduce (bandwidth null): its times for 2+ workers leave the communication out, and nothing
+    said so (review)."""
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps({**json.loads(open(H100).read()), "allreduce_bandwidth": None,
+                                  "allreduce_bandwidth_inter": None}))
+    args = ["plan", "resnet18-imagenet", "--profile", str(single), "--json"]
+    many = json.loads(runner.invoke(app, [*args, "--max-gpus", "8"]).stdout)["time"]["note"]
+    assert many == ("note: the profile timed no all-reduce (it was made on one worker): its times for 2 to 8 workers "
+                    "leave the communication out; for them make one with `absa calibrate resnet18-imagenet "
+                    "--max-gpus 8`")
+    assert json.loads(runner.invoke(app, [*args, "--max-gpus", "1"]).stdout)["time"]["note"] is None
+    assert json.loads(runner.invoke(app, ["plan", "resnet18-imagenet", "--profile", H100, "--max-gpus", "8",
+                                          "--json"]).stdout)["time"]["note"] is None  # timed on 64 H100s
+
+
 # ------------------------------------------------------------------------------------ the LR, as the run gets it
 
 def _driven(config, eigenvalues, num_samples):
@@ -301,7 +317,8 @@ def _profile(tmp_path, timed: str) -> str:
     from absa_cli.run import profile as profiles
 
     path = tmp_path / "p.json"
-    profiles.save(StepModel(model=timed, device="cpu", gradient_bytes=4_000, compute_s=(1e-3, 1e-4)), path)
+    profiles.save(StepModel(model=timed, device="cpu", gradient_bytes=4_000, compute_s=(1e-3, 1e-4),
+                            allreduce_bandwidth=1e9), path)  # timed on two workers
     return str(path)
 
 

@@ -55,6 +55,13 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
         from absa_cli.run.tensorboard import check_available
 
         check_available()  # before any run directory or cluster exists
+    if config.cluster.profile:
+        from absa_cli.run import profile
+
+        note = profile.untimed_communication(profile.load(config.cluster.profile), config.cluster.max_workers,
+                                             config.preset)
+        if note:  # the group would always grow: more workers look free
+            typer.echo(note, err=True)
     if local:
         from absa_cli.driver.local_group import LocalGroup  # torch import: only once the config is known good
         from absa_cli.decide.policy import check_batch_fits, training_set_notes

@@ -101,8 +101,11 @@ def _time(config, model, bounds, num_samples: int, spec, max_workers: int,
     test_samples = config.data.test_size or spec.num_test
     cases = time_cases(config, model, {"fastest": bounds.fastest, "slowest": bounds.slowest}, num_samples,
                        test_samples, max_workers)
+    from absa_cli.run.profile import untimed_communication
+
+    notes = [_profile_note(config, model, overrides), untimed_communication(model, max_workers, config.preset)]
     return {"profile": model.describe(), "sources": list(model.sources), "cases": cases,
-            "note": _profile_note(config, model, overrides)}
+            "note": "\n".join(note for note in notes if note) or None}  # a line each
 
 
 def _profile_note(config, model, overrides: list[str] | tuple[str, ...]) -> str | None:

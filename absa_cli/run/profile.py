@@ -38,3 +38,13 @@ def mismatch(model: StepModel, config: RunConfig) -> str | None:
     if model.model == planned:
         return None
     return f"the profile times {model.model}, but this config trains {planned}"
+
+
+def untimed_communication(model: StepModel, max_workers: int, preset: str) -> str | None:
+    """A note where ``model`` timed no all-reduce (a profile made on one worker: bandwidth infinite) but is used for
+    more than one worker: its times there leave the communication out, so more workers always look faster."""
+    if max_workers < 2 or model.allreduce_bandwidth != float("inf"):
+        return None
+    return (f"note: the profile timed no all-reduce (it was made on one worker): its times for 2 to {max_workers} "
+            f"workers leave the communication out; for them make one with `absa calibrate {preset or 'PRESET'} "
+            f"--max-gpus {max_workers}`")
