@@ -192,7 +192,8 @@ class PolicyConfig:
         _require(self.max_global_batch > 0, f"policy.max_global_batch must be > 0, got {self.max_global_batch}")
         _require(self.lr_ramp_epochs >= 0, f"policy.lr_ramp_epochs must be >= 0, got {self.lr_ramp_epochs}")
         _require(0 <= self.adv_ratio < 1, f"policy.adv_ratio must be in [0, 1), got {self.adv_ratio}")
-        _require(self.adv_eps >= 0, f"policy.adv_eps must be >= 0, got {self.adv_eps}")
+        _require(not math.isfinite(self.adv_eps) or 0 <= self.adv_eps <= 1,  # inf: the finite check names it
+                 f"policy.adv_eps is in [0, 1] pixel units (the paper's 0.005), got {self.adv_eps}")
         _require(0 <= self.adv_stop_frac <= 1, f"policy.adv_stop_frac must be in [0, 1], got {self.adv_stop_frac}")
 
 

@@ -103,7 +103,7 @@ def test_a_profile_from_a_run_names_the_devices_the_run_trained_on(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["calibrate"], "give a preset to time, or --from-run RUN"),
+    (["calibrate"], "give a preset to time, or --from-run RUN to fit a run's records"),
     (["calibrate", "quickstart", "--from-run", "x"], "not both"),
     (["calibrate", "--from-run", "../x"], "is not a plain name"),
     (["calibrate", "quickstart", "epochs=0", "--local"], "epochs must be > 0"),

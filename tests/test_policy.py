@@ -110,6 +110,8 @@ def test_duration_fallback():
                                   "/ policy.eig_ratio=2; λ_ref 5 kept (a fallback growth leaves it)"
     assert (decisions[3].growth, decisions[3].epochs_early) == ("fallback", 0)
     assert decisions[4].reason.endswith("(epoch 1 of policy.duration=3)")
+    one = trajectory(make_config({"name": "abs", "duration": 1}), [5.0, 5.0])
+    assert one[2].reason.startswith("batch 256→512: 1 epoch without growth (policy.duration=1)")  # was "1 epochs"
     assert decisions[6].growth == "curvature" and "λ_ref 5 / policy.eig_ratio=2" in decisions[6].reason
     assert decisions[6].epochs_early == 0  # the third epoch after the fallback growth: the fallback's own epoch
 

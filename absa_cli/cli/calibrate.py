@@ -50,7 +50,8 @@ def calibrate(
 
     with user_errors(), interrupted("interrupted; no profile was written"):
         if (preset is None) == (from_run is None):
-            raise UserError("give a preset to time, or --from-run RUN to fit a run's records (not both)")
+            both = " (not both)" if preset is not None else ""
+            raise UserError(f"give a preset to time, or --from-run RUN to fit a run's records{both}")
         timing = [name for name, given in (("--local", local), ("--address", address is not None),
                                            ("--max-gpus", max_gpus is not None), ("KEY=VALUE", bool(overrides)))
                   if given]

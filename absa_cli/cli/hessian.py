@@ -87,7 +87,7 @@ def hessian(
         model = hessian_mod.rebuild_model(config, state, fix)  # checks that the weights fit, in one clear line
         max_iter_used = hessian_mod.check_against_model(options, model)
         for problem in skipped:
-            typer.echo(f"checkpoint: {problem}", err=True)
+            typer.echo(problem if problem.startswith("checkpoint ") else f"checkpoint: {problem}", err=True)
         if found_in is not None:
             typer.echo(f"reading {checkpoint}, the newest good checkpoint in {found_in}", err=True)
         typer.echo(f"checkpoint of: {checkpoint_mod.owner_line(state)}", err=True)  # before the long part

@@ -140,7 +140,8 @@ class AdaptivePolicy(BasePolicy):
                 measured = compared.format(">")
         if s.epochs_since_growth >= p.duration:
             kept = "" if s.eig_ref is None else f"; λ_ref {s.eig_ref:.3g} kept (a fallback growth leaves it)"
-            return FALLBACK, (f"batch {batch}→{target}: {s.epochs_since_growth} epochs without growth "
+            waited = f"{s.epochs_since_growth} epoch{'s' if s.epochs_since_growth != 1 else ''}"
+            return FALLBACK, (f"batch {batch}→{target}: {waited} without growth "
                               f"(policy.duration={p.duration}); {measured}{kept}")
         return None, f"batch {batch} kept: {measured} ({waited})"
 
