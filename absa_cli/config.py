@@ -400,8 +400,9 @@ def from_layers(layers: list[tuple[Any, str]], typed: dict[str, str] | None = No
         try:
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as exc:
-            error = OtherVersionConfig if origin == "the saved config" else ConfigError
-            raise error(_unknown_key_message(exc, origin)) from None
+            message = _unknown_key_message(exc, origin)  # in a saved config, a key close to one of ours is a typo
+            other = origin == "the saved config" and "did you mean" not in message  # of a hand edit: damage
+            raise (OtherVersionConfig if other else ConfigError)(message) from None
         except ValidationError as exc:
             raise ConfigError(_type_message(exc, origin, typed or {})) from None
         except OmegaConfBaseException as exc:
@@ -522,13 +523,23 @@ def to_yaml(config: RunConfig) -> str:
 
 # Numbers YAML 1.1 reads in a form the user may not mean: octal 010 = 8, sexagesimal 1:30 = 90, hex 0x10 = 16,
 # binary 0b11 = 3, and digits grouped by underscores (1_000 = 1000; 1_0.5 = 10.5).
-_YAML_NUMBER_FORMS = (
-    (re.compile(r"[+-]?0\d+"), "a number with a leading zero"),
+_LEADING_ZERO = re.compile(r"[+-]?0\d+")
+_YAML_NUMBER_FORMS = (  # checked for numeric keys only, and only where YAML does read a number
     (re.compile(r"[+-]?\d[\d_]*(:[0-5]?\d)+(\.\d*)?"), "a number with colons"),
-    (re.compile(r"[+-]?0x[0-9a-fA-F_]+"), "a hexadecimal number"),
-    (re.compile(r"[+-]?0b[01_]+"), "a binary number"),
+    (re.compile(r"[+-]?0x_*[0-9a-fA-F][0-9a-fA-F_]*"), "a hexadecimal number"),
+    (re.compile(r"[+-]?0b_*[01][01_]*"), "a binary number"),
     (re.compile(r"[+-]?[\d.]*\d_[\d_.]*([eE][+-]?\d+)?"), "a number with underscores"),
 )
+_NUMERIC = ("int", "float", "list[int]", "list[float]")
+
+
+def _yaml_number(token: str) -> int | float | None:
+    """The number YAML 1.1 reads ``token`` as, or None (not a number, or not YAML at all)."""
+    try:
+        read = yaml.safe_load(token)
+    except (yaml.YAMLError, ValueError):
+        return None
+    return read if isinstance(read, (int, float)) and not isinstance(read, bool) else None
 
 
 def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
@@ -543,17 +554,18 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         if key.strip() == "preset":  # set by `load` from the command's argument: an override would be overwritten
             raise ConfigError(f"override {item!r}: the preset is the command's first argument, not a key; write "
                               f"e.g. absa train {value or 'quickstart'}")
-        if _expected_type(key.strip()) == "str":
-            text = value.strip()
-            quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
-            items.append(item if quoted else f"{key}='{text.replace(chr(39), chr(39) * 2)}'")  # YAML's quoting
+        expected, text = _expected_type(key.strip()), value.strip()
+        if expected == "str" and not text.startswith(("'", '"')):  # a quoted value is YAML's (an unclosed quote too)
+            items.append(f"{key}='{text.replace(chr(39), chr(39) * 2)}'")  # YAML's quoting of the text as typed
             continue
         for token in re.split(r"[\[\]{},\s]+", value):
-            for form, what in _YAML_NUMBER_FORMS:
-                if form.fullmatch(token):
-                    read = "010 as octal 8" if "leading zero" in what else f"it as {yaml.safe_load(token)}"
-                    raise ConfigError(f"override {item!r}: {what} ({token}) is ambiguous in YAML, which reads "
-                                      f"{read}; write {key}={_plain_number(value)}")
+            if expected != "str" and _LEADING_ZERO.fullmatch(token):
+                raise ConfigError(f"override {item!r}: a number with a leading zero ({token}) is ambiguous in YAML, "
+                                  f"which reads 010 as octal 8; write {key}={_plain_number(value)}")
+            for form, what in _YAML_NUMBER_FORMS if expected in _NUMERIC else ():
+                if form.fullmatch(token) and _yaml_number(token) is not None:
+                    raise ConfigError(f"override {item!r}: {what} ({token}) is ambiguous in YAML, which reads it "
+                                      f"as {_yaml_number(token)}; write {key}={_plain_number(value)}")
         items.append(item)
     for item in items:  # one at a time first, so an error names the override it comes from
         try:
@@ -572,10 +584,10 @@ def _plain_number(value: str) -> str:
     user most likely meant a leading zero)."""
     def plain(match: re.Match) -> str:
         token = match.group(0)
-        if re.fullmatch(r"[+-]?0\d+", token):
+        if _LEADING_ZERO.fullmatch(token):
             return re.sub(r"^([+-]?)0+(\d)", r"\1\2", token)
-        read = yaml.safe_load(token)
-        return str(read) if isinstance(read, (int, float)) and not isinstance(read, bool) else token
+        read = _yaml_number(token)
+        return token if read is None else str(read)
     return re.sub(r"[^\[\]{},\s]+", plain, value)
 
 

@@ -129,6 +129,8 @@ def test_a_run_that_diverges_is_recorded_as_stopped_and_the_others_go_on(iterati
     assert [(r["policy"], r["seed"], r["stopped"] is None) for r in runs] == [
         ("fixed", 0, True), ("absa[hot]", 0, False), ("fixed", 1, True), ("absa[hot]", 1, False)]
     assert all(r["stopped"].startswith("training diverged") for r in runs if r["stopped"])
+    # the epoch that stopped trained at a batch no record names: it is the schedule's last
+    assert all((r["batches"], r["final_global_batch"]) == ([64], 64) for r in runs if r["stopped"])
     assert "| absa[hot] | 0 (+2 stopped) | — |" in printed
     assert "| absa[hot] | 0 | diverged in epoch 1 | 0.00 | — | 0 |" in printed
     assert "[2/4] absa[hot] seed 0: training diverged: " in printed

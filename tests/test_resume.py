@@ -122,8 +122,19 @@ def test_a_run_written_by_another_version_is_not_called_damaged(finished, tmp_pa
     run.config_path.write_text(run.config_path.read_text().replace(*edit))
     result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
     assert_user_error(result, f"run {run.id} cannot continue with this version of absa: {run.config_path} was "
-                              f"written by another version of absa (", says, "resume it with the version that made it")
+                              f"written by another version of absa (", says, "use the absa version that made it")
     assert "damaged" not in result.stderr
+    listed = runner.invoke(app, ["runs", "list", "--runs-dir", str(run.path.parent)]).stdout
+    assert "other absa version" in listed and "damaged" not in listed
+
+
+def test_a_typo_of_a_hand_edit_in_config_yaml_is_damage(finished, tmp_path):
+    run = _copy_run(finished[0], tmp_path)
+    run.write_info(status="interrupted")
+    run.config_path.write_text(run.config_path.read_text().replace("  lr: ", "  lrr: ", 1))
+    assert_user_error(runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)]),
+                      f"run {run.id} is damaged: {run.config_path} is not a valid config (unknown config key "
+                      f"'optim.lrr'", "did you mean 'optim.lr'?", "restore the file from a copy")
 
 
 def test_resume_with_no_checkpoint_yet_starts_over(finished, tmp_path, one_thread):

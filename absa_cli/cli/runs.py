@@ -20,9 +20,12 @@ def _status(run) -> str:
     """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``."""
     from absa_cli.run import lock
 
+    from absa_cli.run.rundir import OTHER_VERSION
+
     status = run.info().get("status", "?")
-    if status != "damaged" and run.damage():
-        return "damaged"
+    damage = run.damage() if status != "damaged" else None
+    if damage:  # a config.yaml another absa version wrote is not damage: it just cannot continue here
+        return "other absa version" if OTHER_VERSION in damage else "damaged"
     if status == "running":
         holder = lock.read(run.lock_path)
         if holder is None or lock.is_stale(holder):
@@ -74,7 +77,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
     console = Console(width=200, highlight=False)
     damage = run.damage()
     if damage:  # listed by `absa runs list`, so shown here: what is wrong, and what is left
-        console.print(f"[bold]run[/] {run.id}  [bold]status[/] damaged: {damage}")
+        console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}: {damage}")
         console.print(_history_table(records))
         console.print(_checkpoint_table(run))
         return

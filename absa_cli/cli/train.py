@@ -187,14 +187,11 @@ def _refuse_damaged(run) -> None:
     """A run whose run.json or config.yaml is damaged is not continued: resuming would rewrite run.json without
     what it held (the run's uid, which its checkpoints name) or train a config that is not the run's."""
     from absa_cli.errors import UserError
-    from absa_cli.run.rundir import OTHER_VERSION
+    from absa_cli.run.rundir import unusable
 
     damage = run.damage()
-    if damage and OTHER_VERSION in damage:  # the file is as that version wrote it: not damage
-        raise UserError(f"run {run.id} cannot continue with this version of absa: {damage}; resume it with the "
-                        f"version that made it, or start a new run")
     if damage:
-        raise UserError(f"run {run.id} is damaged: {damage}; restore the file from a copy, or start a new run")
+        raise UserError(unusable(run.id, damage))
 
 
 def _apply_workers(config, max_gpus: int | None, local: bool) -> None:

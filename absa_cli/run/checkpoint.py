@@ -91,11 +91,15 @@ def _load_unverified(path: Path) -> dict[str, Any]:
 
     import torch
 
-    with open(path, "rb") as file:
-        if file.read(2) != b"PK":  # torch.save writes a zip archive
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+        if head.strip(b"\0") == b"":  # a write cut short by a crash or a full disk
+            raise CheckpointError(f"checkpoint {path} cannot be loaded safely: it is empty (or zeros): a write was "
+                                  f"cut short; use an older checkpoint")
+        if head[:2] != b"PK":  # torch.save writes a zip archive
             raise CheckpointError(f"checkpoint {path} cannot be loaded safely: it is not a PyTorch checkpoint "
                                   f"archive; pass a .pt file from a run's checkpoints/ folder, or the run's folder")
-    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never repeated here
         refused = _REFUSED.search(str(exc))
@@ -103,7 +107,9 @@ def _load_unverified(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {what}, which absa's safe load "
                               f"(weights_only) refuses; absa writes only tensors and plain data, so it is not an "
                               f"absa checkpoint or was altered") from None
-    except Exception as exc:  # RuntimeError, EOFError, ... for a damaged archive
+    except CheckpointError:
+        raise
+    except Exception as exc:  # RuntimeError, EOFError, OSError, ... for a damaged archive or an unreadable file
         reason = first_line(exc, limit=200).split(". ")[0]  # torch's first sentence; the rest is advice
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({reason}); "
                               f"it is truncated, corrupted or not an absa checkpoint") from None

@@ -222,7 +222,7 @@ class RunDir:
         """The run's saved config; one line naming the damage if it is missing or unreadable."""
         config, problem = self._read_config()
         if config is None:
-            raise UserError(f"run {self.id} is damaged: {problem}; start a new run, or restore the file from a copy")
+            raise UserError(unusable(self.id, problem))
         return config
 
     def damage(self) -> str | None:
@@ -287,6 +287,15 @@ class RunDir:
 
     def finish(self, status: Status, **fields: Any) -> None:
         self.write_info(status=status, ended_at=_now(), **fields)
+
+
+def unusable(run_id: str, problem: str) -> str:
+    """The line for a run that cannot continue, from its ``damage()``: a file as another absa version wrote it is not
+    damage, and restoring it from a copy would not help."""
+    if OTHER_VERSION in problem:
+        return (f"run {run_id} cannot continue with this version of absa: {problem}; use the absa version that made "
+                f"it, or start a new run")
+    return f"run {run_id} is damaged: {problem}; restore the file from a copy, or start a new run"
 
 
 def _now() -> str:
