@@ -172,3 +172,28 @@ def _press(Controller, deliver) -> None:
         assert (controller.stops, raised, controller.abort_signal) == (
             [signal.SIGINT], aborted, signal.SIGINT if aborted else None), times
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_the_wakeup_fd_is_put_back_unless_a_library_set_its_own_meanwhile():
+    import os
+
+    from absa_cli.cli.driver import _Signals
+
+    class Controller:
+        abort_signal = None
+
+        def request_stop(self, signum):
+            pass
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        with _Signals(Controller()).installed():
+            pass
+        assert signal.set_wakeup_fd(-1) == -1  # none before, none after
+        with _Signals(Controller()).installed():
+            signal.set_wakeup_fd(write)  # e.g. an event loop started in the main thread
+        assert signal.set_wakeup_fd(-1) == write  # it keeps it
+    finally:
+        os.close(read)
+        os.close(write)

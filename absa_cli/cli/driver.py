@@ -197,7 +197,9 @@ class _Signals:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            signal.set_wakeup_fd(woken)
+            replaced = signal.set_wakeup_fd(woken)
+            if replaced != write:  # another library set its own since: it keeps it
+                signal.set_wakeup_fd(replaced)
             self.wakeup = None
             os.close(read)
             os.close(write)
