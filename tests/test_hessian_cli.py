@@ -79,6 +79,15 @@ def test_json_is_one_object_with_the_contract_fields(trained_checkpoint):
     assert power["top_eigenvalues"][0] <= eigenvalues[0] * (1 + 1e-6), (power["top_eigenvalues"], eigenvalues)
 
 
+def test_fewer_samples_than_asked_for_are_noted(trained_checkpoint):
+    result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--json", "--batch-size", "200",
+                                 "--num-batches", "2", "--max-iter", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_samples"] == 256  # TINY's training set
+    assert ("note: --batch-size 200 × --num-batches 2 asks for 400 samples; the training set has 256: all of them "
+            "were used") in result.stderr
+
+
 def test_table_and_plot(trained_checkpoint, tmp_path):
     png = tmp_path / "density.png"
     result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--plot", str(png), "--per-layer", *FAST])

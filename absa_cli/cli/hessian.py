@@ -119,6 +119,11 @@ def hessian(
     else:
         _print(result)
     _warn_unconverged(result)
+    asked = options.batch_size * options.num_batches
+    if result["num_samples"] < asked:  # the probe draws from the training set, which had fewer
+        typer.echo(f"note: --batch-size {options.batch_size} × --num-batches {options.num_batches} asks for "
+                   f"{asked:,} samples; the training set has {result['num_samples']:,}: all of them were used",
+                   err=True)
     if plot_error is not None:  # after the numbers
         typer.echo(f"error: {plot_error}", err=True)
         raise typer.Exit(2)
