@@ -131,6 +131,16 @@ def test_plan_notes_batches_whose_epochs_drop_a_large_tail():
     assert json.loads(runner.invoke(app, ["plan", "quickstart", "--json"]).stdout)["notes"] == []  # 8,192: none
 
 
+def test_a_probe_larger_than_the_training_set_is_noted():
+    notes = json.loads(runner.invoke(app, ["plan", "quickstart", "data.train_size=512", "probe.batch_size=1024",
+                                           "policy.max_global_batch=512", "--json"]).stdout)["notes"]
+    assert ("note: the curvature probe asks for probe.batch_size × probe.num_batches = 1024 samples, more than the "
+            "512 training samples: it reads all 512") in notes
+    assert not json.loads(runner.invoke(app, ["plan", "quickstart", "data.train_size=512", "probe.batch_size=1024",
+                                              "policy.max_global_batch=512", "policy.name=fixed",
+                                              "--json"]).stdout)["notes"]  # fixed never probes
+
+
 def test_a_train_size_above_the_split_is_noted_where_it_was_silently_cut():
     plan = json.loads(runner.invoke(app, ["plan", "alexnet-svhn", "data.train_size=1000000", "--json"]).stdout)
     assert plan["notes"][0] == ("note: data.train_size=1000000 is more than the 73257 samples svhn's train split "

@@ -153,6 +153,10 @@ def training_set_notes(config: RunConfig, num_train_samples: int, threshold: flo
     if config.data.train_size > num_train_samples:
         notes.append(f"note: data.train_size={config.data.train_size} is more than the {num_train_samples} samples "
                      f"{config.data.name}'s {config.data.train_split} split holds: all {num_train_samples} are used")
+    probed = config.probe.batch_size * config.probe.num_batches
+    if config.policy.name in ("absa", "abs") and probed > num_train_samples:
+        notes.append(f"note: the curvature probe asks for probe.batch_size × probe.num_batches = {probed} samples, "
+                     f"more than the {num_train_samples} training samples: it reads all {num_train_samples}")
     for batch in reachable_batches(config):
         dropped = num_train_samples % batch
         if dropped > threshold * num_train_samples:
