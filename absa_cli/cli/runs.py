@@ -19,7 +19,6 @@ RunsDir = Annotated[Optional[Path], typer.Option(
 def _status(run) -> str:
     """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``."""
     from absa_cli.run import lock
-
     from absa_cli.run.rundir import OTHER_VERSION
 
     status = run.info().get("status", "?")
