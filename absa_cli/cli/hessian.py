@@ -146,7 +146,7 @@ def _config_for(checkpoint: Path, state: dict, preset: str | None, overrides: li
     trained = state.get("preset") if isinstance(state.get("preset"), str) and state.get("preset") else None
     saved = checkpoint.resolve().parent.parent / "config.yaml"
     fix = f"pass the preset and the KEY=VALUE overrides it was trained with: --preset {trained or 'NAME'} KEY=VALUE ..."
-    damaged = ""
+    base, damaged = None, ""  # the run's own config.yaml, read; or why it could not be
     if preset is None and checkpoint.resolve().parent.name == "checkpoints" and saved.is_file():
         try:
             base = config_mod.from_yaml(saved.read_text())
@@ -157,7 +157,7 @@ def _config_for(checkpoint: Path, state: dict, preset: str | None, overrides: li
             damaged = f" ({damaged})"
     if preset is not None:
         config, source = config_mod.load(preset, overrides), " ".join([f"preset {preset}", *overrides])
-    elif saved.is_file() and checkpoint.resolve().parent.name == "checkpoints" and not damaged:
+    elif base is not None:
         config = config_mod.with_overrides(base, overrides, "its run's config")
         source = " ".join([f"its run's {saved}", *overrides])
     elif recipe is not None and trained is not None:

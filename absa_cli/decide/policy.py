@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from absa_cli.config import ConfigError, RunConfig
 
+ADAPTIVE_POLICIES = ("absa", "abs")  # the policies the curvature probe steers; the others never probe
+
 
 @dataclass(frozen=True)
 class EpochMeasurements:
@@ -105,7 +107,7 @@ def make_policy(config: RunConfig) -> Policy:
     from absa_cli.decide.baselines import FixedLargePolicy, FixedPolicy
 
     name = config.policy.name
-    if name in ("absa", "abs"):
+    if name in ADAPTIVE_POLICIES:
         return AdaptivePolicy(config)
     if name == "fixed":
         return FixedPolicy(config)
@@ -154,7 +156,7 @@ def training_set_notes(config: RunConfig, num_train_samples: int, threshold: flo
         notes.append(f"note: data.train_size={config.data.train_size} is more than the {num_train_samples} samples "
                      f"{config.data.name}'s {config.data.train_split} split holds: all {num_train_samples} are used")
     probed = config.probe.batch_size * config.probe.num_batches
-    if config.policy.name in ("absa", "abs") and probed > num_train_samples:
+    if config.policy.name in ADAPTIVE_POLICIES and probed > num_train_samples:
         notes.append(f"note: the curvature probe asks for probe.batch_size × probe.num_batches = {probed} samples, "
                      f"more than the {num_train_samples} training samples: it reads all {num_train_samples}")
     for batch in reachable_batches(config):
