@@ -22,9 +22,12 @@ time is not.
 
 Reported per contender: final test accuracy (after the last epoch), SGD updates, final global batch (the batch the
 last epoch trained at), the growths by cause (curvature earlier than the ``policy.duration`` fallback would have
-grown, curvature on the fallback's own epoch, fallback), wall time (``Controller.run_all``: training, evaluation, probes, checkpoints; not building
-the data and model); mean ± sample std over seeds. The accuracy difference to ``fixed`` is paired by seed (same
-init, same order). For absa and abs the envelope ``absa plan`` computes is printed too: the fewest and the most
+grown, curvature on the fallback's own epoch, fallback), wall time (``Controller.run_all``: training, evaluation,
+probes, checkpoints; not building the data and model); mean ± sample std over seeds. The accuracy difference to
+``fixed`` is paired by seed (same init, same order), with the standard error the test set's size alone puts on it:
+each run's last checkpoint classifies the test set once more (checked against its recorded accuracy), and the
+samples two paired runs classify differently give that error (``paired_error``; 1,000 test samples resolve a few
+tenths of a point, not less). For absa and abs the envelope ``absa plan`` computes is printed too: the fewest and the most
 updates the ABS rule allows on this config (growth at every probe vs growth only by the ``policy.duration``
 fallback), which bounds the update ratio whatever the curvature does.
 
@@ -177,7 +180,55 @@ def run_one(config: Any, runs_root: Path) -> dict[str, Any]:
             "final_test_acc": epochs[-1]["test_acc"] if epochs else 0.0, "best_test_acc": summary["best_test_acc"],
             "updates": summary["updates"], "final_global_batch": batches[-1], "batches": batches,
             "wall_s": summary["wall_s"], "setup_and_run_s": time.perf_counter() - started,
-            "probe_s": sum(r["probe_s"] for r in epochs), "run_id": run.id, "epochs": epochs, "stopped": stopped}
+            "probe_s": sum(r["probe_s"] for r in epochs), "run_id": run.id, "epochs": epochs, "stopped": stopped,
+            "test_correct": None if stopped else test_correct(config, run, epochs[-1]["test_acc"])}
+
+
+def test_correct(config: Any, run: Any, recorded_acc: float) -> str:
+    """Which test samples the run's final weights classify correctly, one character per sample ('1': correct), from
+    its last checkpoint, checked against the accuracy the run recorded. Two runs' strings give the samples they
+    classify differently, and with them the test sample's own error of their accuracy difference
+    (``paired_error``)."""
+    import torch
+
+    from absa_cli.data import open_split
+    from absa_cli.run.checkpoint import CheckpointStore
+    from absa_cli.worker.hessian import rebuild_model
+
+    found = CheckpointStore(run.checkpoints_dir).latest(report=print)
+    if found is None or found[0].epoch != config.epochs:
+        raise RuntimeError(f"run {run.id} left no checkpoint of its last epoch ({config.epochs})")
+    model = rebuild_model(config, found[1]).eval()
+    test_set = open_split(config.data, "test")
+    hits = []
+    with torch.no_grad():
+        for batch in torch.split(torch.arange(len(test_set)), config.eval.batch_size):
+            inputs, labels = test_set.get_batch(batch, None)
+            hits.append(model(inputs).argmax(dim=1) == labels)
+    correct = torch.cat(hits)
+    if round(correct.sum().item()) != round(recorded_acc * len(correct)):
+        raise RuntimeError(f"run {run.id}: its last checkpoint classifies {correct.sum().item()} of {len(correct)} "
+                           f"test samples correctly, where its last epoch recorded {recorded_acc:.4f}")
+    return "".join("1" if hit else "0" for hit in correct.tolist())
+
+
+def paired_error(mine: list[str], theirs: list[str]) -> tuple[float, list[tuple[int, int]]]:
+    """The standard error, over the test sample, of the mean paired accuracy difference of two policies' runs
+    (``test_correct`` strings, one per seed, in the same order), and each pair's counts (samples only the first
+    classifies correctly, samples only the second does). For one pair with b and c such samples of n, the difference
+    is (b − c) / n and its variance ((b + c) / n − ((b − c) / n)²) / n (the paired, McNemar, form); the pairs are
+    independent test-set draws of the same n samples only in this approximation, which treats the trained weights
+    as given: it measures how much of a difference the test set's size can resolve, not the seeds' spread."""
+    counts, variance = [], 0.0
+    for a, b in zip(mine, theirs):
+        if len(a) != len(b):
+            raise ValueError(f"paired runs were tested on {len(a)} and {len(b)} samples")
+        only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
+        only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+        n = len(a)
+        variance += ((only_a + only_b) / n - ((only_a - only_b) / n) ** 2) / n
+        counts.append((only_a, only_b))
+    return variance ** 0.5 / len(counts), counts
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -216,6 +267,9 @@ def summarize(runs: list[dict[str, Any]], policies: list[str]) -> list[dict[str,
             row["acc_delta_vs_fixed_mean"], row["acc_delta_vs_fixed_std"] = statistics.mean(deltas), _std(deltas)
             row["updates_ratio_vs_fixed"] = (statistics.mean(baseline[r["seed"]]["updates"] for r in paired)
                                              / statistics.mean(r["updates"] for r in paired))
+            if all(r.get("test_correct") and baseline[r["seed"]].get("test_correct") for r in paired):
+                row["acc_delta_test_se"], row["discordant"] = paired_error(
+                    [r["test_correct"] for r in paired], [baseline[r["seed"]]["test_correct"] for r in paired])
         rows.append(row)
     return rows
 
@@ -238,12 +292,13 @@ def _pm(mean: float, std: float, digits: int, scale: float = 1.0) -> str:
 def summary_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| policy | seeds | final test acc % (mean ± std) | Δ acc vs fixed, paired (pp) | SGD updates "
              "(mean ± std) | fixed ÷ this (updates) | final global batch | growths: curvature early / curvature "
-             "on the fallback's epoch / fallback | wall time s (mean ± std) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "on the fallback's epoch / fallback | wall time s (mean ± std) | test-sample SE of Δ (pp) | test "
+             "samples right only here / only in fixed, per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         seeds = f"{len(r['seeds'])}" + (f" (+{len(r['stopped'])} stopped)" if r.get("stopped") else "")
         if not r["seeds"]:
-            lines.append(f"| {r['policy']} | {seeds} | — | — | — | — | — | — | — |")
+            lines.append(f"| {r['policy']} | {seeds} | — | — | — | — | — | — | — | — | — |")
             continue
         delta = _pm(r["acc_delta_vs_fixed_mean"], r["acc_delta_vs_fixed_std"], 2, 100) \
             if "acc_delta_vs_fixed_mean" in r and r["policy"] != BASELINE else "—"
@@ -253,8 +308,15 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['policy']} | {seeds} | {acc} | {delta} "
                      f"| {_pm(r['updates_mean'], r['updates_std'], 0)} | {ratio} "
                      f"| {', '.join(str(b) for b in r['final_global_batch'])} | {growths} "
-                     f"| {_pm(r['wall_s_mean'], r['wall_s_std'], 0)} |")
+                     f"| {_pm(r['wall_s_mean'], r['wall_s_std'], 0)} | {_test_sample(r)} |")
     return "\n".join(lines)
+
+
+def _test_sample(row: dict[str, Any]) -> str:
+    """The two test-sample columns: '—' for the baseline, and for runs saved without ``test_correct``."""
+    if "acc_delta_test_se" not in row or row["policy"] == BASELINE:
+        return "— | —"
+    return f"{100 * row['acc_delta_test_se']:.2f} | {', '.join(f'{a} / {b}' for a, b in row['discordant'])}"
 
 
 def growth_causes(epochs: list[dict[str, Any]], stopped: bool = False) -> tuple[int, int, int]:

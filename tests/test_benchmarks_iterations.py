@@ -33,6 +33,21 @@ def test_summary_pairs_by_seed_and_divides_the_baseline_updates(iterations):
     assert absa["final_global_batch"] == [512, 1024]
     assert absa["growths"] == {"curvature_early": 2, "curvature_on_fallback_epoch": 1, "fallback": 1}
     assert "growths" not in rows["fixed"]
+    assert "acc_delta_test_se" not in absa  # runs saved without the test samples' results
+
+    # the test sample's error of the paired difference, from the samples two runs classify differently
+    se, counts = iterations.paired_error(["1100", "1111"], ["1010", "0000"])
+    assert counts == [(1, 1), (4, 0)]
+    assert se == pytest.approx(math.sqrt((2 / 4 - 0) / 4 + (4 / 4 - 1) / 4) / 2)  # the second pair: no spread
+    with pytest.raises(ValueError, match="tested on 3 and 4 samples"):
+        iterations.paired_error(["110"], ["1010"])
+    for r, correct in zip(runs, ["1100", "1000", "1110", "0000"]):
+        r["test_correct"] = correct
+    absa = {r["policy"]: r for r in iterations.summarize(runs, ["absa", "fixed"])}["absa"]
+    assert absa["discordant"] == [(1, 0), (0, 1)]
+    assert absa["acc_delta_test_se"] == pytest.approx(math.sqrt(2 * (1 / 4 - 1 / 16) / 4) / 2)
+    assert iterations.summary_table([absa]).splitlines()[-1].endswith(f"| {100 * absa['acc_delta_test_se']:.2f} "
+                                                                      f"| 1 / 0, 0 / 1 |")
     assert iterations.schedule([128, 128, 256, 512, 512, 512]) == "128×2, 256, 512×3"
     records = [{"growth": None, "growth_epochs_early": 0}, {"growth": "curvature", "growth_epochs_early": 1},
                {"growth": "fallback", "growth_epochs_early": 0}, {"growth": "curvature", "growth_epochs_early": 0},
@@ -65,6 +80,13 @@ def test_tiny_comparison_end_to_end(iterations, tmp_path, capsys, one_thread):
     assert runs["absa[fresh]"]["epochs"][0]["eigenvalue"] != runs["absa"]["epochs"][0]["eigenvalue"]  # other samples
     for r in runs.values():
         assert r["updates"] == sum(256 // b for b in r["batches"])
+        # the last checkpoint classified the test set again: as many correct as the last epoch recorded
+        assert len(r["test_correct"]) == 128 and r["test_correct"].count("1") == round(128 * r["final_test_acc"])
+    from absa_cli.run.rundir import RunDir
+
+    fixed = RunDir.open(tmp_path / "runs", runs["fixed"]["run_id"])
+    with pytest.raises(RuntimeError, match="where its last epoch recorded"):  # a checkpoint that is not the run's end
+        iterations.test_correct(fixed.load_config(), fixed, runs["fixed"]["final_test_acc"] + 2 / 128)
         assert f"| {r['policy']} | 0 | {100 * r['final_test_acc']:.2f} |" in printed
     assert quickstart["envelope"]["fixed"] == 8
 
@@ -129,6 +151,7 @@ def test_a_run_that_diverges_is_recorded_as_stopped_and_the_others_go_on(iterati
     assert [(r["policy"], r["seed"], r["stopped"] is None) for r in runs] == [
         ("fixed", 0, True), ("absa[hot]", 0, False), ("fixed", 1, True), ("absa[hot]", 1, False)]
     assert all(r["stopped"].startswith("training diverged") for r in runs if r["stopped"])
+    assert [r["test_correct"] is None for r in runs] == [False, True, False, True]  # nothing to classify with
     # the epoch that stopped trained at a batch no record names: it is the schedule's last
     assert all((r["batches"], r["final_global_batch"]) == ([64], 64) for r in runs if r["stopped"])
     assert "| absa[hot] | 0 (+2 stopped) | — |" in printed
