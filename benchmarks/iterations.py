@@ -27,9 +27,9 @@ probes, checkpoints; not building the data and model); mean ± sample std over s
 ``fixed`` is paired by seed (same init, same order), with the standard error the test set's size alone puts on it:
 each run's last checkpoint classifies the test set once more (checked against its recorded accuracy), and the
 samples two paired runs classify differently give that error (``paired_error``; 1,000 test samples resolve a few
-tenths of a point, not less). For absa and abs the envelope ``absa plan`` computes is printed too: the fewest and the most
-updates the ABS rule allows on this config (growth at every probe vs growth only by the ``policy.duration``
-fallback), which bounds the update ratio whatever the curvature does.
+tenths of a point, not less). For absa and abs the envelope ``absa plan`` computes is printed too: the fewest and
+the most updates the ABS rule allows on this config (growth at every probe vs growth only by the
+``policy.duration`` fallback), which bounds the update ratio whatever the curvature does.
 
 CIFAR-10: with ``--data-root DIR`` holding ``cifar-10-batches-py/`` the same comparison also runs on
 ``--cifar-preset`` (default ``c1-cifar10``, the paper's C1 recipe) with ``data.root=DIR``; without it, or when the
@@ -115,7 +115,8 @@ def machine() -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "cuda": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "load_avg_1min_start": round(os.getloadavg()[0], 2),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_avg_1min_start": round(os.getloadavg()[0], 2),
             "date": time.strftime("%Y-%m-%d")}
 
 

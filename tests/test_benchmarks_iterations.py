@@ -1,6 +1,8 @@
 """benchmarks/iterations.py end to end on a tiny quickstart: the runs' updates equal the count the batch schedule
-implies (full steps per epoch at each epoch's batch), an absa[...] variant runs with its overrides, the tables and the JSON agree with the runs, and CIFAR-10 is
-skipped with a message when --data-root does not hold it. The summary arithmetic is checked on scripted runs."""
+implies (full steps per epoch at each epoch's batch), an absa[...] variant runs with its overrides, the tables and
+the JSON agree with the runs, each run's last checkpoint classifies the test set as its record says, and CIFAR-10 is
+skipped with a message when --data-root does not hold it. The summary arithmetic (paired differences and their
+test-sample error) is checked on scripted runs."""
 
 from __future__ import annotations
 
