@@ -22,6 +22,9 @@ import ray_sandbox
 from conftest import TINY, as_a_terminal_starts
 
 
+STARTED_AND_REFUSED_S = 30  # a refusal that needs no answer from a head, counting the CLI's start-up
+
+
 def _absa_train(address: str, runs) -> list[str]:
     return [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "--address", address, "--runs-dir",
             str(runs)]
@@ -47,7 +50,9 @@ def test_an_address_where_nothing_listens_is_one_line_within_seconds(tmp_path):
         f"error: cannot reach a Ray cluster at 127.0.0.1:{port} (nothing listens there); start a head there with "
         f"`ray start --head --port {port}`, check --address or RAY_ADDRESS, or leave both unset to start a local "
         f"cluster")
-    assert time.perf_counter() - started < 10 and not (tmp_path / "runs").exists()
+    # start-up alone (an interpreter importing torch and Ray) takes 2-3 s here and up to ~8 s on a loaded CI machine;
+    # Ray's own retries would take minutes
+    assert time.perf_counter() - started < STARTED_AND_REFUSED_S and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("address, says", [
@@ -102,14 +107,24 @@ class _Silent:
 
 
 def test_a_port_that_is_not_a_ray_head_is_one_line_within_seconds(tmp_path):
+    """Ray's client would retry such a port for minutes; the handshake's deadline ends it. Timed from the handshake
+    child's start, so that the CLI's own start-up (seconds under load) is not counted against the deadline."""
+    from absa_cli.cluster.handshake import DEADLINE_S
+
     with _Silent() as address:
         started = time.perf_counter()
-        done = subprocess.run(_absa_train(address, tmp_path / "runs"), capture_output=True, text=True, timeout=120)
-        elapsed = time.perf_counter() - started
-    line = _one_error_line(done)
+        process = subprocess.Popen(_absa_train(address, tmp_path / "runs"), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        _wait_for_handshake(process)
+        asking = time.perf_counter()
+        stdout, stderr = process.communicate(timeout=120)
+        ended = time.perf_counter()
+    line = _one_error_line({"rc": process.returncode, "stderr": stderr})
     assert line.startswith(f"error: something at {address} accepts connections but did not answer as a Ray head "
                            f"within 5 s; give the head's GCS address"), line
-    assert elapsed < 10 and not (tmp_path / "runs").exists()
+    # the deadline, then killing the child and printing one line: a second or two beyond it even under load
+    assert DEADLINE_S - 0.5 < ended - asking < DEADLINE_S + 4, f"{ended - asking:.1f} s from the handshake's start"
+    assert ended - started < STARTED_AND_REFUSED_S + DEADLINE_S and not (tmp_path / "runs").exists()
 
 
 def _wait_for_handshake(process: subprocess.Popen, timeout_s: float = 60) -> None:
