@@ -292,6 +292,15 @@ def test_confirm_two_needs_two_consecutive_drops():
         [128, 128, 128, 256, 256, 256, 256, 512]
 
 
+def test_a_fallback_growth_restarts_the_confirm_count():
+    """The drop in the fallback's epoch counts towards nothing after it: the next drop is 1 of 2 again."""
+    decisions = trajectory(make_config({"name": "abs", "confirm": 2, "duration": 3}), [8.0, 9.0, 3.0, 3.0, 3.0])
+    assert batches(decisions) == [128, 128, 128, 256, 256, 512]
+    assert decisions[3].reason.startswith("batch 128→256: 3 epochs without growth")
+    assert "on 1 of policy.confirm=2 probes (epoch 1 of policy.duration=3)" in decisions[4].reason
+    assert decisions[5].reason.startswith("batch 256→512: λ_max 3 ≤ λ_ref 8 / policy.eig_ratio=2 on 2 probes in a row")
+
+
 def test_confirm_count_survives_an_unprobed_epoch():
     policy = make_policy(make_config({"name": "abs", "confirm": 2}))
     policy.observe(EpochMeasurements(1, 90, 8.0))
