@@ -111,7 +111,9 @@ class Node:
         return pids
 
     def stop(self) -> None:
-        self.signal(signal.SIGTERM)
+        """SIGTERM to ``ray start`` alone, as a user stops it: it drains the node and ends what it started. (SIGTERM
+        to the whole group would end the GCS first, and the head's drain request would then wait 30 s for it.)"""
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
