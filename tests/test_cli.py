@@ -201,6 +201,18 @@ def test_presets_list_and_show():
     assert_user_error(_invoke("presets", "show", "nope"), "unknown preset 'nope'")
 
 
+def test_a_worker_imports_torchvision_only_for_what_needs_it():
+    """Every Ray worker imports the actor's module and builds an engine: torchvision's import alone cost each one
+    about 1.2 s of CPU. Only ResNet-18 and the image folders (and CIFAR/SVHN downloads) use it."""
+    code = ("import sys; import absa_cli.cluster.worker; from absa_cli import config; "
+            "from absa_cli.worker.engine import Engine; "
+            f"Engine(config.load('quickstart', {TINY!r})); print('torchvision' in sys.modules); "
+            "from absa_cli.models import build_model; build_model('resnet18', 10, 32); "
+            "print('torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stdout + done.stderr
+
+
 def test_help_is_fast_and_imports_neither_torch_nor_ray():
     code = ("import sys, time; t = time.perf_counter(); from absa_cli.cli.app import app; "
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import at CLI load'; "

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import functional as TF
 
 from absa_cli.catalog import DatasetSpec
 from absa_cli.data.augment import CropFlip, random_resized_crop_box, sample_generator
@@ -46,6 +44,8 @@ def _listing(spec: DatasetSpec, directory: Path) -> list[os.DirEntry]:
 def _image_files(spec: DatasetSpec, directory: Path) -> list[Path]:
     """Image files directly inside ``directory``, sorted by name so the index order is reproducible. Hidden files
     are not images: macOS leaves a ``._<name>.JPEG`` of metadata beside every file it copies to another disk."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # here: torchvision costs every worker a second to import
+
     names = [e.name for e in _listing(spec, directory)
              if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMG_EXTENSIONS)]
     return [directory / name for name in sorted(names)]
@@ -130,6 +130,8 @@ class ImageNetDataset(FileImageDataset):
     """Random-resized crop + flip per image for training; resize to 8/7 of the side and centre-crop otherwise."""
 
     def _load(self, index: int, aug_seed: int | None) -> torch.Tensor:
+        from torchvision.transforms import functional as TF  # noqa: N812 - imported once, then a dictionary lookup
+
         image = _decode_rgb(self.paths[index])
         side = self.spec.image_size
         if aug_seed is None:

@@ -13,7 +13,6 @@ make a run differ from its config, so ``width != 1.0`` raises ``ValueError``.
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18
 
 from absa_cli.models.common import check_args, kaiming_init, uses_imagenet_stem
 
@@ -23,6 +22,8 @@ def build_resnet18(num_classes: int, image_size: int, *, width: float = 1.0) -> 
     check_args("resnet18", num_classes, image_size, width)
     if width != 1.0:
         raise ValueError(f"resnet18: width multiplier is not supported (got {width}); use width=1.0")
+    from torchvision.models import resnet18  # here: torchvision costs every worker a second to import
+
     model = resnet18(weights=None, num_classes=num_classes)
     if not uses_imagenet_stem(image_size):
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
