@@ -63,8 +63,9 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from absa_cli.decide.policy import ADAPTIVE_POLICIES  # noqa: E402 - after the path; pure Python, no torch
+
 POLICIES = ("absa", "fixed", "fixed-large", "abs")
-ADAPTIVE = ("absa", "abs")
 BASELINE = "fixed"
 CLAIMED_RATIO = 5.0  # PAPER.md: "ABSA cuts SGD iterations up to 5×"
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -105,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def is_adaptive(label: str) -> bool:
     """absa, abs and the absa[...] variants: the contenders whose batch follows the curvature."""
-    return label.split("[")[0] in ADAPTIVE
+    return label.split("[")[0] in ADAPTIVE_POLICIES
 
 
 def machine() -> dict[str, Any]:
@@ -149,14 +150,14 @@ def run_one(config: Any, runs_root: Path) -> dict[str, Any]:
     """One whole in-process run; its summary figures and epoch records."""
     from absa_cli.driver.controller import Controller
     from absa_cli.driver.local_group import LocalGroup
-    from absa_cli.driver.outcome import Diverged
+    from absa_cli.driver.outcome import Collapsed, Diverged
     from absa_cli.run.metrics import Console
     from absa_cli.run.rundir import RunDir
 
     started = time.perf_counter()
     group = LocalGroup(config)
     run = RunDir.create(runs_root, config)
-    stopped = None
+    stopped = stop_kind = None
     with (run.path / "console.log").open("w") as log:
         controller = Controller(config, run, group, Console(stream=log, force_plain=True))
         training = time.perf_counter()
@@ -164,6 +165,7 @@ def run_one(config: Any, runs_root: Path) -> dict[str, Any]:
             summary = controller.run_all()
         except Diverged as error:  # a result, not a crash: recorded, and the other runs go on
             stopped = " ".join(str(error).split())
+            stop_kind = "collapsed" if isinstance(error, Collapsed) else "diverged"
         finally:
             controller.close()
             group.close()
@@ -182,6 +184,7 @@ def run_one(config: Any, runs_root: Path) -> dict[str, Any]:
             "updates": summary["updates"], "final_global_batch": batches[-1], "batches": batches,
             "wall_s": summary["wall_s"], "setup_and_run_s": time.perf_counter() - started,
             "probe_s": sum(r["probe_s"] for r in epochs), "run_id": run.id, "epochs": epochs, "stopped": stopped,
+            "stop_kind": stop_kind,
             "test_correct": None if stopped else test_correct(config, run, epochs[-1]["test_acc"])}
 
 
@@ -349,7 +352,7 @@ def seeds_table(runs: list[dict[str, Any]], policies: list[str]) -> str:
                 if is_adaptive(policy) else "—"
             final, done = f"{100 * r['final_test_acc']:.2f}", len(r["epochs"])
             if r.get("stopped"):
-                final = f"{stop_word(r['stopped'])} in epoch {done + 1}" + (f" ({final} after {done})" if done else "")
+                final = f"{stop_word(r)} in epoch {done + 1}" + (f" ({final} after {done})" if done else "")
             loss = _loss(r["epochs"][-1]["train_loss"]) if done else "—"
             lines.append(f"| {policy} | {r['seed']} | {final} | {100 * r['best_test_acc']:.2f} "
                          f"| {loss} | {r['updates']} | {r['final_global_batch']} "
@@ -357,8 +360,9 @@ def seeds_table(runs: list[dict[str, Any]], policies: list[str]) -> str:
     return "\n".join(lines)
 
 
-def stop_word(message: str) -> str:
-    return "collapsed" if "collapsed" in message.split(":")[0] else "diverged"
+def stop_word(run: dict[str, Any]) -> str:
+    """How a stopped run stopped, as recorded; a file written before runs recorded it keeps its message's word."""
+    return run.get("stop_kind") or ("collapsed" if "collapsed" in run["stopped"].split(":")[0] else "diverged")
 
 
 def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[str]:
