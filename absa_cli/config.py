@@ -281,7 +281,7 @@ class LoggingConfig:
 class ClusterConfig:
     max_workers: int = 1  # most workers the group may grow to (`--max-gpus` overrides it)
     collective_timeout_s: float = 60.0  # a collective with a dead peer fails after this long: never a hang
-    start_timeout_s: float = 300.0  # a worker that cannot be placed within this long counts as unavailable
+    start_timeout_s: float = 300.0  # a worker not placed and started within this long counts as unavailable
     placement: str = "pack"  # pack: fill the nodes this run uses first; spread: fewest of this run per node
     profile: str = ""  # a step-time profile (absa calibrate): the group grows only where it predicts a faster step
 

@@ -167,8 +167,8 @@ def test_train_grows_live_from_one_to_two_workers(cluster, tmp_path):
 
     from absa_cli.cli.app import app
 
-    result = CliRunner().invoke(app, ["train", "quickstart", *TINY, "epochs=2", "policy.duration=1", "batch.per_worker_max=64",
-                                      "--max-gpus", "2", "--runs-dir", str(tmp_path)])
+    result = CliRunner().invoke(app, ["train", "quickstart", *TINY, "epochs=2", "policy.duration=1",
+                                      "batch.per_worker_max=64", "--max-gpus", "2", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in next(tmp_path.glob("*/metrics.jsonl")).read_text().splitlines()]
     (resize,) = [r for r in records if r["kind"] == "resize"]
@@ -326,3 +326,30 @@ def test_a_long_wait_for_the_other_workers_after_a_failure_is_said_not_silent(cl
     assert len(errors) == 1 and len(said) == 1, said
     assert said[0].startswith("a worker failed (") and "a collective failed" in said[0]
     assert "s more for the other 1 to fail or finish (cluster.collective_timeout_s=30;" in said[0]
+
+
+def test_a_placed_worker_whose_start_up_outlasts_one_attempt_is_waited_for_not_started_over(cluster, monkeypatch):
+    """Ray placed the worker, but its start-up (imports, data, model) outlasts one attempt to start it: at Ray's
+    worker niceness on a machine busy with other work it took over 60 s in a review, and each kill and retry started
+    it over until the run gave up saying it "could not be placed". absa waits for a placed worker up to
+    cluster.start_timeout_s (here one attempt is 0.05 s; a worker's start-up takes seconds), and says what the
+    trouble was when even that is not enough."""
+    from absa_cli.cluster import group as group_mod
+    from absa_cli.driver.contract import Resized, Shortfall
+
+    monkeypatch.setattr(group_mod, "_START_ATTEMPT_S", 0.05)
+    group = group_mod.RayWorkerGroup(_config())
+    try:
+        result = group.resize(1)
+        assert isinstance(result, Resized) and group.num_workers == 1, result
+    finally:
+        group.close()
+    group = group_mod.RayWorkerGroup(_config("cluster.start_timeout_s=0.6"))
+    try:
+        result = group.resize(1)
+        assert isinstance(result, Shortfall) and group.num_workers == 0, result
+        assert result.reason == ("TimeoutError: 1 of 1 worker(s) placed but not started within "
+                                 "cluster.start_timeout_s=0.6 s: their start-up (imports, data, model) is stuck or "
+                                 "starved of CPU"), result.reason
+    finally:
+        group.close()

@@ -151,12 +151,13 @@ class RayWorkerGroup:
     def _start(self, count: int) -> list[Any]:
         reused, self.spares = self.spares[:count], self.spares[count:]
         actors = reused + self._launch(count - len(reused))
+        began = time.monotonic()
         attempt_s = min(self.config.cluster.start_timeout_s, _START_ATTEMPT_S)
         try:
             futures = [actor.ready.remote() for actor in actors]
-            ready, pending = ray.wait(futures, num_returns=count, timeout=attempt_s)
-            if pending:  # the cluster could not place them in time: never wait forever for capacity
-                raise TimeoutError(f"{len(pending)} of {count} worker(s) could not be placed within {attempt_s:g} s")
+            _, pending = ray.wait(futures, num_returns=count, timeout=attempt_s)
+            if pending:
+                self._await_starting(dict(zip(futures, actors)), pending, began)
             for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
                 self._workers[actor._actor_id.hex()] = info
                 self._check_device(info)
@@ -165,6 +166,25 @@ class RayWorkerGroup:
                 self._kill(actor)
             raise
         return actors
+
+    def _await_starting(self, actor_of: dict[Any, Any], pending: list[Any], began: float) -> None:
+        """Wait for workers that Ray has placed but whose start-up (imports, data, model) still runs, up to
+        ``cluster.start_timeout_s`` from ``began``: on a loaded node (Ray runs workers at niceness 15) that can take
+        longer than one attempt, and killing them would only start it over. A worker still unplaced after one
+        attempt fails the start at once (never wait forever for capacity); so does a start-up past the timeout."""
+        count, limit = len(actor_of), self.config.cluster.start_timeout_s
+        while pending:
+            placed = sum(self.placement.placed(self._names[actor_of[ref]._actor_id.hex()]) for ref in pending)
+            waited = time.monotonic() - began
+            if placed < len(pending):
+                starting = f" ({placed} placed, still starting)" if placed else ""
+                raise TimeoutError(f"{len(pending) - placed} of {count} worker(s) could not be placed within "
+                                   f"{waited:.0f} s{starting}")
+            if waited >= limit:
+                raise TimeoutError(f"{placed} of {count} worker(s) placed but not started within "
+                                   f"cluster.start_timeout_s={limit:g} s: their start-up (imports, data, model) "
+                                   f"is stuck or starved of CPU")
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(_STOP_POLL_S * 4, limit - waited))
 
     def _check_device(self, info: dict[str, Any]) -> None:
         """A worker that holds a GPU slot but sees no CUDA device trains on the CPU: say so, once per node."""

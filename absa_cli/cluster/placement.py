@@ -92,6 +92,13 @@ class Placement:
                                                                placement_group_capture_child_tasks=False))
         return strategies
 
+    def placed(self, name: str) -> bool:
+        """Whether Ray has reserved the worker's slot on a node (its placement group is created)."""
+        from ray.util.placement_group import placement_group_table
+
+        group = self._groups.get(name)
+        return group is not None and placement_group_table(group).get("state") == "CREATED"
+
     def release(self, name: str) -> None:
         """Remove a worker's placement group (the worker is gone or retired)."""
         from ray.util.placement_group import remove_placement_group
