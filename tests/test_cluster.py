@@ -331,25 +331,38 @@ def test_a_long_wait_for_the_other_workers_after_a_failure_is_said_not_silent(cl
 def test_a_placed_worker_whose_start_up_outlasts_one_attempt_is_waited_for_not_started_over(cluster, monkeypatch):
     """Ray placed the worker, but its start-up (imports, data, model) outlasts one attempt to start it: at Ray's
     worker niceness on a machine busy with other work it took over 60 s in a review, and each kill and retry started
-    it over until the run gave up saying it "could not be placed". absa waits for a placed worker up to
-    cluster.start_timeout_s (here one attempt is 0.05 s; a worker's start-up takes seconds), and says what the
-    trouble was when even that is not enough."""
+    it over until the run gave up saying it "could not be placed". absa waits for a placed worker of a group that
+    has none up to cluster.start_timeout_s (here one attempt is 0.5 s, time enough to place it; its start-up takes
+    seconds), and says what the trouble was when even that is not enough (a start-up made slow for real: 50,000
+    procedural samples to draw); a stop request ends the wait."""
     from absa_cli.cluster import group as group_mod
     from absa_cli.driver.contract import Resized, Shortfall
 
-    monkeypatch.setattr(group_mod, "_START_ATTEMPT_S", 0.05)
+    monkeypatch.setattr(group_mod, "_START_ATTEMPT_S", 0.5)
     group = group_mod.RayWorkerGroup(_config())
     try:
         result = group.resize(1)
         assert isinstance(result, Resized) and group.num_workers == 1, result
     finally:
         group.close()
-    group = group_mod.RayWorkerGroup(_config("cluster.start_timeout_s=0.6"))
+    group = group_mod.RayWorkerGroup(_config("cluster.start_timeout_s=1.5", "data.train_size=50000"))
     try:
         result = group.resize(1)
         assert isinstance(result, Shortfall) and group.num_workers == 0, result
         assert result.reason == ("TimeoutError: 1 of 1 worker(s) placed but not started within "
-                                 "cluster.start_timeout_s=0.6 s: their start-up (imports, data, model) is stuck or "
+                                 "cluster.start_timeout_s=1.5 s: their start-up (imports, data, model) is stuck or "
                                  "starved of CPU"), result.reason
     finally:
+        group.close()
+    group = group_mod.RayWorkerGroup(_config("cluster.start_timeout_s=120", "data.train_size=50000"))
+    timer = threading.Timer(1.0, group.request_stop)  # a Ctrl-C meanwhile: its handler sets the flag, nothing more
+    try:
+        timer.start()
+        started = time.monotonic()
+        result = group.resize(1)
+        assert isinstance(result, Shortfall), result
+        assert result.reason == "TimeoutError: a stop was requested while 1 of 1 worker(s) started", result.reason
+        assert time.monotonic() - started < 10  # the stop ends the wait, not the 120-s timeout
+    finally:
+        timer.cancel()
         group.close()

@@ -148,7 +148,10 @@ class RayWorkerGroup:
         self._demanded = num_workers
         return True
 
-    def _start(self, count: int) -> list[Any]:
+    def _start(self, count: int, patient: bool = False) -> list[Any]:
+        """``count`` started workers (spares first). ``patient``: the group has none, so nothing trains meanwhile
+        and a placed worker's slow start-up is waited for up to ``cluster.start_timeout_s``; a grow waits one
+        attempt, as its survivors stand idle meanwhile (the next chunk boundary tries again)."""
         reused, self.spares = self.spares[:count], self.spares[count:]
         actors = reused + self._launch(count - len(reused))
         began = time.monotonic()
@@ -157,7 +160,8 @@ class RayWorkerGroup:
             futures = [actor.ready.remote() for actor in actors]
             _, pending = ray.wait(futures, num_returns=count, timeout=attempt_s)
             if pending:
-                self._await_starting(dict(zip(futures, actors)), pending, began)
+                limit = self.config.cluster.start_timeout_s if patient else attempt_s
+                self._await_starting(dict(zip(futures, actors)), pending, began, limit)
             for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
                 self._workers[actor._actor_id.hex()] = info
                 self._check_device(info)
@@ -167,12 +171,13 @@ class RayWorkerGroup:
             raise
         return actors
 
-    def _await_starting(self, actor_of: dict[Any, Any], pending: list[Any], began: float) -> None:
+    def _await_starting(self, actor_of: dict[Any, Any], pending: list[Any], began: float, limit: float) -> None:
         """Wait for workers that Ray has placed but whose start-up (imports, data, model) still runs, up to
-        ``cluster.start_timeout_s`` from ``began``: on a loaded node (Ray runs workers at niceness 15) that can take
-        longer than one attempt, and killing them would only start it over. A worker still unplaced after one
-        attempt fails the start at once (never wait forever for capacity); so does a start-up past the timeout."""
-        count, limit = len(actor_of), self.config.cluster.start_timeout_s
+        ``limit`` s from ``began``: on a loaded node (Ray runs workers at niceness 15) that can take longer than one
+        attempt, and killing them would only start it over. A worker still unplaced after one attempt fails the
+        start at once (never wait forever for capacity); so do a start-up past the limit and a stop request."""
+        count = len(actor_of)
+        setting = "cluster.start_timeout_s=" if limit == self.config.cluster.start_timeout_s else "one attempt, "
         while pending:
             placed = sum(self.placement.placed(self._names[actor_of[ref]._actor_id.hex()]) for ref in pending)
             waited = time.monotonic() - began
@@ -180,9 +185,11 @@ class RayWorkerGroup:
                 starting = f" ({placed} placed, still starting)" if placed else ""
                 raise TimeoutError(f"{len(pending) - placed} of {count} worker(s) could not be placed within "
                                    f"{waited:.0f} s{starting}")
+            if self._stop is not StopState.NONE:
+                raise TimeoutError(f"a stop was requested while {placed} of {count} worker(s) started")
             if waited >= limit:
                 raise TimeoutError(f"{placed} of {count} worker(s) placed but not started within "
-                                   f"cluster.start_timeout_s={limit:g} s: their start-up (imports, data, model) "
+                                   f"{setting}{limit:g} s: their start-up (imports, data, model) "
                                    f"is stuck or starved of CPU")
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(_STOP_POLL_S * 4, limit - waited))
 
@@ -217,7 +224,7 @@ class RayWorkerGroup:
 
     def start(self, num_workers: int, state: dict | None = None) -> None:
         """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``."""
-        self.actors = self._start(num_workers)
+        self.actors = self._start(num_workers, patient=True)
         try:
             self._rendezvous()
             if state is not None:
