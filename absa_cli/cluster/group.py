@@ -161,7 +161,8 @@ class RayWorkerGroup:
             _, pending = ray.wait(futures, num_returns=count, timeout=attempt_s)
             if pending:
                 limit = self.config.cluster.start_timeout_s if patient else attempt_s
-                self._await_starting(dict(zip(futures, actors)), pending, began, limit)
+                named = f"cluster.start_timeout_s={limit:g} s" if patient else f"one attempt, {limit:g} s"
+                self._await_starting(dict(zip(futures, actors)), pending, began, limit, named)
             for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
                 self._workers[actor._actor_id.hex()] = info
                 self._check_device(info)
@@ -171,13 +172,14 @@ class RayWorkerGroup:
             raise
         return actors
 
-    def _await_starting(self, actor_of: dict[Any, Any], pending: list[Any], began: float, limit: float) -> None:
+    def _await_starting(self, actor_of: dict[Any, Any], pending: list[Any], began: float, limit: float,
+                        named: str) -> None:
         """Wait for workers that Ray has placed but whose start-up (imports, data, model) still runs, up to
         ``limit`` s from ``began``: on a loaded node (Ray runs workers at niceness 15) that can take longer than one
         attempt, and killing them would only start it over. A worker still unplaced after one attempt fails the
-        start at once (never wait forever for capacity); so do a start-up past the limit and a stop request."""
+        start at once (never wait forever for capacity); so do a start-up past the limit (``named`` in the error)
+        and a stop request."""
         count = len(actor_of)
-        setting = "cluster.start_timeout_s=" if limit == self.config.cluster.start_timeout_s else "one attempt, "
         while pending:
             placed = sum(self.placement.placed(self._names[actor_of[ref]._actor_id.hex()]) for ref in pending)
             waited = time.monotonic() - began
@@ -188,9 +190,8 @@ class RayWorkerGroup:
             if self._stop is not StopState.NONE:
                 raise TimeoutError(f"a stop was requested while {placed} of {count} worker(s) started")
             if waited >= limit:
-                raise TimeoutError(f"{placed} of {count} worker(s) placed but not started within "
-                                   f"{setting}{limit:g} s: their start-up (imports, data, model) "
-                                   f"is stuck or starved of CPU")
+                raise TimeoutError(f"{placed} of {count} worker(s) placed but not started within {named}: their "
+                                   f"start-up (imports, data, model) is stuck or starved of CPU")
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(_STOP_POLL_S * 4, limit - waited))
 
     def _check_device(self, info: dict[str, Any]) -> None:
