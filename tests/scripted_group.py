@@ -74,6 +74,7 @@ class ScriptedGroup:
     applied: list[list[int]] = field(default_factory=list)  # [epoch, start, stop] of every applied step
     prepared: list[int] = field(default_factory=list)
     demanded: list[int] = field(default_factory=list)  # every request to the autoscaler (0: withdrawn)
+    start_limits: list[float | None] = field(default_factory=list)  # each resize's ``within_s``
     stop_requested: bool = False
     _counts: Counter = field(default_factory=Counter)
 
@@ -131,7 +132,8 @@ class ScriptedGroup:
     def devices(self) -> list[str]:
         return ["scripted"]
 
-    def resize(self, num_workers: int) -> ResizeResult:
+    def resize(self, num_workers: int, within_s: float | None = None) -> ResizeResult:
+        self.start_limits.append(within_s)
         event = self._call("resize", num_workers)
         old = self.num_workers
         if num_workers == old:

@@ -447,6 +447,8 @@ def test_capacity_that_appears_while_waiting_starts_the_run(tmp_path):
     controller.groups.clock, controller.groups.sleep = fake.clock, sleep
     assert controller.train().status == Status.FINISHED
     assert _records(run, "epoch")[0]["num_workers"] == 1 and 10 <= fake.now < 13
+    # the workers get what is left of cluster.start_timeout_s (300 s) to start, not another 300 s
+    assert group.start_limits == [300 - fake.now]
     # asked before waiting (batch 64 wants 2 × 32); one slot came, the request for two stands until the end
     assert group.demanded == [2]
     assert "asked the autoscaler for 2 workers (2 workers wanted for batch 64; the group has 0)" in out.getvalue()

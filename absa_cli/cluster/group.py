@@ -148,20 +148,23 @@ class RayWorkerGroup:
         self._demanded = num_workers
         return True
 
-    def _start(self, count: int, patient: bool = False) -> list[Any]:
-        """``count`` started workers (spares first). ``patient``: the group has none, so nothing trains meanwhile
-        and a placed worker's slow start-up is waited for up to ``cluster.start_timeout_s``; a grow waits one
-        attempt, as its survivors stand idle meanwhile (the next chunk boundary tries again)."""
+    def _start(self, count: int, patient_s: float | None = None) -> list[Any]:
+        """``count`` started workers (spares first). ``patient_s``: the group has none, so nothing trains meanwhile
+        and a placed worker's slow start-up is waited for up to ``patient_s`` (what is left of
+        ``cluster.start_timeout_s`` for the group to form); a grow waits one attempt, as its survivors stand idle
+        meanwhile (the next chunk boundary tries again)."""
         reused, self.spares = self.spares[:count], self.spares[count:]
         actors = reused + self._launch(count - len(reused))
         began = time.monotonic()
-        attempt_s = min(self.config.cluster.start_timeout_s, _START_ATTEMPT_S)
+        timeout = self.config.cluster.start_timeout_s
+        limit = min(timeout, _START_ATTEMPT_S) if patient_s is None else max(0.0, min(timeout, patient_s))
         try:
             futures = [actor.ready.remote() for actor in actors]
-            _, pending = ray.wait(futures, num_returns=count, timeout=attempt_s)
+            _, pending = ray.wait(futures, num_returns=count, timeout=min(limit, _START_ATTEMPT_S))
             if pending:
-                limit = self.config.cluster.start_timeout_s if patient else attempt_s
-                named = f"cluster.start_timeout_s={limit:g} s" if patient else f"one attempt, {limit:g} s"
+                named = (f"one attempt, {limit:g} s" if patient_s is None else
+                         f"cluster.start_timeout_s={timeout:g} s" if limit >= timeout else
+                         f"the {limit:.1f} s left of cluster.start_timeout_s={timeout:g} s")
                 self._await_starting(dict(zip(futures, actors)), pending, began, limit, named)
             for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
                 self._workers[actor._actor_id.hex()] = info
@@ -223,9 +226,10 @@ class RayWorkerGroup:
         info = self._workers.get(actor._actor_id.hex(), {})
         return f"rank {rank}, pid {info.get('pid', '?')} on node {self._node(actor)}"
 
-    def start(self, num_workers: int, state: dict | None = None) -> None:
-        """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``."""
-        self.actors = self._start(num_workers, patient=True)
+    def start(self, num_workers: int, state: dict | None = None, within_s: float | None = None) -> None:
+        """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``,
+        started within ``within_s`` (None: ``cluster.start_timeout_s``)."""
+        self.actors = self._start(num_workers, self.config.cluster.start_timeout_s if within_s is None else within_s)
         try:
             self._rendezvous()
             if state is not None:
@@ -235,16 +239,17 @@ class RayWorkerGroup:
             self.close()
             raise
 
-    def resize(self, num_workers: int) -> ResizeResult:
+    def resize(self, num_workers: int, within_s: float | None = None) -> ResizeResult:
         """Live re-form to ``num_workers``: what was done, with each phase's seconds; ``Shortfall`` if the
-        newcomers could not start (the group keeps its size and the driver decides again)."""
+        newcomers could not start (the group keeps its size and the driver decides again). ``within_s``: the
+        first generation's start-up limit (WorkerGroup.resize)."""
         old = len(self.actors)
         if num_workers == old:
             return Unchanged(old)
         started = time.perf_counter()
         if old == 0:  # the first generation (or a restart): nothing to keep
             try:
-                self.start(num_workers, self._pending_state)
+                self.start(num_workers, self._pending_state, within_s)
             except Exception as exc:  # not placed in time, or failed to start: the driver waits or decides again
                 return Shortfall(requested=num_workers, available=0, reason=first_line(exc, typed=True))
             self._pending_state = None

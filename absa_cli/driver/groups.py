@@ -79,12 +79,12 @@ class GroupKeeper:
                 self._ask(self._decide(self.config.cluster.max_workers), progress)
                 capacity = self._capacity(deadline)
         membership = self._decide(capacity)
-        result = self.group.resize(membership.num_workers)
+        result = self.group.resize(membership.num_workers, within_s=deadline - self.clock())
         while isinstance(result, Shortfall):  # the cluster gave fewer: decide again on what the group has
             self.console.line(f"[yellow]cluster[/]: asked for {result.requested} workers, have {result.available} "
                               f"({result.reason}); accumulation keeps the global batch exact")
             membership = self._decide(result.available or self._capacity(deadline, failed=result.reason))
-            result = self.group.resize(membership.num_workers)
+            result = self.group.resize(membership.num_workers, within_s=deadline - self.clock())
         self._ask(membership, progress)
         for line in self.group.notices():
             self.console.line(f"[yellow]cluster[/]: {line}")

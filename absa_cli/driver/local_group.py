@@ -55,8 +55,8 @@ class LocalGroup:
     def devices(self) -> list[str]:
         return [device_name(self.engine.device)]
 
-    def resize(self, num_workers: int) -> ResizeResult:
-        if num_workers == 1:
+    def resize(self, num_workers: int, within_s: float | None = None) -> ResizeResult:
+        if num_workers == 1:  # the one worker is this process, started already: nothing to wait for
             return Unchanged(1)
         return Shortfall(requested=num_workers, available=1, reason="a local run has one worker")
 
