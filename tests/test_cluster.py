@@ -332,9 +332,10 @@ def test_a_placed_worker_whose_start_up_outlasts_one_attempt_is_waited_for_not_s
     """Ray placed the worker, but its start-up (imports, data, model) outlasts one attempt to start it: at Ray's
     worker niceness on a machine busy with other work it took over 60 s in a review, and each kill and retry started
     it over until the run gave up saying it "could not be placed". absa waits for a placed worker of a group that
-    has none up to cluster.start_timeout_s, or what is left of it after a wait for capacity (here one attempt is
-    0.5 s, time enough to place it; its start-up takes seconds), and says what the trouble was when even that is not enough (a start-up made slow for real: 50,000
-    procedural samples to draw); a stop request ends the wait."""
+    has none up to cluster.start_timeout_s, or what is left of it after a wait for a free slot but at least one
+    attempt (here one attempt is 0.5 s, time enough to place it; its start-up takes seconds), and says what the
+    trouble was when even that is not enough (a start-up made slow for real: 50,000 procedural samples to draw); a
+    stop request ends the wait."""
     from absa_cli.cluster import group as group_mod
     from absa_cli.driver.contract import Resized, Shortfall
 
@@ -345,9 +346,13 @@ def test_a_placed_worker_whose_start_up_outlasts_one_attempt_is_waited_for_not_s
         assert isinstance(result, Resized) and group.num_workers == 1, result
     finally:
         group.close()
-    # past the timeout; then, after the driver waited for capacity, past what is left of it (not all of it again)
-    for timeout, within_s, limit in (("1.5", None, "cluster.start_timeout_s=1.5 s"),
-                                     ("120", 1.5, "the 1.5 s left of cluster.start_timeout_s=120 s")):
+    # past the timeout; after the driver waited for a free slot, past what it left of the timeout (not all of it
+    # again), and at least one attempt
+    for timeout, within_s, limit in (
+            ("1.5", None, "cluster.start_timeout_s=1.5 s"),
+            ("120", 1.5, "the 1.5 s the wait for a free slot left of cluster.start_timeout_s=120 s"),
+            ("120", -0.5, "one attempt, 0.5 s (only 0 s the wait for a free slot left of "
+                          "cluster.start_timeout_s=120 s)")):
         group = group_mod.RayWorkerGroup(_config(f"cluster.start_timeout_s={timeout}", "data.train_size=50000"))
         try:
             started = time.monotonic()

@@ -150,21 +150,17 @@ class RayWorkerGroup:
 
     def _start(self, count: int, patient_s: float | None = None) -> list[Any]:
         """``count`` started workers (spares first). ``patient_s``: the group has none, so nothing trains meanwhile
-        and a placed worker's slow start-up is waited for up to ``patient_s`` (what is left of
-        ``cluster.start_timeout_s`` for the group to form); a grow waits one attempt, as its survivors stand idle
-        meanwhile (the next chunk boundary tries again)."""
+        and a placed worker's slow start-up is waited for (``_start_limit``); a grow waits one attempt, as its
+        survivors stand idle meanwhile (the next chunk boundary tries again)."""
         reused, self.spares = self.spares[:count], self.spares[count:]
         actors = reused + self._launch(count - len(reused))
         began = time.monotonic()
         timeout = self.config.cluster.start_timeout_s
-        limit = min(timeout, _START_ATTEMPT_S) if patient_s is None else max(0.0, min(timeout, patient_s))
+        limit, named = _start_limit(timeout, patient_s)
         try:
             futures = [actor.ready.remote() for actor in actors]
-            _, pending = ray.wait(futures, num_returns=count, timeout=min(limit, _START_ATTEMPT_S))
+            _, pending = ray.wait(futures, num_returns=count, timeout=min(timeout, _START_ATTEMPT_S))
             if pending:
-                named = (f"one attempt, {limit:g} s" if patient_s is None else
-                         f"cluster.start_timeout_s={timeout:g} s" if limit >= timeout else
-                         f"the {limit:.1f} s left of cluster.start_timeout_s={timeout:g} s")
                 self._await_starting(dict(zip(futures, actors)), pending, began, limit, named)
             for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
                 self._workers[actor._actor_id.hex()] = info
@@ -418,6 +414,22 @@ class RayWorkerGroup:
                 self.demand(0)
             except Exception:  # the cluster is gone already: no request stands
                 pass
+
+
+def _start_limit(timeout: float, patient_s: float | None) -> tuple[float, str]:
+    """How long a start waits for workers Ray has placed, and how its error names that limit. A grow
+    (``patient_s`` None) waits one attempt. The first generation waits what is left of ``cluster.start_timeout_s``
+    after the driver's wait for a free slot (``patient_s``), and at least one attempt: a slot found at the end of
+    the timeout still gets a worker's start-up its chance."""
+    attempt_s = min(timeout, _START_ATTEMPT_S)
+    if patient_s is None:
+        return attempt_s, f"one attempt, {attempt_s:g} s"
+    if patient_s > timeout - 1:  # no wait for a slot, only the driver's own milliseconds
+        return timeout, f"cluster.start_timeout_s={timeout:g} s"
+    left = f"{max(0.0, patient_s):.3g} s the wait for a free slot left of cluster.start_timeout_s={timeout:g} s"
+    if patient_s > attempt_s:
+        return patient_s, f"the {left}"
+    return attempt_s, f"one attempt, {attempt_s:g} s (only {left})"
 
 
 def _own_error(errors: list[BaseException]) -> BaseException:
