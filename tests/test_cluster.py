@@ -350,9 +350,8 @@ def test_a_placed_worker_whose_start_up_outlasts_one_attempt_is_waited_for_not_s
     # again), and at least one attempt
     for timeout, within_s, limit in (
             ("1.5", None, "cluster.start_timeout_s=1.5 s"),
-            ("120", 1.5, "the 1.5 s the wait for a free slot left of cluster.start_timeout_s=120 s"),
-            ("120", -0.5, "one attempt, 0.5 s (only 0 s the wait for a free slot left of "
-                          "cluster.start_timeout_s=120 s)")):
+            ("120", 1.5, "the 1.5 s left of cluster.start_timeout_s=120 s after the wait for a free slot"),
+            ("120", -0.5, "one attempt, 0.5 s (the wait for a free slot left 0 s of cluster.start_timeout_s=120 s)")):
         group = group_mod.RayWorkerGroup(_config(f"cluster.start_timeout_s={timeout}", "data.train_size=50000"))
         try:
             started = time.monotonic()

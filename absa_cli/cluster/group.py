@@ -223,8 +223,9 @@ class RayWorkerGroup:
         return f"rank {rank}, pid {info.get('pid', '?')} on node {self._node(actor)}"
 
     def start(self, num_workers: int, state: dict | None = None, within_s: float | None = None) -> None:
-        """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``,
-        started within ``within_s`` (None: ``cluster.start_timeout_s``)."""
+        """The first generation (or a restart): ``num_workers`` fresh actors, optionally loaded with ``state``;
+        ``within_s``: what is left of ``cluster.start_timeout_s`` for them to start (None: all of it; the wait is
+        ``_start_limit``'s)."""
         self.actors = self._start(num_workers, self.config.cluster.start_timeout_s if within_s is None else within_s)
         try:
             self._rendezvous()
@@ -424,12 +425,13 @@ def _start_limit(timeout: float, patient_s: float | None) -> tuple[float, str]:
     attempt_s = min(timeout, _START_ATTEMPT_S)
     if patient_s is None:
         return attempt_s, f"one attempt, {attempt_s:g} s"
-    if patient_s > timeout - 1:  # no wait for a slot, only the driver's own milliseconds
+    if patient_s > timeout - min(1.0, timeout / 2):  # no wait for a slot, only the driver's own milliseconds
         return timeout, f"cluster.start_timeout_s={timeout:g} s"
-    left = f"{max(0.0, patient_s):.3g} s the wait for a free slot left of cluster.start_timeout_s={timeout:g} s"
+    left = f"{round(max(0.0, patient_s), 1):g} s"
     if patient_s > attempt_s:
-        return patient_s, f"the {left}"
-    return attempt_s, f"one attempt, {attempt_s:g} s (only {left})"
+        return patient_s, f"the {left} left of cluster.start_timeout_s={timeout:g} s after the wait for a free slot"
+    return attempt_s, (f"one attempt, {attempt_s:g} s (the wait for a free slot left {left} of "
+                       f"cluster.start_timeout_s={timeout:g} s)")
 
 
 def _own_error(errors: list[BaseException]) -> BaseException:
