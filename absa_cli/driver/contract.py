@@ -131,7 +131,8 @@ class WorkerGroup(Protocol):
     def resize(self, num_workers: int, within_s: float | None = None) -> ResizeResult:
         """Bring the group to ``num_workers`` live (or start it, the first time). ``within_s``: how long starting
         the first generation may take, what is left of ``cluster.start_timeout_s`` after waiting for capacity
-        (None: all of it); a live resize of a running group ignores it (it gives newcomers one attempt)."""
+        (None: all of it), though never less than one attempt; a live resize of a running group ignores it (it
+        gives newcomers one attempt)."""
 
     def demand(self, num_workers: int) -> bool:
         """Tell the cluster (its autoscaler) that the group will want ``num_workers`` workers; 0 withdraws the
