@@ -121,3 +121,11 @@ def test_the_training_core_reads_in_one_sitting():
     tree = ast.parse((PACKAGE / "cli" / "driver.py").read_text())
     (drive,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "drive"]
     assert drive.end_lineno - drive.lineno + 1 <= 30
+
+
+def test_lines_fit_a_120_column_window():
+    """Every line of absa_cli at most 120 characters (docs/architecture.md), so that a diff or a
+    review reads without wrapping."""
+    long = [f"{path.relative_to(PACKAGE)}:{number} ({len(line)})" for path in sorted(PACKAGE.rglob("*.py"))
+            for number, line in enumerate(path.read_text().splitlines(), 1) if len(line) > 120]
+    assert not long, f"lines over 120 characters: {', '.join(long)}"

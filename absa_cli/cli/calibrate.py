@@ -1,9 +1,10 @@
 """``absa calibrate``: a step-time profile (decide/throughput.py), measured or read from a finished run.
 
 ``absa calibrate PRESET [KEY=VALUE ...] [--max-gpus N]`` starts the preset's worker group as ``absa train`` would
-and times a few chunks of optimizer steps (the median chunk counts) at three per-worker batches (a quarter, half and all of ``batch.per_worker_max``) on
-one worker and on ``--max-gpus`` workers (and two, in between), one evaluation, a curvature probe (after the timed
-steps and a first probe, as most of a run's are), one checkpoint and the group's start; then fits the model and writes the profile. About a minute for the quickstart here.
+and times a few chunks of optimizer steps (the median chunk counts) at three per-worker batches (a quarter, half
+and all of ``batch.per_worker_max``) on one worker and on ``--max-gpus`` workers (and two, in between), one
+evaluation, a curvature probe (after the timed steps and a first probe, as most of a run's are), one checkpoint and
+the group's start; then fits the model and writes the profile. About a minute for the quickstart here.
 
 ``absa calibrate --from-run RUN`` fits the same model from a run's epoch records (their ``step_s`` per geometry,
 ``eval_s``, ``probe_s``) and its wall time.
@@ -33,7 +34,8 @@ def calibrate(
     max_gpus: Annotated[Optional[int], typer.Option("--max-gpus", min=1, help="Time up to this many workers.",
                                                     show_default="the preset's cluster.max_workers")] = None,
     from_run: Annotated[Optional[str], typer.Option("--from-run", help="Fit the profile from this run's records "
-                                                    "instead of timing anything.", autocompletion=complete_run_id)] = None,
+                                                    "instead of timing anything.",
+                                                    autocompletion=complete_run_id)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the profile.",
                                                    show_default="PRESET.profile.json")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to time on (default: "
@@ -208,8 +210,8 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
     from absa_cli import catalog
 
     test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
-    return fit(entries, timed_model(config), devices, _gradient_bytes(config),
-               sources=[f"absa calibrate {preset} {' '.join(overrides)} --max-gpus {most} ({where})".replace("  ", " ")],
+    command = f"absa calibrate {preset} {' '.join(overrides)} --max-gpus {most}".replace("  ", " ")
+    return fit(entries, timed_model(config), devices, _gradient_bytes(config), sources=[f"{command} ({where})"],
                eval_s_per_sample=eval_s / test, probe_s=probe_s, epoch_s=checkpoint_s, start_s=start_s)
 
 

@@ -36,8 +36,8 @@ class DensityResult:
     hvp_count: int
 
 
-def spectral_density(op: SymmetricOperator, num_runs: int = 4, num_steps: int = 30, seed: int = 0, sigma: float | None = None,
-                     num_points: int = 1000, pad_sigmas: float = 5.0) -> DensityResult:
+def spectral_density(op: SymmetricOperator, num_runs: int = 4, num_steps: int = 30, seed: int = 0,
+                     sigma: float | None = None, num_points: int = 1000, pad_sigmas: float = 5.0) -> DensityResult:
     """SLQ density from ``num_runs`` start vectors × ``num_steps`` Lanczos steps (``num_runs·num_steps`` products).
 
     ``sigma`` is the kernel width in eigenvalue units; ``None`` means 1% of the node range (1.0 if that is zero). The

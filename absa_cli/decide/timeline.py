@@ -1,8 +1,9 @@
 """How long a schedule takes and what it holds, from a step-time model (pure: ``absa plan --profile``).
 
 For each epoch of a batch schedule: the geometry the driver would choose (``decide_membership``, every allowed
-worker available; steered by the model where the run sets ``cluster.profile``), its steps, evaluation, probe (the ABS policies probe while the batch can still
-grow, never after the last epoch) and per-epoch rest, from ``StepModel.epoch_seconds``; the group's start once.
+worker available; steered by the model where the run sets ``cluster.profile``), its steps, evaluation, probe (the
+ABS policies probe while the batch can still grow, never after the last epoch) and per-epoch rest, from
+``StepModel.epoch_seconds``; the group's start once.
 Worker-hours used are seconds × workers; held idle, seconds × (``--max-gpus`` − workers): what a reservation of the
 whole allowance would pay for without using.
 """

@@ -1,1 +1,2 @@
-"""A run's files (no torch at import): run directories, the lock, checkpoints, metrics records and the console, TensorBoard, plots."""
+"""A run's files (no torch at import): run directories, the lock, checkpoints, metrics records and the console,
+TensorBoard, plots."""
