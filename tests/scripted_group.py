@@ -21,6 +21,8 @@ from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, Unchanged,
                                       WorkerFailure)
 
+NUM_PARAMETERS = 1_234  # what the scripted workers say their model has (written to run.json each epoch)
+
 
 @dataclass(frozen=True)
 class Lose:
@@ -131,6 +133,9 @@ class ScriptedGroup:
 
     def devices(self) -> list[str]:
         return ["scripted"]
+
+    def num_parameters(self) -> int:
+        return NUM_PARAMETERS
 
     def resize(self, num_workers: int, within_s: float | None = None) -> ResizeResult:
         self.start_limits.append(within_s)

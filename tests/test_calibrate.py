@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -72,6 +74,25 @@ def test_a_profile_from_a_finished_run(tmp_path):
     g = geometries[0]
     assert model.step_s(1, g["per_worker_batch_size"], g["grad_accum_steps"]) == pytest.approx(recorded, rel=1e-6)
     assert model.device == f"{device_name(torch.device('cpu'))}, host {socket.gethostname()}"
+    # the all-reduced gradient: 4 bytes per parameter, as the worker counted them into run.json
+    counted = run.info()["num_parameters"]
+    assert counted == sum(p.numel() for p in LocalGroup(config).engine.model.parameters())
+    assert model.gradient_bytes == 4 * counted
+    # so `absa plan --from-run` needs no torch; a run made before workers counted them is counted here instead
+    runs = str(tmp_path / "runs")
+    code = ("import sys; from absa_cli.cli.app import main; sys.argv = ['absa', 'plan', 'quickstart', '--from-run', "
+            f"{run.id!r}, '--runs-dir', {runs!r}]\ntry:\n    main()\nexcept SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\nprint('torch' in sys.modules)\n"
+            f"from absa_cli.cli.calibrate import profile_from_run; print(profile_from_run({run.id!r}, "
+            f"__import__('pathlib').Path({runs!r})).gradient_bytes)")
+    for recorded, imports_torch in ((True, "False"), (False, "True")):
+        if not recorded:
+            info = run.info()
+            del info["num_parameters"]
+            run.replace_info(info)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "fewer than fixed" in done.stdout and done.stdout.splitlines()[-2:] == [imports_torch, str(4 * counted)]
 
 
 def test_a_profile_from_a_run_names_the_devices_the_run_trained_on(tmp_path):

@@ -66,7 +66,7 @@ def calibrate(
             raise UserError(f"cannot write the profile to {path}: the folder {path.parent} does not exist; create it "
                             f"or choose another --output")
         if from_run is not None:
-            with held_interrupt():  # it loads torch to count the model's parameters
+            with held_interrupt():  # a run made before its workers counted its parameters: torch counts them
                 model = profile_from_run(from_run, runs_dir)
         else:
             model = _measure(preset, overrides or [], max_gpus, address, local)
@@ -106,16 +106,18 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     measured = [r for r in epochs if r.get("eval_s")]
     eval_per_sample = (sum(r["eval_s"] * r["num_workers"] for r in measured) / (len(measured) * test)
                        if measured else 0.0)
-    wall = run.info().get("wall_s")
+    info = run.info()
+    wall = info.get("wall_s")
     inside = sum(r["epoch_s"] for r in epochs)
     extra = [r["epoch_s"] - r.get("train_s", 0) - r.get("eval_s", 0) - r["probe_s"] for r in epochs]
     epoch_extra = sum(extra) / len(extra) + ((wall - inside) / len(epochs) if wall else 0.0)
-    device = _devices(epochs, run.info().get("host", "?"))
+    device = _devices(epochs, info.get("host", "?"))
     first = config.batch.global_batch_size  # each epoch's share of FGSM samples, from the fraction it trained
     timed = [{**g, "attacked": num_adversarial(r.get("adv_ratio", 0.0), first) / first}
              for r in epochs for g in r["geometries"]]
-    return fit(timed, timed_model(config), device,
-               _gradient_bytes(config), sources=[f"the records of run {run.id}"],
+    counted = info.get("num_parameters")  # as the workers counted them; a run made before they did: count here
+    gradient_bytes = 4 * counted if counted else _gradient_bytes(config)
+    return fit(timed, timed_model(config), device, gradient_bytes, sources=[f"the records of run {run.id}"],
                eval_s_per_sample=eval_per_sample, probe_s=sum(probed) / len(probed) if probed else 0.0,
                epoch_s=max(epoch_extra, 0.0))
 

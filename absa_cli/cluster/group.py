@@ -214,6 +214,9 @@ class RayWorkerGroup:
     def devices(self) -> list[str]:
         return sorted({self._workers.get(actor._actor_id.hex(), {}).get("device_name", "?") for actor in self.actors})
 
+    def num_parameters(self) -> int | None:
+        return next((info["num_parameters"] for info in self._workers.values() if "num_parameters" in info), None)
+
     def _node(self, actor: Any) -> str:
         info = self._workers.get(actor._actor_id.hex(), {})
         return f"{info.get('node_ip', '?')} ({str(info.get('node_id', '?'))[:8]})"

@@ -148,6 +148,10 @@ class WorkerGroup(Protocol):
     def devices(self) -> list[str]:
         """The kinds of device the workers train on now, each once, sorted (``accel.device_name``)."""
 
+    def num_parameters(self) -> int | None:
+        """The model's parameters (an update all-reduces 4 bytes of gradient each), as a worker counted them; None
+        before any worker started."""
+
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> Any:
         """``len(lrs)`` optimizer steps from ``samples_seen`` of ``epoch``: reduced ``ChunkStats``."""

@@ -168,7 +168,7 @@ class Controller:
             self.save_checkpoint()
         self.run.write_info(last_epoch=progress.epoch, updates=progress.updates, best_test_acc=progress.best_test_acc,
                             test_acc=evaluation.accuracy, global_batch_size=geometry.global_batch_size,
-                            num_workers=geometry.num_workers)
+                            num_workers=geometry.num_workers, num_parameters=self.group.num_parameters())
         return record
 
     # ---------------------------------------------------------------------------------------- training

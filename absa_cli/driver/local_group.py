@@ -55,6 +55,9 @@ class LocalGroup:
     def devices(self) -> list[str]:
         return [device_name(self.engine.device)]
 
+    def num_parameters(self) -> int:
+        return self.engine.num_parameters
+
     def resize(self, num_workers: int, within_s: float | None = None) -> ResizeResult:
         if num_workers == 1:  # the one worker is this process, started already: nothing to wait for
             return Unchanged(1)
