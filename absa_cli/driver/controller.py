@@ -149,7 +149,8 @@ class Controller:
         eval_s = time.perf_counter() - mark
         if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
             raise outcome.Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
-                           geometry.global_batch_size, [totals.lr], self.checkpoints.saved_file)
+                                   geometry.global_batch_size, [totals.lr], self.checkpoints.saved_file,
+                                   self.config.policy.lr_ramp_epochs)
         outcome.check_collapsed(self.config, progress, totals, evaluation.accuracy, geometry.global_batch_size,
                                 self.checkpoints.saved_file)  # finite, but blown up or back at chance: no probe
         probe = self.groups.recovering(lambda: self.group.probe(progress.epoch), progress) \
@@ -214,7 +215,8 @@ class Controller:
             if resize is not None:
                 self.groups.record_resize(resize, progress, stats.seconds, why)
                 resize = None
-            outcome.check_finite(stats, progress.epoch + 1, progress.updates, batch, lrs, self.checkpoints.saved_file)
+            outcome.check_finite(stats, progress.epoch + 1, progress.updates, batch, lrs, self.checkpoints.saved_file,
+                                 self.config.policy.lr_ramp_epochs)
             progress.samples_seen += stats.samples
             progress.updates += stats.steps
             totals.add(stats, lrs[stats.steps - 1], geometry)  # a stop request may have cut the chunk short

@@ -107,8 +107,14 @@ class GaveUp(RuntimeError):
     worker that runs out of memory, a node that keeps dying). The run ends resumable from its checkpoints."""
 
 
-FIX = ("Start a new run with a lower optim.lr, a lower policy.max_global_batch, or policy.lr_ramp_epochs > 0 "
-       "(docs/policy.md)")  # what to change after a divergence or a collapse
+def fix(ramp_epochs: float) -> str:
+    """What to change after a divergence or a collapse: the ramp only where the run has none (one that ramps
+    already blew up anyway; measured collapses came epochs after the last growth, docs/benchmarks.md)."""
+    if ramp_epochs > 0:
+        return ("Start a new run with a lower optim.lr or a lower policy.max_global_batch (docs/policy.md; this run "
+                f"already ramped its LR after each growth, policy.lr_ramp_epochs={ramp_epochs:g})")
+    return ("Start a new run with a lower optim.lr, a lower policy.max_global_batch, or policy.lr_ramp_epochs > 0 "
+            "(docs/policy.md)")
 
 
 class Diverged(RuntimeError):
@@ -117,10 +123,10 @@ class Diverged(RuntimeError):
     still resumable from the checkpoints it has (exact resumption would diverge again unless something changed)."""
 
     def __init__(self, what: str, epoch: int, updates: int, global_batch: int, lrs: list[float],
-                 checkpoint: str | None) -> None:
+                 checkpoint: str | None, ramp_epochs: float = 0) -> None:
         lr = f"LR {lrs[0]:.4g}" if len(set(lrs)) == 1 else f"LR {min(lrs):.4g}–{max(lrs):.4g}"
         super().__init__(f"training diverged: {what} by update {updates} (epoch {epoch}, global batch {global_batch}, "
-                         f"{lr}); {_kept(checkpoint)}. {FIX}")
+                         f"{lr}); {_kept(checkpoint)}. {fix(ramp_epochs)}")
 
 
 class Collapsed(Diverged):
@@ -129,23 +135,25 @@ class Collapsed(Diverged):
     checkpoint (nor a record), and resuming unchanged would collapse again; the message says what to change."""
 
     def __init__(self, what: str, epoch: int, updates: int, global_batch: int, lr: float,
-                 checkpoint: str | None) -> None:
+                 checkpoint: str | None, ramp_epochs: float = 0) -> None:
         RuntimeError.__init__(  # Diverged's own message says "diverged" and names the update first
             self, f"training collapsed in epoch {epoch}: {what}; update {updates}, global batch {global_batch}, "
-                  f"LR {lr:.4g}; {_kept(checkpoint)}. {FIX}, or train on regardless with policy.stop_on_collapse=false")
+                  f"LR {lr:.4g}; {_kept(checkpoint)}. {fix(ramp_epochs)}, or train on regardless with "
+                  "policy.stop_on_collapse=false")
 
 
 def _kept(checkpoint: str | None) -> str:
     return f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
 
 
-def check_finite(stats: Any, epoch: int, updates: int, batch: int, lrs: list[float], checkpoint: str | None) -> None:
+def check_finite(stats: Any, epoch: int, updates: int, batch: int, lrs: list[float], checkpoint: str | None,
+                 ramp_epochs: float = 0) -> None:
     """``Diverged`` if a chunk's loss, or the weights after its last step, are not finite (``updates``: before it)."""
     if math.isfinite(stats.loss_sum) and stats.params_finite:
         return
     what = (f"the training loss became {stats.loss_sum / max(stats.samples, 1)}" if not math.isfinite(stats.loss_sum)
             else "the weights became NaN or infinite")
-    raise Diverged(what, epoch, updates + stats.steps, batch, lrs[:stats.steps], checkpoint)
+    raise Diverged(what, epoch, updates + stats.steps, batch, lrs[:stats.steps], checkpoint, ramp_epochs)
 
 
 def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: float, batch: int,
@@ -157,7 +165,8 @@ def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: flo
     collapse = check_collapse(catalog.DATASETS[config.data.name].num_classes, totals.loss_sum / max(totals.samples, 1),
                               test_acc, progress.best_test_acc)
     if collapse is not None:
-        raise Collapsed(collapse.what, progress.epoch + 1, progress.updates, batch, totals.lr, checkpoint)
+        raise Collapsed(collapse.what, progress.epoch + 1, progress.updates, batch, totals.lr, checkpoint,
+                        config.policy.lr_ramp_epochs)
 
 
 def summary_line(summary: dict[str, Any], run_path: Path) -> str:
