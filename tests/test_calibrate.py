@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from absa_cli import config as config_mod
 from absa_cli.cli.app import app
+from absa_cli.cli.calibrate import profile_from_run
 from absa_cli.run import profile as profiles
 from absa_cli.driver.controller import Controller
 from absa_cli.driver.local_group import LocalGroup
@@ -54,6 +55,16 @@ def test_calibrate_two_ray_workers_times_the_all_reduce(tmp_path, ray_cluster):
     assert model.device == device_name(torch.device("cpu"))  # the workers' own, from their handshake
 
 
+def _parameters_of(config) -> int:
+    """The parameters of ``config``'s model, counted here from its definition."""
+    from absa_cli import catalog
+    from absa_cli.models import build_model
+
+    spec = catalog.dataset_spec(config.data.name)
+    model = build_model(config.model.name, spec.num_classes, spec.image_size, width=config.model.width)
+    return sum(p.numel() for p in model.parameters())
+
+
 def test_a_profile_from_a_finished_run(tmp_path):
     config = config_mod.load("quickstart", [*TINY, "policy.name=fixed", "cluster.max_workers=1"])
     run = RunDir.create(tmp_path / "runs", config)
@@ -76,8 +87,7 @@ def test_a_profile_from_a_finished_run(tmp_path):
     assert model.device == f"{device_name(torch.device('cpu'))}, host {socket.gethostname()}"
     # the all-reduced gradient: 4 bytes per parameter, as the worker counted them into run.json
     counted = run.info()["num_parameters"]
-    assert counted == sum(p.numel() for p in LocalGroup(config).engine.model.parameters())
-    assert model.gradient_bytes == 4 * counted
+    assert counted == _parameters_of(config) and model.gradient_bytes == 4 * counted
     # so `absa plan --from-run` needs no torch; a run made before workers counted them is counted here instead
     runs = str(tmp_path / "runs")
     code = ("import sys; from absa_cli.cli.app import main; sys.argv = ['absa', 'plan', 'quickstart', '--from-run', "
@@ -85,14 +95,19 @@ def test_a_profile_from_a_finished_run(tmp_path):
             "    assert not exc.code, exc.code\nprint('torch' in sys.modules)\n"
             f"from absa_cli.cli.calibrate import profile_from_run; print(profile_from_run({run.id!r}, "
             f"__import__('pathlib').Path({runs!r})).gradient_bytes)")
-    for recorded, imports_torch in ((True, "False"), (False, "True")):
-        if not recorded:
+    for in_run_json, imports_torch in ((True, "False"), (False, "True")):
+        if not in_run_json:
             info = run.info()
             del info["num_parameters"]
             run.replace_info(info)
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "fewer than fixed" in done.stdout and done.stdout.splitlines()[-2:] == [imports_torch, str(4 * counted)]
+    # a hand-edited count of another type is not multiplied as it stands ("1234" * 4): run.json reads as damaged and
+    # the model is counted instead
+    run.replace_info({**json.loads(run.info_path.read_text()), "num_parameters": "1234"})
+    assert run.info()["status"] == "damaged" and "num_parameters is '1234', not int" in run.info()["error"]
+    assert profile_from_run(run.id, tmp_path / "runs").gradient_bytes == 4 * counted
 
 
 def test_a_profile_from_a_run_names_the_devices_the_run_trained_on(tmp_path):

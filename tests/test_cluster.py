@@ -179,9 +179,12 @@ def test_train_grows_live_from_one_to_two_workers(cluster, tmp_path):
     assert [r["num_workers"] for r in epochs] == [1, 2]
     assert epochs[1]["resize_s"] == resize["resize_s"] and "policy.duration=1" in epochs[0]["policy_reason"]
     # the model's size as the Ray workers counted it, for `absa plan --from-run` (which then needs no torch)
+    from absa_cli import catalog
     from absa_cli.models import build_model
 
-    model = build_model("c1", 10, 32, width=config_mod.load("quickstart", TINY).model.width)
+    config = config_mod.load("quickstart", TINY)
+    spec = catalog.dataset_spec(config.data.name)
+    model = build_model(config.model.name, spec.num_classes, spec.image_size, width=config.model.width)
     info = json.loads(next(tmp_path.glob("*/run.json")).read_text())
     assert info["num_parameters"] == sum(p.numel() for p in model.parameters())
 

@@ -191,7 +191,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
                                 "steps": stats.steps, "step_s": {**split, "total": total,
                                                                  "other": max(total - sum(split.values()), 0.0)}})
                 typer.echo(f"calibrate: {workers} worker(s) × {b}: {total * 1000:.1f} ms a step", err=True)
-        devices = " + ".join(group.devices())
+        devices, num_parameters = " + ".join(group.devices()), group.num_parameters()
         group.resize(1)
         mark = time.perf_counter()
         group.evaluate()
@@ -213,7 +213,8 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
 
     test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
     command = f"absa calibrate {preset} {' '.join(overrides)} --max-gpus {most}".replace("  ", " ")
-    return fit(entries, timed_model(config), devices, _gradient_bytes(config), sources=[f"{command} ({where})"],
+    gradient_bytes = 4 * num_parameters if num_parameters else _gradient_bytes(config)
+    return fit(entries, timed_model(config), devices, gradient_bytes, sources=[f"{command} ({where})"],
                eval_s_per_sample=eval_s / test, probe_s=probe_s, epoch_s=checkpoint_s, start_s=start_s)
 
 

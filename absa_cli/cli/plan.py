@@ -1,6 +1,7 @@
 """``absa plan PRESET [KEY=VALUE ...] [--max-gpus N] [--json]``: what a run will do, before it spends GPU hours.
 
-A dry run: no torch, no data opened (the training-set size comes from the catalogue). For the two bounding cases
+A dry run: no torch, no data opened (the training-set size comes from the catalogue; ``--from-run`` of a run made
+before its workers recorded ``num_parameters`` loads torch to count the model's). For the two bounding cases
 of the ABS rule — growth at every probe from the first possible epoch, and growth only by the ``policy.duration``
 fallback — it prints each batch phase (epochs, global batch, workers × per-worker batch × accumulation, the LR of
 its first SGD step, its peak and its last, SGD updates, and why the policy set that batch, λ_ref included) and the

@@ -91,7 +91,7 @@ _INFO_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("status", "preset", "host", "started_at", "ended_at", "resumed_at", "error", "uid",
                      "checkpoint"), (str,)),
     **dict.fromkeys(("pid", "last_epoch", "epochs", "updates", "resumes", "global_batch_size", "num_workers",
-                     "max_workers"), (int,)),
+                     "max_workers", "num_parameters"), (int,)),
     **dict.fromkeys(("best_test_acc", "test_acc", "wall_s"), (int, float)),
 }
 
