@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from absa_cli import config as config_mod
 from absa_cli.cli.app import app
 from absa_cli.decide.collapse import CHANCE, LOSS, check_collapse
-from absa_cli.driver.outcome import Collapsed, Diverged, check_collapsed
+from absa_cli.driver.outcome import Collapsed, Diverged, advice, check_collapsed
 from absa_cli.driver.progress import EpochTotals, Progress
 from absa_cli.run.rundir import RunDir
 
@@ -110,25 +110,31 @@ def test_the_switch_turns_the_check_off():
         check_collapsed(config_mod.load("quickstart", []), progress, unlearned, 0.100, 1024, "epoch-0003.pt")
 
 
-def test_the_advice_offers_an_lr_ramp_only_to_a_run_without_one():
-    """A run that already ramped its LR after each growth (policy.lr_ramp_epochs > 0) and still collapsed is not
-    told to ramp: measured collapses came epochs after the last growth (docs/benchmarks.md)."""
+def test_the_advice_fits_the_policy_and_offers_a_ramp_only_to_a_run_without_one():
+    """A run that sets policy.lr_ramp_epochs > 0 and still collapsed is not told to set it (the measured collapses
+    came epochs after a growth: docs/benchmarks.md); a policy that never grows the batch is told neither about the
+    ramp nor, for `fixed`, about the cap it never reaches."""
     progress = Progress(epoch=27, updates=560, best_test_acc=0.94)
     blown = EpochTotals(loss_sum=56.0, samples=10, lr=0.32)
-    advice = {}
-    for ramp in (0, 1):
+    said = {}
+    for label, overrides in {"absa": [], "ramped": ["policy.lr_ramp_epochs=1"], "abs": ["policy.name=abs"],
+                             "fixed": ["policy.name=fixed"], "fixed-large": ["policy.name=fixed-large"]}.items():
         with pytest.raises(Collapsed) as caught:
-            check_collapsed(config_mod.load("quickstart", [f"policy.lr_ramp_epochs={ramp}"]), progress, blown, 0.553,
-                            2048, "epoch-0027.pt")
-        advice[ramp] = str(caught.value)
-    assert "a lower policy.max_global_batch, or policy.lr_ramp_epochs > 0 (docs/policy.md)" in advice[0]
-    assert "policy.lr_ramp_epochs > 0" not in advice[1]
-    assert ("a lower optim.lr or a lower policy.max_global_batch (docs/policy.md; this run already ramped its LR "
-            "after each growth, policy.lr_ramp_epochs=1), or train on regardless with policy.stop_on_collapse=false"
-            ) in advice[1]
-    with pytest.raises(Diverged, match=r"this run already ramped its LR after each growth, "
-                                       r"policy\.lr_ramp_epochs=2\)$"):
-        raise Diverged("the training loss became nan", 28, 561, 2048, [0.32], "epoch-0027.pt", ramp_epochs=2)
+            check_collapsed(config_mod.load("quickstart", overrides), progress, blown, 0.553, 2048, "epoch-0027.pt")
+        said[label] = str(caught.value).split("epoch-0027.pt. ")[1]
+    tail = ", or train on regardless with policy.stop_on_collapse=false"
+    grows = ("Start a new run with a lower optim.lr, a lower policy.max_global_batch, or policy.lr_ramp_epochs > 0 "
+             "(docs/policy.md)" + tail)
+    assert said["absa"] == said["abs"] == grows
+    assert said["ramped"] == ("Start a new run with a lower optim.lr or a lower policy.max_global_batch "
+                                "(docs/policy.md; this run sets policy.lr_ramp_epochs=1 already)" + tail)
+    assert said["fixed"] == "Start a new run with a lower optim.lr (docs/policy.md)" + tail
+    assert said["fixed-large"] == ("Start a new run with a lower optim.lr or a lower policy.max_global_batch "
+                                     "(docs/policy.md)" + tail)
+    ramped = config_mod.load("quickstart", ["policy.lr_ramp_epochs=2"])
+    with pytest.raises(Diverged, match=r"\. Start a new run with a lower optim\.lr or a lower policy\.max_global_batch "
+                                       r"\(docs/policy\.md; this run sets policy\.lr_ramp_epochs=2 already\)$"):
+        raise Diverged("the training loss became nan", 28, 561, 2048, [0.32], "epoch-0027.pt", advice(ramped))
 
 
 def test_a_collapsing_run_stops_with_one_line_and_is_marked_diverged(tmp_path, one_thread):

@@ -150,7 +150,7 @@ class Controller:
         if not math.isfinite(evaluation.loss):  # e.g. weights that overflow only on the test set's inputs
             raise outcome.Diverged(f"the test loss became {evaluation.loss}", progress.epoch + 1, progress.updates,
                                    geometry.global_batch_size, [totals.lr], self.checkpoints.saved_file,
-                                   self.config.policy.lr_ramp_epochs)
+                                   outcome.advice(self.config))
         outcome.check_collapsed(self.config, progress, totals, evaluation.accuracy, geometry.global_batch_size,
                                 self.checkpoints.saved_file)  # finite, but blown up or back at chance: no probe
         probe = self.groups.recovering(lambda: self.group.probe(progress.epoch), progress) \
@@ -167,9 +167,10 @@ class Controller:
         self.console.epoch_done(record)
         if progress.epoch % self.config.checkpoint.every_epochs == 0 or progress.epoch == self.config.epochs:
             self.save_checkpoint()
+        counted = self.group.num_parameters()  # None: no worker said (never after an epoch); keep what was written
         self.run.write_info(last_epoch=progress.epoch, updates=progress.updates, best_test_acc=progress.best_test_acc,
                             test_acc=evaluation.accuracy, global_batch_size=geometry.global_batch_size,
-                            num_workers=geometry.num_workers, num_parameters=self.group.num_parameters())
+                            num_workers=geometry.num_workers, **({"num_parameters": counted} if counted else {}))
         return record
 
     # ---------------------------------------------------------------------------------------- training
@@ -216,7 +217,7 @@ class Controller:
                 self.groups.record_resize(resize, progress, stats.seconds, why)
                 resize = None
             outcome.check_finite(stats, progress.epoch + 1, progress.updates, batch, lrs, self.checkpoints.saved_file,
-                                 self.config.policy.lr_ramp_epochs)
+                                 outcome.advice(self.config))
             progress.samples_seen += stats.samples
             progress.updates += stats.steps
             totals.add(stats, lrs[stats.steps - 1], geometry)  # a stop request may have cut the chunk short

@@ -28,6 +28,7 @@ from typing import Any
 from absa_cli import catalog
 from absa_cli.config import RunConfig
 from absa_cli.decide.collapse import check_collapse
+from absa_cli.decide.policy import ADAPTIVE_POLICIES
 from absa_cli.run.rundir import Status
 
 
@@ -107,12 +108,18 @@ class GaveUp(RuntimeError):
     worker that runs out of memory, a node that keeps dying). The run ends resumable from its checkpoints."""
 
 
-def fix(ramp_epochs: float) -> str:
-    """What to change after a divergence or a collapse: the ramp only where the run has none (one that ramps
-    already blew up anyway; measured collapses came epochs after the last growth, docs/benchmarks.md)."""
-    if ramp_epochs > 0:
+def advice(config: RunConfig | None = None) -> str:
+    """What to change after a divergence or a collapse, for the run's policy: the cap and a ramp after growths only
+    where the batch grows (abs, absa) or is the cap (fixed-large), and a ramp only where the run sets none (one that
+    sets it blew up anyway; the measured collapses came epochs after a growth, docs/benchmarks.md)."""
+    name, ramp = (config.policy.name, config.policy.lr_ramp_epochs) if config is not None else ("absa", 0)
+    if name == "fixed":
+        return "Start a new run with a lower optim.lr (docs/policy.md)"
+    if name not in ADAPTIVE_POLICIES:
+        return "Start a new run with a lower optim.lr or a lower policy.max_global_batch (docs/policy.md)"
+    if ramp > 0:
         return ("Start a new run with a lower optim.lr or a lower policy.max_global_batch (docs/policy.md; this run "
-                f"already ramped its LR after each growth, policy.lr_ramp_epochs={ramp_epochs:g})")
+                f"sets policy.lr_ramp_epochs={ramp:g} already)")
     return ("Start a new run with a lower optim.lr, a lower policy.max_global_batch, or policy.lr_ramp_epochs > 0 "
             "(docs/policy.md)")
 
@@ -123,10 +130,10 @@ class Diverged(RuntimeError):
     still resumable from the checkpoints it has (exact resumption would diverge again unless something changed)."""
 
     def __init__(self, what: str, epoch: int, updates: int, global_batch: int, lrs: list[float],
-                 checkpoint: str | None, ramp_epochs: float = 0) -> None:
+                 checkpoint: str | None, fix: str | None = None) -> None:
         lr = f"LR {lrs[0]:.4g}" if len(set(lrs)) == 1 else f"LR {min(lrs):.4g}–{max(lrs):.4g}"
         super().__init__(f"training diverged: {what} by update {updates} (epoch {epoch}, global batch {global_batch}, "
-                         f"{lr}); {_kept(checkpoint)}. {fix(ramp_epochs)}")
+                         f"{lr}); {_kept(checkpoint)}. {fix or advice()}")
 
 
 class Collapsed(Diverged):
@@ -135,10 +142,10 @@ class Collapsed(Diverged):
     checkpoint (nor a record), and resuming unchanged would collapse again; the message says what to change."""
 
     def __init__(self, what: str, epoch: int, updates: int, global_batch: int, lr: float,
-                 checkpoint: str | None, ramp_epochs: float = 0) -> None:
+                 checkpoint: str | None, fix: str | None = None) -> None:
         RuntimeError.__init__(  # Diverged's own message says "diverged" and names the update first
             self, f"training collapsed in epoch {epoch}: {what}; update {updates}, global batch {global_batch}, "
-                  f"LR {lr:.4g}; {_kept(checkpoint)}. {fix(ramp_epochs)}, or train on regardless with "
+                  f"LR {lr:.4g}; {_kept(checkpoint)}. {fix or advice()}, or train on regardless with "
                   "policy.stop_on_collapse=false")
 
 
@@ -147,13 +154,13 @@ def _kept(checkpoint: str | None) -> str:
 
 
 def check_finite(stats: Any, epoch: int, updates: int, batch: int, lrs: list[float], checkpoint: str | None,
-                 ramp_epochs: float = 0) -> None:
+                 fix: str | None = None) -> None:
     """``Diverged`` if a chunk's loss, or the weights after its last step, are not finite (``updates``: before it)."""
     if math.isfinite(stats.loss_sum) and stats.params_finite:
         return
     what = (f"the training loss became {stats.loss_sum / max(stats.samples, 1)}" if not math.isfinite(stats.loss_sum)
             else "the weights became NaN or infinite")
-    raise Diverged(what, epoch, updates + stats.steps, batch, lrs[:stats.steps], checkpoint, ramp_epochs)
+    raise Diverged(what, epoch, updates + stats.steps, batch, lrs[:stats.steps], checkpoint, fix)
 
 
 def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: float, batch: int,
@@ -166,7 +173,7 @@ def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: flo
                               test_acc, progress.best_test_acc)
     if collapse is not None:
         raise Collapsed(collapse.what, progress.epoch + 1, progress.updates, batch, totals.lr, checkpoint,
-                        config.policy.lr_ramp_epochs)
+                        advice(config))
 
 
 def summary_line(summary: dict[str, Any], run_path: Path) -> str:
