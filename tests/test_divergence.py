@@ -34,6 +34,14 @@ def test_a_diverging_run_stops_with_one_line_and_is_marked_diverged(tmp_path, on
     assert info["status"] == "diverged" and "training diverged" in info["error"]
     assert list((run_path / "checkpoints").glob("*.pt")) == []
     assert RunDir(run_path).records("epoch") == []
+    assert errors[0].endswith("Start a new run with a lower optim.lr, a lower policy.max_global_batch, or "
+                              "policy.lr_ramp_epochs > 0 (docs/policy.md)")
+    # a policy that never grows is advised only what applies to it (the advice follows the run's config)
+    fixed = CliRunner().invoke(app, ["train", "quickstart", "--local", "--runs-dir", str(tmp_path / "fixed"), *TINY,
+                                     "epochs=1", "optim.lr=1e6", "policy.name=fixed"])
+    (line,) = [line for line in fixed.stderr.splitlines() if line.startswith("error: ")]
+    assert fixed.exit_code == 1 and line.endswith("; no checkpoint was written yet. Start a new run with a lower "
+                                                  "optim.lr (docs/policy.md)"), fixed.output
 
 
 def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_writes_no_other(tmp_path, one_thread):

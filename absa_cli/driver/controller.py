@@ -217,7 +217,7 @@ class Controller:
                 self.groups.record_resize(resize, progress, stats.seconds, why)
                 resize = None
             outcome.check_finite(stats, progress.epoch + 1, progress.updates, batch, lrs, self.checkpoints.saved_file,
-                                 outcome.advice(self.config))
+                                 self.config)
             progress.samples_seen += stats.samples
             progress.updates += stats.steps
             totals.add(stats, lrs[stats.steps - 1], geometry)  # a stop request may have cut the chunk short

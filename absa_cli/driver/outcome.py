@@ -154,13 +154,14 @@ def _kept(checkpoint: str | None) -> str:
 
 
 def check_finite(stats: Any, epoch: int, updates: int, batch: int, lrs: list[float], checkpoint: str | None,
-                 fix: str | None = None) -> None:
-    """``Diverged`` if a chunk's loss, or the weights after its last step, are not finite (``updates``: before it)."""
+                 config: RunConfig | None = None) -> None:
+    """``Diverged`` if a chunk's loss, or the weights after its last step, are not finite (``updates``: before it);
+    the advice fits ``config``'s policy."""
     if math.isfinite(stats.loss_sum) and stats.params_finite:
         return
     what = (f"the training loss became {stats.loss_sum / max(stats.samples, 1)}" if not math.isfinite(stats.loss_sum)
             else "the weights became NaN or infinite")
-    raise Diverged(what, epoch, updates + stats.steps, batch, lrs[:stats.steps], checkpoint, fix)
+    raise Diverged(what, epoch, updates + stats.steps, batch, lrs[:stats.steps], checkpoint, advice(config))
 
 
 def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: float, batch: int,
