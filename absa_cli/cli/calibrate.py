@@ -77,8 +77,11 @@ def calibrate(
     _report(model, path)
 
 
-def _gradient_bytes(config) -> int:
-    """4 bytes per trained parameter (the gradient all-reduced in fp32), from the model alone (no data)."""
+def _gradient_bytes(config, counted: int | None) -> int:
+    """4 bytes per trained parameter (the gradient all-reduced in fp32): of the ``counted`` parameters the workers
+    reported, else (a run made before they did) of the model built here (torch, no data)."""
+    if counted:
+        return 4 * counted
     from absa_cli import catalog
     from absa_cli.models import build_model
 
@@ -115,8 +118,7 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     first = config.batch.global_batch_size  # each epoch's share of FGSM samples, from the fraction it trained
     timed = [{**g, "attacked": num_adversarial(r.get("adv_ratio", 0.0), first) / first}
              for r in epochs for g in r["geometries"]]
-    counted = info.get("num_parameters")  # as the workers counted them; a run made before they did: count here
-    gradient_bytes = 4 * counted if counted else _gradient_bytes(config)
+    gradient_bytes = _gradient_bytes(config, info.get("num_parameters"))
     return fit(timed, timed_model(config), device, gradient_bytes, sources=[f"the records of run {run.id}"],
                eval_s_per_sample=eval_per_sample, probe_s=sum(probed) / len(probed) if probed else 0.0,
                epoch_s=max(epoch_extra, 0.0))
@@ -213,8 +215,8 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
 
     test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
     command = f"absa calibrate {preset} {' '.join(overrides)} --max-gpus {most}".replace("  ", " ")
-    gradient_bytes = 4 * num_parameters if num_parameters else _gradient_bytes(config)
-    return fit(entries, timed_model(config), devices, gradient_bytes, sources=[f"{command} ({where})"],
+    return fit(entries, timed_model(config), devices, _gradient_bytes(config, num_parameters),
+               sources=[f"{command} ({where})"],
                eval_s_per_sample=eval_s / test, probe_s=probe_s, epoch_s=checkpoint_s, start_s=start_s)
 
 
