@@ -8,6 +8,7 @@ collective timeout, so a dead peer turns into an error instead of a hang.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -30,12 +31,22 @@ def _wait_for_listener(address: str, port: int, timeout_s: float) -> None:
             time.sleep(0.005)
 
 
+def die_on_sigterm() -> None:
+    """SIGTERM ends this worker process at once, as SIGKILL does (the driver recovers from either; a worker keeps
+    nothing the group needs). Ray's own handler raises SystemExit wherever Python happens to be: inside a finalizer
+    or a weakref callback (an import's module lock) that exception cannot propagate, so Python prints it as
+    "Exception ignored ... Traceback" into the driver's output and the worker lives on until Ray's SIGKILL. Seen at
+    a run's end, when the raylet's SIGTERM caught a worker that ``ray.kill`` was ending."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @ray.remote(concurrency_groups={"control": 1})
 class WorkerActor:
     """Work runs one call at a time in the default lane; ``request_stop`` has a lane of its own, so it lands
     while a ``train_chunk`` runs (the engine reads the flag between steps)."""
 
     def __init__(self, config_yaml: str, threads: int) -> None:
+        die_on_sigterm()  # first: the imports below are where a SIGTERM is most likely to land
         import torch
 
         from absa_cli import config as config_mod
