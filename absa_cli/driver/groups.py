@@ -138,7 +138,7 @@ class GroupKeeper:
                 reported = self.clock()
                 self.console.line(f"[yellow]cluster[/]: still waiting ({reported - started:.0f} s): "
                                   f"{self.group.describe_capacity()}")
-            self.sleep(WAIT_POLL_S)
+            self.sleep(max(0.0, min(WAIT_POLL_S, deadline - self.clock())))  # the last poll ends at the deadline
             capacity = self.group.capacity()
             if capacity > 0:
                 return capacity
