@@ -35,8 +35,9 @@ def die_on_sigterm() -> None:
     """SIGTERM ends this worker process at once, as SIGKILL does (the driver recovers from either; a worker keeps
     nothing the group needs). Ray's own handler raises SystemExit wherever Python happens to be: inside a finalizer
     or a weakref callback (an import's module lock) that exception cannot propagate, so Python prints it as
-    "Exception ignored ... Traceback" into the driver's output and the worker lives on until Ray's SIGKILL. Seen at
-    a run's end, when the raylet's SIGTERM caught a worker that ``ray.kill`` was ending."""
+    "Exception ignored ... Traceback" to the worker's stderr, which Ray forwards to the driver's terminal, and the
+    worker lives on until a SIGKILL (the raylet's, after its grace period). Seen at a run's end, when the raylet's
+    SIGTERM caught a worker that ``ray.kill`` was ending."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
