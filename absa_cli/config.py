@@ -174,6 +174,7 @@ class PolicyConfig:
     eig_ratio: float = 2.0  # grow when λ ≤ λ_ref / eig_ratio
     duration: int = 10  # grow anyway after this many epochs without an increase
     confirm: int = 1  # consecutive probes that must show the drop (1 = the paper)
+    recheck: int = 0  # a drop must show again on this many more probes of new samples, taken at once (0 = the paper)
     max_global_batch: int = 16384  # the cap (the paper's 128 × 128); fixed-large trains at this batch
     lr_ramp_epochs: float = 0.0  # after a growth, ramp the LR linearly to its new value over this many epochs
     adv_ratio: float = 0.2  # initial fraction of each base batch replaced by FGSM examples (absa only)
@@ -189,6 +190,7 @@ class PolicyConfig:
         _require(self.eig_ratio > 1, f"policy.eig_ratio must be > 1, got {self.eig_ratio}")
         _require(self.duration >= 1, f"policy.duration must be >= 1, got {self.duration}")
         _require(self.confirm >= 1, f"policy.confirm must be >= 1, got {self.confirm}")
+        _require(self.recheck >= 0, f"policy.recheck must be >= 0, got {self.recheck}")
         _require(self.max_global_batch > 0, f"policy.max_global_batch must be > 0, got {self.max_global_batch}")
         _require(self.lr_ramp_epochs >= 0, f"policy.lr_ramp_epochs must be >= 0, got {self.lr_ramp_epochs}")
         _require(0 <= self.adv_ratio < 1, f"policy.adv_ratio must be in [0, 1), got {self.adv_ratio}")

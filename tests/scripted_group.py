@@ -67,7 +67,8 @@ class ScriptedGroup:
     num_train_samples: int = 256
     offered: int = 1  # the cluster's capacity: what ``capacity()`` reports
     events: dict[tuple[str, int], Any] = field(default_factory=dict)  # (method, n-th call) → Lose | LoseAll | NoRoom
-    eigenvalues: list[float] = field(default_factory=lambda: [8.0])  # probe readings, the last one repeated
+    # probe readings per epoch, the last one repeated; a tuple: the probe's, then its rechecks' (policy.recheck)
+    eigenvalues: list[float | tuple[float, ...]] = field(default_factory=lambda: [8.0])
     hooks: dict[tuple[str, int], Callable[["ScriptedGroup"], None]] = field(default_factory=dict)  # run on the call
     train_loss: float = 1.0  # per sample; math.nan makes the chunk diverge
     drift: float = 0.0  # loss and accuracy of a step grow with its position in the epoch by this much (0: flat)
@@ -183,11 +184,12 @@ class ScriptedGroup:
             raise self._lose(event, *self._position())
         return Stats()
 
-    def probe(self, epoch: int) -> Stats:
-        event = self._call("probe", epoch)
+    def probe(self, epoch: int, draw: int = 0) -> Stats:
+        event = self._call("probe", (epoch, draw) if draw else epoch)
         if isinstance(event, Lose):
             raise self._lose(event, *self._position())
-        return Stats(eigenvalue=self.eigenvalues[min(epoch, len(self.eigenvalues) - 1)])
+        readings = self.eigenvalues[min(epoch, len(self.eigenvalues) - 1)]
+        return Stats(eigenvalue=readings[draw] if isinstance(readings, tuple) else readings)
 
     def state_dict(self) -> dict:
         event = self._call("state_dict")

@@ -76,6 +76,11 @@ def test_two_workers_equal_one_worker_with_accumulation(cluster):
         for name in buffers:
             assert torch.equal(rank0[name], rank1[name]), name
             assert torch.allclose(rank0[name], alone[name], atol=1e-5, rtol=1e-4), name
+        # a recheck (policy.recheck, draw 1) reaches every worker: the same new samples on either split, not the
+        # quickstart's fixed probe set
+        recheck = two.probe(0, 1).eigenvalue
+        assert recheck == pytest.approx(one.probe(0, 1).eigenvalue, rel=1e-3)
+        assert recheck != pytest.approx(two.probe(0).eigenvalue, rel=1e-2)
     finally:
         two.close()
         one.close()

@@ -68,6 +68,26 @@ def test_the_group_for_the_policys_next_batch_is_started_ahead(tmp_path):
         (2, 0, "withdrawn: the group has the 2 worker(s) it wants")]
 
 
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_drop_is_rechecked_on_new_samples_before_the_decision(tmp_path, lost):
+    """policy.recheck=1: after a probe showing the drop the controller probes once more (draw 1) and the policy
+    decides on both readings; the records keep both. A worker lost during the recheck: the survivors run it again."""
+    group = ScriptedGroup(offered=2, eigenvalues=[8.0, (3.0, 5.0), (3.0, 3.5), 1.0],
+                          events={("probe", 3): Lose(1)} if lost else {})
+    controller, run, _ = _controller(tmp_path, group, "epochs=4", "policy.duration=10", "policy.recheck=1")
+    assert controller.train().status == Status.FINISHED
+    epochs = _records(run, "epoch")
+    assert [(r["eigenvalue"], r["eigenvalue_rechecks"], r["probe_hvps"]) for r in epochs] == \
+        [(8.0, [], 1), (3.0, [5.0], 2), (3.0, [3.5], 2), (None, [], 0)]
+    assert [r["global_batch_size"] for r in epochs] == [64, 64, 64, 128]
+    assert [r["growth"] for r in epochs] == [None, None, "curvature", None]
+    assert "but a recheck of new samples read 5 > 4 (policy.recheck=1)" in epochs[1]["policy_reason"]
+    assert epochs[2]["policy_reason"].endswith("λ_ref is now 3.25 (their mean)")
+    probes = [detail for method, detail in group.calls if method == "probe"]
+    assert probes == [0, 1, (1, 1), *([(1, 1)] if lost else []), 2, (2, 1)]
+    _assert_exactly_once(group, run)
+
+
 def test_a_run_without_incident_grows_by_the_rule(tmp_path):
     group = ScriptedGroup(offered=2)
     controller, run, out = _controller(tmp_path, group)

@@ -163,6 +163,25 @@ def test_without_warm_starts_each_probe_starts_from_a_vector_drawn_for_its_epoch
     assert later.eigenvalue != first.eigenvalue  # same weights and samples, another start: not converged alike
 
 
+def test_a_recheck_probes_new_samples_from_a_new_start_and_leaves_the_warm_start(tiny_config, one_thread):
+    """A recheck (policy.recheck; draw k > 0) reads samples and a start vector drawn from (probe.seed, epoch, k),
+    whatever probe.data and probe.warm_start say, repeatably; the warm start stays what the epoch's probe left."""
+    engine = Engine(_small_probe(tiny_config, max_iter=3))  # the quickstart's probe: fixed set, warm starts
+    first = engine.probe(3)
+    vector = engine.probe_start.clone()
+    recheck, again = engine.probe(3, draw=1), engine.probe(3, draw=1)
+    assert torch.equal(engine.probe_start, vector)
+    assert (recheck.eigenvalue, recheck.hvp_count) == (again.eigenvalue, again.hvp_count)
+    assert recheck.eigenvalue != first.eigenvalue
+    inputs = lambda epoch, draw: engine.curvature.batches(engine.ctx, epoch, draw)[0][0]  # noqa: E731
+    expected, _ = engine.train_set.get_batch(probe_indices(256, 32, 1, 0, 3, 1)[0], None)
+    assert torch.equal(inputs(3, 1), expected)
+    assert not torch.equal(inputs(3, 1), inputs(3, 0))  # draw 0: the fixed set
+    assert not torch.equal(inputs(3, 1), inputs(3, 2)) and not torch.equal(inputs(3, 1), inputs(4, 1))
+    # a fresh probe's own draw is (seed, epoch), as before rechecks existed: runs probe as they did
+    assert torch.equal(probe_indices(256, 32, 1, 0, 3, 0)[0], probe_indices(256, 32, 1, 0, 3)[0])
+
+
 def test_fresh_probe_data_is_drawn_per_epoch_and_fixed_data_is_not(tiny_config, one_thread):
     fresh = Engine(_small_probe(tiny_config, data="fresh"))
     fixed = Engine(_small_probe(tiny_config))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from absa_cli import config as config_mod
-from absa_cli.decide.policy import (Decision, EpochMeasurements, adv_stop_epoch, attacked_share, make_policy,
-                                   num_adversarial)
+from absa_cli.decide.policy import (CURVATURE, FALLBACK, Decision, EpochMeasurements, adv_stop_epoch,
+                                   attacked_share, make_policy, num_adversarial)
 from absa_cli.decide.replay import schedule_bounds, trajectory
 
 
@@ -307,6 +307,59 @@ def test_confirm_count_survives_an_unprobed_epoch():
     policy.observe(EpochMeasurements(2, 90, 3.0))
     assert policy.observe(EpochMeasurements(3, 90, None)).global_batch_size == 128
     assert policy.observe(EpochMeasurements(4, 90, 3.0)).global_batch_size == 256
+
+
+# --------------------------------------------------------------------------------------------- recheck
+
+def test_recheck_grows_only_when_every_reading_shows_the_drop():
+    """policy.recheck=1: a probe at or below λ_ref / 2 is probed once more on new samples before the decision; the
+    batch grows only if that reading shows the drop too, and λ_ref becomes the two readings' mean."""
+    config = make_config({"name": "abs", "recheck": 1})
+    # epoch 2: 3 ≤ 8 / 2, its recheck 5 > 4: kept; epoch 3: 3.5 and 2.5 both ≤ 4: grows, λ_ref = 3
+    decisions = trajectory(config, [8.0, (3.0, 5.0), (3.5, 2.5), (1.4, 1.2), 1.5])
+    assert batches(decisions) == [128, 128, 128, 256, 512, 512]
+    assert decisions[2].reason == ("batch 128 kept: λ_max 3 ≤ λ_ref 8 / policy.eig_ratio=2, but a recheck of new "
+                                   "samples read 5 > 4 (policy.recheck=1): no drop (epoch 2 of policy.duration=10)")
+    assert decisions[3].reason == ("batch 128→256: λ_max 3.5 ≤ λ_ref 8 / policy.eig_ratio=2 and on 1 recheck(s) of "
+                                   "new samples (2.5; policy.recheck=1); λ_ref is now 3 (their mean)")
+    assert decisions[4].growth == CURVATURE and decisions[4].reason.endswith("λ_ref is now 1.3 (their mean)")
+    assert not decisions[5].grew  # 1.5 > 1.3 / 2: no recheck, no growth
+
+
+def test_recheck_is_asked_only_while_every_reading_shows_the_drop():
+    policy = make_policy(make_config({"name": "abs", "recheck": 2}))
+    assert not policy.wants_recheck([8.0])  # the first probe only sets λ_ref
+    policy.observe(EpochMeasurements(1, 90, 8.0))
+    assert not policy.wants_recheck([4.1])  # no drop: nothing to check
+    assert policy.wants_recheck([4.0]) and policy.wants_recheck([4.0, 1.0])  # 4 ≤ 8 / 2
+    assert not policy.wants_recheck([4.0, 4.5])  # the first recheck did not show it: the second is not needed
+    assert not policy.wants_recheck([4.0, 1.0, 1.0])  # both rechecks ran
+    assert not policy.wants_recheck([float("nan")]) and not policy.wants_recheck([4.0, float("nan")])
+    assert not make_policy(make_config({"name": "abs"})).wants_recheck([1.0])  # recheck=0: the paper's rule
+    assert not make_policy(make_config({"name": "fixed"})).wants_recheck([1.0])
+
+
+def test_recheck_replays_with_the_readings_the_controller_would_take():
+    """A number scripts every reading of its epoch; a drop with fewer rechecks than policy.recheck is refused."""
+    config = make_config({"name": "abs", "recheck": 2}, epochs=12)
+    assert batches(trajectory(config, [8.0, 4.0, 2.0])) == [128, 128, 256, 512]
+    with pytest.raises(ValueError, match="scripts none"):
+        trajectory(config, [8.0, (4.0, 3.0)])
+    policy = make_policy(config)
+    policy.observe(EpochMeasurements(1, 12, 8.0))
+    with pytest.raises(ValueError, match="1 of policy.recheck=2"):
+        policy.observe(EpochMeasurements(2, 12, 4.0, (3.0,)))
+    assert schedule_bounds(config).fastest == schedule_bounds(make_config({"name": "abs"}, epochs=12)).fastest
+
+
+def test_recheck_composes_with_confirm_and_fallback():
+    """A probe whose recheck fails is not a drop: it resets policy.confirm's count; the fallback leaves λ_ref."""
+    config = make_config({"name": "abs", "recheck": 1, "confirm": 2, "duration": 4})
+    decisions = trajectory(config, [8.0, (3.0, 3.0), (3.0, 9.0), (3.0, 3.0), (3.0, 3.0)])
+    assert batches(decisions) == [128, 128, 128, 128, 256, 256]
+    assert decisions[4].growth == FALLBACK and "λ_ref 8 kept" in decisions[4].reason
+    assert "on 1 of policy.confirm=2 probes" in decisions[4].reason
+    assert decisions[5].growth is None and "on 1 of policy.confirm=2 probes" in decisions[5].reason
 
 
 # --------------------------------------------------------------------------------------------- fixed

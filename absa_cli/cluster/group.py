@@ -390,8 +390,8 @@ class RayWorkerGroup:
     def evaluate(self) -> Any:
         return self._all("evaluate")[0]
 
-    def probe(self, epoch: int) -> Any:
-        return self._all("probe", epoch)[0]
+    def probe(self, epoch: int, draw: int = 0) -> Any:
+        return self._all("probe", epoch, draw)[0]
 
     def state_dict(self) -> dict:
         future = self.actors[0].state_dict.remote()

@@ -124,8 +124,8 @@ class WorkerActor:
     def evaluate(self) -> Any:
         return self.engine.evaluate()
 
-    def probe(self, epoch: int) -> Any:
-        return self.engine.probe(epoch)
+    def probe(self, epoch: int, draw: int = 0) -> Any:
+        return self.engine.probe(epoch, draw=draw)
 
     def state_dict(self) -> dict:
         return self.engine.state_dict()

@@ -46,14 +46,15 @@ class EpochOrder:
 
 
 def probe_indices(num_samples: int, batch_size: int, num_batches: int, seed: int,
-                  epoch: int | None = None) -> list[torch.Tensor]:
+                  epoch: int | None = None, draw: int = 0) -> list[torch.Tensor]:
     """Curvature-probe samples: ``num_batches`` batches of training-set indices drawn from ``seed``.
 
     ``epoch=None`` gives the fixed set: successive probes (and ``absa hessian`` with the same seed) measure the loss
     on the very same samples. An epoch number gives that epoch's fresh draw (``probe.data=fresh``, as the reference
     takes a new random batch at every probe), still a function of (seed, epoch) only, so a resumed run draws what
-    the uninterrupted one would have. Each worker then takes its contiguous shard of every batch."""
-    parts = (seed, 0xB10B) if epoch is None else (seed, 0xB10B, epoch)
+    the uninterrupted one would have. ``draw`` k > 0 (with an epoch) is that epoch's k-th further draw, the samples
+    of a recheck (``policy.recheck``). Each worker then takes its contiguous shard of every batch."""
+    parts = (seed, 0xB10B) if epoch is None else (seed, 0xB10B, epoch) + ((draw,) if draw else ())
     generator = torch.Generator().manual_seed(derive_seed(*parts))
     count = min(batch_size * num_batches, num_samples)
     return list(torch.split(torch.randperm(num_samples, generator=generator)[:count], batch_size))

@@ -6,7 +6,9 @@ behaves (docs/policy.md states it with every difference):
 1. the first finite probe's λ becomes λ_ref (it cannot grow the batch by itself);
 2. a probe with λ ≤ λ_ref / ``policy.eig_ratio`` counts as a drop; ``policy.confirm`` drops in a row grow the
    batch by ``policy.growth`` (cause ``curvature``) and set λ_ref = λ (a probe without the drop resets the count;
-   an epoch without a probe leaves it as it is);
+   an epoch without a probe leaves it as it is). With ``policy.recheck`` = R > 0 (not the paper's), a probe that
+   shows the drop is probed again at once on R new sample draws (``wants_recheck``); it counts as a drop only if
+   every reading shows it, and λ_ref becomes the readings' mean;
 3. otherwise, after ``policy.duration`` epochs without growth, grow anyway (cause ``fallback``): **λ_ref is left
    as it is**, so the next curvature growth still needs λ to halve from the last curvature-set reference;
 4. never beyond ``policy.max_global_batch``: a growth that would overshoot is clamped to it; at the cap probing
@@ -61,6 +63,12 @@ class AdaptivePolicy(BasePolicy):
         return None if last or s.global_batch_size >= p.max_global_batch else \
             min(s.global_batch_size * p.growth, p.max_global_batch)
 
+    def wants_recheck(self, readings: list[float]) -> bool:
+        s, p = self.state, self.config.policy
+        if s.eig_ref is None or len(readings) > p.recheck:
+            return False
+        return all(math.isfinite(r) and r <= s.eig_ref / p.eig_ratio for r in readings)
+
     # ------------------------------------------------------------------------------------------- the rule
 
     def observe(self, m: EpochMeasurements) -> Decision:
@@ -87,7 +95,7 @@ class AdaptivePolicy(BasePolicy):
             return self._decision(None, f"batch {old_batch} kept: at the cap policy.max_global_batch="
                                         f"{p.max_global_batch}; probing stops")
         waited = s.epochs_since_growth
-        growth, reason = self._apply_rule(eig, m.eigenvalue)
+        growth, reason = self._apply_rule(eig, m.eigenvalue, m.rechecks)
         adversarial = ramp = ""
         if growth is not None:
             self._grow(m.epoch)
@@ -111,7 +119,8 @@ class AdaptivePolicy(BasePolicy):
         early = max(0, p.duration - waited) if growth == CURVATURE else 0
         return self._decision(growth, "; ".join(filter(None, [reason, adversarial, ramp])), early)
 
-    def _apply_rule(self, eig: float | None, raw: float | None) -> tuple[str | None, str]:
+    def _apply_rule(self, eig: float | None, raw: float | None,
+                    rechecks: tuple[float, ...] = ()) -> tuple[str | None, str]:
         """(CURVATURE, FALLBACK or None; the reason). Sets λ_ref on the first probe and at a curvature growth only,
         and keeps the count of consecutive drops."""
         s, p = self.state, self.config.policy
@@ -127,14 +136,26 @@ class AdaptivePolicy(BasePolicy):
         else:
             shown_eig, shown_ref = _compared_digits(eig, s.eig_ref, p.eig_ratio)
             compared = f"λ_max {shown_eig} {{}} λ_ref {shown_ref} / policy.eig_ratio={p.eig_ratio:g}"
-            if eig <= s.eig_ref / p.eig_ratio:
+            threshold = s.eig_ref / p.eig_ratio
+            failed = next((r for r in rechecks if not r <= threshold), None)  # a NaN recheck shows no drop
+            if eig <= threshold and failed is None:
+                if len(rechecks) < p.recheck:
+                    raise ValueError(f"a drop observed with {len(rechecks)} of policy.recheck={p.recheck} rechecks")
+                shown = ", ".join(f"{r:.3g}" for r in rechecks)
+                rechecked = f" and on {len(rechecks)} recheck(s) of new samples ({shown}; policy.recheck={p.recheck})" \
+                    if rechecks else ""
                 s.num_confirming += 1
                 if s.num_confirming >= p.confirm:
                     confirmed = f" on {p.confirm} probes in a row (policy.confirm={p.confirm})" if p.confirm > 1 else ""
-                    s.eig_ref = eig
-                    return CURVATURE, (f"batch {batch}→{target}: {compared.format('≤')}{confirmed}; "
-                                       f"λ_ref is now {eig:.3g}")
-                measured = f"{compared.format('≤')} on {s.num_confirming} of policy.confirm={p.confirm} probes"
+                    s.eig_ref = (eig + sum(rechecks)) / (1 + len(rechecks))
+                    return CURVATURE, (f"batch {batch}→{target}: {compared.format('≤')}{rechecked}{confirmed}; "
+                                       f"λ_ref is now {s.eig_ref:.3g}{' (their mean)' if rechecks else ''}")
+                measured = f"{compared.format('≤')}{rechecked} on {s.num_confirming} of " \
+                           f"policy.confirm={p.confirm} probes"
+            elif eig <= threshold:
+                s.num_confirming = 0
+                measured = (f"{compared.format('≤')}, but a recheck of new samples read {failed:.3g} > "
+                            f"{threshold:.3g} (policy.recheck={p.recheck}): no drop")
             else:
                 s.num_confirming = 0
                 measured = compared.format(">")

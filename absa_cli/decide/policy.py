@@ -29,6 +29,7 @@ class EpochMeasurements:
     epoch: int  # 1-based epoch just completed
     num_epochs: int  # epochs in the whole run
     eigenvalue: float | None = None  # λ_max of the probe at the end of this epoch; None when not probed
+    rechecks: tuple[float, ...] = ()  # λ_max of the probe's rechecks (policy.recheck), in the order they ran
     train_loss: float | None = None
     test_acc: float | None = None
 
@@ -97,6 +98,7 @@ class Policy(Protocol):
     def initial(self) -> Decision: ...
     def observe(self, m: EpochMeasurements) -> Decision: ...
     def next_global_batch(self) -> int | None: ...
+    def wants_recheck(self, readings: list[float]) -> bool: ...
     def lr(self, epoch_progress: float) -> float: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, data: dict[str, Any]) -> None: ...
@@ -220,6 +222,11 @@ class BasePolicy:
     def next_global_batch(self) -> int | None:
         """The batch the policy may grow to at the end of the epoch in progress; None if it cannot grow then."""
         return None
+
+    def wants_recheck(self, readings: list[float]) -> bool:
+        """Whether the controller should probe once more, on new samples, before ``observe`` (``policy.recheck``):
+        ``readings`` are this epoch's λ_max so far, the probe's first."""
+        return False
 
     def _decision(self, growth: str | None, reason: str, epochs_early: int = 0) -> Decision:
         s = self.state

@@ -9,16 +9,21 @@ from absa_cli.config import RunConfig
 from absa_cli.decide.policy import Decision, EpochMeasurements, make_policy
 
 
-def trajectory(config: RunConfig, eigenvalues: list[float | None]) -> list[Decision]:
+Readings = float | tuple[float, ...] | None
+
+
+def trajectory(config: RunConfig, eigenvalues: list[Readings]) -> list[Decision]:
     """Replay a scripted run: ``[initial(), decision after epoch 1, ...]`` (one more than ``eigenvalues``).
 
     ``eigenvalues[k]`` is the probe's λ at the end of epoch k+1; it is dropped (None) when the previous decision
-    did not ask for a probe, as the controller would not have probed.
+    did not ask for a probe, as the controller would not have probed. A tuple scripts the epoch's readings in the
+    order the controller would take them (the probe, then its rechecks, ``policy.recheck``); a number is every
+    reading of the epoch.
     """
     return replay(config, eigenvalues)[0]
 
 
-def replay(config: RunConfig, eigenvalues: list[float | None]) -> tuple[list[Decision], list[dict[str, Any]]]:
+def replay(config: RunConfig, eigenvalues: list[Readings]) -> tuple[list[Decision], list[dict[str, Any]]]:
     """``trajectory``'s decisions, and beside each the policy's state its LR follows through the epoch the decision
     is for. The state is copied at the start and at each growth only: between growths ``lr`` depends on nothing the
     policy changes (the batch, and the ramp set at the growth), and a copy per epoch would slow a 100,000-epoch
@@ -26,10 +31,21 @@ def replay(config: RunConfig, eigenvalues: list[float | None]) -> tuple[list[Dec
     policy = make_policy(config)
     decisions, states = [policy.initial()], [policy.state_dict()]
     for epoch, eig in enumerate(eigenvalues, start=1):
-        previous = decisions[-1]
-        decisions.append(policy.observe(EpochMeasurements(epoch, config.epochs, eig if previous.probe_next else None)))
+        readings = _readings(policy, eig) if decisions[-1].probe_next and eig is not None else [None]
+        decisions.append(policy.observe(EpochMeasurements(epoch, config.epochs, readings[0], tuple(readings[1:]))))
         states.append(policy.state_dict() if decisions[-1].grew else states[-1])
     return decisions, states
+
+
+def _readings(policy: Any, scripted: float | tuple[float, ...]) -> list[float]:
+    """The readings the controller would take at an epoch's end: the probe, then a recheck while the policy asks."""
+    script = list(scripted) if isinstance(scripted, tuple) else None
+    readings = [script.pop(0) if script is not None else scripted]
+    while policy.wants_recheck(readings):
+        if script == []:
+            raise ValueError(f"the policy asked for recheck {len(readings)} after {scripted}, which scripts none")
+        readings.append(script.pop(0) if script is not None else scripted)
+    return readings
 
 
 def lr_in_state(config: RunConfig, state: dict[str, Any], epoch_progress: float) -> float:

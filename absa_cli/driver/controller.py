@@ -153,13 +153,13 @@ class Controller:
                                    outcome.advice(self.config))
         outcome.check_collapsed(self.config, progress, totals, evaluation.accuracy, geometry.global_batch_size,
                                 self.checkpoints.saved_file)  # finite, but blown up or back at chance: no probe
-        probe = self.groups.recovering(lambda: self.group.probe(progress.epoch), progress) \
-            if trained.probe_next else None
+        probes = self._probe(progress) if trained.probe_next else []
         self.decision = self.policy.observe(EpochMeasurements(
-            epoch=progress.epoch + 1, num_epochs=self.config.epochs, eigenvalue=probe.eigenvalue if probe else None,
+            epoch=progress.epoch + 1, num_epochs=self.config.epochs,
+            eigenvalue=probes[0].eigenvalue if probes else None, rechecks=tuple(p.eigenvalue for p in probes[1:]),
             train_loss=totals.loss_sum / max(totals.samples, 1), test_acc=evaluation.accuracy))
         record = epoch_record(progress.epoch + 1, progress, self.group.num_train_samples, geometry, totals,
-                              evaluation, probe, trained, self.decision, resize_s, time.perf_counter() - epoch_started,
+                              evaluation, probes, trained, self.decision, resize_s, time.perf_counter() - epoch_started,
                               train_s, eval_s, self.group.devices())
         progress.next_epoch(evaluation.accuracy)
         self._check_lock()
@@ -174,6 +174,14 @@ class Controller:
         return record
 
     # ---------------------------------------------------------------------------------------- training
+
+    def _probe(self, progress: Any) -> list[Any]:
+        """The epoch's probe, then its rechecks on new samples while the policy asks for them (``policy.recheck``)."""
+        probes = [self.groups.recovering(lambda: self.group.probe(progress.epoch), progress)]
+        while self.policy.wants_recheck([p.eigenvalue for p in probes]):
+            draw = len(probes)
+            probes.append(self.groups.recovering(lambda: self.group.probe(progress.epoch, draw), progress))
+        return probes
 
     def _train_epoch(self, change: Any) -> tuple[Any, BatchGeometry, float]:
         """Chunks of ``logging.chunk_steps`` steps from ``samples_seen`` to the epoch's last full global batch (the

@@ -71,8 +71,8 @@ class LocalGroup:
                     adv_ratio: float = 0.0) -> ChunkStats:
         return self.engine.train_chunk(epoch, samples_seen, lrs, geometry, adv_ratio)
 
-    def probe(self, epoch: int) -> ProbeStats:
-        return self.engine.probe(epoch)
+    def probe(self, epoch: int, draw: int = 0) -> ProbeStats:
+        return self.engine.probe(epoch, draw=draw)
 
     def evaluate(self) -> EvalStats:
         return self.engine.evaluate()

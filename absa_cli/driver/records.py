@@ -11,11 +11,11 @@ from absa_cli.decide.policy import Decision
 
 
 def epoch_record(epoch: int, progress: Any, num_train_samples: int, geometry: BatchGeometry, totals: Any,
-                 evaluation: Any, probe: Any, trained: Decision, decided: Decision, resize_s: float,
+                 evaluation: Any, probes: list[Any], trained: Decision, decided: Decision, resize_s: float,
                  epoch_s: float, train_s: float = 0.0, eval_s: float = 0.0,
                  devices: list[str] | None = None) -> dict[str, Any]:
     """The ``epoch`` record of ``epoch`` (1-based): trained under ``trained``, ``decided`` after it, by workers on
-    ``devices`` (their kinds, at the epoch's end)."""
+    ``devices`` (their kinds, at the epoch's end); ``probes``: the epoch's probe and its rechecks, or none."""
     record = {
         "kind": "epoch", "epoch": epoch, "updates": progress.updates, "samples_seen": progress.samples_seen,
         "dropped_samples": num_train_samples - progress.samples_seen,
@@ -27,8 +27,9 @@ def epoch_record(epoch: int, progress: Any, num_train_samples: int, geometry: Ba
         "train_loss": totals.loss_sum / max(totals.samples, 1),
         "train_acc": totals.num_correct / max(totals.samples, 1),
         "test_loss": evaluation.loss, "test_acc": evaluation.accuracy,
-        "eigenvalue": probe.eigenvalue if probe else None,
-        "probe_hvps": probe.hvp_count if probe else 0, "probe_s": probe.seconds if probe else 0.0,
+        "eigenvalue": probes[0].eigenvalue if probes else None,
+        "eigenvalue_rechecks": [p.eigenvalue for p in probes[1:]],
+        "probe_hvps": sum(p.hvp_count for p in probes), "probe_s": sum(p.seconds for p in probes),
         "policy_reason": decided.reason, "growth": decided.growth, "growth_epochs_early": decided.epochs_early,
         "resize_s": resize_s, "epoch_s": epoch_s, "train_s": train_s, "eval_s": eval_s,
     }

@@ -51,16 +51,16 @@ class CurvatureProbe:
         self.start: torch.Tensor | None = None  # the last probe's top eigenvector: the next one's first vector
         self._fixed: tuple[tuple[int, int], Batches] | None = None  # ((rank, world size), the fixed set's shard)
 
-    def batches(self, ctx: DistContext, epoch: int | None = None) -> Batches:
+    def batches(self, ctx: DistContext, epoch: int | None = None, draw: int = 0) -> Batches:
         """This rank's shard of the probe samples for ``epoch`` (the fixed set whatever the epoch, unless
-        ``probe.data=fresh``), unaugmented, on the device."""
+        ``probe.data=fresh``; a recheck's ``draw`` > 0 is always new samples), unaugmented, on the device."""
         probe = self.config
-        fresh = probe.data == "fresh" and epoch is not None
+        fresh = (probe.data == "fresh" or draw > 0) and epoch is not None
         if not fresh and self._fixed is not None and self._fixed[0] == (ctx.rank, ctx.world_size):
             return self._fixed[1]
         batches = []
         for batch in probe_indices(len(self.train_set), probe.batch_size, probe.num_batches, probe.seed,
-                                   epoch if fresh else None):
+                                   epoch if fresh else None, draw):
             inputs, labels = self.train_set.get_batch(ctx.shard(batch), None)
             batches.append((self.accel.inputs(inputs.to(self.device)), labels.to(self.device)))
         if not fresh:
@@ -68,21 +68,25 @@ class CurvatureProbe:
         return batches
 
     def measure(self, model: torch.nn.Module, ctx: DistContext, epoch: int,
-                probe: ProbeConfig | None = None) -> ProbeStats:
+                probe: ProbeConfig | None = None, draw: int = 0) -> ProbeStats:
         """Top Hessian eigenvalue of the mean training loss on the probe samples, at the end of ``epoch`` (0-based:
-        the epoch just trained); ``probe`` overrides the run's probe settings (tests, benchmarks)."""
+        the epoch just trained); ``probe`` overrides the run's probe settings (tests, benchmarks). ``draw`` k > 0
+        is the epoch's k-th recheck (``policy.recheck``): new samples and a new random start, drawn from
+        (``probe.seed``, epoch, k), whatever ``probe.data`` and ``probe.warm_start`` say; it leaves the warm start
+        as the epoch's probe set it, so a run with rechecks probes as one without them would."""
         probe = probe or self.config
         started = time.perf_counter()
-        operator = HessianOperator(model, F.cross_entropy, self.batches(ctx, epoch), ctx, bn_mode=probe.bn_mode,
+        operator = HessianOperator(model, F.cross_entropy, self.batches(ctx, epoch, draw), ctx, bn_mode=probe.bn_mode,
                                    amp_dtype=torch.bfloat16 if probe.amp == "bf16" else None)
-        start = self._agreed_start(operator, ctx) if probe.warm_start else None
-        seed = derive_seed(probe.seed, epoch, 0x57A27)
+        warm = probe.warm_start and draw == 0
+        start = self._agreed_start(operator, ctx) if warm else None
+        seed = derive_seed(probe.seed, epoch, 0x57A27, *((draw,) if draw else ()))
         if probe.method == "lanczos":
             result = lanczos(operator, k=1, max_iter=probe.max_iter, tol=probe.tol, seed=seed,
-                             return_eigenvectors=probe.warm_start, start=start)
+                             return_eigenvectors=warm, start=start)
         else:
             result = power_iteration(operator, max_iter=probe.max_iter, tol=probe.tol, seed=seed, start=start)
-        if probe.warm_start:
+        if warm:
             vector = result.eigenvectors[0].detach()
             self.start = vector.clone() if bool(torch.isfinite(vector).all()) else None
         operator.release()
