@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -188,6 +189,24 @@ def test_plan_time_in_json_follows_from_the_profile():
         assert case["seconds"] > sum(p["seconds"] for p in case["phases"]) > 0
         idle = sum(p["seconds"] * (64 - p["num_workers"]) for p in case["phases"]) / 3600
         assert case["idle_worker_hours"] == pytest.approx(idle)
+
+
+def test_plan_time_counts_the_rechecks_of_every_probe_that_shows_the_drop():
+    """policy.recheck=2: in the fastest case every probe after the first shows the drop and is probed twice more
+    (the probes after epochs 2-8, each followed by a growth, the last one to the cap 16384 = 128 × 2^7); the slowest
+    case never drops, and fixed never probes."""
+    def cases(*overrides: str) -> dict:
+        result = runner.invoke(app, ["plan", "resnet18-imagenet", "--max-gpus", "64", "--profile", H100, *overrides,
+                                     "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["time"]["cases"]
+
+    plain, rechecked = cases(), cases("policy.recheck=2")
+    probe_s = json.loads(Path(H100).read_text())["probe_s"]
+    assert probe_s > 0
+    assert rechecked["fastest"]["seconds"] - plain["fastest"]["seconds"] == pytest.approx(7 * 2 * probe_s)
+    for name in ("slowest", "fixed", "fixed-large"):
+        assert rechecked[name]["seconds"] == pytest.approx(plain[name]["seconds"])
 
 
 def test_plan_without_a_profile_shows_no_time_and_says_how_to_get_one():

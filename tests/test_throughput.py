@@ -54,7 +54,7 @@ def test_an_fgsm_share_costs_one_more_pass_over_the_attacked_samples():
     s = 25 / 128
     extra = TRUE.step_s(2, 64, 3, attacked=s) - TRUE.step_s(2, 64, 3)
     assert extra == pytest.approx(3 * (TRUE.compute_s[0] + TRUE.compute_s[1] * s * 64), rel=1e-12)
-    assert TRUE.epoch_seconds(1, 64, 1, 10, 0, False, attacked=s) == pytest.approx(10 * TRUE.step_s(1, 64, 1, s))
+    assert TRUE.epoch_seconds(1, 64, 1, 10, 0, 0, attacked=s) == pytest.approx(10 * TRUE.step_s(1, 64, 1, s))
 
 
 def test_fit_separates_the_fgsm_pass_from_the_step_it_was_timed_in():

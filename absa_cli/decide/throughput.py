@@ -69,10 +69,11 @@ class StepModel:
         return f"the step-time model of {self.model} on {self.device}"
 
     def epoch_seconds(self, workers: int, per_worker_batch: int, accum: int, steps: int, test_samples: int,
-                      probe: bool, attacked: float = 0.0) -> float:
-        """One epoch: its steps, the evaluation (sharded over the workers), the probe if any, the rest."""
+                      probes: float, attacked: float = 0.0) -> float:
+        """One epoch: its steps, the evaluation (sharded over the workers), its ``probes`` (0, 1, or 1 + the
+        rechecks of ``policy.recheck``), the rest."""
         return (steps * self.step_s(workers, per_worker_batch, accum, attacked)
-                + test_samples / workers * self.eval_s_per_sample + (self.probe_s if probe else 0.0) + self.epoch_s)
+                + test_samples / workers * self.eval_s_per_sample + self.probe_s * probes + self.epoch_s)
 
     # ---------------------------------------------------------------------- as data (run/profile.py: the file)
 

@@ -39,10 +39,11 @@ def fastest_split(config: RunConfig, model: StepModel, batch: int, max_workers: 
 
 def time_schedule(config: RunConfig, model: StepModel, batches: list[int], num_samples: int, test_samples: int,
                   max_workers: int, probes: bool, choose: Callable[..., BatchGeometry] = driver_geometry,
-                  adversarial: bool = False) -> dict[str, Any]:
+                  adversarial: bool = False, rechecks: int = 0) -> dict[str, Any]:
     """Seconds, worker-hours used and held idle, per run of epochs at one geometry (and FGSM share) and in total;
     ``choose``: the geometry for a batch; ``adversarial``: the schedule is ``config``'s policy's own, whose FGSM
-    epochs (``absa``) cost one more pass over the attacked samples."""
+    epochs (``absa``) cost one more pass over the attacked samples; ``rechecks``: more probes after every probe but
+    the first (``policy.recheck`` where every probe shows the drop)."""
     phases: list[dict[str, Any]] = []
     largest = config.policy.max_global_batch
     for epoch, batch in enumerate(batches, start=1):
@@ -50,7 +51,8 @@ def time_schedule(config: RunConfig, model: StepModel, batches: list[int], num_s
         probe = probes and batch < largest and epoch < len(batches)
         attacked = attacked_share(config, epoch, batch) if adversarial else 0.0
         seconds = model.epoch_seconds(g.num_workers, g.per_worker_batch_size, g.grad_accum_steps,
-                                      steps_in_epoch(num_samples, batch), test_samples, probe, attacked)
+                                      steps_in_epoch(num_samples, batch), test_samples,
+                                      probe * (1 + (rechecks if epoch > 1 else 0)), attacked)
         shape = (batch, g.num_workers, g.per_worker_batch_size, g.grad_accum_steps, attacked)
         if phases and phases[-1]["shape"] == shape:
             phases[-1]["last_epoch"], phases[-1]["seconds"] = epoch, phases[-1]["seconds"] + seconds
@@ -76,7 +78,8 @@ def time_cases(config: RunConfig, model: StepModel, cases: dict[str, list[int]],
     the worker count the model finds fastest) and ``fixed-large`` (``policy.max_global_batch`` throughout)."""
     epochs = config.epochs
     timed = {name: time_schedule(config, model, batches, num_samples, test_samples, max_workers, probes=True,
-                                 adversarial=True) for name, batches in cases.items()}
+                                 adversarial=True, rechecks=config.policy.recheck if name == "fastest" else 0)
+             for name, batches in cases.items()}
     timed["fixed"] = time_schedule(config, model, [config.batch.global_batch_size] * epochs, num_samples,
                                    test_samples, max_workers, probes=False, choose=fastest_split)
     timed["fixed-large"] = time_schedule(config, model, [config.policy.max_global_batch] * epochs, num_samples,
