@@ -333,7 +333,8 @@ def probe_share(run_dir: Path) -> dict[str, float]:
         raise SystemExit(f"{run_dir / 'metrics.jsonl'} has no epoch records")
     probe_s = sum(r.get("probe_s") or 0.0 for r in epochs)
     epoch_s = sum(r.get("epoch_s") or 0.0 for r in epochs)
-    return {"epochs": len(epochs), "probes": sum(1 for r in epochs if r.get("probe_hvps")),
+    probes = sum(1 + len(r.get("eigenvalue_rechecks") or []) for r in epochs if r.get("probe_hvps"))  # rechecks too
+    return {"epochs": len(epochs), "probes": probes,
             "hvps": sum(r.get("probe_hvps") or 0 for r in epochs), "probe_s": probe_s, "epoch_s": epoch_s,
             "share": probe_s / epoch_s if epoch_s else 0.0}
 

@@ -44,12 +44,14 @@ def absa(*args: str) -> None:
 
 def predict(config, model, batches: list[int], workers: int) -> float:
     from absa_cli import catalog
+    from absa_cli.decide.policy import ADAPTIVE_POLICIES
     from absa_cli.decide.timeline import time_schedule
 
     spec = catalog.dataset_spec(config.data.name)
+    adaptive = config.policy.name in ADAPTIVE_POLICIES  # rechecks as absa plan charges them: at every later probe
     return time_schedule(config, model, batches, spec.train_size(config.data.train_split, config.data.train_size),
-                         config.data.test_size or spec.num_test, workers,
-                         probes=config.policy.name != "fixed", adversarial=True)["seconds"]
+                         config.data.test_size or spec.num_test, workers, probes=adaptive, adversarial=True,
+                         rechecks=config.policy.recheck if adaptive else 0)["seconds"]
 
 
 def main() -> None:

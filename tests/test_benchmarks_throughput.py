@@ -74,3 +74,16 @@ def test_the_synced_plain_loop_reads_the_loss_back_after_every_step(throughput, 
     monkeypatch.setattr(throughput.torch.Tensor, "item", lambda self: reads.append(1) or item(self))
     run()
     assert len(reads) == (3 + 1 if synced else 1)
+
+
+def test_probe_share_counts_each_recheck_as_a_probe(throughput, tmp_path):
+    """A finished run's probe share: probe_s of an epoch sums its probe and rechecks, and so does the count."""
+    import json
+
+    epochs = [{"kind": "epoch", "probe_hvps": 6, "probe_s": 3.0, "epoch_s": 30.0, "eigenvalue_rechecks": [2.0, 2.5]},
+              {"kind": "epoch", "probe_hvps": 2, "probe_s": 1.0, "epoch_s": 10.0},  # recorded before rechecks
+              {"kind": "epoch", "probe_hvps": 0, "probe_s": 0.0, "epoch_s": 10.0, "eigenvalue_rechecks": []}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+    share = throughput.probe_share(tmp_path)
+    assert (share["epochs"], share["probes"], share["hvps"]) == (3, 4, 8)
+    assert share["share"] == pytest.approx(4.0 / 50.0)

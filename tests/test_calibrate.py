@@ -136,6 +136,13 @@ def test_a_profile_from_a_run_names_the_devices_the_run_trained_on(tmp_path):
     host = socket.gethostname()
     assert fitted(["NVIDIA H200", "NVIDIA H100 80GB HBM3"]) == f"NVIDIA H100 80GB HBM3 + NVIDIA H200, host {host}"
     assert fitted(None) == f"devices not recorded (a run made before absa named them), host {host}"
+    # an epoch's probe_s sums its probe and the probe's rechecks (policy.recheck): the profile holds one probe's time
+    epochs[0].update(eigenvalue=3.0, eigenvalue_rechecks=[2.0, 2.5], probe_s=3.0)
+    run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert profile_from_run(run.id, tmp_path / "runs").probe_s == pytest.approx(1.0)
+    del epochs[0]["eigenvalue_rechecks"]  # a run recorded before rechecks existed: one probe
+    run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert profile_from_run(run.id, tmp_path / "runs").probe_s == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("args, message", [

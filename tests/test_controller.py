@@ -81,8 +81,8 @@ def test_a_drop_is_rechecked_on_new_samples_before_the_decision(tmp_path, lost):
         [(8.0, [], 1), (3.0, [5.0], 2), (3.0, [3.5], 2), (None, [], 0)]
     assert [r["global_batch_size"] for r in epochs] == [64, 64, 64, 128]
     assert [r["growth"] for r in epochs] == [None, None, "curvature", None]
-    assert "but a recheck of new samples read 5 > 4 (policy.recheck=1)" in epochs[1]["policy_reason"]
-    assert epochs[2]["policy_reason"].endswith("λ_ref is now 3.25 (their mean)")
+    assert "but a recheck of new samples read 5 > λ_ref 8 / 2 (policy.recheck=1)" in epochs[1]["policy_reason"]
+    assert epochs[2]["policy_reason"].endswith("λ_ref is now 3.25 (the mean of this epoch's 2 readings)")
     probes = [detail for method, detail in group.calls if method == "probe"]
     assert probes == [0, 1, (1, 1), *([(1, 1)] if lost else []), 2, (2, 1)]
     _assert_exactly_once(group, run)

@@ -126,7 +126,7 @@ def test_forced_bf16_trains_on_the_cpu_and_the_probe_stays_fp32(one_thread):
     probe = engine.probe(0)
     assert set(recorder.dtypes) == {torch.float32} and probe.eigenvalue > 0
     recorder.dtypes.clear()
-    engine.probe(0, config_mod.ProbeConfig(batch_size=16, max_iter=2, amp="bf16"))
+    engine.probe(0, probe=config_mod.ProbeConfig(batch_size=16, max_iter=2, amp="bf16"))
     assert set(recorder.dtypes) == {torch.bfloat16}
     assert 0 <= engine.evaluate().accuracy <= 1
 
@@ -142,7 +142,7 @@ def test_channels_last_equals_the_default_layout(one_thread):
     nhwc.model.load_state_dict(plain.model.state_dict())  # the same weights: HVPs through NHWC tensors alone
     assert next(p for p in nhwc.model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
     probe = config_mod.ProbeConfig(batch_size=16, max_iter=3)
-    assert plain.probe(0, probe).eigenvalue == pytest.approx(nhwc.probe(0, probe).eigenvalue, rel=1e-5)
+    assert plain.probe(0, probe=probe).eigenvalue == pytest.approx(nhwc.probe(0, probe=probe).eigenvalue, rel=1e-5)
 
 
 def test_compiled_forward_trains_alike_and_keeps_state_dict_keys(one_thread, monkeypatch):

@@ -194,7 +194,8 @@ def test_plan_time_in_json_follows_from_the_profile():
 def test_plan_time_counts_the_rechecks_of_every_probe_that_shows_the_drop():
     """policy.recheck=2: in the fastest case every probe after the first shows the drop and is probed twice more
     (the probes after epochs 2-8, each followed by a growth, the last one to the cap 16384 = 128 × 2^7); the slowest
-    case never drops, and fixed never probes."""
+    case, an upper bound on time, is charged two rechecks at every probe after the first too (each drop refuted by
+    its last recheck); fixed never probes."""
     def cases(*overrides: str) -> dict:
         result = runner.invoke(app, ["plan", "resnet18-imagenet", "--max-gpus", "64", "--profile", H100, *overrides,
                                      "--json"])
@@ -205,8 +206,29 @@ def test_plan_time_counts_the_rechecks_of_every_probe_that_shows_the_drop():
     probe_s = json.loads(Path(H100).read_text())["probe_s"]
     assert probe_s > 0
     assert rechecked["fastest"]["seconds"] - plain["fastest"]["seconds"] == pytest.approx(7 * 2 * probe_s)
-    for name in ("slowest", "fixed", "fixed-large"):
+    probed = sum(min(p["last_epoch"], 89) - p["first_epoch"] + 1 for p in plain["slowest"]["phases"]
+                 if p["global_batch_size"] < 16384)  # below the cap, never after the last epoch (90)
+    assert probed > 8
+    assert rechecked["slowest"]["seconds"] - plain["slowest"]["seconds"] == pytest.approx((probed - 1) * 2 * probe_s)
+    for name in ("fixed", "fixed-large"):
         assert rechecked[name]["seconds"] == pytest.approx(plain[name]["seconds"])
+
+
+def test_plan_time_of_a_baseline_policy_charges_no_probe():
+    """policy.name=fixed: its schedule is both envelopes, timed as its epochs without a probe (nor a recheck)."""
+    from absa_cli import config as config_mod
+    from absa_cli.decide.timeline import time_cases, time_schedule
+    from absa_cli.run import profile as profiles
+
+    model = profiles.load(Path(H100))
+    for overrides in (["policy.name=fixed"], ["policy.name=fixed", "policy.recheck=3"]):
+        config = config_mod.load("resnet18-imagenet", overrides)
+        batches = [config.batch.global_batch_size] * config.epochs
+        cases = time_cases(config, model, {"fastest": batches, "slowest": batches}, 1_281_167, 50_000, 64)
+        unprobed = time_schedule(config, model, batches, 1_281_167, 50_000, 64, probes=False)
+        assert cases["fastest"]["seconds"] == pytest.approx(unprobed["seconds"]) == \
+            pytest.approx(cases["slowest"]["seconds"]), overrides
+    assert model.probe_s > 0  # a probe charged would show
 
 
 def test_plan_without_a_profile_shows_no_time_and_says_how_to_get_one():

@@ -319,10 +319,12 @@ def test_recheck_grows_only_when_every_reading_shows_the_drop():
     decisions = trajectory(config, [8.0, (3.0, 5.0), (3.5, 2.5), (1.4, 1.2), 1.5])
     assert batches(decisions) == [128, 128, 128, 256, 512, 512]
     assert decisions[2].reason == ("batch 128 kept: λ_max 3 ≤ λ_ref 8 / policy.eig_ratio=2, but a recheck of new "
-                                   "samples read 5 > 4 (policy.recheck=1): no drop (epoch 2 of policy.duration=10)")
+                                   "samples read 5 > λ_ref 8 / 2 (policy.recheck=1): no drop (epoch 2 of "
+                                   "policy.duration=10)")
     assert decisions[3].reason == ("batch 128→256: λ_max 3.5 ≤ λ_ref 8 / policy.eig_ratio=2 and on 1 recheck(s) of "
-                                   "new samples (2.5; policy.recheck=1); λ_ref is now 3 (their mean)")
-    assert decisions[4].growth == CURVATURE and decisions[4].reason.endswith("λ_ref is now 1.3 (their mean)")
+                                   "new samples (2.5; policy.recheck=1); λ_ref is now 3 (the mean of this epoch's 2 readings)")
+    assert decisions[4].growth == CURVATURE and decisions[4].reason.endswith("λ_ref is now 1.3 (the mean of this "
+                                                                             "epoch's 2 readings)")
     assert not decisions[5].grew  # 1.5 > 1.3 / 2: no recheck, no growth
 
 
@@ -350,6 +352,40 @@ def test_recheck_replays_with_the_readings_the_controller_would_take():
     with pytest.raises(ValueError, match="1 of policy.recheck=2"):
         policy.observe(EpochMeasurements(2, 12, 4.0, (3.0,)))
     assert schedule_bounds(config).fastest == schedule_bounds(make_config({"name": "abs"}, epochs=12)).fastest
+
+
+def test_recheck_replay_refuses_a_script_the_controller_could_not_have_taken():
+    config = make_config({"name": "abs", "recheck": 1})
+    with pytest.raises(ValueError, match="scripts 3 readings but the policy took 2"):
+        trajectory(config, [8.0, (3.0, 3.0, 3.0)])
+    with pytest.raises(ValueError, match="scripts 2 readings but the policy took 1"):
+        trajectory(config, [8.0, (5.0, 3.0)])  # 5 > 8 / 2: no recheck was taken
+    with pytest.raises(ValueError, match="empty tuple"):
+        trajectory(config, [8.0, ()])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), float("inf")])
+def test_a_non_finite_recheck_counts_as_not_probed(bad):
+    """Like a non-finite probe: no growth, policy.confirm's count kept, λ_ref never set from it (a -inf recheck
+    must not make λ_ref -inf, nor pass as a drop)."""
+    for recheck, script in ((1, (3.0, bad)), (2, (3.0, bad)), (2, (3.0, 3.0, bad))):
+        config = make_config({"name": "abs", "recheck": recheck, "confirm": 2})
+        decisions = trajectory(config, [8.0, (3.0,) * (1 + recheck), script, (3.0,) * (1 + recheck)])
+        assert batches(decisions) == [128, 128, 128, 128, 256], (recheck, script)
+        assert f"but a recheck of new samples read {bad} (not finite): counted as not probed, λ_ref 8" \
+            in decisions[3].reason
+        assert "on 1 of policy.confirm=2 probes" in decisions[2].reason
+        assert decisions[4].growth == CURVATURE and decisions[4].reason.endswith("λ_ref is now 3 (the mean of "
+                                                                                 f"this epoch's {1 + recheck} readings)")
+
+
+def test_recheck_reasons_print_the_digits_their_comparison_needs():
+    config = make_config({"name": "abs", "recheck": 1})
+    decisions = trajectory(config, [10.0, (3.0, 5.004)])  # at 3 digits it would read "5 > λ_ref 10 / 2"
+    assert "a recheck of new samples read 5.004 > λ_ref 10 / 2" in decisions[2].reason
+    decisions = trajectory(config, [9.9904, (3.0, 4.9951)])  # at 3 digits "5", above the shown λ_ref 9.99 / 2
+    assert decisions[2].grew and "λ_ref 9.99 / policy.eig_ratio=2 and on 1 recheck(s) of new samples (4.995; " \
+        "policy.recheck=1)" in decisions[2].reason
 
 
 def test_recheck_composes_with_confirm_and_fallback():

@@ -105,7 +105,8 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
         raise UserError(f"run {run.id} has no epoch records yet; let it train an epoch, or time the preset with "
                         f"`absa calibrate {config.preset}`")
     test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
-    probed = [r["probe_s"] for r in epochs if r.get("eigenvalue") is not None]
+    probed = [r for r in epochs if r.get("eigenvalue") is not None]  # probe_s sums the probe and its rechecks
+    num_probes = sum(1 + len(r.get("eigenvalue_rechecks", [])) for r in probed)
     measured = [r for r in epochs if r.get("eval_s")]
     eval_per_sample = (sum(r["eval_s"] * r["num_workers"] for r in measured) / (len(measured) * test)
                        if measured else 0.0)
@@ -119,9 +120,9 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
     timed = [{**g, "attacked": num_adversarial(r.get("adv_ratio", 0.0), first) / first}
              for r in epochs for g in r["geometries"]]
     gradient_bytes = _gradient_bytes(config, info.get("num_parameters"))
+    probe_s = sum(r["probe_s"] for r in probed) / num_probes if probed else 0.0
     return fit(timed, timed_model(config), device, gradient_bytes, sources=[f"the records of run {run.id}"],
-               eval_s_per_sample=eval_per_sample, probe_s=sum(probed) / len(probed) if probed else 0.0,
-               epoch_s=max(epoch_extra, 0.0))
+               eval_s_per_sample=eval_per_sample, probe_s=probe_s, epoch_s=max(epoch_extra, 0.0))
 
 
 def _devices(epochs: list[dict[str, Any]], host: str) -> str:

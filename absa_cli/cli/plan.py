@@ -3,11 +3,12 @@
 A dry run: no torch, no data opened (the training-set size comes from the catalogue; ``--from-run`` of a run made
 before its workers recorded ``num_parameters`` loads torch to count the model's). For the two bounding cases
 of the ABS rule — growth at every probe from the first possible epoch, and growth only by the ``policy.duration``
-fallback — it prints each batch phase (epochs, global batch, workers × per-worker batch × accumulation, the LR of
-its first SGD step, its peak and its last, SGD updates, and why the policy set that batch, λ_ref included) and the
-total update count beside the ``fixed`` small-batch baseline's. The LRs are the policy's own (``decide/replay.py``
-``lr_in_state``), as the run asks it for each step: ``fixed-large``'s warm-up starts from the unscaled ``optim.lr``,
-and after a growth with ``policy.lr_ramp_epochs`` the LR starts where it was.
+fallback (bounds on the batch and the updates; with a profile, on the time too, each charging ``policy.recheck``
+rechecks at every probe after the first) — it prints each batch phase (epochs, global batch, workers × per-worker
+batch × accumulation, the LR of its first SGD step, its peak and its last, SGD updates, and why the policy set that
+batch, λ_ref included) and the total update count beside the ``fixed`` small-batch baseline's. The LRs are the
+policy's own (``decide/replay.py`` ``lr_in_state``), as the run asks it for each step: ``fixed-large``'s warm-up
+starts from the unscaled ``optim.lr``, and after a growth with ``policy.lr_ramp_epochs`` the LR starts where it was.
 """
 
 from __future__ import annotations

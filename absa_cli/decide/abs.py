@@ -8,7 +8,8 @@ behaves (docs/policy.md states it with every difference):
    batch by ``policy.growth`` (cause ``curvature``) and set λ_ref = λ (a probe without the drop resets the count;
    an epoch without a probe leaves it as it is). With ``policy.recheck`` = R > 0 (not the paper's), a probe that
    shows the drop is probed again at once on R new sample draws (``wants_recheck``); it counts as a drop only if
-   every reading shows it, and λ_ref becomes the readings' mean;
+   every reading shows it, and λ_ref becomes the readings' mean (a non-finite recheck: the epoch counts as not
+   probed);
 3. otherwise, after ``policy.duration`` epochs without growth, grow anyway (cause ``fallback``): **λ_ref is left
    as it is**, so the next curvature growth still needs λ to halve from the last curvature-set reference;
 4. never beyond ``policy.max_global_batch``: a growth that would overshoot is clamped to it; at the cap probing
@@ -137,28 +138,34 @@ class AdaptivePolicy(BasePolicy):
             shown_eig, shown_ref = _compared_digits(eig, s.eig_ref, p.eig_ratio)
             compared = f"λ_max {shown_eig} {{}} λ_ref {shown_ref} / policy.eig_ratio={p.eig_ratio:g}"
             threshold = s.eig_ref / p.eig_ratio
-            failed = next((r for r in rechecks if not r <= threshold), None)  # a NaN recheck shows no drop
-            if eig <= threshold and failed is None:
+            failed = next((r for r in rechecks if math.isfinite(r) and r > threshold), None)
+            diverged = next((r for r in rechecks if not math.isfinite(r)), None)
+            if eig > threshold:
+                s.num_confirming = 0
+                measured = compared.format(">")
+            elif failed is not None:
+                s.num_confirming = 0
+                shown_failed, shown_ref = _compared_digits(failed, s.eig_ref, p.eig_ratio)
+                measured = (f"{compared.format('≤')}, but a recheck of new samples read {shown_failed} > λ_ref "
+                            f"{shown_ref} / {p.eig_ratio:g} (policy.recheck={p.recheck}): no drop")
+            elif diverged is not None:  # as a non-finite probe: the epoch counts as not probed
+                measured = (f"{compared.format('≤')}, but a recheck of new samples read {diverged} (not finite): "
+                            f"counted as not probed, λ_ref {s.eig_ref:.3g}")
+            else:
                 if len(rechecks) < p.recheck:
                     raise ValueError(f"a drop observed with {len(rechecks)} of policy.recheck={p.recheck} rechecks")
-                shown = ", ".join(f"{r:.3g}" for r in rechecks)
+                shown = ", ".join(_compared_digits(r, s.eig_ref, p.eig_ratio)[0] for r in rechecks)
                 rechecked = f" and on {len(rechecks)} recheck(s) of new samples ({shown}; policy.recheck={p.recheck})" \
                     if rechecks else ""
                 s.num_confirming += 1
                 if s.num_confirming >= p.confirm:
                     confirmed = f" on {p.confirm} probes in a row (policy.confirm={p.confirm})" if p.confirm > 1 else ""
                     s.eig_ref = (eig + sum(rechecks)) / (1 + len(rechecks))
+                    mean = f" (the mean of this epoch's {1 + len(rechecks)} readings)" if rechecks else ""
                     return CURVATURE, (f"batch {batch}→{target}: {compared.format('≤')}{rechecked}{confirmed}; "
-                                       f"λ_ref is now {s.eig_ref:.3g}{' (their mean)' if rechecks else ''}")
+                                       f"λ_ref is now {s.eig_ref:.3g}{mean}")
                 measured = f"{compared.format('≤')}{rechecked} on {s.num_confirming} of " \
                            f"policy.confirm={p.confirm} probes"
-            elif eig <= threshold:
-                s.num_confirming = 0
-                measured = (f"{compared.format('≤')}, but a recheck of new samples read {failed:.3g} > "
-                            f"{threshold:.3g} (policy.recheck={p.recheck}): no drop")
-            else:
-                s.num_confirming = 0
-                measured = compared.format(">")
         if s.epochs_since_growth >= p.duration:
             kept = "" if s.eig_ref is None else f"; λ_ref {s.eig_ref:.3g} kept (a fallback growth leaves it)"
             waited = f"{s.epochs_since_growth} epoch{'s' if s.epochs_since_growth != 1 else ''}"

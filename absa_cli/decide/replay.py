@@ -40,11 +40,16 @@ def replay(config: RunConfig, eigenvalues: list[Readings]) -> tuple[list[Decisio
 def _readings(policy: Any, scripted: float | tuple[float, ...]) -> list[float]:
     """The readings the controller would take at an epoch's end: the probe, then a recheck while the policy asks."""
     script = list(scripted) if isinstance(scripted, tuple) else None
+    if script == []:
+        raise ValueError("an empty tuple scripts no reading: script None for an epoch without a probe")
     readings = [script.pop(0) if script is not None else scripted]
     while policy.wants_recheck(readings):
         if script == []:
             raise ValueError(f"the policy asked for recheck {len(readings)} after {scripted}, which scripts none")
         readings.append(script.pop(0) if script is not None else scripted)
+    if script:
+        raise ValueError(f"{scripted} scripts {len(scripted)} readings but the policy took {len(readings)} "
+                         f"(it rechecks only while every reading shows the drop, policy.recheck times at most)")
     return readings
 
 

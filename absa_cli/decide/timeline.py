@@ -15,7 +15,7 @@ from typing import Any, Callable
 from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry, steps_in_epoch
 from absa_cli.decide.membership import decide_membership
-from absa_cli.decide.policy import attacked_share
+from absa_cli.decide.policy import ADAPTIVE_POLICIES, attacked_share
 from absa_cli.decide.throughput import StepModel
 
 
@@ -75,10 +75,14 @@ def time_schedule(config: RunConfig, model: StepModel, batches: list[int], num_s
 def time_cases(config: RunConfig, model: StepModel, cases: dict[str, list[int]], num_samples: int,
                test_samples: int, max_workers: int) -> dict[str, dict[str, Any]]:
     """The absa envelopes (``cases``: name → batch per epoch) beside ``fixed`` (the starting batch throughout, on
-    the worker count the model finds fastest) and ``fixed-large`` (``policy.max_global_batch`` throughout)."""
+    the worker count the model finds fastest) and ``fixed-large`` (``policy.max_global_batch`` throughout). Every
+    probe after the first is charged ``policy.recheck`` rechecks in both envelopes: where λ drops at every probe
+    (the fastest case) each recheck confirms it; in the slowest case it is the most a probe can take (each drop
+    refuted by its last recheck), so that case stays the longest the run can take."""
     epochs = config.epochs
-    timed = {name: time_schedule(config, model, batches, num_samples, test_samples, max_workers, probes=True,
-                                 adversarial=True, rechecks=config.policy.recheck if name == "fastest" else 0)
+    adaptive = config.policy.name in ADAPTIVE_POLICIES  # the baselines never probe
+    timed = {name: time_schedule(config, model, batches, num_samples, test_samples, max_workers, probes=adaptive,
+                                 adversarial=True, rechecks=config.policy.recheck if adaptive else 0)
              for name, batches in cases.items()}
     timed["fixed"] = time_schedule(config, model, [config.batch.global_batch_size] * epochs, num_samples,
                                    test_samples, max_workers, probes=False, choose=fastest_split)

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 EPOCH_FIELDS = (
     "epoch", "updates", "samples_seen", "dropped_samples", "global_batch_size", "num_workers", "grad_accum_steps",
     "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_s",
-    "adv_ratio", "eigenvalue", "probe_hvps", "probe_s", "policy_reason", "growth", "growth_epochs_early", "step_s",
-    "train_s", "eval_s",
+    "adv_ratio", "eigenvalue", "eigenvalue_rechecks", "probe_hvps", "probe_s", "policy_reason", "growth",
+    "growth_epochs_early", "step_s", "train_s", "eval_s",
 )
 
 

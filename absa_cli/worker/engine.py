@@ -266,7 +266,7 @@ class Engine:
         """Loss and accuracy over the whole test set, sharded over workers: ``worker/evaluation.py``."""
         return evaluate(self.model, self.test_set, self.ctx, self.accel, self.device, self.config.eval)
 
-    def probe(self, epoch: int, probe: ProbeConfig | None = None, draw: int = 0) -> ProbeStats:
+    def probe(self, epoch: int, *, probe: ProbeConfig | None = None, draw: int = 0) -> ProbeStats:
         """λ_max at the end of ``epoch`` (0-based), or its ``draw``-th recheck: ``worker/probe.py``."""
         return self.curvature.measure(self.model, self.ctx, epoch, probe, draw)
 
