@@ -322,7 +322,8 @@ def test_recheck_grows_only_when_every_reading_shows_the_drop():
                                    "samples read 5 > λ_ref 8 / 2 (policy.recheck=1): no drop (epoch 2 of "
                                    "policy.duration=10)")
     assert decisions[3].reason == ("batch 128→256: λ_max 3.5 ≤ λ_ref 8 / policy.eig_ratio=2 and on 1 recheck(s) of "
-                                   "new samples (2.5; policy.recheck=1); λ_ref is now 3 (the mean of this epoch's 2 readings)")
+                                   "new samples (2.5; policy.recheck=1); λ_ref is now 3 (the mean of this epoch's 2 "
+                                   "readings)")
     assert decisions[4].growth == CURVATURE and decisions[4].reason.endswith("λ_ref is now 1.3 (the mean of this "
                                                                              "epoch's 2 readings)")
     assert not decisions[5].grew  # 1.5 > 1.3 / 2: no recheck, no growth
@@ -375,8 +376,8 @@ def test_a_non_finite_recheck_counts_as_not_probed(bad):
         assert f"but a recheck of new samples read {bad} (not finite): counted as not probed, λ_ref 8" \
             in decisions[3].reason
         assert "on 1 of policy.confirm=2 probes" in decisions[2].reason
-        assert decisions[4].growth == CURVATURE and decisions[4].reason.endswith("λ_ref is now 3 (the mean of "
-                                                                                 f"this epoch's {1 + recheck} readings)")
+        assert decisions[4].growth == CURVATURE
+        assert decisions[4].reason.endswith(f"λ_ref is now 3 (the mean of this epoch's {1 + recheck} readings)")
 
 
 def test_recheck_reasons_print_the_digits_their_comparison_needs():
@@ -386,6 +387,32 @@ def test_recheck_reasons_print_the_digits_their_comparison_needs():
     decisions = trajectory(config, [9.9904, (3.0, 4.9951)])  # at 3 digits "5", above the shown λ_ref 9.99 / 2
     assert decisions[2].grew and "λ_ref 9.99 / policy.eig_ratio=2 and on 1 recheck(s) of new samples (4.995; " \
         "policy.recheck=1)" in decisions[2].reason
+    # one count of digits for λ_ref and every reading: 4.997 ≤ 9.99 / 2 would read false
+    decisions = trajectory(config, [9.9949, (3.0, 4.9974)])
+    assert decisions[2].grew and "λ_max 3 ≤ λ_ref 9.995 / policy.eig_ratio=2 and on 1 recheck(s) of new samples " \
+        "(4.997; policy.recheck=1)" in decisions[2].reason
+
+
+def test_a_later_recheck_that_fails_refutes_the_drop():
+    config = make_config({"name": "abs", "recheck": 2})
+    decisions = trajectory(config, [8.0, (3.0, 3.0, 5.0), (3.0, 3.5, 2.5)])
+    assert batches(decisions) == [128, 128, 128, 256]
+    assert "but a recheck of new samples read 5 > λ_ref 8 / 2 (policy.recheck=2): no drop" in decisions[2].reason
+    assert decisions[3].reason.endswith("(3.5, 2.5; policy.recheck=2); λ_ref is now 3 (the mean of this epoch's 3 "
+                                        "readings)")
+    policy = make_policy(config)
+    policy.observe(EpochMeasurements(1, 90, 8.0))
+    with pytest.raises(ValueError, match="3 of policy.recheck=2"):  # more rechecks than asked for
+        policy.observe(EpochMeasurements(2, 90, 3.0, (3.0, 3.0, 3.0)))
+
+
+def test_a_non_finite_recheck_at_the_fallback_names_lambda_ref_once():
+    config = make_config({"name": "abs", "recheck": 1, "duration": 2})
+    decisions = trajectory(config, [8.0, (3.0, float("nan"))])
+    assert decisions[2].growth == FALLBACK and decisions[2].reason == (
+        "batch 128→256: 2 epochs without growth (policy.duration=2); λ_max 3 ≤ λ_ref 8 / policy.eig_ratio=2, but a "
+        "recheck of new samples read nan (not finite): counted as not probed; λ_ref 8 kept (a fallback growth leaves "
+        "it)")
 
 
 def test_recheck_composes_with_confirm_and_fallback():

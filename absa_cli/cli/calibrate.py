@@ -106,7 +106,7 @@ def profile_from_run(run_id: str, runs_dir: Path | None) -> Any:
                         f"`absa calibrate {config.preset}`")
     test = config.data.test_size or catalog.dataset_spec(config.data.name).num_test
     probed = [r for r in epochs if r.get("eigenvalue") is not None]  # probe_s sums the probe and its rechecks
-    num_probes = sum(1 + len(r.get("eigenvalue_rechecks", [])) for r in probed)
+    num_probes = sum(1 + len(r.get("eigenvalue_rechecks") or []) for r in probed)
     measured = [r for r in epochs if r.get("eval_s")]
     eval_per_sample = (sum(r["eval_s"] * r["num_workers"] for r in measured) / (len(measured) * test)
                        if measured else 0.0)

@@ -127,36 +127,39 @@ class AdaptivePolicy(BasePolicy):
         s, p = self.state, self.config.policy
         batch, target = s.global_batch_size, min(s.global_batch_size * p.growth, p.max_global_batch)
         waited = f"epoch {s.epochs_since_growth} of policy.duration={p.duration}"
+        unprobed = False  # a probe that did not count: the reason names the λ_ref it leaves
         if eig is None:
-            why = "not probed" if raw is None else f"λ_max {raw} ignored (not finite)"
-            measured = why + ("" if s.eig_ref is None else f", λ_ref {s.eig_ref:.3g}")
+            measured = "not probed" if raw is None else f"λ_max {raw} ignored (not finite)"
+            unprobed = s.eig_ref is not None
         elif s.eig_ref is None:
             s.eig_ref = eig
             measured = (f"first probe sets λ_ref = λ_max {eig:.3g} "
                         f"(policy.eig_ratio={p.eig_ratio:g} applies from the next probe)")
         else:
-            shown_eig, shown_ref = _compared_digits(eig, s.eig_ref, p.eig_ratio)
-            compared = f"λ_max {shown_eig} {{}} λ_ref {shown_ref} / policy.eig_ratio={p.eig_ratio:g}"
             threshold = s.eig_ref / p.eig_ratio
             failed = next((r for r in rechecks if math.isfinite(r) and r > threshold), None)
             diverged = next((r for r in rechecks if not math.isfinite(r)), None)
+            shown, shown_ref = _compared_digits([eig] if eig > threshold else
+                                                [eig, failed] if failed is not None else
+                                                [eig] if diverged is not None else [eig, *rechecks],
+                                                s.eig_ref, p.eig_ratio)
+            compared = f"λ_max {shown[0]} {{}} λ_ref {shown_ref} / policy.eig_ratio={p.eig_ratio:g}"
             if eig > threshold:
                 s.num_confirming = 0
                 measured = compared.format(">")
             elif failed is not None:
                 s.num_confirming = 0
-                shown_failed, shown_ref = _compared_digits(failed, s.eig_ref, p.eig_ratio)
-                measured = (f"{compared.format('≤')}, but a recheck of new samples read {shown_failed} > λ_ref "
+                measured = (f"{compared.format('≤')}, but a recheck of new samples read {shown[1]} > λ_ref "
                             f"{shown_ref} / {p.eig_ratio:g} (policy.recheck={p.recheck}): no drop")
             elif diverged is not None:  # as a non-finite probe: the epoch counts as not probed
-                measured = (f"{compared.format('≤')}, but a recheck of new samples read {diverged} (not finite): "
-                            f"counted as not probed, λ_ref {s.eig_ref:.3g}")
+                measured = f"{compared.format('≤')}, but a recheck of new samples read {diverged} (not finite): " \
+                           f"counted as not probed"
+                unprobed = True
             else:
-                if len(rechecks) < p.recheck:
+                if len(rechecks) != p.recheck:
                     raise ValueError(f"a drop observed with {len(rechecks)} of policy.recheck={p.recheck} rechecks")
-                shown = ", ".join(_compared_digits(r, s.eig_ref, p.eig_ratio)[0] for r in rechecks)
-                rechecked = f" and on {len(rechecks)} recheck(s) of new samples ({shown}; policy.recheck={p.recheck})" \
-                    if rechecks else ""
+                rechecked = f" and on {len(rechecks)} recheck(s) of new samples ({', '.join(shown[1:])}; " \
+                            f"policy.recheck={p.recheck})" if rechecks else ""
                 s.num_confirming += 1
                 if s.num_confirming >= p.confirm:
                     confirmed = f" on {p.confirm} probes in a row (policy.confirm={p.confirm})" if p.confirm > 1 else ""
@@ -171,6 +174,8 @@ class AdaptivePolicy(BasePolicy):
             waited = f"{s.epochs_since_growth} epoch{'s' if s.epochs_since_growth != 1 else ''}"
             return FALLBACK, (f"batch {batch}→{target}: {waited} without growth "
                               f"(policy.duration={p.duration}); {measured}{kept}")
+        if unprobed:  # the fallback's reason names λ_ref already
+            measured += f", λ_ref {s.eig_ref:.3g}"
         return None, f"batch {batch} kept: {measured} ({waited})"
 
     def _grow(self, epoch: int) -> None:
@@ -210,11 +215,12 @@ def _scale_ratio(optim: OptimConfig, old_batch: int, new_batch: int) -> float:
         scale_lr(1.0, optim.ref_batch_size, new_batch, optim.lr_scaling)
 
 
-def _compared_digits(eig: float, ref: float, ratio: float) -> tuple[str, str]:
-    """λ_max and λ_ref with 3 significant digits, or as many more as the printed comparison needs to read true
-    (λ_max 5.004 against λ_ref 10 / 2 read "λ_max 5 > λ_ref 10 / 2")."""
+def _compared_digits(readings: list[float], ref: float, ratio: float) -> tuple[list[str], str]:
+    """The readings and λ_ref with 3 significant digits, or as many more as every printed comparison needs to read
+    true (λ_max 5.004 against λ_ref 10 / 2 read "λ_max 5 > λ_ref 10 / 2"); one count for all, so λ_ref is printed
+    once for every reading it is compared with."""
     for digits in range(3, 18):
-        shown_eig, shown_ref = f"{eig:.{digits}g}", f"{ref:.{digits}g}"
-        if (float(shown_eig) <= float(shown_ref) / ratio) == (eig <= ref / ratio):
-            return shown_eig, shown_ref
-    return repr(eig), repr(ref)
+        shown, shown_ref = [f"{r:.{digits}g}" for r in readings], f"{ref:.{digits}g}"
+        if all((float(text) <= float(shown_ref) / ratio) == (r <= ref / ratio) for text, r in zip(shown, readings)):
+            return shown, shown_ref
+    return [repr(r) for r in readings], repr(ref)

@@ -43,7 +43,7 @@ def time_schedule(config: RunConfig, model: StepModel, batches: list[int], num_s
     """Seconds, worker-hours used and held idle, per run of epochs at one geometry (and FGSM share) and in total;
     ``choose``: the geometry for a batch; ``adversarial``: the schedule is ``config``'s policy's own, whose FGSM
     epochs (``absa``) cost one more pass over the attacked samples; ``rechecks``: more probes after every probe but
-    the first (``policy.recheck`` where every probe shows the drop)."""
+    the first (``policy.recheck``: ``time_cases`` charges them in both envelopes)."""
     phases: list[dict[str, Any]] = []
     largest = config.policy.max_global_batch
     for epoch, batch in enumerate(batches, start=1):
