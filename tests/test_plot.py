@@ -33,7 +33,8 @@ def _epoch(epoch: int, updates: int, batch: int, workers: int, test_acc: float, 
               "global_batch_size": batch, "num_workers": workers, "grad_accum_steps": max(1, batch // (128 * workers)),
               "lr": 0.05 * batch / 128, "train_loss": 2.0 / epoch, "train_acc": test_acc - 0.05,
               "test_loss": 1.8 / epoch, "test_acc": test_acc, "epoch_s": 10.0 + epoch, "adv_ratio": 0.2,
-              "eigenvalue": eigenvalue, "probe_hvps": 6 if eigenvalue else 0, "probe_s": 1.0 if eigenvalue else 0.0,
+              "eigenvalue": eigenvalue, "eigenvalue_rechecks": [], "probe_hvps": 6 if eigenvalue else 0,
+              "probe_s": 1.0 if eigenvalue else 0.0,
               "policy_reason": "batch kept", "growth": None, "growth_epochs_early": 0, "resize_s": 0.0,
               "step_s": None, "train_s": 9.0, "eval_s": 0.5}
     assert set(EPOCH_FIELDS) <= set(record)
