@@ -137,20 +137,19 @@ class AdaptivePolicy(BasePolicy):
                         f"(policy.eig_ratio={p.eig_ratio:g} applies from the next probe)")
         else:
             threshold = s.eig_ref / p.eig_ratio
-            failed = next((r for r in rechecks if math.isfinite(r) and r > threshold), None)
+            finite = [r for r in rechecks if math.isfinite(r)]
+            failed = next((r for r in finite if r > threshold), None)
             diverged = next((r for r in rechecks if not math.isfinite(r)), None)
-            shown, shown_ref = _compared_digits([eig] if eig > threshold else
-                                                [eig, failed] if failed is not None else
-                                                [eig] if diverged is not None else [eig, *rechecks],
-                                                s.eig_ref, p.eig_ratio)
+            shown, shown_ref = _compared_digits([eig, *finite], s.eig_ref, p.eig_ratio)
             compared = f"λ_max {shown[0]} {{}} λ_ref {shown_ref} / policy.eig_ratio={p.eig_ratio:g}"
             if eig > threshold:
                 s.num_confirming = 0
                 measured = compared.format(">")
             elif failed is not None:
                 s.num_confirming = 0
-                measured = (f"{compared.format('≤')}, but a recheck of new samples read {shown[1]} > λ_ref "
-                            f"{shown_ref} / {p.eig_ratio:g} (policy.recheck={p.recheck}): no drop")
+                measured = (f"{compared.format('≤')}, but a recheck of new samples read "
+                            f"{shown[1 + finite.index(failed)]} > λ_ref {shown_ref} / {p.eig_ratio:g} "
+                            f"(policy.recheck={p.recheck}): no drop")
             elif diverged is not None:  # as a non-finite probe: the epoch counts as not probed
                 measured = f"{compared.format('≤')}, but a recheck of new samples read {diverged} (not finite): " \
                            f"counted as not probed"
