@@ -187,7 +187,8 @@ def _main(name: str, workdir: str, params: str) -> None:
 # ---- scenarios --------------------------------------------------------------------------------------------------
 
 TINY = ["epochs=1", "data.train_size=256", "data.test_size=128", "batch.global_batch_size=64",
-        "policy.max_global_batch=64", "batch.per_worker_max=32", "logging.chunk_steps=2"]
+        "policy.max_global_batch=64", "batch.per_worker_max=32", "logging.chunk_steps=2",
+        "probe.batch_size=32"]
 
 
 @scenario

@@ -25,8 +25,7 @@ def probe_noise():
 
 
 def test_rows_of_a_tiny_run(probe_noise, tmp_path, one_thread):
-    config = config_mod.load("quickstart", [*TINY, "checkpoint.keep_last=2", "probe.batch_size=32",
-                                            "cluster.max_workers=1"])
+    config = config_mod.load("quickstart", [*TINY, "checkpoint.keep_last=2", "cluster.max_workers=1"])
     run = RunDir.create(tmp_path, config)
     Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True)).run_all()
     out = tmp_path / "noise.json"

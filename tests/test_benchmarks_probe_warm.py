@@ -25,7 +25,7 @@ def probe_warm():
 
 def _run(root: Path, keep_last: int) -> RunDir:
     config = config_mod.load("quickstart", [*TINY, "epochs=3", f"checkpoint.keep_last={keep_last}",
-                                            "probe.batch_size=32", "cluster.max_workers=1"])
+                                            "cluster.max_workers=1"])
     run = RunDir.create(root, config)
     Controller(config, run, LocalGroup(config), Console(stream=io.StringIO(), force_plain=True)).run_all()
     return run

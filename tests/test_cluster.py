@@ -52,7 +52,7 @@ def _params(group) -> dict[str, torch.Tensor]:
 def test_two_workers_equal_one_worker_with_accumulation(cluster):
     from absa_cli.cluster.group import RayWorkerGroup
 
-    config = _config()
+    config = _config("probe.batch_size=128")  # the preset's probe batch: a recheck's λ tells its new samples apart
     two, one = RayWorkerGroup(config), RayWorkerGroup(config)  # the quickstart's cluster.max_workers=2
     try:
         two.resize(2)

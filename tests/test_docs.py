@@ -28,7 +28,8 @@ from conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SHRINK = ["epochs=1", "data.train_size=256", "policy.max_global_batch=256", "data.test_size=64", "probe.max_iter=5"]
+SHRINK = ["epochs=1", "data.train_size=256", "policy.max_global_batch=256", "data.test_size=64", "probe.max_iter=5",
+          "probe.batch_size=32"]
 
 NOT_RUN = {
     "make demo": "is `absa train quickstart` after installing: run whole by tests/test_quickstart.py",

@@ -120,6 +120,22 @@ def test_state_dict_round_trip(tiny_config):
     assert source.optimizer.state_dict()["state"].keys() == target.optimizer.state_dict()["state"].keys()
 
 
+def test_a_probe_changes_no_training_state(tiny_config, one_thread):
+    """The probe reads the model and its own samples only: training with a probe between two chunks ends bitwise as
+    training without it, BatchNorm statistics and momentum included (so a test run may probe a smaller batch than its
+    preset's and still train the same model)."""
+    geometry = BatchGeometry(64, 1, 32, 2)
+    finals = []
+    for probed in (True, False):
+        engine = Engine(tiny_config)
+        engine.train_chunk(0, 0, [0.05] * 4, geometry, adv_ratio=0.1)
+        if probed:
+            assert engine.probe(0).eigenvalue > 0
+        engine.train_chunk(1, 0, [0.05] * 4, geometry, adv_ratio=0.1)
+        finals.append({**engine.model.state_dict(), **engine.optimizer.state_dict()["state"][0]})
+    assert all(torch.equal(finals[0][key], finals[1][key]) for key in finals[0])
+
+
 def _small_probe(config, **fields):
     import dataclasses
 
