@@ -38,7 +38,7 @@ files are missing, it is skipped with a message. ``--epochs`` and the overrides 
     .venv/bin/python benchmarks/iterations.py [KEY=VALUE ...] [--preset quickstart] [--policies absa fixed ...]
         [--variant 'LABEL: KEY=VALUE ...' ...] [--seeds 0 1 2] [--epochs N] [--threads 1] [--data-root DIR]
         [--out results.json [--resume]]
-    .venv/bin/python benchmarks/iterations.py --tables-from results.json [more.json ...]
+    .venv/bin/python benchmarks/iterations.py --tables-from results.json [more.json ...]   # or .json.gz
 
 Arguments of the form ``key.path=value`` are config overrides, wherever they stand on the command line. ``--out``
 is rewritten after every run, so a benchmark that is stopped keeps its finished runs; the same command with
@@ -50,6 +50,7 @@ runs of the same preset and config are merged; a (policy, seed) pair found in tw
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "benchmark left (same preset, config and variant overrides) and run only the rest")
     p.add_argument("--tables-from", type=Path, nargs="+", metavar="JSON",
                    help="only print the tables of saved --out files; several files (e.g. from invocations run side "
-                   "by side) are merged, run by run, into one table per configuration")
+                   "by side) are merged, run by run, into one table per configuration; gzipped files (.json.gz) too")
     args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
     args.overrides = overrides
     args.contenders = [(policy, [f"policy.name={policy}"]) for policy in args.policies]
@@ -455,7 +456,7 @@ def merge_saved(paths: list[Path]) -> dict[str, Any]:
     by_config: dict[str, dict[str, Any]] = {}
     for path in paths:
         try:
-            saved = json.loads(path.read_text())
+            saved = json.loads(gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_text())
             merged["machines"].append(saved["machine"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}: not an iterations.py --out file ({error}); pass the files --out wrote") from None

@@ -190,3 +190,38 @@ def test_a_run_that_diverges_is_recorded_as_stopped_and_the_others_go_on(iterati
     # the recorded kind decides, not the message's wording
     reworded = {**collapsed, "stopped": "training stopped in epoch 3: the loss rose", "stop_kind": "collapsed"}
     assert "| absa | 0 | collapsed in epoch 3 (80.00 after 2) |" in iterations.seeds_table([reworded], ["absa"])
+
+
+def test_the_documented_recheck_tables_are_the_committed_runs(iterations, capsys):
+    """docs/benchmarks.md's `policy.recheck=1` tables come from the runs saved in benchmarks/results/ (gzipped --out
+    files, read by --tables-from as they are): each seed's row, the rechecks that ran and those that refuted the drop
+    (counted from the epoch records), and the summary's mean updates and growth causes."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = sorted((root / "benchmarks" / "results").glob("recheck-90ep-seeds*.json.gz"))
+    assert iterations.main(["--tables-from", *map(str, files)]) == 0
+    printed = capsys.readouterr().out
+    assert "| absa[ref-recheck1] | 6 | 95.42 ± 0.59 | — | 1009 ± 106 | — | 2048 | 14 / 1 / 9 |" in printed
+    (measured,) = iterations.merge_saved(files)["results"]
+    runs = sorted(measured["runs"], key=lambda r: r["seed"])
+    assert [r["seed"] for r in runs] == list(range(6)) and not any(r.get("stopped") for r in runs)
+    doc = (root / "docs" / "benchmarks.md").read_text()
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in doc.splitlines()
+                                          if line.startswith("| absa[ref-recheck1] | "))}
+    ran = refuted = 0
+    for run in runs:
+        rechecked = [e for e in run["epochs"] if e["eigenvalue_rechecks"]]
+        ran_here = sum(len(e["eigenvalue_rechecks"]) for e in rechecked)
+        refuted_here = sum(e["growth"] != "curvature" for e in rechecked)  # a confirmed drop grows by the curvature
+        ran, refuted = ran + ran_here, refuted + refuted_here
+        causes = " / ".join(map(str, iterations.growth_causes(run["epochs"])))
+        cells = rows[str(run["seed"])]
+        assert (cells[2], *cells[4:9], cells[10]) == (
+            f"{100 * run['final_test_acc']:.2f}", f"{100 * run['best_test_acc']:.2f}",
+            iterations._loss(run["epochs"][-1]["train_loss"]), str(run["updates"]), iterations.schedule(run["batches"]),
+            causes, f"{run['probe_s']:.1f}"), run["seed"]
+        assert cells[9] == f"{ran_here} / {refuted_here}", run["seed"]
+    assert (ran, refuted) == (34, 19) and "Of 34 rechecks, 19 refuted the drop" in doc
+    summary = next(line for line in doc.splitlines() if line.startswith("| + a drop rechecked at once on new samples"))
+    assert "| 1,009 |" in summary and summary.endswith("| 14 / 1 / 9 |")
