@@ -59,6 +59,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -458,7 +459,7 @@ def merge_saved(paths: list[Path]) -> dict[str, Any]:
         try:
             saved = json.loads(gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_text())
             merged["machines"].append(saved["machine"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error) as error:  # the last two: a cut .gz
             raise ValueError(f"{path}: not an iterations.py --out file ({error}); pass the files --out wrote") from None
         merged["complete"] = merged["complete"] and saved.get("complete", True)
         merged["skipped"] += [s for s in saved["skipped"] if s not in merged["skipped"]]

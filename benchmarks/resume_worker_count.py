@@ -68,7 +68,8 @@ CASES = {  # name: (overrides after the preset's and ``epochs=N``, epoch after w
     "dropout": (["model.name=alexnet", "policy.name=fixed", "data.train_size=4096", "batch.global_batch_size=256"],
                 None),
     # tests/test_resume_cluster.py's run (RUN there), stopped where the test stops it; its probe batch of 32 (not
-    # 128) changes no training state, so the models are those measured in docs/benchmarks.md with 128
+    # 128) changes no training state, and policy.duration=1 grows the batch whatever λ reads, so the models are
+    # those measured in docs/benchmarks.md with 128
     "order": (["epochs=4", "data.train_size=2048", "data.test_size=128", "batch.global_batch_size=64",
                "batch.per_worker_max=64", "logging.chunk_steps=2", "policy.duration=1", "policy.max_global_batch=256",
                "cluster.collective_timeout_s=20", "probe.batch_size=32"], 1),

@@ -56,7 +56,7 @@ def test_a_full_cluster_is_waited_for_visibly_then_the_run_ends_in_one_line(ray_
     assert "Traceback" not in done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: no worker could start within cluster.start_timeout_s=6 s: a worker needs 1 CPU; the "
-                      "cluster has 0 of 4 CPU free on 1 node, and this run holds none yet; "
+                      "cluster has 0 of 4 CPU free on 1 node, and this run holds none; "
                       "free a slot or raise the timeout, then resume the run"], done.stderr
     assert "no worker can start: a worker needs 1 CPU" in done.stdout
     (run_json,) = tmp_path.glob("*/run.json")

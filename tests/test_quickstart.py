@@ -35,13 +35,26 @@ def test_fixed_policy_never_changes_the_batch_and_never_probes(tmp_path):
     assert all("policy.name=fixed" in r["policy_reason"] or "fixed" in r["policy_reason"] for r in epochs)
 
 
-def test_absa_grows_on_a_forced_drop_and_says_why(tmp_path):
-    # policy.eig_ratio barely above 1 makes any probe that does not rise count as a drop: growth is then driven
-    # by the measured curvature, and each growth record must carry its reason.
+def test_absa_grows_on_a_forced_drop_and_says_why(tmp_path, monkeypatch):
+    """The real probe runs at every epoch boundary, but its reading is scaled down 100× an epoch (λ on a tiny run
+    rises for its first epochs): each probe after the first is a drop, so the curvature grows the batch twice, to
+    the cap, and each growth record must carry its reason."""
+    import dataclasses
+
+    from absa_cli.worker.probe import CurvatureProbe
+
+    measure = CurvatureProbe.measure
+
+    def falling(self, model, ctx, epoch, probe=None, draw=0):
+        stats = measure(self, model, ctx, epoch, probe, draw)
+        return dataclasses.replace(stats, eigenvalue=stats.eigenvalue / 100 ** epoch)
+
+    monkeypatch.setattr(CurvatureProbe, "measure", falling)
     result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=4", "policy.eig_ratio=1.0001",
                                  "policy.duration=50", "--local", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     epochs = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
+    assert [r["global_batch_size"] for r in epochs] == [64, 64, 128, 256]  # the first probe sets λ_ref; then 2 drops
     assert all(r["eigenvalue"] is not None and r["probe_s"] > 0 for r in epochs[:-1])
     assert epochs[-1]["eigenvalue"] is None and "the run ends after epoch 4" in epochs[-1]["policy_reason"]
     assert epochs[0]["adv_ratio"] == pytest.approx(0.2)
@@ -51,7 +64,7 @@ def test_absa_grows_on_a_forced_drop_and_says_why(tmp_path):
         if grew:
             assert after["global_batch_size"] == 2 * before["global_batch_size"]
             assert before["growth"] == "curvature" and "policy.eig_ratio" in before["policy_reason"]
-            assert after["eigenvalue"] is not None
+            assert after["eigenvalue"] is not None or after is epochs[-1]  # the last epoch is not probed
             assert before["eigenvalue"] <= epochs[0]["eigenvalue"] or "λ_ref" in before["policy_reason"]
 
 

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 # Batch 64 on 1 worker, then 128 on 2 workers (a live grow), then 256 on 2 workers × 2 accumulation steps. The
 # probe's batch is 32, not 128, to make its two probes cheaper: a probe changes no training state
-# (tests/test_engine.py), so the models are those the `order` case of benchmarks/resume_worker_count.py measured.
+# (tests/test_engine.py) and policy.duration=1 grows the batch whatever λ reads, so the models are those the `order`
+# case of benchmarks/resume_worker_count.py measured with 128.
 RUN = ["epochs=4", "data.train_size=2048", "data.test_size=128", "batch.global_batch_size=64",
        "batch.per_worker_max=64", "logging.chunk_steps=2", "policy.duration=1", "policy.max_global_batch=256",
        "checkpoint.keep_last=5", "cluster.collective_timeout_s=20", "probe.batch_size=32"]

@@ -102,7 +102,7 @@ class RayWorkerGroup:
         total = ray.cluster_resources().get(self.resource, 0)
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         held = " and ".join(_counted(n, noun) for n, noun in ((len(self.actors), "worker"), (len(self.spares), "spare"))
-                            if n) or "none yet"
+                            if n) or "none"
         return (f"a worker needs 1 {self.resource}; the cluster has {free:g} of {total:g} {self.resource} free on "
                 f"{_counted(nodes, 'node')}, and this run holds {held}")
 
