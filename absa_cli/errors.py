@@ -34,3 +34,8 @@ def first_line(error: BaseException | str, typed: bool = False, limit: int = 300
     if isinstance(error, BaseException) and (typed or not line):
         line = f"{type(error).__name__}: {line}" if line else type(error).__name__
     return line[:limit]
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``, ``0 epochs``: a count and its noun, for one-line messages."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

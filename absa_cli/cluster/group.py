@@ -30,7 +30,7 @@ from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, Unchanged,
                                       WorkerFailure)
-from absa_cli.errors import UserError, first_line
+from absa_cli.errors import UserError, counted, first_line
 
 class StopState(enum.Enum):
     """A stop request on its way to the workers: asked for by a signal handler, then sent by the main thread (no Ray
@@ -101,10 +101,10 @@ class RayWorkerGroup:
         free = ray.available_resources().get(self.resource, 0)
         total = ray.cluster_resources().get(self.resource, 0)
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        held = " and ".join(_counted(n, noun) for n, noun in ((len(self.actors), "worker"), (len(self.spares), "spare"))
+        held = " and ".join(counted(n, noun) for n, noun in ((len(self.actors), "worker"), (len(self.spares), "spare"))
                             if n) or "none"
         return (f"a worker needs 1 {self.resource}; the cluster has {free:g} of {total:g} {self.resource} free on "
-                f"{_counted(nodes, 'node')}, and this run holds {held}")
+                f"{counted(nodes, 'node')}, and this run holds {held}")
 
     def _launch(self, count: int) -> list[Any]:
         """``count`` new actors, each in a placement group of its own on the node the placement strategy chose."""
@@ -445,8 +445,3 @@ def _own_error(errors: list[BaseException]) -> BaseException:
     raised it (a bug: its traceback stays). The peers' collective errors that follow are its consequences."""
     causes = [getattr(error, "cause", None) for error in errors]
     return next((cause for cause in causes if isinstance(cause, UserError)), errors[0])
-
-
-def _counted(count: int, noun: str) -> str:
-    """``1 worker``, ``2 workers``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"

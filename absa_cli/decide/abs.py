@@ -33,6 +33,7 @@ from absa_cli.decide.geometry import scale_lr
 from absa_cli.decide.policy import (CURVATURE, FALLBACK, BasePolicy, Decision, EpochMeasurements, PolicyState,
                                     adv_stop_epoch)
 from absa_cli.decide.schedule import lr_at
+from absa_cli.errors import counted
 
 
 class AdaptivePolicy(BasePolicy):
@@ -170,8 +171,7 @@ class AdaptivePolicy(BasePolicy):
                            f"policy.confirm={p.confirm} probes"
         if s.epochs_since_growth >= p.duration:
             kept = "" if s.eig_ref is None else f"; λ_ref {s.eig_ref:.3g} kept (a fallback growth leaves it)"
-            waited = f"{s.epochs_since_growth} epoch{'s' if s.epochs_since_growth != 1 else ''}"
-            return FALLBACK, (f"batch {batch}→{target}: {waited} without growth "
+            return FALLBACK, (f"batch {batch}→{target}: {counted(s.epochs_since_growth, 'epoch')} without growth "
                               f"(policy.duration={p.duration}); {measured}{kept}")
         if unprobed:  # the fallback's reason names λ_ref already
             measured += f", λ_ref {s.eig_ref:.3g}"

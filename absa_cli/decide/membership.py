@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from absa_cli.config import ConfigError, RunConfig
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.decide.throughput import StepModel, fastest_workers
+from absa_cli.errors import counted
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def decide_membership(global_batch_size: int, next_global_batch_size: int | None
     geometry = BatchGeometry.plan(global_batch_size, max_workers, per_worker_max,
                                   available_workers=min(capacity, worth))
     unlimited = BatchGeometry.plan(global_batch_size, max_workers, per_worker_max, available_workers=worth)
-    count = f"{geometry.num_workers} worker{'s' if geometry.num_workers != 1 else ''}"
+    count = counted(geometry.num_workers, "worker")
     change = "" if current in (0, geometry.num_workers) else f" ({current}→{geometry.num_workers})"
     if geometry.num_workers < unlimited.num_workers:
         why = (f"the cluster offers {capacity} of the {unlimited.num_workers} wanted; accumulation keeps the batch "
