@@ -6,10 +6,12 @@ test-sample error) is checked on scripted runs."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -157,8 +159,6 @@ def test_tables_from_merges_files_run_side_by_side(iterations, tmp_path, capsys)
     missing = tmp_path / "missing.json"
     assert iterations.main(["--tables-from", str(seed0), str(missing)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {missing}: not an iterations.py --out file")
-    import gzip
-
     packed, cut = tmp_path / "a.json.gz", tmp_path / "cut.json.gz"  # gzipped files are read as they are
     packed.write_bytes(gzip.compress(seed0.read_bytes()))
     cut.write_bytes(packed.read_bytes()[:-20])
@@ -207,8 +207,6 @@ def test_the_documented_recheck_tables_are_the_committed_runs(iterations, capsys
     """docs/benchmarks.md's `policy.recheck=1` tables come from the runs saved in benchmarks/results/ (gzipped --out
     files, read by --tables-from as they are): each seed's row, the rechecks that ran and those that refuted the drop
     (counted from the epoch records), and the summary's mean updates and growth causes."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     files = sorted((root / "benchmarks" / "results").glob("recheck-90ep-seeds*.json.gz"))
     assert iterations.main(["--tables-from", *map(str, files)]) == 0

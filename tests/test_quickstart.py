@@ -50,8 +50,8 @@ def test_absa_grows_on_a_forced_drop_and_says_why(tmp_path, monkeypatch):
         return dataclasses.replace(stats, eigenvalue=stats.eigenvalue / 100 ** epoch)
 
     monkeypatch.setattr(CurvatureProbe, "measure", falling)
-    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=4", "policy.eig_ratio=1.0001",
-                                 "policy.duration=50", "--local", "--runs-dir", str(tmp_path)])
+    result = runner.invoke(app, ["train", "quickstart", *TINY, "epochs=4", "policy.duration=50", "--local",
+                                 "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     epochs = [r for r in _records(tmp_path) if r["kind"] == "epoch"]
     assert [r["global_batch_size"] for r in epochs] == [64, 64, 128, 256]  # the first probe sets λ_ref; then 2 drops
