@@ -373,13 +373,14 @@ def claim_lines(rows: list[dict[str, Any]], envelope: dict[str, int]) -> list[st
     for r in rows:
         policy = r["policy"]
         if is_adaptive(policy) and r.get("stopped"):
-            out.append(f"- {policy}: seed(s) {', '.join(map(str, r['stopped']))} stopped (diverged or collapsed): "
+            seeds = ("seed " if len(r["stopped"]) == 1 else "seeds ") + ", ".join(map(str, r["stopped"]))
+            out.append(f"- {policy}: {seeds} stopped (diverged or collapsed): "
                        f"below the claim, which asks for equal accuracy")
         if not is_adaptive(policy) or "updates_ratio_vs_fixed" not in r:
             continue
         ratio = r["updates_ratio_vs_fixed"]
         verdict = "meets" if ratio >= CLAIMED_RATIO else "below"  # the stopped seeds fail the claim on their line
-        finished = f" on the {len(r['seeds'])} seed(s) that finished" if r.get("stopped") else ""
+        finished = f" on the {len(r['seeds'])} seed{'' if len(r['seeds']) == 1 else 's'} that finished" if r.get("stopped") else ""
         delta = _pm(r["acc_delta_vs_fixed_mean"], r["acc_delta_vs_fixed_std"], 2, 100)
         fixed, fewest, most = envelope["fixed"], envelope["fastest"], envelope["slowest"]
         growths = r["growths"]

@@ -25,6 +25,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from absa_cli.errors import counted
+
 # fixed on two workers: batch 128 is split 2 × 64 (with the preset's per-worker maximum of 128 it would use one)
 RUNS = [("absa", 1, []), ("absa", 2, []), ("fixed", 1, ["policy.name=fixed"]),
         ("fixed", 2, ["policy.name=fixed", "batch.per_worker_max=64"])]
@@ -88,7 +90,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         before = " – ".join(f"{s:.1f} s" for s in r["predicted_before_s"])
-        print(f"| `{r['run']}`, {r['workers']} worker(s) | {before} | {r['predicted_schedule_s']:.1f} s | "
+        print(f"| `{r['run']}`, {counted(r['workers'], 'worker')} | {before} | {r['predicted_schedule_s']:.1f} s | "
               f"{r['measured_s']:.1f} s | {100 * r['error']:+.1f}% |")
     print(f"(profile {profile}; load {os.getloadavg()[0]:.2f} at the end; {datetime.now().isoformat(timespec='seconds')})")
     if args.json:

@@ -64,12 +64,12 @@ def test_summary_pairs_by_seed_and_divides_the_baseline_updates(iterations):
         return iterations.claim_lines(iterations.summarize(runs + more_runs, ["absa", "fixed"]), envelope)
 
     assert claim([])[0].startswith("- absa: 4.44× fewer updates than fixed (below the claimed ≥ 5×), ")
-    assert claim(stopped)[0] == ("- absa: seed(s) 2 stopped (diverged or collapsed): below the claim, which asks for "
+    assert claim(stopped)[0] == ("- absa: seed 2 stopped (diverged or collapsed): below the claim, which asks for "
                                  "equal accuracy")
-    assert claim(stopped)[1].startswith("- absa: 4.44× fewer updates than fixed on the 2 seed(s) that finished "
+    assert claim(stopped)[1].startswith("- absa: 4.44× fewer updates than fixed on the 2 seeds that finished "
                                         "(below the claimed ≥ 5×), ")
     runs[2]["updates"] = runs[3]["updates"] = 100
-    assert claim(stopped)[1].startswith("- absa: 6.00× fewer updates than fixed on the 2 seed(s) that finished "
+    assert claim(stopped)[1].startswith("- absa: 6.00× fewer updates than fixed on the 2 seeds that finished "
                                         "(meets the claimed ≥ 5×), final test accuracy -1.00 ± 4.24 pp vs fixed")
     records = [{"growth": None, "growth_epochs_early": 0}, {"growth": "curvature", "growth_epochs_early": 1},
                {"growth": "fallback", "growth_epochs_early": 0}, {"growth": "curvature", "growth_epochs_early": 0},
@@ -187,7 +187,7 @@ def test_a_run_that_diverges_is_recorded_as_stopped_and_the_others_go_on(iterati
     assert "| absa[hot] | 0 (+2 stopped) | — |" in printed
     assert "| absa[hot] | 0 | diverged in epoch 1 | 0.00 | — | 0 |" in printed
     assert "[2/4] absa[hot] seed 0: training diverged: " in printed
-    assert "- absa[hot]: seed(s) 0, 1 stopped (diverged or collapsed)" in printed
+    assert "- absa[hot]: seeds 0, 1 stopped (diverged or collapsed)" in printed
     statuses = {json.loads((d / "run.json").read_text())["status"] for d in (tmp_path / "runs").iterdir()}
     assert statuses == {"finished", "diverged"}
     epochs = [{"growth": "curvature", "growth_epochs_early": 1, "train_loss": 0.4},

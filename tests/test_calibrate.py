@@ -49,7 +49,7 @@ def test_calibrate_two_ray_workers_times_the_all_reduce(tmp_path, ray_cluster):
     path = tmp_path / "q2.json"
     result = runner.invoke(app, ["calibrate", "quickstart", *SMALL, "--max-gpus", "2", "-o", str(path)])
     assert result.exit_code == 0, result.output
-    assert "2 worker(s) × 32" in result.stderr
+    assert "2 workers × 32" in result.stderr
     model = profiles.load(path)
     assert 0 < model.allreduce_bandwidth < float("inf")  # a real gloo all-reduce between two actors
     assert model.device == device_name(torch.device("cpu"))  # the workers' own, from their handshake

@@ -421,7 +421,7 @@ def test_a_placed_worker_whose_start_up_outlasts_one_attempt_is_waited_for_not_s
             result = group.resize(1, within_s=within_s)
             assert isinstance(result, Shortfall) and group.num_workers == 0, result
             assert time.monotonic() - started < 10, limit
-            assert result.reason == (f"TimeoutError: 1 of 1 worker(s) placed but not started within {limit}: their "
+            assert result.reason == (f"TimeoutError: 1 of 1 worker placed but not started within {limit}: their "
                                      "start-up (imports, data, model) is stuck or starved of CPU"), result.reason
         finally:
             group.close()
@@ -432,7 +432,7 @@ def test_a_placed_worker_whose_start_up_outlasts_one_attempt_is_waited_for_not_s
         started = time.monotonic()
         result = group.resize(1)
         assert isinstance(result, Shortfall), result
-        assert result.reason == "TimeoutError: a stop was requested while 1 of 1 worker(s) started", result.reason
+        assert result.reason == "TimeoutError: a stop was requested while 1 of 1 worker started", result.reason
         assert time.monotonic() - started < 10  # the stop ends the wait, not the 120-s timeout
     finally:
         timer.cancel()

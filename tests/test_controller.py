@@ -65,7 +65,7 @@ def test_the_group_for_the_policys_next_batch_is_started_ahead(tmp_path):
     assert group.demanded == [2, 0]
     assert [(d["epoch"], d["workers"], d["reason"]) for d in _records(run, "demand")] == [
         (1, 2, "2 workers wanted for the policy's next batch 128; the group has 1"),
-        (2, 0, "withdrawn: the group has the 2 worker(s) it wants")]
+        (2, 0, "withdrawn: the group has the 2 workers it wants")]
 
 
 @pytest.mark.parametrize("lost", [False, True])
@@ -116,7 +116,7 @@ def test_a_worker_lost_mid_chunk_is_replaced_and_the_epoch_continues_at_the_exac
     assert kinds.index("failure") < kinds.index("resize")  # the failure first, then what the driver did about it
     assert _records(run, "epoch")[0]["updates"] == 4  # 2 + 1 before the loss + 1 after: each step counted once
     _assert_exactly_once(group, run)
-    assert "lost 1 worker(s) (rank 1, pid 1001 on node scripted: scripted: worker lost); 1 continue from sample 192 " \
+    assert "lost 1 worker (rank 1, pid 1001 on node scripted: scripted: worker lost); 1 continue from sample 192 " \
            "of epoch 1" in out.getvalue()
     # the step applied before the loss counts in the epoch's train loss and accuracy, as it would without the loss
     # (the scripted loss and accuracy grow along the epoch, so leaving any step out shows)
@@ -200,7 +200,7 @@ def test_a_group_lost_before_any_checkpoint_starts_over_from_the_seed(tmp_path, 
     group, run, out = run_with({("train_chunk", lost_at): LoseAll("scripted: gone")}, "lost")
     (restart,) = _records(run, "restart")
     assert (restart["checkpoint"], restart["epoch"], restart["samples_seen"], restart["updates"]) == (None, 1, 0, 0)
-    assert "restarted 2 worker(s) from the start (no checkpoint was written yet)" in out
+    assert "restarted 2 workers from the start (no checkpoint was written yet)" in out
     assert "scripted: gone" in restart["reason"]
     fields = ("epoch", "global_batch_size", "samples_seen", "updates", "num_workers")
     assert [[r[f] for f in fields] for r in _records(run, "epoch")] == \

@@ -18,7 +18,7 @@ from conftest import TINY
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 COMMAND = [sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "--local"]
-PANEL_FIELDS = ("epoch", "geometry", "global batch 64 = 1 worker(s) × 32 per worker × 2 accumulation step(s)",
+PANEL_FIELDS = ("epoch", "geometry", "global batch 64 = 1 worker × 32 per worker × 2 accumulation steps",
                 "updates", "LR", "λ_max", "adversarial", "train", "loss", "acc", "test acc", "samples/s", "policy",
                 "ETA")
 

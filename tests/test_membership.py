@@ -67,7 +67,7 @@ def test_the_policy_says_which_batch_it_may_grow_to_next():
 def test_a_prime_batch_is_refused_at_config_time():
     config = config_mod.load("quickstart", ["batch.global_batch_size=127", "policy.max_global_batch=127",
                                             "batch.per_worker_max=32", "cluster.max_workers=4"])
-    with pytest.raises(ConfigError, match=r"global batch 127 splits badly: on 1 worker\(s\) it needs micro-batches "
+    with pytest.raises(ConfigError, match=r"global batch 127 splits badly: on 1 worker it needs micro-batches "
                                           r"of 1 \(127 accumulation steps\) where batch.per_worker_max=32 allows 32"):
         check_geometries(config, reachable_batches(config))
     fine = config_mod.load("quickstart", ["policy.max_global_batch=1000", "cluster.max_workers=7"])

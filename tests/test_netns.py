@@ -83,7 +83,7 @@ def test_absa_train_runs_its_local_cluster_in_a_loopback_only_namespace_which_di
     assert seen is not None, output
     namespace, interfaces, listening = seen
     assert "ray: started a local cluster on 127.0.0.2 in a private network namespace (loopback only)" in output
-    assert "network_util" not in output and "RAY_AUTH_MODE" not in output and "2 worker(s)" in output
+    assert "network_util" not in output and "RAY_AUTH_MODE" not in output and "2 workers" in output
     assert namespace != os.readlink("/proc/self/ns/net")
     assert interfaces == ["lo"]
     assert len(listening) >= 3, listening  # GCS, raylet, the driver's core worker: there, not in our namespace

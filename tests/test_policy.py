@@ -321,7 +321,7 @@ def test_recheck_grows_only_when_every_reading_shows_the_drop():
     assert decisions[2].reason == ("batch 128 kept: λ_max 3 ≤ λ_ref 8 / policy.eig_ratio=2, but a recheck of new "
                                    "samples read 5 > λ_ref 8 / 2 (policy.recheck=1): no drop (epoch 2 of "
                                    "policy.duration=10)")
-    assert decisions[3].reason == ("batch 128→256: λ_max 3.5 ≤ λ_ref 8 / policy.eig_ratio=2 and on 1 recheck(s) of "
+    assert decisions[3].reason == ("batch 128→256: λ_max 3.5 ≤ λ_ref 8 / policy.eig_ratio=2 and on 1 recheck of "
                                    "new samples (2.5; policy.recheck=1); λ_ref is now 3 (the mean of this epoch's 2 "
                                    "readings)")
     assert decisions[4].growth == CURVATURE and decisions[4].reason.endswith("λ_ref is now 1.3 (the mean of this "
@@ -385,11 +385,11 @@ def test_recheck_reasons_print_the_digits_their_comparison_needs():
     decisions = trajectory(config, [10.0, (3.0, 5.004)])  # at 3 digits it would read "5 > λ_ref 10 / 2"
     assert "a recheck of new samples read 5.004 > λ_ref 10 / 2" in decisions[2].reason
     decisions = trajectory(config, [9.9904, (3.0, 4.9951)])  # at 3 digits "5", above the shown λ_ref 9.99 / 2
-    assert decisions[2].grew and "λ_ref 9.99 / policy.eig_ratio=2 and on 1 recheck(s) of new samples (4.995; " \
+    assert decisions[2].grew and "λ_ref 9.99 / policy.eig_ratio=2 and on 1 recheck of new samples (4.995; " \
         "policy.recheck=1)" in decisions[2].reason
     # one count of digits for λ_ref and every reading: 4.997 ≤ 9.99 / 2 would read false
     decisions = trajectory(config, [9.9949, (3.0, 4.9974)])
-    assert decisions[2].grew and "λ_max 3 ≤ λ_ref 9.995 / policy.eig_ratio=2 and on 1 recheck(s) of new samples " \
+    assert decisions[2].grew and "λ_max 3 ≤ λ_ref 9.995 / policy.eig_ratio=2 and on 1 recheck of new samples " \
         "(4.997; policy.recheck=1)" in decisions[2].reason
 
 

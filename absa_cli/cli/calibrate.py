@@ -21,6 +21,7 @@ import typer
 
 from absa_cli.cli.common import (check_sample_log, check_schedule, complete_preset, complete_run_id, held_interrupt,
                                   interrupted, load_libraries, user_errors)
+from absa_cli.errors import counted
 
 WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
 CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
@@ -193,7 +194,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
                 entries.append({"num_workers": workers, "per_worker_batch_size": b, "grad_accum_steps": 1,
                                 "steps": stats.steps, "step_s": {**split, "total": total,
                                                                  "other": max(total - sum(split.values()), 0.0)}})
-                typer.echo(f"calibrate: {workers} worker(s) × {b}: {total * 1000:.1f} ms a step", err=True)
+                typer.echo(f"calibrate: {counted(workers, 'worker')} × {b}: {total * 1000:.1f} ms a step", err=True)
         devices, num_parameters = " + ".join(group.devices()), group.num_parameters()
         group.resize(1)
         mark = time.perf_counter()

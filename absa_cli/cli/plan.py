@@ -21,6 +21,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from absa_cli.cli.common import check_schedule, complete_preset, report_console, user_errors
+from absa_cli.errors import counted
 
 
 def plan(
@@ -175,7 +176,7 @@ def _print(result: dict[str, Any]) -> None:
     console = report_console()
     console.print(f"{result['preset']}: policy {result['policy']}, {result['dataset']} "
                   f"({result['num_train_samples']:,} training samples), {result['epochs']} epochs, "
-                  f"up to {result['max_workers']} worker(s)")
+                  f"up to {counted(result['max_workers'], 'worker')}")
     console.print(f"Epoch 1: {escape(result['start'])}")  # the run's own first line (fixed-large: its warm-up)
     titles = {"fastest": "growth at every probe (fastest)", "slowest": "growth only by policy.duration (slowest)"}
     for name, phases in result["cases"].items():

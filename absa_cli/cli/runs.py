@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from absa_cli.cli.common import complete_run_id, user_errors
+from absa_cli.errors import counted
 from absa_cli.run.metrics import fmt
 
 app = typer.Typer(help="List runs and show one in detail.", no_args_is_help=True)
@@ -91,7 +92,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
         f"model {config.model.name} (width {config.model.width}); {config.epochs} epochs; policy "
         f"{config.policy.name}; SGD lr {config.optim.lr} momentum {config.optim.momentum} weight decay "
         f"{config.optim.weight_decay}; batch {config.batch.global_batch_size} → at most "
-        f"{config.policy.max_global_batch}; at most {config.cluster.max_workers} worker(s)")
+        f"{config.policy.max_global_batch}; at most {counted(config.cluster.max_workers, 'worker')}")
     console.print(_history_table(records))
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if epochs:

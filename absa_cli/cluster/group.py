@@ -186,13 +186,13 @@ class RayWorkerGroup:
             waited = time.monotonic() - began
             if placed < len(pending):
                 starting = f" ({placed} placed, still starting)" if placed else ""
-                raise TimeoutError(f"{len(pending) - placed} of {count} worker(s) could not be placed within "
-                                   f"{waited:.0f} s{starting}")
+                raise TimeoutError(f"{len(pending) - placed} of {counted(count, 'worker')} could not be placed within "
+                                   f"{waited:.3g} s{starting}")
             if self._stop is not StopState.NONE:
-                raise TimeoutError(f"a stop was requested while {placed} of {count} worker(s) started")
+                raise TimeoutError(f"a stop was requested while {placed} of {counted(count, 'worker')} started")
             if waited >= limit:
-                raise TimeoutError(f"{placed} of {count} worker(s) placed but not started within {named}: their "
-                                   f"start-up (imports, data, model) is stuck or starved of CPU")
+                raise TimeoutError(f"{placed} of {counted(count, 'worker')} placed but not started within {named}: "
+                                   f"their start-up (imports, data, model) is stuck or starved of CPU")
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(_STOP_POLL_S * 4, limit - waited))
 
     def _check_device(self, info: dict[str, Any]) -> None:
@@ -346,7 +346,7 @@ class RayWorkerGroup:
                 if deadline is None or time.monotonic() < deadline:
                     continue
                 # survivors stuck past the collective timeout: _recover's position probe finds them
-                errors.append(TimeoutError(f"{len(pending)} worker(s) did not finish after a peer failed"))
+                errors.append(TimeoutError(f"{counted(len(pending), 'worker')} did not finish after a peer failed"))
                 break
             try:
                 ray.get(done[0])

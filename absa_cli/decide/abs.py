@@ -158,7 +158,7 @@ class AdaptivePolicy(BasePolicy):
             else:
                 if len(rechecks) != p.recheck:
                     raise ValueError(f"a drop observed with {len(rechecks)} of policy.recheck={p.recheck} rechecks")
-                rechecked = f" and on {len(rechecks)} recheck(s) of new samples ({', '.join(shown[1:])}; " \
+                rechecked = f" and on {counted(len(rechecks), 'recheck')} of new samples ({', '.join(shown[1:])}; " \
                             f"policy.recheck={p.recheck})" if rechecks else ""
                 s.num_confirming += 1
                 if s.num_confirming >= p.confirm:

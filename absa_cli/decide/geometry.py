@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from absa_cli.errors import counted
+
 
 @dataclass(frozen=True)
 class BatchGeometry:
@@ -58,8 +60,8 @@ class BatchGeometry:
         return cls(global_batch_size, num_workers, share // grad_accum_steps, grad_accum_steps)
 
     def describe(self) -> str:
-        return (f"global batch {self.global_batch_size} = {self.num_workers} worker(s) × "
-                f"{self.per_worker_batch_size} per worker × {self.grad_accum_steps} accumulation step(s)")
+        return (f"global batch {self.global_batch_size} = {counted(self.num_workers, 'worker')} × "
+                f"{self.per_worker_batch_size} per worker × {counted(self.grad_accum_steps, 'accumulation step')}")
 
     def micro_batches(self, rank: int) -> list[slice]:
         """Rank ``rank``'s micro-batches of a global batch, as ranges of positions within it: its contiguous share,

@@ -107,7 +107,8 @@ def check_geometries(config: RunConfig, batches: list[int]) -> None:
             room = min(per_worker_max, -(-batch // geometry.num_workers))
             if 2 * geometry.per_worker_batch_size < room:
                 raise ConfigError(
-                    f"global batch {batch} splits badly: on {geometry.num_workers} worker(s) it needs micro-batches "
-                    f"of {geometry.per_worker_batch_size} ({geometry.grad_accum_steps} accumulation steps) where "
-                    f"batch.per_worker_max={per_worker_max} allows {room}; choose batch.global_batch_size and "
-                    f"policy.max_global_batch with small factors, e.g. multiples of {min(per_worker_max, 128)}")
+                    f"global batch {batch} splits badly: on {counted(geometry.num_workers, 'worker')} it needs "
+                    f"micro-batches of {geometry.per_worker_batch_size} ({geometry.grad_accum_steps} accumulation "
+                    f"steps) where batch.per_worker_max={per_worker_max} allows {room}; choose "
+                    f"batch.global_batch_size and policy.max_global_batch with small factors, e.g. multiples of "
+                    f"{min(per_worker_max, 128)}")

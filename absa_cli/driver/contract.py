@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol
 
 from absa_cli.decide.geometry import BatchGeometry
+from absa_cli.errors import counted
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Failure:
     num_correct: int = 0
 
     def describe_lost(self) -> str:
-        return "; ".join(self.lost) or f"{self.lost_workers} worker(s)"
+        return "; ".join(self.lost) or counted(self.lost_workers, "worker")
 
     def record(self) -> dict[str, Any]:
         """The ``failure`` record (a replacement the driver then starts is a ``resize`` record of its own)."""

@@ -27,7 +27,7 @@ from absa_cli.driver.contract import GroupLost, WorkerFailure, WorkerGroup
 from absa_cli.driver.groups import GroupKeeper
 from absa_cli.driver.progress import Progress
 from absa_cli.driver.records import epoch_record, event_record
-from absa_cli.errors import UserError
+from absa_cli.errors import UserError, counted
 from absa_cli.run.lock import LockLost
 from absa_cli.run.metrics import Console, FanOut, JsonlSink
 from absa_cli.run.rundir import RunDir
@@ -272,7 +272,7 @@ class Controller:
         self.sink.write(event_record("restart", self.progress, checkpoint=source,
                                      num_workers=self.group.num_workers, reason=why))
         self.console.line(f"[red]restart[/]: live re-form impossible ({why}); restarted "
-                          f"{self.group.num_workers} worker(s) from "
+                          f"{counted(self.group.num_workers, 'worker')} from "
                           f"{source or 'the start (no checkpoint was written yet)'}")
 
     def _start_over(self) -> None:
@@ -282,7 +282,8 @@ class Controller:
         self.decision, self.progress = self.policy.initial(), Progress()
         moved = self.run.rewind_metrics(0)
         if moved:
-            self.console.line(f"[yellow]restart[/]: {moved} record(s) moved to {self.run.superseded_path.name}")
+            self.console.line(f"[yellow]restart[/]: {counted(moved, 'record')} moved to "
+                              f"{self.run.superseded_path.name}")
         self.group.restart(None)
 
     def _restore_latest(self) -> str | None:
@@ -292,7 +293,7 @@ class Controller:
             return None
         self.progress, self.decision = restored.progress, restored.decision
         if restored.moved:
-            self.console.line(f"[yellow]resume[/]: {restored.moved} record(s) written after {restored.source} moved "
-                              f"to {self.run.superseded_path.name}")
+            self.console.line(f"[yellow]resume[/]: {counted(restored.moved, 'record')} written after {restored.source} "
+                              f"moved to {self.run.superseded_path.name}")
         self.group.restart(restored.state)
         return restored.source

@@ -25,7 +25,7 @@ from absa_cli.decide.membership import Membership, decide_membership
 from absa_cli.decide.policy import Policy
 from absa_cli.driver.contract import GroupLost, Resized, Shortfall, WorkerFailure, WorkerGroup
 from absa_cli.driver.records import geometry_record, same_geometry
-from absa_cli.errors import UserError
+from absa_cli.errors import UserError, counted
 from absa_cli.run import profile as profiles
 
 WAIT_POLL_S = 2.0  # how often to look for capacity while none is there
@@ -111,7 +111,7 @@ class GroupKeeper:
                      f"batch {membership.geometry.global_batch_size}")
             reason = f"{demand} workers wanted for {batch}; the group has {self.group.num_workers}"
         else:
-            reason = f"withdrawn: the group has the {self.group.num_workers} worker(s) it wants"
+            reason = f"withdrawn: the group has the {counted(self.group.num_workers, 'worker')} it wants"
         self.sink.write({"kind": "demand", "epoch": progress.epoch + 1, "workers": demand, "reason": reason})
         self.console.line(f"[yellow]cluster[/]: asked the autoscaler for {demand} workers ({reason})" if demand
                           else f"[yellow]cluster[/]: request to the autoscaler {reason}")
@@ -158,9 +158,9 @@ class GroupKeeper:
         record = failure.record()
         progress.resizes.append(record)
         self.sink.write(record)
-        self.console.line(f"[red]failure[/]: lost {failure.lost_workers} worker(s) ({failure.describe_lost()}: "
-                          f"{failure.error}); {failure.to_workers} continue from sample {failure.samples_seen} of "
-                          f"epoch {failure.epoch + 1}")
+        self.console.line(f"[red]failure[/]: lost {counted(failure.lost_workers, 'worker')} "
+                          f"({failure.describe_lost()}: {failure.error}); {failure.to_workers} continue from sample "
+                          f"{failure.samples_seen} of epoch {failure.epoch + 1}")
         return self.form(progress, why="failure", capacity=self.group.num_workers if self.stopping() else None)
 
     def recovering(self, call: Callable[[], Any], progress: Any, attempts: int = 3) -> Any:
