@@ -205,20 +205,32 @@ def test_a_run_that_diverges_is_recorded_as_stopped_and_the_others_go_on(iterati
 
 def test_the_documented_recheck_tables_are_the_committed_runs(iterations, capsys):
     """docs/benchmarks.md's `policy.recheck=1` tables come from the runs saved in benchmarks/results/ (gzipped --out
-    files, read by --tables-from as they are): each seed's row, the rechecks that ran and those that refuted the drop
-    (counted from the epoch records), and the summary's mean updates and growth causes."""
+    files, read by --tables-from as they are), beside the `fixed` runs saved there too: each seed's row and its
+    paired difference, the rechecks that ran and those that refuted the drop (counted from the epoch records), the
+    summary's mean updates and growth causes, and the test-sample standard error from both runs' checkpoints."""
     root = Path(__file__).resolve().parent.parent
-    files = sorted((root / "benchmarks" / "results").glob("recheck-90ep-seeds*.json.gz"))
+    results = root / "benchmarks" / "results"
+    files = sorted(results.glob("recheck-90ep-seeds*.json.gz")) + sorted(results.glob("fixed-90ep-seeds*.json.gz"))
+    assert len(files) == 4
     assert iterations.main(["--tables-from", *map(str, files)]) == 0
     printed = capsys.readouterr().out
-    assert "| absa[ref-recheck1] | 6 | 95.42 ± 0.59 | — | 1009 ± 106 | — | 2048 | 14 / 1 / 9 |" in printed
+    summary_row = next(line for line in printed.splitlines() if line.startswith("| absa[ref-recheck1] | 6 | "))
+    assert summary_row.startswith("| absa[ref-recheck1] | 6 | 95.42 ± 0.59 | -0.05 ± 0.59 | 1009 ± 106 | 5.71× | 2048 "
+                                  "| 14 / 1 / 9 |"), summary_row
+    se, discordant = summary_row.split("|")[-3:-1]
     (measured,) = iterations.merge_saved(files)["results"]
-    runs = sorted(measured["runs"], key=lambda r: r["seed"])
+    runs = sorted((r for r in measured["runs"] if r["policy"] == "absa[ref-recheck1]"), key=lambda r: r["seed"])
     assert [r["seed"] for r in runs] == list(range(6)) and not any(r.get("stopped") for r in runs)
+    fixed_runs = sorted((r for r in measured["runs"] if r["policy"] == "fixed"), key=lambda r: r["seed"])
+    assert [r["seed"] for r in fixed_runs] == list(range(6)) and all(r["test_correct"] for r in fixed_runs)
+    fixed = [100 * r["final_test_acc"] for r in fixed_runs]
     doc = (root / "docs" / "benchmarks.md").read_text()
-    # the `fixed` runs they are paired with, as the text lists them (measured in an earlier session, not saved here)
-    fixed = [float(a) for a in re.search(r"paired with that model's `fixed` runs above \(([\d.,\s]+);", doc)[1].split(",")]
-    assert len(fixed) == 6
+    # the `fixed` runs they are paired with, as the text lists them: the saved ones
+    listed = re.search(r"paired with that model's `fixed` runs above \(([\d.,\s]+);", doc)[1]
+    assert [float(a) for a in listed.split(",")] == [round(a, 2) for a in fixed]
+    prose = " ".join(doc.split())
+    assert f"own error of the mean paired difference is **{float(se):.2f} pp**" in prose
+    assert f"only in `fixed`, seeds 0–5: {discordant.strip()})" in prose
     rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in doc.splitlines()
                                           if line.startswith("| absa[ref-recheck1] | "))}
     ran = refuted = 0
