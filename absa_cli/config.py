@@ -456,7 +456,9 @@ def resumed_with(config: RunConfig, overrides: list[str] | tuple[str, ...], run_
     """A run's saved ``config`` with the ``KEY=VALUE`` overrides a resume may make: any key outside its recipe
     (``IDENTITY_KEYS``, whose values its checkpoints carry) and its length; e.g. ``policy.stop_on_collapse=false``,
     ``cluster.collective_timeout_s=120``, ``logging.tensorboard=true``, ``data.root=/elsewhere``. Anything else is
-    one ``ConfigError`` line: a resume continues the run as it was trained."""
+    one ``ConfigError`` line: a resume continues the run as it was trained. An unknown key or a wrong value is
+    refused as ``train`` refuses it (a misspelt key is not a recipe change)."""
+    changed = with_overrides(config, overrides, "the run's config")
     layer = _parse_overrides(overrides)
     for key in _leaf_keys(OmegaConf.to_container(layer)):
         if key == "epochs":
@@ -470,7 +472,7 @@ def resumed_with(config: RunConfig, overrides: list[str] | tuple[str, ...], run_
         if recipe:
             raise ConfigError(f"{key} is part of run {run_id}'s recipe (its checkpoints carry it), so a resume cannot "
                               f"change it; start a new run with `absa train {config.preset or 'PRESET'} {key}=...`")
-    return with_overrides(config, overrides, "the run's config")
+    return changed
 
 
 def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...], origin: str) -> RunConfig:

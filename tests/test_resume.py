@@ -98,7 +98,9 @@ def test_a_resume_may_change_what_is_outside_the_recipe_and_keeps_it(finished, t
     where = ["--local", "--runs-dir", str(run.path.parent)]
     for refused, says in (("optim.lr=0.2", f"optim.lr is part of run {run.id}'s recipe (its checkpoints carry it)"),
                           ("epochs=5", "epochs cannot change on resume"),
-                          ("data.test_size=64", "data.test_size cannot change on resume")):  # was taken (review)
+                          ("data.test_size=64", "data.test_size cannot change on resume"),  # was taken (review)
+                          # a misspelt key is named as one, not called a recipe change to start a new run with
+                          ("optim.lrr=0.2", "unknown config key 'optim.lrr' (from the command line) (did you mean 'optim.lr'?)")):
         before = (run.config_path.read_bytes(), run.info_path.read_bytes())
         assert_user_error(runner.invoke(app, ["resume", run.id, refused, *where]), says)
         assert (run.config_path.read_bytes(), run.info_path.read_bytes()) == before
