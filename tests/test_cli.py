@@ -36,7 +36,7 @@ def test_train_quickstart_end_to_end(tmp_path, ray_cluster):
     assert lines[-1].startswith("summary: 2 epochs")
     run_dir = tmp_path / lines[0].removeprefix("run: ")
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "finished" and info["last_epoch"] == 2
+    assert info["status"] == "finished" and info["last_epoch"] == 2 and info["local"] is False
     assert "name: shapes" in (run_dir / "config.yaml").read_text()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -129,6 +129,27 @@ def test_a_read_only_runs_dir_is_one_line_before_a_ray_cluster_starts(tmp_path):
     assert result.returncode == 2 and not result.stdout, result.stderr
     assert result.stderr == (f"error: runs directory {readonly / 'runs'} cannot be written (Read-only file system); "
                              f"pass a writable --runs-dir (or set ABSA_RUNS_DIR)\n")
+
+
+def test_a_local_run_resumed_on_ray_says_it_is_no_longer_exact(tmp_path, ray_cluster):
+    """A `--local` run may move to Ray workers on resume, but its numbers then drift (another thread count, another
+    summation order): the resume says so, with the command that continues it exactly, instead of switching
+    silently (review)."""
+    result = _invoke("train", "quickstart", *TINY, "--local", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.iterdir()
+    info = json.loads((run / "run.json").read_text())
+    assert info["local"] is True
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    newest = run / "checkpoints" / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # epoch 2 trains again, on Ray
+    resumed = _invoke("resume", run.name, "--runs-dir", str(tmp_path))
+    assert resumed.exit_code == 0, resumed.output
+    assert (f"note: run {run.name} was trained with --local (one process, torch's default thread count); on Ray "
+            f"workers its steps sum in another order and its numbers drift from an uninterrupted run: "
+            f"`absa resume {run.name} --local --runs-dir {tmp_path}` continues it exactly") in resumed.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["local"] is False  # its last driver ran it on Ray
 
 
 def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_one_line(tmp_path):

@@ -66,6 +66,7 @@ def train(
         group, where = make_group(config, address, local, run_id)
         run = RunDir.create(runs_root(runs_dir), config, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
+        run.write_info(local=local)  # a resume without --local says what that changes
     typer.echo(f"run: {run.id}")
     drive(config, run, group, lock, where, resume=False, local=local)
 
@@ -86,7 +87,7 @@ def resume(
 ) -> None:
     """Continue an interrupted, failed or killed run exactly where its newest good checkpoint stands."""
     from absa_cli import config as config_mod
-    from absa_cli.cli.driver import drive, make_group, private_network
+    from absa_cli.cli.driver import drive, make_group, private_network, resume_command
     from absa_cli.config import ConfigError
     from absa_cli.run.rundir import RunDir, Status, check_run_id, check_writable, runs_root
 
@@ -127,8 +128,12 @@ def resume(
         run.save_config(changed)
     run.write_info(status=Status.RUNNING, host=socket.gethostname(), pid=os.getpid(), ended_at=None, error=None,
                    resumed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   resumes=int(info.get("resumes") or 0) + 1, max_workers=config.cluster.max_workers)
+                   resumes=int(info.get("resumes") or 0) + 1, max_workers=config.cluster.max_workers, local=local)
     typer.echo(f"run: {run.id} (resumed)")
+    if info.get("local") and not local:  # allowed (a run may move to a cluster), but not exact: said, not silent
+        typer.echo(f"note: run {run.id} was trained with --local (one process, torch's default thread count); on "
+                   f"Ray workers its steps sum in another order and its numbers drift from an uninterrupted run: "
+                   f"`{resume_command(run, True)}` continues it exactly", err=True)
     if lock.took_over:  # a driver that was killed, or lost with its machine: say whose place this one takes
         typer.echo(f"lock: took the run over from its last driver, {lock.took_over}", err=True)
     drive(config, run, group, lock, where, resume=True, local=local,
