@@ -96,6 +96,22 @@ def test_broken_checkpoints_give_one_clear_line(tmp_path, damage):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_checkpoint_its_manifest_refutes_names_the_fix(tmp_path):
+    """Truncated or corrupted against the manifest: the line names the problem and how to read an older one that
+    verifies (the folder, which `absa hessian` accepts), not only the problem (review)."""
+    store = checkpoint.CheckpointStore(tmp_path)
+    for epoch in (1, 2):
+        store.save(f"epoch-{epoch:04d}.pt", _store_state(epoch))
+    newest = tmp_path / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(newest)
+    assert str(info.value).startswith("checkpoint epoch-0002.pt is truncated (1000 of ")
+    assert str(info.value).endswith(f"; pass an older checkpoint from {tmp_path}, or that folder (or its run "
+                                    f"directory) to read the newest one that verifies")
+    assert checkpoint.load(tmp_path / "epoch-0001.pt")["epoch"] == 1
+
+
 def _store_state(epoch: int, samples_seen: int = 0):
     return {**_state(), "epoch": epoch, "samples_seen": samples_seen, "updates": 10 * epoch + samples_seen}
 

@@ -221,6 +221,9 @@ def test_checks_that_need_the_model_come_before_the_computation(trained_checkpoi
     too_many = runner.invoke(app, ["hessian", str(trained_checkpoint), "--top-k", "100000000"])
     assert too_many.exit_code == 2 and not too_many.stdout
     assert too_many.stderr.startswith("error: --top-k 100000000 is more eigenvalues than the model has parameters")
+    # the limit it names is the real one (it said "20 or fewer" while accepting 21)
+    dim = int(too_many.stderr.split("parameters (")[1].split(")")[0].replace(",", ""))
+    assert f"pass --top-k {dim} or fewer" in too_many.stderr
     for plot, says in ((tmp_path / "missing" / "d.png", "does not exist"), (tmp_path / "d.csv", "not an image"),
                        (tmp_path, "is a directory")):
         result = runner.invoke(app, ["hessian", str(trained_checkpoint), "--plot", str(plot), *FAST])

@@ -82,7 +82,11 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file from a run's checkpoints/ folder")
     entry = CheckpointStore(path.parent).entry(path.name)
     if entry is not None:
-        verify(path, entry)
+        try:
+            verify(path, entry)
+        except CheckpointError as exc:  # the folder may hold an older one that verifies: say how to use it
+            raise CheckpointError(f"{exc}; pass an older checkpoint from {path.parent}, or that folder (or its run "
+                                  f"directory) to read the newest one that verifies") from None
     return _load_unverified(path)
 
 

@@ -60,7 +60,8 @@ def check_against_model(options: HessianOptions, model: torch.nn.Module) -> int:
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if options.top_k > dim:
         raise UserError(f"--top-k {options.top_k} is more eigenvalues than the model has parameters ({dim:,}); "
-                        f"pass --top-k {min(dim, 20)} or fewer")
+                        f"pass --top-k {dim} or fewer (Lanczos resolves the top few in --max-iter iterations; "
+                        f"more need a larger --max-iter)")
     return lanczos_iterations(options)
 
 
