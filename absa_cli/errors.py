@@ -36,6 +36,15 @@ def first_line(error: BaseException | str, typed: bool = False, limit: int = 300
     return line[:limit]
 
 
+def missing_folder(folder) -> str:
+    """Why a file cannot be created in ``folder`` (a ``Path`` that is not a directory), with the first half of the
+    fix, for a caller to finish with "or choose another ...": the folder is missing, or a file stands in its path."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder; move it"
+    return f"the folder {folder} does not exist; create it"
+
+
 def counted(count: int, noun: str) -> str:
     """``1 worker``, ``2 workers``, ``0 epochs``: a count and its noun, for one-line messages."""
     return f"{count} {noun}{'' if count == 1 else 's'}"

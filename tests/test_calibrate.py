@@ -172,3 +172,16 @@ def test_ctrl_c_while_timing_or_before_training_is_one_line_and_exit_130(tmp_pat
     result = runner.invoke(app, ["train", "quickstart", "--local", "--runs-dir", str(tmp_path / "runs")])
     assert (result.exit_code, result.stderr.strip()) == (130, "interrupted before training started; nothing to save")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("output, says", [
+    ("missing/q.json", "the folder {root}/missing does not exist; create it or choose another --output"),
+    ("notes.txt/q.json", "{root}/notes.txt is a file, not a folder; move it or choose another --output"),
+])
+def test_an_output_folder_that_is_not_there_is_one_line_before_any_timing(tmp_path, output, says):
+    """Checked before a minute of measuring; a file where the folder should be is named as such (review: it was
+    "the folder notes.txt does not exist" for an existing file)."""
+    (tmp_path / "notes.txt").write_text("a file")
+    result = runner.invoke(app, ["calibrate", "quickstart", "--local", "-o", str(tmp_path / output)])
+    assert_user_error(result, f"cannot write the profile to {tmp_path / output}: " + says.format(root=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

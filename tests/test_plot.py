@@ -215,11 +215,14 @@ def test_missing_matplotlib(runs, monkeypatch):
     ("plotx", "--output {path}: the name has no extension"),
     (".", "--output {path} is a directory; give a file name"),
     ("missing/p.png", "--output {path}: the folder {parent} does not exist; create it or choose another path"),
+    ("notes.txt/more/p.png", "--output {path}: {root}/notes.txt is a file, not a folder; move it or choose another "
+                             "path"),  # was "the folder ... does not exist" (review)
 ])
 def test_an_output_that_cannot_be_written_is_one_line_and_nothing_is_created(runs, tmp_path, output, says):
     path = tmp_path / output
+    (tmp_path / "notes.txt").write_text("a file where a folder is asked for")
     result = runner.invoke(app, ["plot", "absa-run", "-o", str(path), "--runs-dir", str(runs)])
-    assert_user_error(result, says.format(path=path, parent=path.parent))
+    assert_user_error(result, says.format(path=path, parent=path.parent, root=tmp_path))
     assert not (tmp_path / "missing").exists() and not path.with_suffix(".png").exists()
     assert not path.exists() or path.is_dir()
 

@@ -21,7 +21,7 @@ import typer
 
 from absa_cli.cli.common import (check_sample_log, check_schedule, complete_preset, complete_run_id, held_interrupt,
                                   interrupted, load_libraries, user_errors)
-from absa_cli.errors import counted
+from absa_cli.errors import counted, missing_folder
 
 WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
 CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
@@ -64,8 +64,8 @@ def calibrate(
         refuse_local_with_address(local, address)
         path = output or Path(f"{from_run or preset}.profile.json")
         if not path.parent.is_dir():  # before a minute of measuring, not after
-            raise UserError(f"cannot write the profile to {path}: the folder {path.parent} does not exist; create it "
-                            f"or choose another --output")
+            raise UserError(f"cannot write the profile to {path}: {missing_folder(path.parent)} or choose another "
+                            f"--output")
         if from_run is not None:
             with held_interrupt():  # a run made before its workers counted its parameters: torch counts them
                 model = profile_from_run(from_run, runs_dir)

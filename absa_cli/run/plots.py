@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from absa_cli import config as config_mod
-from absa_cli.errors import UserError
+from absa_cli.errors import UserError, missing_folder
 from absa_cli.run.rundir import check_writable
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
@@ -184,8 +184,7 @@ def check_output(path: Path, option: str, needs: str) -> None:
         kind = f"the extension .{suffix} is not an image format" if suffix else "the name has no extension"
         raise UserError(f"{option} {path}: {kind}; end the name with one of .{', .'.join(PLOT_FORMATS[:4])}")
     if not path.parent.is_dir():
-        raise UserError(f"{option} {path}: the folder {path.parent} does not exist; create it or choose another "
-                        f"path")
+        raise UserError(f"{option} {path}: {missing_folder(path.parent)} or choose another path")
     check_writable(path.parent, what=f"{option} {path}: the folder", fix=f"choose another path with {option}")
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError(MATPLOTLIB.format(needs))
