@@ -155,6 +155,7 @@ def test_a_local_run_resumed_on_ray_says_it_is_no_longer_exact(tmp_path, ray_clu
 def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_one_line(tmp_path):
     result = _invoke("train", "quickstart", *TINY, "epochs=1", "--local", "--runs-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
+    assert "summary: 1 epoch, " in result.stdout  # counted in words, not "1 epochs"
     (run,) = tmp_path.iterdir()
     (run / "config.yaml").unlink()
     info = json.loads((run / "run.json").read_text())
@@ -255,3 +256,15 @@ def test_non_finite_metrics_are_written_as_null(tmp_path):
     (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line) == {"kind": "epoch", "train_loss": None, "nested": {"x": [None, 1.5]}, "lr": 0.1}
     assert "NaN" not in line and "Infinity" not in line
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["trian"], "error: no such command 'trian' (did you mean 'train'?); see `absa --help`"),
+    (["runs", "shw"], "error: no such command 'shw' (did you mean 'show'?); see `absa runs --help`"),
+])
+def test_a_misspelt_command_is_one_line_with_the_suggestion_in_parentheses(argv, line):
+    """As absa's own suggestions read ("unknown config key ... (did you mean ...?)"); it was "... 'trian'. Did you
+    mean 'train'?; see ..." (review)."""
+    result = _invoke(*argv)
+    assert_user_error(result)
+    assert result.stderr == line + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -46,7 +47,10 @@ class _OneLineUsageErrors(TyperGroup):
 def usage_line(exc: UsageError) -> str:
     """``Missing argument 'preset'.`` → ``missing argument 'preset'; see `absa train --help```."""
     where = exc.ctx.command_path if exc.ctx is not None else "absa"
-    return f"{_sentence(exc.format_message())}; see `{where} --help`"
+    message = _sentence(exc.format_message())
+    # Click's "No such command 'trian'. Did you mean 'train'?" reads as absa's other suggestions do
+    message = re.sub(r"^(.*?)\.?\s+Did you mean (.+?)\?$", r"\1 (did you mean \2?)", message)
+    return f"{message}; see `{where} --help`"
 
 
 def _sentence(message: str) -> str:

@@ -29,6 +29,7 @@ from absa_cli import catalog
 from absa_cli.config import RunConfig
 from absa_cli.decide.collapse import check_collapse
 from absa_cli.decide.policy import ADAPTIVE_POLICIES
+from absa_cli.errors import counted
 from absa_cli.run.rundir import Status
 
 
@@ -180,6 +181,6 @@ def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: flo
 def summary_line(summary: dict[str, Any], run_path: Path) -> str:
     from absa_cli.run.metrics import fmt
 
-    return (f"summary: {summary['epochs']} epochs, {summary['updates']} updates, final batch "
+    return (f"summary: {counted(summary['epochs'], 'epoch')}, {counted(summary['updates'], 'update')}, final batch "
             f"{summary['final_global_batch_size']}, final test acc {fmt(summary['final_test_acc'], '.4f')} "
             f"(best {fmt(summary['best_test_acc'], '.4f')}), {summary['wall_s']:.1f} s; run directory {run_path}")
