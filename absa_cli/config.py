@@ -92,7 +92,9 @@ class DataConfig:
         self.on_device = _switch(self.on_device)
         _require(self.name in catalog.DATASETS,
                  f"data.name={self.name!r} is not a dataset; choose one of {', '.join(catalog.DATASETS)}")
-        _require(self.train_size >= 0 and self.test_size >= 0, "data.train_size/test_size must be >= 0")
+        for name in ("train_size", "test_size"):
+            _require(getattr(self, name) >= 0, f"data.{name} must be >= 0 (0 keeps the whole split), got "
+                                               f"{getattr(self, name)}")
         _require(self.subset in SUBSETS, f"data.subset={self.subset!r}; choose one of {', '.join(SUBSETS)}")
         splits = ("train", "extra", "train+extra") if self.name == "svhn" else ("train",)
         _require(self.train_split in splits,

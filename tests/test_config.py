@@ -76,6 +76,7 @@ def test_invalid_values_are_config_errors():
     ("optim.decay_epochs=[8,8]", "optim.decay_epochs must be increasing positive epochs, each once, got [8, 8]"),
     ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
     ("policy.adv_eps=1000", "policy.adv_eps is in [0, 1] pixel units (the paper's 0.005), got 1000.0"),
+    ("data.test_size=-1", "data.test_size must be >= 0 (0 keeps the whole split), got -1"),  # named neither
     ("seed=18446744073709551616", "seed must be a 64-bit integer"),  # was torch's overflow traceback
     ("data.seed=18446744073709551616", "data.seed must be a 64-bit integer"),  # wrapped round to data.seed=0
     ("probe.seed=-9223372036854775809", "probe.seed must be a 64-bit integer (between -2**63 and 2**63 - 1)"),
