@@ -68,3 +68,20 @@ def test_a_pipe_gets_plain_timestamped_lines_without_escape_codes(tmp_path):
     assert body and all(re.match(r"\d\d:\d\d:\d\d ", line) for line in body), body
     assert sum(" step " in line for line in body) >= 2 and sum(re.match(r"\S+ epoch \d+:", line) is not None
                                                                for line in body) == 2
+
+
+def test_a_plain_epoch_line_says_where_a_resumed_epoch_starts():
+    """Resumed from a mid-epoch checkpoint, the epoch's line says which steps are left, not only the epoch's length
+    (it read "epoch 2/4: 16 steps" after 9 of them had been trained; review)."""
+    import io
+
+    from absa_cli.run.metrics import Console
+
+    out = io.StringIO()
+    console = Console(stream=out, force_plain=True)
+    console.epoch_started(2, 4, 16, "global batch 64 = 1 worker × 64 per worker × 1 accumulation step", steps_done=9)
+    console.epoch_started(3, 4, 16, "global batch 64 = 1 worker × 64 per worker × 1 accumulation step")
+    first, second = (line.split(" ", 1)[1] for line in out.getvalue().splitlines())
+    assert first == "epoch 2/4: 16 steps (resumed after step 9), global batch 64 = 1 worker × 64 per worker × 1 " \
+                    "accumulation step"
+    assert second.startswith("epoch 3/4: 16 steps, global batch 64")

@@ -111,7 +111,8 @@ class Console:
                       steps_done: int = 0) -> None:
         self.status(epoch=epoch, num_epochs=num_epochs, geometry=description)
         if not self.interactive:
-            self.line(f"epoch {epoch}/{num_epochs}: {num_steps} steps, {description}")
+            resumed = f" (resumed after step {steps_done})" if steps_done else ""  # a mid-epoch checkpoint
+            self.line(f"epoch {epoch}/{num_epochs}: {num_steps} steps{resumed}, {description}")
             return
         self._start_live()
         if self._task is not None:
