@@ -60,7 +60,7 @@ def test_the_group_for_the_policys_next_batch_is_started_ahead(tmp_path):
     assert controller.train().status == Status.FINISHED
     assert [r["num_workers"] for r in _records(run, "epoch")] == [1, 2, 2]
     assert group.prepared == [2]  # during epoch 1 only: at 128 and 256 the group is at cluster.max_workers=2
-    assert "2 readied for the policy's next batch 128" in _records(run, "geometry")[0]["reason"]
+    assert "2 workers readied for the policy's next batch 128" in _records(run, "geometry")[0]["reason"]
     # the autoscaler hears of it during epoch 1 and the request is withdrawn once the group has grown
     assert group.demanded == [2, 0]
     assert [(d["epoch"], d["workers"], d["reason"]) for d in _records(run, "demand")] == [

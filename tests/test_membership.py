@@ -35,7 +35,7 @@ def test_the_cap_and_the_capacity_are_named_when_they_decide():
 
 def test_workers_for_the_next_batch_are_readied_only_when_it_needs_more():
     ahead = decide_membership(128, 256, capacity=4, current=1, max_workers=4, per_worker_max=128)
-    assert ahead.prestart == 2 and ahead.reason.endswith("; 2 readied for the policy's next batch 256")
+    assert ahead.prestart == 2 and ahead.reason.endswith("; 2 workers readied for the policy's next batch 256")
     capped = decide_membership(512, 1024, capacity=4, current=4, max_workers=4, per_worker_max=128)
     assert capped.prestart == 0  # 1024 still runs on the 4 workers cluster.max_workers allows
     assert decide_membership(128, None, capacity=4, current=1, max_workers=4, per_worker_max=128).prestart == 0

@@ -92,7 +92,7 @@ def decide_membership(global_batch_size: int, next_global_batch_size: int | None
         wanted, _ = _worth(model, next_global_batch_size, max_workers, per_worker_max)
         if wanted > geometry.num_workers:
             prestart = wanted
-            reason += f"; {wanted} readied for the policy's next batch {next_global_batch_size}"
+            reason += f"; {counted(wanted, 'worker')} readied for the policy's next batch {next_global_batch_size}"
     return Membership(geometry, prestart, reason, wanted=unlimited.num_workers)
 
 
