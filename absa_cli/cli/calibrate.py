@@ -42,8 +42,9 @@ def calibrate(
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to time on (default: "
                                                    "$RAY_ADDRESS, else a local one).")] = None,
     local: Annotated[bool, typer.Option("--local", help="Time one worker in this process, without Ray.")] = False,
-    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help="Where run directories are "
-                                                     "(with --from-run).")] = None,
+    runs_dir: Annotated[Optional[Path], typer.Option(
+        "--runs-dir", help="Where run directories are (with --from-run; default: $ABSA_RUNS_DIR, else "
+                           "./runs).")] = None,
 ) -> None:
     """Measure a step-time profile for `absa plan --profile` and `cluster.profile` (about a minute), or fit one from
     a finished run (--from-run)."""

@@ -23,7 +23,9 @@ class BNMode(str, Enum):
 
 
 def hessian(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pt file from a run's checkpoints/ folder.")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A .pt file from a run's checkpoints/ folder, or a run directory (or its checkpoints/ folder) for its "
+             "newest good checkpoint.")],
     overrides: Annotated[Optional[list[str]], typer.Argument(
         help="KEY=VALUE changes to the config the model and data are rebuilt from, e.g. data.root=/data (a key of the "
              "recipe the checkpoint records must agree with it); with --preset, for a checkpoint that records no "

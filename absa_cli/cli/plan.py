@@ -37,7 +37,9 @@ def plan(
                                                     "adds wall time and worker-hours.")] = None,
     from_run: Annotated[Optional[str], typer.Option("--from-run", help="Fit the step-time profile from this "
                                                     "run's records instead.")] = None,
-    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help="Where run directories are.")] = None,
+    runs_dir: Annotated[Optional[Path], typer.Option(
+        "--runs-dir", help="Where run directories are (with --from-run; default: $ABSA_RUNS_DIR, else "
+                           "./runs).")] = None,
 ) -> None:
     """Dry-run a preset: batch phases, worker geometry, LR and SGD-update counts (no torch, no data); with a
     step-time profile, wall time and worker-hours beside the fixed and fixed-large baselines."""
