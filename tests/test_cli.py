@@ -235,6 +235,33 @@ def test_a_worker_imports_torchvision_only_for_what_needs_it():
     assert done.stdout.split() == ["False", "True"], done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(("command", "usage"), [
+    (["train"], "absa train [OPTIONS] {PRESET} [KEY=VALUE]..."),
+    (["resume"], "absa resume [OPTIONS] {RUN_ID} [KEY=VALUE]..."),
+    (["calibrate"], "absa calibrate [OPTIONS] [PRESET] [KEY=VALUE]..."),
+    (["hessian"], "absa hessian [OPTIONS] {CHECKPOINT} [KEY=VALUE]..."),
+    (["plot"], "absa plot [OPTIONS] {RUN_ID}..."),
+    (["runs", "show"], "absa runs show [OPTIONS] {RUN_ID}"),
+])
+def test_help_writes_commands_as_the_docs_do(command, usage):
+    """Arguments by upper-case name, as README and docs/ write them; flags without Typer's ``<bool>`` type, which
+    reads as if the flag took a value; a missing argument named the same way."""
+    shown = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and usage in shown.stdout, shown.stdout
+    assert "<bool>" not in shown.stdout and "--help " in shown.stdout
+    missing = usage.split("{")[1].split("}")[0] if "{" in usage else None
+    if missing:
+        assert_user_error(_invoke(*command), f"missing argument '{missing}'", f"absa {' '.join(command)} --help")
+
+
+def test_a_group_lists_each_command_on_one_line_when_it_fits():
+    """Typer's rich help kept the docstrings' line breaks in a group's command list ("... and a summary" / "last.")."""
+    shown = runner.invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0 and "<bool>" not in shown.stdout
+    train = next(line for line in shown.stdout.splitlines() if line.startswith("│ train "))
+    assert "a summary last." in train and "`absa resume <run-id>` continues." in train, shown.stdout
+
+
 def test_help_is_fast_and_imports_neither_torch_nor_ray():
     code = ("import sys, time; t = time.perf_counter(); from absa_cli.cli.app import app; "
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import at CLI load'; "

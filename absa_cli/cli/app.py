@@ -20,9 +20,10 @@ from absa_cli.cli import calibrate, hessian, plan, plot, presets, runs, train
 class _OneLineUsageErrors(TyperGroup):
     """Usage errors (a missing argument, an option out of range, an unknown command) in absa's format: one
     ``error:`` line naming the problem and where the help is, exit code 2, instead of click's boxed block. Bare
-    ``absa`` or ``absa runs`` still print their help."""
+    ``absa`` or ``absa runs`` still print their help, in the docs' notation (:func:`docs_notation`)."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        docs_notation(self)  # here, not in __init__: Typer adds the completion options after building the group
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -44,8 +45,34 @@ class _OneLineUsageErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def docs_notation(command: Any) -> None:
+    """Help as the docs write commands: arguments by upper-case name (``absa resume {RUN_ID} [KEY=VALUE]...``, not
+    Typer's ``{run_id} [overrides]...``) and flags without a type column (Typer labels ``--local`` ``<bool>``, which
+    reads as if it took a value), a group's list of commands without the docstrings' line breaks. Applied to
+    ``command``, its subcommands and their ``--help`` options."""
+    for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = "KEY=VALUE" if param.name == "overrides" else param.name.upper()
+        elif getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    make_help_option = getattr(command, "_absa_make_help_option", command.get_help_option)
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command._absa_make_help_option = make_help_option  # applied again (main, then a test's runner): wrapped once
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        if sub.help and not sub.short_help:  # a group lists it by its first paragraph, reflowed (Typer keeps the
+            sub.short_help = " ".join(sub.help.split("\n\n")[0].split())  # docstring's line breaks there)
+        docs_notation(sub)
+
+
 def usage_line(exc: UsageError) -> str:
-    """``Missing argument 'preset'.`` → ``missing argument 'preset'; see `absa train --help```."""
+    """``Missing argument 'PRESET'.`` → ``missing argument 'PRESET'; see `absa train --help```."""
     where = exc.ctx.command_path if exc.ctx is not None else "absa"
     message = _sentence(exc.format_message())
     # Click's "No such command 'trian'. Did you mean 'train'?" reads as absa's other suggestions do
