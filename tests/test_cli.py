@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,45 @@ def test_runs_show_reads_hand_damaged_records_without_a_traceback(tmp_path):
     text = " ".join(shown.output.split())
     assert "1 geometry 128 - × - × -" in text and "live in fast s" in text
     assert "last epoch 3: updates -," in text and "test acc high" in text
+
+
+def test_runs_list_tells_a_resume_starting_and_a_dead_driver_from_the_status_run_json_holds(tmp_path):
+    """run.json says what the last driver wrote; the lock says whether a driver lives now. A resume holds the lock
+    before it marks the run running (its workers start first): `resuming`, not `interrupted`. The driver that wrote
+    `interrupted` still holding the lock is a run ending: `interrupted`. `running` without a live lock holder:
+    `running (driver gone)`."""
+    import socket
+
+    from absa_cli import config as config_mod
+    from absa_cli.run import lock
+    from absa_cli.run.rundir import RunDir, Status
+
+    run = RunDir.create(tmp_path, config_mod.load("quickstart", []))
+
+    def listed() -> str:
+        result = _invoke("runs", "list", "--runs-dir", str(tmp_path))
+        shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path))
+        assert result.exit_code == 0 and shown.exit_code == 0, result.output + shown.output
+        status = re.search(rf"{run.id}\s+quickstart\s+(.+?)\s+0/\d+ ", result.stdout).group(1)
+        assert f"status {status}  driver" in shown.stdout, shown.stdout  # `runs show` says the same
+        return status
+
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # another live driver
+    try:
+        run.lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": driver.pid,
+                                             "pid_start": lock._process_start(driver.pid), "heartbeat": time.time()}))
+        assert listed() == "running"  # run.json's pid is this process's: the lock decides
+        run.finish(Status.INTERRUPTED)
+        assert listed() == "resuming"
+    finally:
+        driver.kill()
+        driver.wait()
+    assert listed() == "interrupted"  # that resume died before it started
+    run.write_info(status=Status.RUNNING)
+    assert listed() == "running (driver gone)"
+    with run.lock():  # the driver that wrote run.json holds the lock: a run that is ending, not a resume
+        run.finish(Status.INTERRUPTED)
+        assert listed() == "interrupted"
 
 
 @pytest.mark.parametrize("command", [[], ["runs"], ["presets"]])

@@ -18,18 +18,24 @@ RunsDir = Annotated[Optional[Path], typer.Option(
 
 
 def _status(run) -> str:
-    """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``."""
+    """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``. A
+    stopped run whose lock another live driver holds is ``resuming``: `absa resume` takes the lock first and marks the
+    run running only once its workers are up (a local Ray cluster takes seconds to start). The driver that wrote the
+    status holding the lock is a run just ending (the status is written before the lock is released)."""
     from absa_cli.run import lock
     from absa_cli.run.rundir import OTHER_VERSION
 
-    status = run.info().get("status", "?")
+    info = run.info()
+    status = info.get("status", "?")
     damage = run.damage() if status != "damaged" else None
     if damage:  # a config.yaml another absa version wrote is not damage: it just cannot continue here
         return "other absa version" if OTHER_VERSION in damage else "damaged"
-    if status == "running":
-        holder = lock.read(run.lock_path)
-        if holder is None or lock.is_stale(holder):
-            return "running (driver gone)"
+    holder = lock.read(run.lock_path)
+    live = holder is not None and not lock.is_stale(holder)
+    if status == "running" and not live:
+        return "running (driver gone)"
+    if status != "running" and live and (holder["host"], holder["pid"]) != (info.get("host"), info.get("pid")):
+        return "resuming"
     return status
 
 
