@@ -236,6 +236,33 @@ def test_runs_list_tells_a_resume_starting_and_a_dead_driver_from_the_status_run
         assert listed() == "interrupted"
 
 
+def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
+    """A run stopped 1,280 samples into its first epoch has something to resume from: `0/4 +1,280 samples`, not a
+    bare 0/4. Once an epoch is done past it, the count is epochs again; a damaged manifest leaves the bare count."""
+    from absa_cli import config as config_mod
+    from absa_cli.run.checkpoint import CheckpointStore
+    from absa_cli.run.rundir import RunDir, Status, checkpoint_name
+
+    run = RunDir.create(tmp_path, config_mod.load("quickstart", ["epochs=4"]))
+    store = CheckpointStore(run.checkpoints_dir)
+
+    def epoch_cell() -> str:
+        result = _invoke("runs", "list", "--runs-dir", str(tmp_path))
+        assert result.exit_code == 0, result.output
+        return re.search(rf"{run.id}\s+quickstart\s+\S+\s+(\d+/4( \+[\d,]+ samples)?) ", result.stdout).group(1)
+
+    store.save(checkpoint_name(0, 1280), {"epoch": 0, "samples_seen": 1280, "updates": 10})
+    run.finish(Status.INTERRUPTED, last_epoch=0, updates=10)
+    assert epoch_cell() == "0/4 +1,280 samples"
+    store.save(checkpoint_name(1, 0), {"epoch": 1, "samples_seen": 0, "updates": 16})
+    run.write_info(last_epoch=1)
+    assert epoch_cell() == "1/4"
+    store.save(checkpoint_name(1, 640), {"epoch": 1, "samples_seen": 640, "updates": 21})
+    assert epoch_cell() == "1/4 +640 samples"
+    store.manifest_path.write_text("{")
+    assert epoch_cell() == "1/4"
+
+
 @pytest.mark.parametrize("command", [[], ["runs"], ["presets"]])
 def test_a_bare_group_prints_its_help_once(command):
     result = _invoke(*command)

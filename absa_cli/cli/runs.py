@@ -62,9 +62,25 @@ def list_runs(runs_dir: RunsDir = None) -> None:
     for run in runs:
         info = run.info()
         table.add_row(run.id, info.get("preset") or "-", _status(run),
-                      f"{info.get('last_epoch', 0)}/{fmt(info.get('epochs'))}", fmt(info.get("global_batch_size")),
+                      _progress(run, info), fmt(info.get("global_batch_size")),
                       fmt(info.get("num_workers")), fmt(info.get("best_test_acc"), ".4f"))
     Console(width=200).print(table)
+
+
+def _progress(run, info: dict[str, Any]) -> str:
+    """Epochs done of the run's epochs, and the samples into the next one its newest checkpoint holds when a stop
+    wrote it mid-epoch (``0/4 +1,280 samples``: not nothing to resume from)."""
+    from absa_cli.run.checkpoint import CheckpointError, CheckpointStore
+
+    done = info.get("last_epoch", 0)
+    text = f"{fmt(done)}/{fmt(info.get('epochs'))}"
+    try:
+        newest = (CheckpointStore(run.checkpoints_dir).entries() or [None])[-1]
+    except CheckpointError:  # `absa runs show` says what is wrong with it
+        return text
+    if newest is not None and newest.samples_seen and newest.epoch == done:
+        text += f" +{newest.samples_seen:,} samples"
+    return text
 
 
 @app.command("show")
