@@ -375,3 +375,21 @@ def test_checkpoints_that_are_all_foreign_or_of_another_config_stop_resume_in_on
         again = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
         assert again.exit_code == 2 and "no usable checkpoint" in again.stderr and "Traceback" not in again.output
         assert run.info_path.read_bytes() == info
+
+
+def test_a_resume_on_the_geometry_it_stopped_with_still_says_it(tmp_path, one_thread):
+    """A fresh run prints its geometry line; a resume on the same geometry printed none (the restored history has
+    the record, so nothing changed), leaving the reader without the worker layout or its reason."""
+    config = _config("policy.name=fixed", "epochs=1")
+    run = RunDir.create(tmp_path, config)
+    controller, out = _controller(config, run)
+    controller.run_all()
+    geometry = [line for line in out.getvalue().splitlines() if line.split(" ", 1)[1].startswith("geometry: ")]
+    assert len(geometry) == 1 and "as at the checkpoint" not in geometry[0], out.getvalue()
+    controller, out = _controller(_config("policy.name=fixed", "epochs=2"), run)
+    assert controller.resume() == "epoch-0001.pt"
+    controller.run_all()
+    again = [line for line in out.getvalue().splitlines() if line.split(" ", 1)[1].startswith("geometry: ")]
+    assert [line.split(" ", 1)[1] for line in again] == [
+        geometry[0].split(" ", 1)[1].removesuffix(")") + "; as at the checkpoint)"], out.getvalue()
+    assert len(run.records("geometry")) == 1  # the line only: the history already holds the record

@@ -56,6 +56,7 @@ class GroupKeeper:
         self.policy = policy
         self.sink = sink
         self.console = console
+        self.said = False  # this driver has printed the group's geometry (a resume restores the history, not the line)
         self.check_stop = check_stop  # while waiting for capacity, a stop request still ends the run
         self.stopping = stopping  # a stop is requested: replace no lost worker, the run is about to end
         self.clock, self.sleep = clock, sleep
@@ -187,8 +188,13 @@ class GroupKeeper:
                           f"{resize.resize_s:.2f} s ({step}{why})")
 
     def _log_geometry(self, membership: Membership, progress: Any, why: str) -> None:
-        """A geometry record and a console line at the start and at every change."""
+        """A geometry record and a console line at the start and at every change; a resume on the geometry its
+        checkpoint holds gets the line (and no record: the history has it)."""
+        said, self.said = self.said, True
         if same_geometry(progress.history[-1] if progress.history else None, membership.geometry):
+            if not said:
+                self.console.line(f"[bold]geometry[/]: {membership.geometry.describe()} ({membership.reason}; as "
+                                  f"at the checkpoint)")
             return
         record = {**geometry_record(progress.epoch + 1, membership.geometry, membership.reason), "cause": why,
                   "samples_seen": progress.samples_seen}
