@@ -161,7 +161,11 @@ def test_plot_by_epoch_default_name_and_a_run_without_probes(runs):
 
 
 def test_unknown_run(runs):
-    assert_user_error(runner.invoke(app, ["plot", "absa-run", "nope", "--runs-dir", str(runs)]), "no run 'nope'")
+    """The same line as `absa runs show` and `absa resume`: where it looked, and how to find the run's id."""
+    plotted = runner.invoke(app, ["plot", "absa-run", "nope", "--runs-dir", str(runs)])
+    assert_user_error(plotted, f"no run 'nope' in {runs}", "`absa runs list`", "--runs-dir")
+    shown = runner.invoke(app, ["runs", "show", "nope", "--runs-dir", str(runs)])
+    assert shown.exit_code == 2 and shown.stderr == plotted.stderr
 
 
 def test_run_id_that_is_not_a_plain_name(runs):

@@ -32,7 +32,7 @@ def plot(
     """Plot global batch and workers, LR, λ_max and accuracy of runs (metrics.jsonl); prints `plot: <path>`."""
     from absa_cli.run import plots
     from absa_cli.errors import UserError
-    from absa_cli.run.rundir import check_run_id, runs_root
+    from absa_cli.run.rundir import check_run_id, no_run, runs_root
 
     root = runs_root(runs_dir)
     with user_errors():
@@ -40,8 +40,7 @@ def plot(
         for run_id in run_ids:
             run_dir = root / check_run_id(run_id)
             if not run_dir.is_dir():
-                raise UserError(f"no run {run_id!r} in {root}; if it is elsewhere, pass --runs-dir or set "
-                                f"$ABSA_RUNS_DIR")
+                raise UserError(no_run(run_id, root))
             runs.append(plots.load_run(run_dir))
         path = output or root / run_ids[0] / ("plot.png" if x is XAxis.updates else f"plot-{x.value}.png")
         plots.check_output(path, "--output", needs="absa plot")

@@ -115,8 +115,7 @@ class RunDir:
         """An existing run; one line naming the problem otherwise."""
         path = Path(runs_dir) / check_run_id(run_id)
         if not (path / "run.json").is_file():  # what makes a run, as for list_runs: a damaged one is still found
-            raise UserError(f"no run {run_id!r} in {runs_dir}; list runs with `absa runs list` "
-                            f"(or pass --runs-dir / set ABSA_RUNS_DIR)")
+            raise UserError(no_run(run_id, runs_dir))
         return cls(path)
 
     @classmethod
@@ -288,6 +287,12 @@ class RunDir:
 
     def finish(self, status: Status, **fields: Any) -> None:
         self.write_info(status=status, ended_at=_now(), **fields)
+
+
+def no_run(run_id: str, runs_dir: Path) -> str:
+    """The line for a run id with no run behind it, the same from every command."""
+    return (f"no run {run_id!r} in {runs_dir}; list runs with `absa runs list` (or pass --runs-dir / set "
+            f"ABSA_RUNS_DIR)")
 
 
 def unusable(run_id: str, problem: str) -> str:
