@@ -238,7 +238,7 @@ def test_runs_list_tells_a_resume_starting_and_a_dead_driver_from_the_status_run
 
 def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
     """A run stopped 1,280 samples into its first epoch has something to resume from: `0/4 +1,280 samples`, not a
-    bare 0/4. Once an epoch is done past it, the count is epochs again; a damaged manifest leaves the bare count."""
+    bare 0/4, and the batch and workers it stopped on. Once an epoch is done past it, the count is epochs again; a damaged manifest leaves the bare count."""
     from absa_cli import config as config_mod
     from absa_cli.run.checkpoint import CheckpointStore
     from absa_cli.run.rundir import RunDir, Status, checkpoint_name
@@ -254,6 +254,11 @@ def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
     store.save(checkpoint_name(0, 1280), {"epoch": 0, "samples_seen": 1280, "updates": 10})
     run.finish(Status.INTERRUPTED, last_epoch=0, updates=10)
     assert epoch_cell() == "0/4 +1,280 samples"
+    row = _invoke("runs", "list", "--runs-dir", str(tmp_path)).stdout.splitlines()[1]
+    assert row.split()[6:8] == ["-", "-"]  # no epoch ended: run.json has no batch yet, nor metrics a geometry
+    run.metrics_path.write_text('{"kind": "geometry", "epoch": 1, "global_batch_size": 128, "num_workers": 2}\n')
+    row = _invoke("runs", "list", "--runs-dir", str(tmp_path)).stdout.splitlines()[1]
+    assert row.split()[6:9] == ["128", "2", "-"], row  # the geometry the run stopped on
     store.save(checkpoint_name(1, 0), {"epoch": 1, "samples_seen": 0, "updates": 16})
     run.write_info(last_epoch=1)
     assert epoch_cell() == "1/4"

@@ -62,8 +62,7 @@ def list_runs(runs_dir: RunsDir = None) -> None:
     for run in runs:
         info = run.info()
         table.add_row(run.id, info.get("preset") or "-", _status(run),
-                      _progress(run, info), fmt(info.get("global_batch_size")),
-                      fmt(info.get("num_workers")), fmt(info.get("best_test_acc"), ".4f"))
+                      _progress(run, info), *_geometry(run, info), fmt(info.get("best_test_acc"), ".4f"))
     Console(width=200).print(table)
 
 
@@ -81,6 +80,16 @@ def _progress(run, info: dict[str, Any]) -> str:
     if newest is not None and newest.samples_seen and newest.epoch == done:
         text += f" +{newest.samples_seen:,} samples"
     return text
+
+
+def _geometry(run, info: dict[str, Any]) -> tuple[str, str]:
+    """The global batch and workers: run.json's, written after each epoch; before the first one ends (a run stopped
+    mid-epoch 1, or starting), the newest geometry record's."""
+    if info.get("global_batch_size") is None:
+        formed = run.records("geometry")
+        if formed:
+            return fmt(formed[-1].get("global_batch_size")), fmt(formed[-1].get("num_workers"))
+    return fmt(info.get("global_batch_size")), fmt(info.get("num_workers"))
 
 
 @app.command("show")
