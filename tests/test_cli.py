@@ -151,13 +151,19 @@ def test_a_local_run_resumed_on_ray_says_it_is_no_longer_exact(tmp_path, ray_clu
             f"`absa resume {run.name} --local --runs-dir {tmp_path}` continues it exactly") in resumed.stderr
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["local"] is False  # its last driver ran it on Ray
+    from absa_cli import config as config_mod
+
+    most = config_mod.load("quickstart", TINY).cluster.max_workers
+    assert most > 1 and info["max_workers"] == most  # --local's one worker was that command's, not the run's
 
 
 def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_one_line(tmp_path):
-    result = _invoke("train", "quickstart", *TINY, "epochs=1", "--local", "--runs-dir", str(tmp_path))
+    result = _invoke("train", "quickstart", *TINY, "epochs=1", "cluster.max_workers=3", "--local", "--runs-dir",
+                     str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "summary: 1 epoch, " in result.stdout  # counted in words, not "1 epochs"
     (run,) = tmp_path.iterdir()
+    assert "max_workers: 3" in (run / "config.yaml").read_text()  # the run's; --local's 1 was the command's
     (run / "config.yaml").unlink()
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))

@@ -47,7 +47,8 @@ def train(
     with user_errors(), interrupted(BEFORE_TRAINING):
         refuse_local_with_address(local, address)
         config = config_mod.load(preset, overrides or [])
-        _apply_workers(config, max_gpus, local)
+        most = config.cluster.max_workers  # --local's one worker is this command's, not the run's: config.yaml
+        _apply_workers(config, max_gpus, local)  # keeps this, for a resume on a Ray cluster
         check_schedule(config)
         if run_id is not None:
             check_run_id(run_id)
@@ -64,7 +65,8 @@ def train(
         run_id = run_id or new_run_id(config.preset or "run")  # drawn now: the Ray job carries it
         load_libraries(ray=not local, dataset=config.data.name)  # after the re-run, if any: it would load twice
         group, where = make_group(config, address, local, run_id)
-        run = RunDir.create(runs_root(runs_dir), config, run_id=run_id)
+        saved = config_mod.with_overrides(config, [f"cluster.max_workers={most}"], "--local") if local else config
+        run = RunDir.create(runs_root(runs_dir), saved, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
         run.write_info(local=local)  # a resume without --local says what that changes
     typer.echo(f"run: {run.id}")
