@@ -1,8 +1,8 @@
 """Run directories: ids, layout, status (run/).
 
 ``runs/<run-id>/`` holds ``config.yaml`` (the resolved config), ``run.json`` (status, driver, timestamps, latest
-figures), ``metrics.jsonl`` (one JSON record per line), ``lock.json`` while a driver runs it (and ``lock.guard``, the empty
-file its takeover flocks: run/lock.py), and ``checkpoints/``
+figures), ``metrics.jsonl`` (one JSON record per line), ``lock.json`` while a driver runs it (and ``lock.guard``,
+the empty file its takeover flocks: run/lock.py), and ``checkpoints/``
 (``epoch-NNNN.pt`` after N epochs, ``epoch-NNNN-sample-SSSSSSSSS.pt`` when interrupted S samples into the next,
 and ``manifest.json``). Records written after the checkpoint a resume starts from are moved to
 ``metrics.superseded.jsonl``, so ``metrics.jsonl`` holds one history.
