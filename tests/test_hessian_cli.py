@@ -261,3 +261,14 @@ def test_ctrl_c_during_the_computation_is_one_line_and_exit_130(trained_checkpoi
     assert (result.exit_code, said[-1], result.stdout) == (130, "interrupted; nothing was computed", "")
     assert said[0].startswith(f"checkpoint of: run {trained_checkpoint.parent.parent.name} (preset quickstart, config ")
     assert said[1].startswith("config: its run's ") and len(said) == 3
+
+
+def test_the_owner_line_writes_a_mid_epoch_position_as_runs_list_does():
+    """`absa runs list` shows `0/4 +1,344 samples`; `absa hessian` said `epoch 0 + 1344 samples` of the same file."""
+    from absa_cli.run.checkpoint import owner_line
+
+    state = {"run": {"id": "quickstart-x", "fingerprint": "0baed5b8"}, "preset": "quickstart", "epoch": 0,
+             "samples_seen": 1344}
+    assert owner_line(state) == "run quickstart-x (preset quickstart, config 0baed5b8), epoch 0 +1,344 samples"
+    assert owner_line({**state, "samples_seen": 0}).endswith("config 0baed5b8), epoch 0")
+    assert owner_line({**state, "samples_seen": "x"}).endswith("epoch 0")  # a hand-made state: no traceback

@@ -148,8 +148,9 @@ def check_identity(file: str, state: dict[str, Any], run_uid: str | None, run_id
 def owner_line(state: dict[str, Any]) -> str:
     """Whose checkpoint this is, for `absa hessian`: ``run X (preset P, config 1a2b…), epoch N``."""
     owner = state.get("run") if isinstance(state.get("run"), dict) else {}
-    where = f"epoch {state.get('epoch', '?')}" + (f" + {state['samples_seen']} samples" if state.get("samples_seen")
-                                                  else "")
+    samples = state.get("samples_seen")
+    where = f"epoch {state.get('epoch', '?')}" + (f" +{samples:,} samples" if isinstance(samples, int) and samples
+                                                  else "")  # as `absa runs list` writes it
     if not owner:
         return f"a checkpoint that names no run (written before absa recorded it; preset " \
                f"{state.get('preset') or '?'}), {where}"
