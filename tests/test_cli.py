@@ -260,6 +260,9 @@ def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
     store.save(checkpoint_name(0, 1280), {"epoch": 0, "samples_seen": 1280, "updates": 10})
     run.finish(Status.INTERRUPTED, last_epoch=0, updates=10)
     assert epoch_cell() == "0/4 +1,280 samples"
+    shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path)).stdout
+    row = next(line for line in shown.splitlines() if line.startswith("epoch-0000-sample-000001280.pt "))
+    assert row.split()[1:4] == ["0", "1,280", "10"] and re.search(r" \d{1,3}(,\d{3})+ ", row), row  # as above
     row = _invoke("runs", "list", "--runs-dir", str(tmp_path)).stdout.splitlines()[1]
     assert row.split()[6:8] == ["-", "-"]  # no epoch ended: run.json has no batch yet, nor metrics a geometry
     run.metrics_path.write_text('{"kind": "geometry", "epoch": 1, "global_batch_size": 128, "num_workers": 2}\n')

@@ -179,6 +179,6 @@ def _checkpoint_table(run):
             check = "ok (sha256)"
         except CheckpointError as exc:
             check = f"[red]{str(exc).removeprefix(f'checkpoint {entry.file} ')}[/]"
-        table.add_row(entry.file, str(entry.epoch), str(entry.samples_seen), str(entry.updates), str(entry.bytes),
-                      entry.written_at, check)
+        table.add_row(entry.file, str(entry.epoch), f"{entry.samples_seen:,}", f"{entry.updates:,}",
+                      f"{entry.bytes:,}", entry.written_at, check)
     return table
