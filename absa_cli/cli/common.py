@@ -108,18 +108,24 @@ def load_libraries(*, ray: bool, dataset: str = "", on_quit: Callable[[], None] 
             import absa_cli.cluster.group  # noqa: F401  Ray (only cluster/ imports it)
 
 
-def check_schedule(config) -> None:
+def check_schedule(config, fix: str = "") -> None:
     """One ``ConfigError`` line, before anything starts, for a config whose batches split badly into workers and
-    micro-batches on the group sizes ``cluster.max_workers`` allows (e.g. a prime global batch), or whose
-    ``cluster.profile`` cannot be read."""
-    from absa_cli.decide.membership import check_geometries
-    from absa_cli.decide.policy import reachable_batches
-
-    check_geometries(config, reachable_batches(config))
+    micro-batches on the group sizes ``cluster.max_workers`` allows (``check_splits``), or whose ``cluster.profile``
+    cannot be read."""
+    check_splits(config, fix)
     if config.cluster.profile:  # a profile that cannot be read: one line now, not when the group first forms
         from absa_cli.run import profile
 
         profile.load(config.cluster.profile)
+
+
+def check_splits(config, fix: str = "") -> None:
+    """``ConfigError`` for a schedule whose batches split badly on a group size up to ``cluster.max_workers`` (e.g. a
+    prime global batch); ``fix``: what the line advises instead of batches with small factors."""
+    from absa_cli.decide.membership import check_geometries
+    from absa_cli.decide.policy import reachable_batches
+
+    check_geometries(config, reachable_batches(config), fix)
 
 
 def check_sample_log(config, run=None) -> None:

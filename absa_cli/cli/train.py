@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from absa_cli.cli.common import (check_sample_log, check_schedule, complete_preset, complete_run_id, interrupted,
-                                  load_libraries, user_errors)
+from absa_cli.cli.common import (check_sample_log, check_schedule, check_splits, complete_preset, complete_run_id,
+                                  interrupted, load_libraries, user_errors)
 
 MAX_GPUS_HELP = ("Most workers the run may grow to: one per GPU, or one per CPU slot on a cluster without GPUs "
                  "(so on a laptop --max-gpus bounds CPU workers).")
@@ -47,8 +47,8 @@ def train(
     with user_errors(), interrupted(BEFORE_TRAINING):
         refuse_local_with_address(local, address)
         config = config_mod.load(preset, overrides or [])
-        most = config.cluster.max_workers  # --local's one worker is this command's, not the run's: config.yaml
-        _apply_workers(config, max_gpus, local)  # keeps this, for a resume on a Ray cluster
+        most = max_gpus or config.cluster.max_workers  # --local's one worker is the command's; the run's: _saved
+        _apply_workers(config, max_gpus, local)
         check_schedule(config)
         if run_id is not None:
             check_run_id(run_id)
@@ -65,8 +65,7 @@ def train(
         run_id = run_id or new_run_id(config.preset or "run")  # drawn now: the Ray job carries it
         load_libraries(ray=not local, dataset=config.data.name)  # after the re-run, if any: it would load twice
         group, where = make_group(config, address, local, run_id)
-        saved = config_mod.with_overrides(config, [f"cluster.max_workers={most}"], "--local") if local else config
-        run = RunDir.create(runs_root(runs_dir), saved, run_id=run_id)
+        run = RunDir.create(runs_root(runs_dir), _saved(config, most) if local else config, run_id=run_id)
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
         run.write_info(local=local)  # a resume without --local says what that changes
     typer.echo(f"run: {run.id}")
@@ -114,12 +113,14 @@ def resume(
             _refuse_finished(run)  # again, under the lock: a driver may have finished it meanwhile
             config = config_mod.resumed_with(run.load_config(), overrides or [], run.id)
             changed = config_mod.to_yaml(config)  # to keep, as resumed (before this command's worker count)
-            _apply_workers(config, max_gpus, local)
             try:
-                check_schedule(config)
+                check_splits(run.load_config())  # as the run was saved
             except ConfigError as exc:  # a config this version refuses (checked since): resuming cannot help
                 raise ConfigError(f"run {run.id} cannot continue with this version of absa ({exc}); start a new "
                                   f"run from its config, {run.config_path}") from None
+            _apply_workers(config, max_gpus, local)  # this command's worker count (and the overrides') may not split
+            check_schedule(config, fix="resume it with a smaller --max-gpus (every group size up to it must split "
+                                       "the batch well)")
             check_sample_log(config, run)
             load_libraries(ray=not local, dataset=config.data.name, on_quit=lock.release)
             group, where = make_group(config, address, local, run.id)
@@ -199,6 +200,22 @@ def _refuse_damaged(run) -> None:
     damage = run.damage()
     if damage:
         raise UserError(unusable(run.id, damage))
+
+
+def _saved(config, most: int):
+    """A ``--local`` run's config.yaml: its worker count the preset's (or ``--max-gpus``'), not ``--local``'s one
+    worker, which is the command's, as a resume's ``--max-gpus`` is: resumed on a Ray cluster it grows as the preset
+    says. Unless its batches split badly on that many workers: then the one it trains on, so that a plain resume is
+    not refused."""
+    from absa_cli import config as config_mod
+    from absa_cli.config import ConfigError
+
+    saved = config_mod.with_overrides(config, [f"cluster.max_workers={most}"], "--local")
+    try:
+        check_splits(saved)
+    except ConfigError:
+        return config
+    return saved
 
 
 def _apply_workers(config, max_gpus: int | None, local: bool) -> None:

@@ -96,10 +96,12 @@ def decide_membership(global_batch_size: int, next_global_batch_size: int | None
     return Membership(geometry, prestart, reason, wanted=unlimited.num_workers)
 
 
-def check_geometries(config: RunConfig, batches: list[int]) -> None:
+def check_geometries(config: RunConfig, batches: list[int], fix: str = "") -> None:
     """``ConfigError`` if a batch of the run's schedule (``batches``) splits only into tiny micro-batches on some
     group size the cluster may offer (1 … ``cluster.max_workers``): less than half of what ``batch.per_worker_max``
-    and the worker count would allow, e.g. a prime batch, trained one sample at a time."""
+    and the worker count would allow, e.g. a prime batch, trained one sample at a time. ``fix``: what the line
+    advises (by default, batches with small factors; a resume, whose batches are its recipe's, names its worker
+    count)."""
     max_workers, per_worker_max = config.cluster.max_workers, config.batch.per_worker_max
     for batch in batches:
         for available in range(1, min(max_workers, batch) + 1):  # beyond the batch: the same geometry
@@ -109,6 +111,6 @@ def check_geometries(config: RunConfig, batches: list[int]) -> None:
                 raise ConfigError(
                     f"global batch {batch} splits badly: on {counted(geometry.num_workers, 'worker')} it needs "
                     f"micro-batches of {geometry.per_worker_batch_size} ({geometry.grad_accum_steps} accumulation "
-                    f"steps) where batch.per_worker_max={per_worker_max} allows {room}; choose "
-                    f"batch.global_batch_size and policy.max_global_batch with small factors, e.g. multiples of "
-                    f"{min(per_worker_max, 128)}")
+                    f"steps) where batch.per_worker_max={per_worker_max} allows {room}; " + (fix or
+                    f"choose batch.global_batch_size and policy.max_global_batch with small factors, e.g. multiples "
+                    f"of {min(per_worker_max, 128)}"))
