@@ -205,9 +205,10 @@ def test_runs_show_reads_hand_damaged_records_without_a_traceback(tmp_path):
 
 def test_runs_list_tells_a_resume_starting_and_a_dead_driver_from_the_status_run_json_holds(tmp_path):
     """run.json says what the last driver wrote; the lock says whether a driver lives now. A resume holds the lock
-    before it marks the run running (its workers start first): `resuming`, not `interrupted`. The driver that wrote
-    `interrupted` still holding the lock is a run ending: `interrupted`. `running` without a live lock holder:
-    `running (driver gone)`."""
+    before it writes itself into run.json (Ray starts first): `resuming`, not `interrupted`, nor `running` for a
+    killed run it takes over. The driver run.json names still holding the lock of a stopped run is a run ending:
+    `interrupted`. `running` without a live lock holder: `running (driver gone)`. A damaged run.json stays
+    `damaged`; a lock file that cannot be read is judged by its age, never a traceback."""
     import socket
 
     from absa_cli import config as config_mod
@@ -220,31 +221,88 @@ def test_runs_list_tells_a_resume_starting_and_a_dead_driver_from_the_status_run
         result = _invoke("runs", "list", "--runs-dir", str(tmp_path))
         shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path))
         assert result.exit_code == 0 and shown.exit_code == 0, result.output + shown.output
-        status = re.search(rf"{run.id}\s+quickstart\s+(.+?)\s+0/\d+ ", result.stdout).group(1)
-        assert f"status {status}  driver" in shown.stdout, shown.stdout  # `runs show` says the same
+        status = re.search(rf"{run.id}\s+\S+\s+(.+?)\s+0/[\d-]+ ", result.stdout).group(1)
+        assert f"status {status}" in shown.stdout, shown.stdout  # `runs show` says the same
         return status
 
-    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # another live driver
+    def lock_of(pid: int) -> None:
+        run.lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": pid,
+                                             "pid_start": lock._process_start(pid), "heartbeat": time.time()}))
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run.write_info(pid=int(gone.stdout))  # the driver run.json names was killed
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a resume, alive
     try:
-        run.lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": driver.pid,
-                                             "pid_start": lock._process_start(driver.pid), "heartbeat": time.time()}))
-        assert listed() == "running"  # run.json's pid is this process's: the lock decides
+        lock_of(driver.pid)
+        assert listed() == "resuming"  # a takeover of the killed run, before the resume writes run.json
         run.finish(Status.INTERRUPTED)
         assert listed() == "resuming"
+        info = json.loads(run.info_path.read_text())
+        run.info_path.write_text(json.dumps({**info, "last_epoch": "x"}))
+        assert listed() == "damaged"  # whoever holds the lock
+        run.info_path.write_text(json.dumps(info))
+        run.write_info(pid=driver.pid)  # the resume wrote itself in: the lock's holder is run.json's driver
+        assert listed() == "interrupted"  # ... and the status it wrote stands (here: it is ending)
     finally:
         driver.kill()
         driver.wait()
-    assert listed() == "interrupted"  # that resume died before it started
+    assert listed() == "interrupted"  # that resume died
     run.write_info(status=Status.RUNNING)
     assert listed() == "running (driver gone)"
+    run.lock_path.write_text("not a lock")  # young and unreadable: a driver may be writing it; not `resuming`
+    assert listed() == "running"
+    run.lock_path.unlink()
+    run.lock_path.mkdir()  # not even a file: judged by its age as well, no traceback
+    assert listed() == "running"
+    run.lock_path.rmdir()
     with run.lock():  # the driver that wrote run.json holds the lock: a run that is ending, not a resume
+        run.write_info(pid=os.getpid(), host=socket.gethostname())
         run.finish(Status.INTERRUPTED)
         assert listed() == "interrupted"
 
 
+def test_a_local_run_keeps_the_worker_count_its_batches_split_well_on(tmp_path):
+    """`--local`'s one worker is the command's: config.yaml keeps the preset's count (or `--max-gpus 1`'s) for a
+    resume on Ray, unless the run's batches split badly on that many (66 = 2 × 3 × 11 on 2 workers), where it keeps
+    the one it trained on: a plain resume is not refused for a count nobody asked for (review). A resume's own
+    `--max-gpus` that splits badly names that option, not "this version of absa"."""
+    small = ["epochs=1", "data.train_size=264", "data.test_size=128", "batch.per_worker_max=32", "policy.name=fixed"]
+    for name, extra, kept in (("odd", ["batch.global_batch_size=66"], 1), ("even", ["batch.global_batch_size=64"], 2),
+                              ("one", ["batch.global_batch_size=64", "--max-gpus", "1"], 1)):
+        runs = tmp_path / name
+        result = _invoke("train", "quickstart", *small, *extra, "--local", "--runs-dir", str(runs))
+        assert result.exit_code == 0, result.output
+        (run,) = runs.iterdir()
+        assert f"max_workers: {kept}\n" in (run / "config.yaml").read_text(), name
+    (run,) = (tmp_path / "odd").iterdir()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    refused = _invoke("resume", run.name, "--max-gpus", "2", "--runs-dir", str(tmp_path / "odd"))
+    assert_user_error(refused, "global batch 66 splits badly: on 2 workers", "resume it with a smaller --max-gpus")
+    assert "this version" not in refused.stderr and "choose batch.global_batch_size" not in refused.stderr
+
+
+def test_runs_list_and_show_print_brackets_from_hand_edited_files_as_text(tmp_path):
+    """run.json and metrics.jsonl are the user's files: `[/]` in them is text, not rich markup that ended
+    `absa runs list` with a MarkupError (review)."""
+    from absa_cli import config as config_mod
+    from absa_cli.run.rundir import RunDir
+
+    run = RunDir.create(tmp_path, config_mod.load("quickstart", []))
+    run.metrics_path.write_text('{"kind": "geometry", "epoch": 1, "global_batch_size": "[/]", "num_workers": 2}\n'
+                                '{"kind": "resume", "epoch": 1, "checkpoint": "[bold]x[/]"}\n')
+    run.write_info(error="bad [red]value[/] [/]", host="[/]")
+    listed = _invoke("runs", "list", "--runs-dir", str(tmp_path))
+    assert listed.exit_code == 0 and "[/]" in listed.stdout, listed.output
+    shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path))
+    assert shown.exit_code == 0 and "bad [red]value[/] [/]" in shown.stdout and "from [bold]x[/]" in shown.stdout, \
+        shown.output
+
+
 def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
     """A run stopped 1,280 samples into its first epoch has something to resume from: `0/4 +1,280 samples`, not a
-    bare 0/4, and the batch and workers it stopped on. Once an epoch is done past it, the count is epochs again; a damaged manifest leaves the bare count."""
+    bare 0/4, and the batch and workers it stopped on. Once an epoch is done past it, the count is epochs again; a
+    damaged manifest leaves the bare count."""
     from absa_cli import config as config_mod
     from absa_cli.run.checkpoint import CheckpointStore
     from absa_cli.run.rundir import RunDir, Status, checkpoint_name

@@ -160,3 +160,20 @@ def test_a_displaced_driver_stops_without_writing_to_the_run(tmp_path, monkeypat
     checkpoints = sorted(p.name for p in (run_path / "checkpoints").glob("*.pt"))
     assert epochs and max(epochs) < 40  # stopped early ...
     assert checkpoints[-1] <= f"epoch-{max(epochs):04d}.pt"  # ... and no checkpoint beyond its last record
+
+
+def test_a_folder_in_the_lock_files_place_is_judged_by_its_age_and_never_a_traceback(tmp_path):
+    """`lock.read` is also what `absa runs list` calls for every run: a folder (or a file this user cannot read)
+    where lock.json belongs is an unreadable lock, young or stale by its age; taking over a stale one that cannot be
+    removed is one line naming the file (review)."""
+    path = tmp_path / "lock.json"
+    path.mkdir()
+    assert lock.read(path)["host"] is None and not lock.is_stale(lock.read(path))
+    with pytest.raises(RunLocked, match="cannot be read"):
+        RunLock(path, "run-d").acquire()
+    (path / "x").write_text("")  # a folder that is not empty cannot be unlinked (nor rmdir'ed)
+    old = time.time() - 2 * lock.STALE_AFTER_S
+    os.utime(path, (old, old))
+    with pytest.raises(RunLocked, match=f"its lock file {path} cannot be removed .*remove it by hand") as info:
+        RunLock(path, "run-d").acquire()
+    assert "\n" not in str(info.value)

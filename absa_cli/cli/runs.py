@@ -11,6 +11,14 @@ from absa_cli.cli.common import complete_run_id, user_errors
 from absa_cli.errors import counted
 from absa_cli.run.metrics import fmt
 
+def _f(value: Any, spec: str = "") -> str:
+    """A value from run.json or metrics.jsonl as a cell: formatted, its brackets escaped (a hand-edited ``"[/]"`` is
+    text, not rich markup that would end the command with a MarkupError)."""
+    from rich.markup import escape
+
+    return escape(fmt(value, spec))
+
+
 app = typer.Typer(help="List runs and show one in detail.", no_args_is_help=True)
 
 RunsDir = Annotated[Optional[Path], typer.Option(
@@ -19,23 +27,26 @@ RunsDir = Annotated[Optional[Path], typer.Option(
 
 def _status(run) -> str:
     """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``. A
-    stopped run whose lock another live driver holds is ``resuming``: `absa resume` takes the lock first and marks the
-    run running only once its workers are up (a local Ray cluster takes seconds to start). The driver that wrote the
-    status holding the lock is a run just ending (the status is written before the lock is released)."""
+    run whose lock a live driver other than the one run.json names holds is ``resuming``: `absa resume` takes the lock
+    first and writes itself into run.json only once Ray is up and its group made (starting a local cluster takes
+    seconds). The driver run.json names holding the lock of a stopped run is a run just ending (the status is written
+    before the lock is released)."""
     from absa_cli.run import lock
     from absa_cli.run.rundir import OTHER_VERSION
 
     info = run.info()
     status = info.get("status", "?")
-    damage = run.damage() if status != "damaged" else None
+    if status == "damaged":
+        return status
+    damage = run.damage()
     if damage:  # a config.yaml another absa version wrote is not damage: it just cannot continue here
         return "other absa version" if OTHER_VERSION in damage else "damaged"
     holder = lock.read(run.lock_path)
     live = holder is not None and not lock.is_stale(holder)
+    if live and holder["host"] is not None and (holder["host"], holder["pid"]) != (info.get("host"), info.get("pid")):
+        return "resuming"  # (a lock file read() could not parse names no driver: judged by its age only)
     if status == "running" and not live:
         return "running (driver gone)"
-    if status != "running" and live and (holder["host"], holder["pid"]) != (info.get("host"), info.get("pid")):
-        return "resuming"
     return status
 
 
@@ -61,8 +72,8 @@ def list_runs(runs_dir: RunsDir = None) -> None:
                   pad_edge=False)
     for run in runs:
         info = run.info()
-        table.add_row(run.id, info.get("preset") or "-", _status(run),
-                      _progress(run, info), *_geometry(run, info), fmt(info.get("best_test_acc"), ".4f"))
+        table.add_row(run.id, _f(info.get("preset") or "-"), _status(run),
+                      _progress(run, info), *_geometry(run, info), _f(info.get("best_test_acc"), ".4f"))
     Console(width=200).print(table)
 
 
@@ -72,10 +83,10 @@ def _progress(run, info: dict[str, Any]) -> str:
     from absa_cli.run.checkpoint import CheckpointError, CheckpointStore
 
     done = info.get("last_epoch", 0)
-    text = f"{fmt(done)}/{fmt(info.get('epochs'))}"
+    text = f"{_f(done)}/{_f(info.get('epochs'))}"
     try:
         newest = (CheckpointStore(run.checkpoints_dir).entries() or [None])[-1]
-    except CheckpointError:  # `absa runs show` says what is wrong with it
+    except (CheckpointError, OSError):  # `absa runs show` says what is wrong with it
         return text
     if newest is not None and newest.samples_seen and newest.epoch == done:
         text += f" +{newest.samples_seen:,} samples"
@@ -86,10 +97,13 @@ def _geometry(run, info: dict[str, Any]) -> tuple[str, str]:
     """The global batch and workers: run.json's, written after each epoch; before the first one ends (a run stopped
     mid-epoch 1, or starting), the newest geometry record's."""
     if info.get("global_batch_size") is None:
-        formed = run.records("geometry")
+        try:
+            formed = run.records("geometry")
+        except OSError:  # not a file one can read: `absa runs show` says so
+            formed = []
         if formed:
-            return fmt(formed[-1].get("global_batch_size")), fmt(formed[-1].get("num_workers"))
-    return fmt(info.get("global_batch_size")), fmt(info.get("num_workers"))
+            return _f(formed[-1].get("global_batch_size")), _f(formed[-1].get("num_workers"))
+    return _f(info.get("global_batch_size")), _f(info.get("num_workers"))
 
 
 @app.command("show")
@@ -108,16 +122,16 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
     console = Console(width=200, highlight=False)
     damage = run.damage()
     if damage:  # listed by `absa runs list`, so shown here: what is wrong, and what is left
-        console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}: {damage}")
+        console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}: {_f(damage)}")
         console.print(_history_table(records))
         console.print(_checkpoint_table(run))
         return
     config = run.load_config()
-    console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}  [bold]driver[/] "
-                  f"pid {info.get('pid')} on {info.get('host')}  [bold]started[/] {info.get('started_at')}  "
-                  f"[bold]ended[/] {info.get('ended_at') or '-'}  [bold]resumes[/] {info.get('resumes', 0)}")
+    console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}  [bold]driver[/] pid "
+                  f"{_f(info.get('pid'))} on {_f(info.get('host'))}  [bold]started[/] {_f(info.get('started_at'))}  "
+                  f"[bold]ended[/] {_f(info.get('ended_at') or '-')}  [bold]resumes[/] {_f(info.get('resumes', 0))}")
     if info.get("error"):
-        console.print(f"[red]error[/]: {info['error']}")
+        console.print(f"[red]error[/]: {_f(info['error'])}")
     console.print(
         f"[bold]config[/] preset {config.preset}; data {config.data.name} ({config.data.train_size or 'all'} train); "
         f"model {config.model.name} (width {config.model.width}); {config.epochs} epochs; policy "
@@ -129,10 +143,10 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
     if epochs:
         last = epochs[-1]
         console.print(
-            f"[bold]last epoch[/] {fmt(last.get('epoch'))}: updates {fmt(last.get('updates'))}, train loss "
-            f"{fmt(last.get('train_loss'), '.4f')} acc {fmt(last.get('train_acc'), '.4f')}, test acc "
-            f"{fmt(last.get('test_acc'), '.4f')}, λ_max {fmt(last.get('eigenvalue'), '.4g')}, lr "
-            f"{fmt(last.get('lr'), '.4g')}, policy: {last.get('policy_reason') or '-'}")
+            f"[bold]last epoch[/] {_f(last.get('epoch'))}: updates {_f(last.get('updates'))}, train loss "
+            f"{_f(last.get('train_loss'), '.4f')} acc {_f(last.get('train_acc'), '.4f')}, test acc "
+            f"{_f(last.get('test_acc'), '.4f')}, λ_max {_f(last.get('eigenvalue'), '.4g')}, lr "
+            f"{_f(last.get('lr'), '.4g')}, policy: {_f(last.get('policy_reason') or '-')}")
     console.print(_checkpoint_table(run))
 
 
@@ -142,7 +156,7 @@ def _history_table(records: list[dict[str, Any]]):
     table = Table("epoch", "event", "global batch", "workers × batch × accum", "detail", title="history",
                   title_justify="left", box=None, pad_edge=False)
     for r in records:  # a field missing from a hand-edited record shows as "-", not a traceback
-        kind, f = r.get("kind"), lambda key, spec="": fmt(r.get(key), spec)
+        kind, f = r.get("kind"), lambda key, spec="": _f(r.get(key), spec)
         if kind == "geometry":
             table.add_row(f("epoch"), "geometry", f("global_batch_size"),
                           f"{f('num_workers')} × {f('per_worker_batch_size')} × {f('grad_accum_steps')}", "")
@@ -153,8 +167,8 @@ def _history_table(records: list[dict[str, Any]]):
             table.add_row(f("epoch"), "failure", "", f"{f('from_workers')} → {f('to_workers')}",
                           f"lost {f('lost_workers')} at sample {f('samples_seen')}: {f('error')}")
         elif kind in ("restart", "resume"):
-            table.add_row(f("epoch"), kind, "", str(r.get("num_workers") or r.get("max_workers") or ""),
-                          f"from {r.get('checkpoint') or 'the start'}")
+            table.add_row(f("epoch"), kind, "", _f(r.get("num_workers") or r.get("max_workers") or ""),
+                          f"from {_f(r.get('checkpoint') or 'the start')}")
     return table
 
 
@@ -169,16 +183,16 @@ def _checkpoint_table(run):
     try:
         entries = store.entries()
     except CheckpointError as exc:
-        table.add_row("-", "", "", "", "", "", str(exc))
+        table.add_row("-", "", "", "", "", "", _f(str(exc)))
         return table
     if not entries and store.unlisted() is not None:  # what resume refuses, said here too
-        table.add_row("-", "", "", "", "", "", f"[red]{store.unlisted()}[/]")
+        table.add_row("-", "", "", "", "", "", f"[red]{_f(str(store.unlisted()))}[/]")
     for entry in entries:
         try:
             verify(run.checkpoints_dir / entry.file, entry)
             check = "ok (sha256)"
         except CheckpointError as exc:
-            check = f"[red]{str(exc).removeprefix(f'checkpoint {entry.file} ')}[/]"
+            check = f"[red]{_f(str(exc).removeprefix(f'checkpoint {entry.file} '))}[/]"
         table.add_row(entry.file, str(entry.epoch), f"{entry.samples_seen:,}", f"{entry.updates:,}",
                       f"{entry.bytes:,}", entry.written_at, check)
     return table

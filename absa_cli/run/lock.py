@@ -73,11 +73,14 @@ def read(path: Path) -> dict[str, Any] | None:
         holder = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
-    except ValueError:  # not written by this version (locks are linked in whole): judge it by its age
-        holder = None
+    except (ValueError, OSError):  # not written by this version (locks are linked in whole), or not a readable
+        holder = None  # file (a folder, no permission): judge it by its age
     if not (isinstance(holder, dict) and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int)
             and isinstance(holder.get("heartbeat"), (int, float))):  # JSON, but not a lock's: by its age too
-        return {"host": None, "pid": -1, "heartbeat": Path(path).stat().st_mtime}
+        try:
+            return {"host": None, "pid": -1, "heartbeat": Path(path).stat().st_mtime}
+        except FileNotFoundError:  # released meanwhile
+            return None
     return holder
 
 
@@ -112,7 +115,11 @@ class RunLock:
                     self.took_over = f"{describe(holder)}, which is no longer running"
                 else:  # it may still be alive, cut off: it stops before its next write (``check``)
                     self.took_over = f"{describe(holder)}, silent for over {STALE_AFTER_S:.0f} s"
-                self.path.unlink(missing_ok=True)  # a stale lock: take it over
+                try:
+                    self.path.unlink(missing_ok=True)  # a stale lock: take it over
+                except OSError as exc:  # a folder in its place, or a file this user cannot remove
+                    raise RunLocked(f"run {self.run_id}: its lock file {self.path} cannot be removed "
+                                    f"({exc.strerror}); remove it by hand if no driver runs this run") from None
             tmp = self._write_tmp()
             try:
                 os.link(tmp, self.path)
