@@ -263,12 +263,12 @@ def test_ctrl_c_during_the_computation_is_one_line_and_exit_130(trained_checkpoi
     assert said[1].startswith("config: its run's ") and len(said) == 3
 
 
-def test_the_owner_line_writes_a_mid_epoch_position_as_runs_list_does():
-    """`absa runs list` shows `0/4 +1,344 samples`; `absa hessian` said `epoch 0 + 1344 samples` of the same file."""
+def test_the_owner_line_writes_a_mid_epoch_position_as_the_console_counts_epochs():
+    """`absa hessian` said `epoch 0 + 1344 samples` of a file the console wrote 1,344 samples into epoch 1 (review)."""
     from absa_cli.run.checkpoint import owner_line
 
     state = {"run": {"id": "quickstart-x", "fingerprint": "0baed5b8"}, "preset": "quickstart", "epoch": 0,
              "samples_seen": 1344}
-    assert owner_line(state) == "run quickstart-x (preset quickstart, config 0baed5b8), epoch 0 +1,344 samples"
+    assert owner_line(state) == "run quickstart-x (preset quickstart, config 0baed5b8), 1,344 samples into epoch 1"
     assert owner_line({**state, "samples_seen": 0}).endswith("config 0baed5b8), epoch 0")
     assert owner_line({**state, "samples_seen": "x"}).endswith("epoch 0")  # a hand-made state: no traceback

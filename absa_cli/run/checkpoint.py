@@ -146,11 +146,12 @@ def check_identity(file: str, state: dict[str, Any], run_uid: str | None, run_id
 
 
 def owner_line(state: dict[str, Any]) -> str:
-    """Whose checkpoint this is, for `absa hessian`: ``run X (preset P, config 1a2b…), epoch N``."""
+    """Whose checkpoint this is, for `absa hessian`: ``run X (preset P, config 1a2b…), epoch N`` (after N epochs),
+    or ``…, 1,344 samples into epoch N`` (stopped mid-epoch)."""
     owner = state.get("run") if isinstance(state.get("run"), dict) else {}
-    samples = state.get("samples_seen")
-    where = f"epoch {state.get('epoch', '?')}" + (f" +{samples:,} samples" if isinstance(samples, int) and samples
-                                                  else "")  # as `absa runs list` writes it
+    samples, epoch = state.get("samples_seen"), state.get("epoch", "?")
+    where = (f"{samples:,} samples into epoch {epoch + 1}" if isinstance(samples, int) and samples and
+             isinstance(epoch, int) else f"epoch {epoch}")  # epochs counted from 1, as the console counts them
     if not owner:
         return f"a checkpoint that names no run (written before absa recorded it; preset " \
                f"{state.get('preset') or '?'}), {where}"
