@@ -235,6 +235,9 @@ def test_runs_list_tells_a_resume_starting_and_a_dead_driver_from_the_status_run
     try:
         lock_of(driver.pid)
         assert listed() == "resuming"  # a takeover of the killed run, before the resume writes run.json
+        shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path)).stdout
+        here = socket.gethostname()
+        assert f"driver pid {driver.pid} on {here} (before it: pid {gone.stdout.strip()} on {here})" in shown, shown
         run.finish(Status.INTERRUPTED)
         assert listed() == "resuming"
         info = json.loads(run.info_path.read_text())

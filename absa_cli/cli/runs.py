@@ -126,10 +126,16 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
         console.print(_history_table(records))
         console.print(_checkpoint_table(run))
         return
-    config = run.load_config()
-    console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}  [bold]driver[/] pid "
-                  f"{_f(info.get('pid'))} on {_f(info.get('host'))}  [bold]started[/] {_f(info.get('started_at'))}  "
-                  f"[bold]ended[/] {_f(info.get('ended_at') or '-')}  [bold]resumes[/] {_f(info.get('resumes', 0))}")
+    config, status = run.load_config(), _status(run)
+    driver = f"pid {_f(info.get('pid'))} on {_f(info.get('host'))}"
+    if status == "resuming":  # the lock's holder drives it now; run.json still names the last driver
+        from absa_cli.run import lock
+
+        holder = lock.read(run.lock_path) or {}
+        driver = f"pid {_f(holder.get('pid'))} on {_f(holder.get('host'))} (before it: {driver})"
+    console.print(f"[bold]run[/] {run.id}  [bold]status[/] {status}  [bold]driver[/] {driver}  [bold]started[/] "
+                  f"{_f(info.get('started_at'))}  [bold]ended[/] {_f(info.get('ended_at') or '-')}  [bold]resumes[/] "
+                  f"{_f(info.get('resumes', 0))}")
     if info.get("error"):
         console.print(f"[red]error[/]: {_f(info['error'])}")
     console.print(
