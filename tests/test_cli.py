@@ -293,13 +293,16 @@ def test_runs_list_and_show_print_brackets_from_hand_edited_files_as_text(tmp_pa
 
     run = RunDir.create(tmp_path, config_mod.load("quickstart", []))
     run.metrics_path.write_text('{"kind": "geometry", "epoch": 1, "global_batch_size": "[/]", "num_workers": 2}\n'
-                                '{"kind": "resume", "epoch": 1, "checkpoint": "[bold]x[/]"}\n')
+                                '{"kind": "resume", "epoch": 1, "checkpoint": "[bold]x[/]"}\n'
+                                '{"kind": "failure", "epoch": 2, "samples_seen": 12800, "lost_workers": 1, '
+                                '"from_workers": 2, "to_workers": 1, "error": "[/]"}\n')
     run.write_info(error="bad [red]value[/] [/]", host="[/]")
     listed = _invoke("runs", "list", "--runs-dir", str(tmp_path))
     assert listed.exit_code == 0 and "[/]" in listed.stdout, listed.output
     shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path))
     assert shown.exit_code == 0 and "bad [red]value[/] [/]" in shown.stdout and "from [bold]x[/]" in shown.stdout, \
         shown.output
+    assert "lost 1 at sample 12,800: [/]" in shown.stdout, shown.stdout  # thousands grouped, as everywhere
 
 
 def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):

@@ -116,8 +116,8 @@ def test_a_worker_lost_mid_chunk_is_replaced_and_the_epoch_continues_at_the_exac
     assert kinds.index("failure") < kinds.index("resize")  # the failure first, then what the driver did about it
     assert _records(run, "epoch")[0]["updates"] == 4  # 2 + 1 before the loss + 1 after: each step counted once
     _assert_exactly_once(group, run)
-    assert "lost 1 worker (rank 1, pid 1001 on node scripted: scripted: worker lost); 1 continue from sample 192 " \
-           "of epoch 1" in out.getvalue()
+    assert "lost 1 worker (rank 1, pid 1001 on node scripted: scripted: worker lost); 1 worker continues from " \
+           "sample 192 of epoch 1" in out.getvalue()
     # the step applied before the loss counts in the epoch's train loss and accuracy, as it would without the loss
     # (the scripted loss and accuracy grow along the epoch, so leaving any step out shows)
     unharmed = ScriptedGroup(offered=2, drift=1.0)

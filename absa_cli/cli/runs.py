@@ -171,7 +171,7 @@ def _history_table(records: list[dict[str, Any]]):
                           f"live in {f('resize_s', '.2f')} s")
         elif kind == "failure":
             table.add_row(f("epoch"), "failure", "", f"{f('from_workers')} → {f('to_workers')}",
-                          f"lost {f('lost_workers')} at sample {f('samples_seen')}: {f('error')}")
+                          f"lost {f('lost_workers')} at sample {f('samples_seen', ',')}: {f('error')}")
         elif kind in ("restart", "resume"):
             table.add_row(f("epoch"), kind, "", _f(r.get("num_workers") or r.get("max_workers") or ""),
                           f"from {_f(r.get('checkpoint') or 'the start')}")

@@ -160,8 +160,9 @@ class GroupKeeper:
         progress.resizes.append(record)
         self.sink.write(record)
         self.console.line(f"[red]failure[/]: lost {counted(failure.lost_workers, 'worker')} "
-                          f"({failure.describe_lost()}: {failure.error}); {failure.to_workers} continue from sample "
-                          f"{failure.samples_seen} of epoch {failure.epoch + 1}")
+                          f"({failure.describe_lost()}: {failure.error}); {counted(failure.to_workers, 'worker')} "
+                          f"continue{'s' if failure.to_workers == 1 else ''} from sample {failure.samples_seen:,} of "
+                          f"epoch {failure.epoch + 1}")
         return self.form(progress, why="failure", capacity=self.group.num_workers if self.stopping() else None)
 
     def recovering(self, call: Callable[[], Any], progress: Any, attempts: int = 3) -> Any:
