@@ -25,29 +25,30 @@ RunsDir = Annotated[Optional[Path], typer.Option(
     "--runs-dir", help="Where run directories are (default: $ABSA_RUNS_DIR, else ./runs).")]
 
 
-def _status(run) -> str:
-    """``running`` only while a live driver holds the lock; a driver that died leaves ``running (driver gone)``. A
-    run whose lock a live driver other than the one run.json names holds is ``resuming``: `absa resume` takes the lock
-    first and writes itself into run.json only once Ray is up and its group made (starting a local cluster takes
-    seconds). The driver run.json names holding the lock of a stopped run is a run just ending (the status is written
-    before the lock is released)."""
+def _status(run) -> tuple[str, dict[str, Any] | None]:
+    """The run's status, and for ``resuming`` the lock's holder (read once: the driver `runs show` names is the one
+    the status was judged by). ``running`` only while a live driver holds the lock; a driver that died leaves
+    ``running (driver gone)``. A run whose lock a live driver other than the one run.json names holds is ``resuming``:
+    `absa resume` takes the lock first and writes itself into run.json only once Ray is up and its group made
+    (starting a local cluster takes seconds). The driver run.json names holding the lock of a stopped run is a run
+    just ending (the status is written before the lock is released)."""
     from absa_cli.run import lock
     from absa_cli.run.rundir import OTHER_VERSION
 
     info = run.info()
     status = info.get("status", "?")
     if status == "damaged":
-        return status
+        return status, None
     damage = run.damage()
     if damage:  # a config.yaml another absa version wrote is not damage: it just cannot continue here
-        return "other absa version" if OTHER_VERSION in damage else "damaged"
+        return "other absa version" if OTHER_VERSION in damage else "damaged", None
     holder = lock.read(run.lock_path)
     live = holder is not None and not lock.is_stale(holder)
     if live and holder["host"] is not None and (holder["host"], holder["pid"]) != (info.get("host"), info.get("pid")):
-        return "resuming"  # (a lock file read() could not parse names no driver: judged by its age only)
+        return "resuming", holder  # (a lock file read() could not parse names no driver: judged by its age only)
     if status == "running" and not live:
-        return "running (driver gone)"
-    return status
+        return "running (driver gone)", None
+    return status, None
 
 
 @app.command("list")
@@ -72,7 +73,7 @@ def list_runs(runs_dir: RunsDir = None) -> None:
                   pad_edge=False)
     for run in runs:
         info = run.info()
-        table.add_row(run.id, _f(info.get("preset") or "-"), _status(run),
+        table.add_row(run.id, _f(info.get("preset") or "-"), _status(run)[0],
                       _progress(run, info), *_geometry(run, info), _f(info.get("best_test_acc"), ".4f"))
     Console(width=200).print(table)
 
@@ -122,17 +123,14 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
     console = Console(width=200, highlight=False)
     damage = run.damage()
     if damage:  # listed by `absa runs list`, so shown here: what is wrong, and what is left
-        console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)}: {_f(damage)}")
+        console.print(f"[bold]run[/] {run.id}  [bold]status[/] {_status(run)[0]}: {_f(damage)}")
         console.print(_history_table(records))
         console.print(_checkpoint_table(run))
         return
-    config, status = run.load_config(), _status(run)
+    config, (status, holder) = run.load_config(), _status(run)
     driver = f"pid {_f(info.get('pid'))} on {_f(info.get('host'))}"
-    if status == "resuming":  # the lock's holder drives it now; run.json still names the last driver
-        from absa_cli.run import lock
-
-        holder = lock.read(run.lock_path) or {}
-        driver = f"pid {_f(holder.get('pid'))} on {_f(holder.get('host'))} (before it: {driver})"
+    if holder is not None:  # resuming: the lock's holder drives it now; run.json still names the last driver
+        driver = f"pid {_f(holder['pid'])} on {_f(holder['host'])} (before it: {driver})"
     console.print(f"[bold]run[/] {run.id}  [bold]status[/] {status}  [bold]driver[/] {driver}  [bold]started[/] "
                   f"{_f(info.get('started_at'))}  [bold]ended[/] {_f(info.get('ended_at') or '-')}  [bold]resumes[/] "
                   f"{_f(info.get('resumes', 0))}")
