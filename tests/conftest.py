@@ -55,6 +55,19 @@ def ray_cluster():
     yield ray.get_runtime_context().gcs_address
 
 
+@pytest.fixture(scope="session")
+def sandboxes(request, tmp_path_factory):
+    """The Ray clusters started by hand (tests/ray_sandbox.py): the scenarios of the tests this session selected
+    (``@pytest.mark.sandbox(name)``), run two at a time when the first of those tests asks for its result."""
+    import ray_sandbox
+
+    reason = ray_sandbox.unavailable()
+    if reason:
+        pytest.skip(reason)
+    selected = {marker.args[0] for item in request.session.items for marker in item.iter_markers("sandbox")}
+    return ray_sandbox.Scenarios(selected, tmp_path_factory.mktemp)
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.gpu`` tests need CUDA: without it they are skipped, saying why (torch is imported only when
     such a test was collected)."""

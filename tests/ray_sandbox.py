@@ -8,8 +8,9 @@ each node is one ``ray start --block`` in a session of its own, stopped or kille
 never ``ray stop``, which would stop every Ray process of the machine. ``HOME`` is a folder of the scenario's, so
 that Ray's token file (``~/.ray/auth_token``) is the scenario's and the user's is never read or written.
 
-A test calls ``run(scenario, ...)``; the scenario (a function below) runs inside the sandbox and returns a dict, which
-comes back as JSON on the last line of its output.
+A test marked ``@pytest.mark.sandbox("placement")`` asks the session's ``sandboxes`` fixture (tests/conftest.py) for
+that scenario's result; the scenario (a function below) runs inside its sandbox and returns a dict, which comes back
+as JSON on the last line of its output. The scenarios a session selected run two at a time (``Scenarios``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +41,9 @@ def unavailable() -> str | None:
     return None if done.returncode == 0 else f"user/net/pid namespaces not allowed here: {done.stderr.strip()}"
 
 
-def run(scenario: str, workdir: Path, timeout_s: float, **params) -> dict:
+def run(scenario: str, workdir: Path, **params) -> dict:
     """Run a scenario in a fresh sandbox; its result, or an AssertionError carrying the sandbox's output."""
+    timeout_s = SCENARIOS[scenario][1]
     done = subprocess.run([*SANDBOX, sys.executable, __file__, scenario, str(workdir), json.dumps(params)],
                           capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
     lines = done.stdout.strip().splitlines()
@@ -50,9 +53,39 @@ def run(scenario: str, workdir: Path, timeout_s: float, **params) -> dict:
     return json.loads(lines[-1])
 
 
-def scenario(function):
-    SCENARIOS[function.__name__] = function
-    return function
+def scenario(*, timeout_s: float, alone_s: float):
+    """A scenario, its time limit, and about how long it takes alone here (the longest are started first)."""
+    def register(function):
+        SCENARIOS[function.__name__] = (function, timeout_s, alone_s)
+        return function
+    return register
+
+
+class Scenarios:
+    """The scenarios a test session selected, each in a sandbox of its own, two at a time: each is mostly waiting
+    (nodes starting, a node's death being noticed), so on 2 cores the five take ~95 s together where they took ~130 s
+    one after another. The first test to ask for one waits for them all, so no other test runs beside them (their
+    timings, and other tests', stay those of a machine running one thing). A scenario no test was marked with runs
+    when asked for, alone."""
+
+    def __init__(self, selected: set[str], workdir) -> None:
+        self.selected, self.workdir = selected, workdir  # workdir(name) -> a fresh folder
+        self.done: dict = {}
+
+    def result(self, name: str) -> tuple[Path, dict]:
+        """The scenario's folder and result; its failure (an AssertionError) is raised in the test that asked."""
+        if not self.done:
+            wanted = sorted(self.selected | {name}, key=lambda each: -SCENARIOS[each][2])
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                folders = {each: self.workdir(each) for each in wanted}
+                self.done = {each: (folders[each], pool.submit(run, each, folders[each])) for each in wanted}
+                wait([future for _, future in self.done.values()])
+        if name not in self.done:
+            folder = self.workdir(name)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                self.done[name] = (folder, pool.submit(run, name, folder))
+        folder, future = self.done[name]
+        return folder, future.result()
 
 
 # ---- inside the sandbox -----------------------------------------------------------------------------------------
@@ -178,7 +211,7 @@ def _main(name: str, workdir: str, params: str) -> None:
     os.environ.pop("RAY_AUTH_MODE", None)
     scratch = Path(tempfile.mkdtemp(prefix="absa-", dir="/tmp"))  # Ray's socket paths must stay short
     try:
-        result = SCENARIOS[name](work, scratch / "ray", **json.loads(params))
+        result = SCENARIOS[name][0](work, scratch / "ray", **json.loads(params))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(result), flush=True)
@@ -191,7 +224,7 @@ TINY = ["epochs=1", "data.train_size=256", "data.test_size=128", "batch.global_b
         "probe.batch_size=32"]
 
 
-@scenario
+@scenario(timeout_s=600, alone_s=23)
 def token_and_versions(work: Path, temp: Path) -> dict:
     """A head with token authentication (a token in its HOME, as Ray makes one); clients without a token, with a
     wrong one, with the right one; then a head recording another Ray version."""
@@ -262,7 +295,7 @@ def _finish(process: subprocess.Popen, work: Path, timeout_s: float = 300) -> di
             "status": [json.loads(path.read_text())["status"] for path in (work / "runs").glob("*/run.json")]}
 
 
-@scenario
+@scenario(timeout_s=900, alone_s=37)
 def node_added_then_lost(work: Path, temp: Path) -> dict:
     """Two runs on the same two nodes of one CPU each (one sandbox, one head: starting them is most of the cost).
 
@@ -335,7 +368,7 @@ def _slots_held() -> int:
     return sum(1 for entry in placement_group_table().values() if entry["state"] == "CREATED")
 
 
-@scenario
+@scenario(timeout_s=400, alone_s=31)
 def placement(work: Path, temp: Path) -> dict:
     """Two nodes of two CPUs; a group of two workers under each strategy, then grown to three and shrunk to two:
     where each worker lands, which survivors kept their process, and how many slots the run holds. Then a node that
@@ -416,7 +449,7 @@ def _autoscaling_head(temp: Path, work: Path, worker_cpus: int, max_nodes: int) 
     return head
 
 
-@scenario
+@scenario(timeout_s=600, alone_s=18)
 def autoscaling(work: Path, temp: Path) -> dict:
     """The run wants two workers; the head has room for one. absa starts on the head, asks the autoscaler for two,
     and grows onto the node it adds."""
@@ -431,7 +464,7 @@ def autoscaling(work: Path, temp: Path) -> dict:
     return {**result, "alive_nodes_at_end": nodes}
 
 
-@scenario
+@scenario(timeout_s=500, alone_s=20)
 def submitted_job(work: Path, temp: Path) -> dict:
     """A head with its dashboard (the Jobs API) and a Prometheus export port, as a Ray user runs one on a machine
     where a token exists (any local cluster writes one, absa's too), so the head wants it; `absa train --submit`

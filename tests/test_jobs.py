@@ -12,7 +12,6 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-import ray_sandbox
 from absa_cli.cli.app import app
 from absa_cli.cluster.metrics import COUNTERS, EPOCH_GAUGES
 
@@ -94,16 +93,13 @@ def test_a_job_on_a_head_without_absa_on_its_path_says_so_in_its_log(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    reason = ray_sandbox.unavailable()
-    if reason:
-        pytest.skip(reason)
+def job(sandboxes):
     pytest.importorskip("ray.job_submission", reason="needs ray[default] (absa's cluster extra)")
-    work = tmp_path_factory.mktemp("job")
-    return ray_sandbox.run("submitted_job", work, timeout_s=500)
+    return sandboxes.result("submitted_job")[1]
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox("submitted_job")
 def test_a_submitted_run_prints_how_to_reach_it_and_finishes_on_the_cluster(job):
     submit = job["submit"]
     assert submit["rc"] == 0 and submit["seconds"] < 20, submit
@@ -123,6 +119,7 @@ def test_a_submitted_run_prints_how_to_reach_it_and_finishes_on_the_cluster(job)
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox("submitted_job")
 def test_a_submission_without_the_heads_token_is_one_line_saying_so(job):
     refused = job["no_token"]
     assert refused["rc"] == 2 and refused["stdout"] == "", refused
@@ -131,6 +128,7 @@ def test_a_submission_without_the_heads_token_is_one_line_saying_so(job):
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox("submitted_job")
 def test_the_runs_figures_are_in_the_clusters_prometheus_export(job):
     wanted = {f"ray_{name}" for name in (*EPOCH_GAUGES, "absa_samples_per_second")}
     assert wanted <= set(job["families"]), sorted(wanted - set(job["families"]))
@@ -138,6 +136,7 @@ def test_the_runs_figures_are_in_the_clusters_prometheus_export(job):
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox("submitted_job")
 def test_actors_and_their_log_prefixes_name_the_run_rank_and_generation(job):
     run_id = job["run_id"]
     workers = [name for name in job["actors"] if name and name.startswith(f"absa-{run_id}-worker")]

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 ray = pytest.importorskip("ray")  # the GPU machine has no Ray: its `pytest -m gpu` skips this module
 
-import ray_sandbox
 from conftest import TINY, as_a_terminal_starts
 
 
@@ -179,14 +178,12 @@ def test_ctrl_c_while_joining_exits_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_token_authentication_and_versions_against_a_real_head(tmp_path):
+@pytest.mark.sandbox("token_and_versions")
+def test_token_authentication_and_versions_against_a_real_head(sandboxes):
     """A head started by hand with token authentication on (a token in its HOME, as Ray makes one): a client with
     no token, a wrong one, or RAY_AUTH_MODE=disabled gets one line naming the fix; the machine's own token is sent
     without any setting; a head that records another Ray version is named with both versions."""
-    reason = ray_sandbox.unavailable()
-    if reason:
-        pytest.skip(reason)
-    result = ray_sandbox.run("token_and_versions", tmp_path, timeout_s=600)
+    result = sandboxes.result("token_and_versions")[1]
     address = result["address"]
     fix = ("copy the head's ~/.ray/auth_token to this machine (or set RAY_AUTH_TOKEN to its contents; "
            "`ray get-auth-token` prints it on the head)")

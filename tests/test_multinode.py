@@ -1,23 +1,16 @@
 """absa across two Ray nodes started by hand (`ray start --head`, `ray start --address`), each with its own CPU
 slot, inside a loopback-only user/net/pid sandbox (tests/ray_sandbox.py): a whole node dies in the middle of an
 epoch and the run re-forms live on the other, every sample applied once; a node joins during a run and the run
-grows onto it (both on the same two nodes, in one sandbox). Every process is stopped through its own id; the sandbox's PID namespace reaps anything left."""
+grows onto it (both on the same two nodes, in one sandbox). Every process is stopped through its own id; the
+sandbox's PID namespace reaps anything left."""
 
 from __future__ import annotations
 
 import pytest
 
-import ray_sandbox
 from conftest import audited_epochs
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _sandboxes():
-    reason = ray_sandbox.unavailable()
-    if reason:
-        pytest.skip(reason)
 
 
 def _check_every_sample_once(audit, epochs: int) -> None:
@@ -30,12 +23,12 @@ def _check_every_sample_once(audit, epochs: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
+def two_nodes(sandboxes):
     """Both two-node scenarios in one sandbox, on one head: a node joins a run, then a node dies under another."""
-    work = tmp_path_factory.mktemp("two-nodes")
-    return work, ray_sandbox.run("node_added_then_lost", work, timeout_s=900)
+    return sandboxes.result("node_added_then_lost")
 
 
+@pytest.mark.sandbox("node_added_then_lost")
 def test_a_node_lost_mid_epoch_the_run_reforms_live_on_the_other(two_nodes):
     work, results = two_nodes
     result = results["lost"]
@@ -58,6 +51,7 @@ def test_a_node_lost_mid_epoch_the_run_reforms_live_on_the_other(two_nodes):
     _check_every_sample_once(work / "lost" / "audit", 3)
 
 
+@pytest.mark.sandbox("node_added_then_lost")
 def test_a_node_added_mid_run_is_used(two_nodes):
     work, results = two_nodes
     result = results["added"]
@@ -77,10 +71,11 @@ def test_a_node_added_mid_run_is_used(two_nodes):
     _check_every_sample_once(work / "added" / "audit", 8)
 
 
-def test_on_an_autoscaling_cluster_the_run_asks_for_nodes_and_grows_onto_them(tmp_path):
+@pytest.mark.sandbox("autoscaling")
+def test_on_an_autoscaling_cluster_the_run_asks_for_nodes_and_grows_onto_them(sandboxes):
     """Ray's simulated autoscaling cluster: a head of one CPU and a node type of one CPU. The run wants two workers:
     it starts on the head, asks the autoscaler for two, and grows onto the node it adds."""
-    result = ray_sandbox.run("autoscaling", tmp_path, timeout_s=600)
+    work, result = sandboxes.result("autoscaling")
     log = result["log"]
     assert result["rc"] == 0 and result["status"] == ["finished"], log
     records = result["records"]
@@ -94,4 +89,4 @@ def test_on_an_autoscaling_cluster_the_run_asks_for_nodes_and_grows_onto_them(tm
     assert resize["placed"][0].endswith("(ffffffff)"), resize
     assert result["alive_nodes_at_end"] >= 2
     assert "asked the autoscaler for 2 workers" in log
-    _check_every_sample_once(tmp_path / "audit", 3)
+    _check_every_sample_once(work / "audit", 3)

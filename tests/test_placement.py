@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-import ray_sandbox
 from absa_cli import config as config_mod
 from absa_cli.cluster.placement import choose_nodes
 from absa_cli.errors import UserError
@@ -39,14 +38,12 @@ def test_unknown_strategy_is_one_line():
 
 
 @pytest.fixture(scope="module")
-def placed(tmp_path_factory):
-    reason = ray_sandbox.unavailable()
-    if reason:
-        pytest.skip(reason)
-    return ray_sandbox.run("placement", tmp_path_factory.mktemp("placement"), timeout_s=400)
+def placed(sandboxes):
+    return sandboxes.result("placement")[1]
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox("placement")
 def test_pack_and_spread_on_two_nodes_and_resizes_keep_survivors(placed):
     pack, spread = placed["pack"], placed["spread"]
     assert len(set(pack["two"])) == 1, pack  # both workers on one node (it has two slots)
@@ -58,6 +55,7 @@ def test_pack_and_spread_on_two_nodes_and_resizes_keep_survivors(placed):
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox("placement")
 def test_a_node_declaring_a_gpu_without_cuda_is_named(placed):
     result = placed["gpu"]
     assert (result["resource"], result["device"]) == ("GPU", "cpu")  # a GPU slot, yet torch sees no CUDA device
