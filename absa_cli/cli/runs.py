@@ -72,19 +72,22 @@ def list_runs(runs_dir: RunsDir = None) -> None:
     table = Table("run", "preset", "status", "epoch", "batch", "workers", "best test acc", box=None,
                   pad_edge=False)
     for run in runs:
-        info = run.info()
-        table.add_row(run.id, _f(info.get("preset") or "-"), _status(run)[0],
-                      _progress(run, info), *_geometry(run, info), _f(info.get("best_test_acc"), ".4f"))
+        info, (status, _) = run.info(), _status(run)
+        table.add_row(run.id, _f(info.get("preset") or "-"), status, _progress(run, info, status),
+                      *_geometry(run, info), _f(info.get("best_test_acc"), ".4f"))
     Console(width=200).print(table)
 
 
-def _progress(run, info: dict[str, Any]) -> str:
+def _progress(run, info: dict[str, Any], status: str) -> str:
     """Epochs done of the run's epochs, and the samples into the next one its newest checkpoint holds when a stop
-    wrote it mid-epoch (``0/4 +1,280 samples``: not nothing to resume from)."""
+    wrote it mid-epoch (``0/4 +1,280 samples``: not nothing to resume from). Not for a run a live driver holds: a
+    resume is past that checkpoint already, and its position is known only at the end of the epoch."""
     from absa_cli.run.checkpoint import CheckpointError, CheckpointStore
 
     done = info.get("last_epoch", 0)
     text = f"{_f(done)}/{_f(info.get('epochs'))}"
+    if status in ("running", "resuming"):
+        return text
     try:
         newest = (CheckpointStore(run.checkpoints_dir).entries() or [None])[-1]
     except (CheckpointError, OSError):  # `absa runs show` says what is wrong with it
