@@ -15,6 +15,7 @@ import pytest
 
 from absa_cli import config as config_mod
 from absa_cli.config import ConfigError
+from absa_cli.driver.checkpoints import Checkpoints
 from absa_cli.driver.controller import MAX_RESTARTS, Controller
 from absa_cli.run.metrics import Console
 from absa_cli.run.rundir import RunDir, Status
@@ -263,7 +264,11 @@ def test_a_stop_request_in_each_phase_ends_resumable_after_the_step_in_progress(
     assert all(epoch == 0 for _, (epoch, *_rest) in stops)  # nothing of epoch 2 was trained after the stop
 
 
-def test_a_second_signal_aborts_and_the_last_checkpoint_stands(tmp_path):
+@pytest.mark.parametrize("chunk, kept, files", [
+    (3, "the last checkpoint, epoch-0001.pt, stands", ["epoch-0001.pt"]),  # epoch 2
+    (1, "no checkpoint was written yet (a resume starts over)", []),  # epoch 1: it said "the last checkpoint stands"
+])
+def test_a_second_signal_aborts_and_says_what_is_left_to_resume_from(tmp_path, chunk, kept, files):
     group = ScriptedGroup(offered=2)
     controller, run, _ = _controller(tmp_path, group)
 
@@ -271,11 +276,14 @@ def test_a_second_signal_aborts_and_the_last_checkpoint_stands(tmp_path):
         controller.abort_signal = signal.SIGINT
         raise KeyboardInterrupt
 
-    group.hooks[("train_chunk", 3)] = second_signal  # epoch 2
+    group.hooks[("train_chunk", chunk)] = second_signal
     ending = controller.train()
     assert (ending.status, ending.exit_code, ending.resumable) == (Status.INTERRUPTED, 130, True)
-    assert ending.message == "aborted; the last checkpoint stands"
-    assert sorted(p.name for p in run.checkpoints_dir.glob("*.pt")) == ["epoch-0001.pt"]
+    assert ending.message == f"aborted; {kept}"
+    assert sorted(p.name for p in run.checkpoints_dir.glob("*.pt")) == files
+    # a resume aborted before it restored anything: the run's own checkpoints stand, untouched
+    fresh = Checkpoints(run, 3, report=print, config=controller.config)
+    assert fresh.kept() == ("the last checkpoint stands" if files else kept)
 
 
 def test_divergence_is_an_outcome_with_no_checkpoint_of_the_diverged_weights(tmp_path):

@@ -53,13 +53,14 @@ def interrupted(message: str) -> Iterator[None]:
 
 _QUIT_LINES: list[str] = []  # the innermost `interrupted` block's line: what a second Ctrl-C during a hold prints
 HELD = b"Ctrl-C: stopping once the libraries have loaded (a few seconds); press it again to quit now\n"
+HELD_FOR_RAY = b"Ctrl-C: stopping once Ray has started (a few seconds); press it again to quit now\n"
 
 
 @contextmanager
-def held_interrupt(on_quit: Callable[[], None] | None = None) -> Iterator[None]:
+def held_interrupt(on_quit: Callable[[], None] | None = None, said: bytes = HELD) -> Iterator[None]:
     """Hold Ctrl-C while the block runs and deliver it, to the handler there was before, when the block ends; a
     second Ctrl-C quits at once: ``on_quit`` (e.g. releasing a run's lock), the enclosing ``interrupted`` block's
-    line, exit code 130.
+    line, exit code 130. ``said``: the line the first press gets.
 
     For loading the heavy libraries. A ``KeyboardInterrupt`` raised in the middle of an import leaves modules half
     initialised: the next access to one (scipy's array-API layer reaching into a half-loaded numpy) can fail with
@@ -68,7 +69,11 @@ def held_interrupt(on_quit: Callable[[], None] | None = None) -> Iterator[None]:
     (status −2) even after absa handled it. The second press therefore ends the process without unwinding
     (``os._exit``): nothing half-loaded runs again, and nothing was started yet that needs stopping. Outside the
     main thread, where no handler can be set, or where Ctrl-C is ignored (a background job), the block simply
-    runs."""
+    runs.
+
+    And for ``ray.init``: a KeyboardInterrupt raised while Ray builds its core worker (whose threads are already
+    running) left one that Ray's exit hook tore down with a segmentation fault, exit code 139 instead of 130, in
+    about one Ctrl-C in three during a local cluster's start."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) in (None, signal.SIG_IGN):
         yield  # no handler can be set here, the one there is was set from C (it could not be put back), or SIGINT
@@ -78,7 +83,7 @@ def held_interrupt(on_quit: Callable[[], None] | None = None) -> Iterator[None]:
     def hold(signum: int, frame: object) -> None:
         held.append(signum)
         if len(held) == 1:
-            os.write(2, HELD)  # os.write: a handler may run inside a write to sys.stderr, which is not reentrant
+            os.write(2, said)  # os.write: a handler may run inside a write to sys.stderr, which is not reentrant
             return
         try:
             if on_quit is not None:

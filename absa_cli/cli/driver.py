@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from absa_cli.cli.common import load_libraries
+from absa_cli.cli.common import HELD_FOR_RAY, held_interrupt, load_libraries
 
 
 def private_network(config, address: str | None, local: bool) -> None:
@@ -47,10 +47,12 @@ def check_datasets(config) -> None:
                 typer.echo(note, err=True)
 
 
-def make_group(config, address: str | None, local: bool, run_id: str | None = None) -> tuple[Any, str]:
+def make_group(config, address: str | None, local: bool, run_id: str | None = None,
+               on_quit: Callable[[], None] | None = None) -> tuple[Any, str]:
     """The worker group and a line saying where it runs. The dataset is opened here first, so a missing one fails
     in one line before a Ray cluster starts (and, for `absa train`, before a run directory exists). ``run_id``: the
-    Ray job carries it (and the preset) in its metadata."""
+    Ray job carries it (and the preset) in its metadata. Ctrl-C is held while Ray starts (``held_interrupt``; a
+    second press quits, after ``on_quit``)."""
     if config.logging.tensorboard:
         from absa_cli.run.tensorboard import check_available
 
@@ -76,7 +78,8 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
     from absa_cli.cluster.runtime import connect
 
     metadata = {"absa_run_id": run_id, "absa_preset": config.preset} if run_id else None
-    where = connect(address, metadata=metadata)
+    with held_interrupt(on_quit, said=HELD_FOR_RAY):  # Ray's core worker half built would crash at exit
+        where = connect(address, metadata=metadata)
     joined = bool(address or os.environ.get("RAY_ADDRESS"))  # as connect decides: else a local cluster, no autoscaler
     return RayWorkerGroup(config, autoscaler=joined), where
 

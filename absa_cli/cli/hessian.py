@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import complete_preset, held_interrupt, interrupted, report_console, user_errors
+from absa_cli.cli.common import (HELD_FOR_RAY, complete_preset, held_interrupt, interrupted, report_console,
+                                  user_errors)
 
 
 class Method(str, Enum):
@@ -251,7 +252,8 @@ def _distributed(config, options, state: dict, num_workers: int, address: str | 
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.cluster.runtime import connect
 
-    connect(address)
+    with held_interrupt(said=HELD_FOR_RAY):  # Ray's core worker half built would crash at exit (held_interrupt)
+        connect(address)
     config.cluster.max_workers = num_workers
     group = RayWorkerGroup(config)
     try:

@@ -123,7 +123,7 @@ def resume(
                                        "the batch well)")
             check_sample_log(config, run)
             load_libraries(ray=not local, dataset=config.data.name, on_quit=lock.release)
-            group, where = make_group(config, address, local, run.id)
+            group, where = make_group(config, address, local, run.id, on_quit=lock.release)
         except BaseException:
             lock.release()
             raise

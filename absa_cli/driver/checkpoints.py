@@ -59,6 +59,19 @@ class Checkpoints:
         self.saved_at, self.saved_file = progress.updates, name
         return name
 
+    def kept(self) -> str:
+        """What a run aborted now leaves to resume from, in words: the checkpoint written or restored last; before
+        a resume restored one, the run's own, untouched."""
+        from absa_cli.run.checkpoint import CheckpointError
+
+        if self.saved_file is not None:
+            return f"the last checkpoint, {self.saved_file}, stands"
+        try:
+            entries = self._store().entries()
+        except (CheckpointError, OSError):  # a damaged manifest: what it listed is there all the same
+            entries = [None]
+        return "the last checkpoint stands" if entries else "no checkpoint was written yet (a resume starts over)"
+
     def latest(self) -> tuple[str, dict[str, Any]] | None:
         """(file name, state) of the newest checkpoint that verifies; damaged ones are reported and skipped."""
         from absa_cli.run.checkpoint import check_identity

@@ -82,7 +82,7 @@ class Controller:
         except outcome.Stopped as stopped:
             return outcome.stopped(self.stop.signum, stopped.checkpoint, self.progress.epoch, self.progress.updates)
         except KeyboardInterrupt:  # the second signal: the last checkpoint stands
-            return outcome.aborted(self.abort_signal or signal.SIGINT, self.progress.epoch)
+            return outcome.aborted(self.abort_signal or signal.SIGINT, self.progress.epoch, self.checkpoints.kept())
         except LockLost as exc:  # the run is another driver's now: write nothing more
             return outcome.lock_lost(str(exc))
         except outcome.GaveUp as exc:

@@ -7,7 +7,7 @@ with its code. The endings, with the status each leaves (``run.rundir.Status``, 
 |---|---|---|---|
 | finished | finished | 0 | the summary on stdout |
 | stopped by SIGINT/SIGTERM after the step in progress, with a checkpoint | interrupted | 128 + signal | stderr |
-| aborted by a second signal (the last checkpoint stands) | interrupted | 128 + signal | stderr |
+| aborted by a second signal (the last checkpoint, if any, stands) | interrupted | 128 + signal | stderr |
 | diverged (a non-finite loss or weights), or collapsed (``decide/collapse.py``) | diverged | 1 | stderr |
 | a resume refused before it restored anything (no usable checkpoint) | as before the resume | 2 | stderr |
 | a user error found while running (e.g. a damaged checkpoint manifest) | failed | 2 | stderr |
@@ -62,9 +62,9 @@ def stopped(signum: int, checkpoint: str | None, epoch: int, updates: int) -> Ou
                    resumable=True, fields={"last_epoch": epoch, "updates": updates, "checkpoint": checkpoint})
 
 
-def aborted(signum: int, epoch: int) -> Outcome:
-    return Outcome(Status.INTERRUPTED, 128 + signum, "aborted; the last checkpoint stands", resumable=True,
-                   fields={"last_epoch": epoch})
+def aborted(signum: int, epoch: int, kept: str) -> Outcome:
+    """``kept``: what is left to resume from, in words (``Checkpoints.kept``)."""
+    return Outcome(Status.INTERRUPTED, 128 + signum, f"aborted; {kept}", resumable=True, fields={"last_epoch": epoch})
 
 
 def diverged(message: str, epoch: int, updates: int) -> Outcome:
