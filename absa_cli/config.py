@@ -408,7 +408,7 @@ def from_layers(layers: list[tuple[Any, str]], typed: dict[str, str] | None = No
             other = origin == "the saved config" and "did you mean" not in message  # of a hand edit: damage
             raise (OtherVersionConfig if other else ConfigError)(message) from None
         except ValidationError as exc:
-            raise ConfigError(_type_message(exc, origin, typed or {})) from None
+            raise ConfigError(_type_message(exc, origin, typed or {}, layer)) from None
         except OmegaConfBaseException as exc:
             raise ConfigError(f"invalid config (from {origin}): {first_line(exc)}") from None
         except TypeError:  # OmegaConf merging a list into a mapping or the reverse: optim.decay_epochs[0]=5
@@ -635,20 +635,34 @@ def _keys_under(parent: str) -> list[str]:
     return [str(key) for key in node.keys()]
 
 
-def _type_message(exc: ValidationError, origin: str, typed: dict[str, str]) -> str:
-    if not (exc.full_key or exc.key):  # a whole section given a scalar, e.g. optim=3
-        return f"invalid config (from {origin}): {first_line(exc)}; set keys inside a section, e.g. optim.lr=0.1"
+def _type_message(exc: ValidationError, origin: str, typed: dict[str, str], layer: Any) -> str:
+    schema = OmegaConf.structured(RunConfig)
+    if not (exc.full_key or exc.key):  # a whole section given a scalar, e.g. optim=3 (OmegaConf names no key)
+        sections = [str(name) for name, value in layer.items_ex(resolve=False)
+                    if isinstance(schema.get(name), DictConfig) and not isinstance(value, DictConfig)]
+        name = sections[0] if sections else "optim"
+        first = next(iter(schema[name]))
+        return (f"invalid config (from {origin}): {name} is a section of keys, not a value; set the keys inside it "
+                f"one by one, e.g. {name}.{first}={_yaml(schema[name][first])}")
     key = str(exc.full_key or exc.key)
     expected = _expected_type(key)
     value = typed.get(key.split("[")[0], getattr(exc, "value", None))  # the text typed, not YAML's reading of it
     shown = f"{value!r}" + (", which YAML reads as nothing (null)" if value in ("null", "~", "", "Null", "NULL")
                             else "")
+    default = OmegaConf.select(schema, key.split("[")[0], default=None)
     example = {"int": "3", "float": "0.1", "bool": "true", "str": "name", "list[int]": "[30,60]"}.get(expected)
+    if expected in ("int", "float", "bool") and isinstance(default, (int, float)):  # a value the key accepts
+        example = _yaml(default)
     hint_key = key
     if "[" in key:  # a list element: show how to write the whole list
         hint_key, example = key.split("[")[0], "[30,60]"
     hint = f"; write e.g. {hint_key}={example}" if example else ""
     return f"config key {key!r} expects {expected}, got {shown} (from {origin}){hint}"
+
+
+def _yaml(value: Any) -> str:
+    """A scalar as one writes it in an override: ``true``, ``0.1``, ``3``."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _expected_type(full_key: str) -> str:

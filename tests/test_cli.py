@@ -345,6 +345,9 @@ def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
     assert epoch_cell() == "1/4 +640 samples"  # `running (driver gone)`: a resume starts from it
     store.manifest_path.write_text("{")
     assert epoch_cell() == "1/4"
+    one = RunDir.create(tmp_path, config_mod.load("quickstart", ["epochs=1"]))
+    shown = _invoke("runs", "show", one.id, "--runs-dir", str(tmp_path)).stdout
+    assert "(width 0.5); 1 epoch; policy absa" in " ".join(shown.split()), shown  # it said "1 epochs"
 
 
 @pytest.mark.parametrize("command", [[], ["runs"], ["presets"]])

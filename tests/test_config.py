@@ -71,7 +71,8 @@ def test_invalid_values_are_config_errors():
     ("optim.decay_epochs.0=5", "a list or a section was given where the other is expected"),
     ("optim.decay_epochs={a: 1}", "a list or a section was given where the other is expected"),
     ("optim.decay_epochs=[[1]]", "write lists of plain values, e.g. optim.decay_epochs=[30,60]"),
-    ("policy=[1]", "list is not a subclass of PolicyConfig"),
+    ("policy=[1]", "policy is a section of keys, not a value; set the keys inside it one by one, e.g. policy.name="),
+    ("optim=3", "optim is a section of keys, not a value; set the keys inside it one by one, e.g. optim.lr="),
     ("optim.decay_epochs=30,60", "'optim.decay_epochs' expects list[int], got '30,60'"),
     ("optim.decay_epochs=[8,8]", "optim.decay_epochs must be increasing positive epochs, each once, got [8, 8]"),
     ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
@@ -243,3 +244,15 @@ def test_the_identity_is_the_recipe_not_the_switches_around_it():
         ["model.width=0.5 (this run: 1.0)", "policy.eig_ratio=2.0 (this run: 3.0)"]
     newer = {**config_mod.identity(base), "policy.added_later": "1"}  # a key only one side has is no difference
     assert config_mod.identity_differences(config_mod.identity(base), newer) == []
+
+
+@pytest.mark.parametrize("key", ["policy.eig_ratio", "epochs", "policy.stop_on_collapse", "optim.lr",
+                                 "policy.confirm", "probe.batch_size"])
+def test_the_value_a_type_error_suggests_is_one_the_key_accepts(key):
+    """The example is the schema's default for the key: `policy.eig_ratio=abc` suggested `policy.eig_ratio=0.1`,
+    which the next check refused (it must be > 1)."""
+    with pytest.raises(ConfigError) as info:
+        config_mod.load("quickstart", [f"{key}=abc"])
+    suggested = str(info.value).rpartition("; write e.g. ")[2]
+    assert suggested.startswith(f"{key}="), info.value
+    config_mod.load("quickstart", [suggested])  # accepted

@@ -46,7 +46,7 @@ def calibrate(
         "--runs-dir", help="Where run directories are (with --from-run; default: $ABSA_RUNS_DIR, else "
                            "./runs).")] = None,
 ) -> None:
-    """Measure a step-time profile for `absa plan --profile` and `cluster.profile` (about a minute), or fit one from
+    """Measure a step-time profile for `absa plan --profile` and `cluster.profile` (under a minute), or fit one from
     a finished run (--from-run)."""
     from absa_cli.cli.train import refuse_local_with_address
     from absa_cli.errors import UserError

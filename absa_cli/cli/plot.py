@@ -22,7 +22,7 @@ def plot(
                                                  metavar="RUN_ID", show_default=False,
                                                  autocompletion=complete_run_id)],
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="The PNG to write.",
+        "--output", "-o", help="The image to write: .png, .pdf, .svg, .jpg, ... (by its extension).",
         show_default="runs/<first run id>/plot.png, or plot-<x>.png for --x epoch|time")] = None,
     x: Annotated[XAxis, typer.Option(
         "--x", help="x axis: cumulative SGD updates, epoch, or wall time (sum of epoch_s).")] = XAxis.updates,

@@ -141,7 +141,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
         console.print(f"[red]error[/]: {_f(info['error'])}")
     console.print(
         f"[bold]config[/] preset {config.preset}; data {config.data.name} ({config.data.train_size or 'all'} train); "
-        f"model {config.model.name} (width {config.model.width}); {config.epochs} epochs; policy "
+        f"model {config.model.name} (width {config.model.width}); {counted(config.epochs, 'epoch')}; policy "
         f"{config.policy.name}; SGD lr {config.optim.lr} momentum {config.optim.momentum} weight decay "
         f"{config.optim.weight_decay}; batch {config.batch.global_batch_size} → at most "
         f"{config.policy.max_global_batch}; at most {counted(config.cluster.max_workers, 'worker')}")
