@@ -449,3 +449,18 @@ def test_a_misspelt_command_is_one_line_with_the_suggestion_in_parentheses(argv,
     result = _invoke(*argv)
     assert_user_error(result)
     assert result.stderr == line + "\n"
+
+
+def test_a_console_closed_mid_run_leaves_the_run_to_finish(tmp_path):
+    """`absa train ... | head -1`: the reader goes after the first line. The run used to die at its next line with
+    exit code 1, nothing said, left `running` and locked; the console is a view, so the run goes on to its end."""
+    process = subprocess.Popen([sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "--local",
+                                "--runs-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    first = process.stdout.readline()
+    process.stdout.close()  # as `head -1` exits
+    stderr = process.communicate(timeout=120)[1]
+    assert first.startswith("run: ") and process.returncode == 0, stderr
+    run = tmp_path / first.split()[1]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert not (run / "lock.json").exists() and "Traceback" not in stderr and "Broken" not in stderr, stderr

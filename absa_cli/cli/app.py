@@ -115,10 +115,52 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Elastic, adaptive-batch-size training of image classifiers."""
 
 
+class _Console:
+    """``sys.stdout`` or ``sys.stderr`` that outlives its reader: once the pipe it writes to is closed (``absa train
+    ... | head -1``), what is written is dropped, and the command goes on to its end as if nobody had been reading.
+    It used to fail at its next line: a run left ``running`` and locked, exit code 1, nothing said. The console
+    is a view; the run's records are in its directory."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._close()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self) -> None:
+        """From now on nothing reaches the pipe, Python's own flush at exit included (the file descriptor now
+        writes to /dev/null: the same for every writer, os.write too)."""
+        import os
+
+        self._gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # not a file descriptor of its own (a test's capture): dropping is enough
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     from absa_cli.cluster import netns
 
     netns.entry_argv = sys.argv[1:]  # this process is the absa command: it may re-run itself (netns.isolate)
+    sys.stdout, sys.stderr = _Console(sys.stdout), _Console(sys.stderr)
     code: int | None = None
     try:
         app()
