@@ -94,6 +94,7 @@ def test_a_run_without_incident_grows_by_the_rule(tmp_path):
     controller, run, out = _controller(tmp_path, group)
     ending = controller.train()
     assert (ending.status, ending.exit_code) == (Status.FINISHED, 0) and ending.message.startswith("summary: 3 epochs")
+    assert "since the resume" not in ending.message
     assert [r["global_batch_size"] for r in _records(run, "epoch")] == [64, 128, 256]
     assert [r["num_workers"] for r in _records(run, "epoch")] == [2, 2, 2]  # 64 = 2 × 32 from the start
     geometries = _records(run, "geometry")

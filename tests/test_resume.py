@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -214,6 +215,7 @@ def test_resuming_a_run_whose_last_checkpoint_is_the_final_epoch_just_finishes(f
     result = runner.invoke(app, ["resume", run.id, "--local", "--runs-dir", str(run.path.parent)])
     assert result.exit_code == 0, result.output
     assert "summary: 3 epochs" in result.output and run.info()["status"] == "finished"
+    assert re.search(r" \d+\.\d s since the resume; run directory ", result.output)  # the time is this command's
     assert epoch_records(run) == finished[2]
 
 

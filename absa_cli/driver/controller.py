@@ -78,7 +78,7 @@ class Controller:
             if resume:
                 self.resume()
             summary = self.run_all()
-            return outcome.finished(summary, outcome.summary_line(summary, self.run.path))
+            return outcome.finished(summary, outcome.summary_line(summary, self.run.path, resumed=resume))
         except outcome.Stopped as stopped:
             return outcome.stopped(self.stop.signum, stopped.checkpoint, self.progress.epoch, self.progress.updates)
         except KeyboardInterrupt:  # the second signal: the last checkpoint stands

@@ -178,9 +178,12 @@ def check_collapsed(config: RunConfig, progress: Any, totals: Any, test_acc: flo
                         advice(config))
 
 
-def summary_line(summary: dict[str, Any], run_path: Path) -> str:
+def summary_line(summary: dict[str, Any], run_path: Path, resumed: bool = False) -> str:
+    """The run's figures; its time is this command's (``resumed``: said so, since the run's epochs and updates are
+    all of them)."""
     from absa_cli.run.metrics import fmt
 
     return (f"summary: {counted(summary['epochs'], 'epoch')}, {counted(summary['updates'], 'update')}, final batch "
             f"{summary['final_global_batch_size']}, final test acc {fmt(summary['final_test_acc'], '.4f')} "
-            f"(best {fmt(summary['best_test_acc'], '.4f')}), {summary['wall_s']:.1f} s; run directory {run_path}")
+            f"(best {fmt(summary['best_test_acc'], '.4f')}), {summary['wall_s']:.1f} s"
+            f"{' since the resume' if resumed else ''}; run directory {run_path}")
