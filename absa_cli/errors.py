@@ -46,5 +46,6 @@ def missing_folder(folder) -> str:
 
 
 def counted(count: int, noun: str) -> str:
-    """``1 worker``, ``2 workers``, ``0 epochs``: a count and its noun, for one-line messages."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    """``1 worker``, ``2 workers``, ``1,024 updates``: a count (thousands grouped) and its noun, for one-line
+    messages."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"

@@ -94,7 +94,7 @@ def test_plan_answers_at_once_for_huge_worker_counts_and_refuses_huge_epoch_coun
 
 def test_plan_refuses_a_cap_larger_than_the_training_set():
     result = runner.invoke(app, ["plan", "quickstart", "data.train_size=1000"])
-    assert_user_error(result, "policy.max_global_batch=1024", "1000 training samples", "at most 1000")
+    assert_user_error(result, "policy.max_global_batch=1024", "1,000 training samples", "at most 1000")
 
 
 def test_a_training_set_smaller_than_the_first_batch_gets_advice_that_works():
@@ -128,14 +128,14 @@ def test_plan_notes_batches_whose_epochs_drop_a_large_tail():
     assert [note.split(" every")[0] for note in plan["notes"]] == ["note: at global batch 256",
                                                                    "note: at global batch 512",
                                                                    "note: at global batch 1024"]
-    assert "drops 476 of the 1500 training samples (32%" in plan["notes"][1]
+    assert "drops 476 of the 1,500 training samples (32%" in plan["notes"][1]
     assert json.loads(runner.invoke(app, ["plan", "quickstart", "--json"]).stdout)["notes"] == []  # 8,192: none
 
 
 def test_a_probe_larger_than_the_training_set_is_noted():
     notes = json.loads(runner.invoke(app, ["plan", "quickstart", "data.train_size=512", "probe.batch_size=1024",
                                            "policy.max_global_batch=512", "--json"]).stdout)["notes"]
-    assert ("note: the curvature probe asks for probe.batch_size × probe.num_batches = 1024 samples, more than the "
+    assert ("note: the curvature probe asks for probe.batch_size × probe.num_batches = 1,024 samples, more than the "
             "512 training samples: it reads all 512") in notes
     assert not json.loads(runner.invoke(app, ["plan", "quickstart", "data.train_size=512", "probe.batch_size=1024",
                                               "policy.max_global_batch=512", "policy.name=fixed",
@@ -144,8 +144,8 @@ def test_a_probe_larger_than_the_training_set_is_noted():
 
 def test_a_train_size_above_the_split_is_noted_where_it_was_silently_cut():
     plan = json.loads(runner.invoke(app, ["plan", "alexnet-svhn", "data.train_size=1000000", "--json"]).stdout)
-    assert plan["notes"][0] == ("note: data.train_size=1000000 is more than the 73257 samples svhn's train split "
-                                "holds: all 73257 are used")
+    assert plan["notes"][0] == ("note: data.train_size=1000000 is more than the 73,257 samples svhn's train split "
+                                "holds: all 73,257 are used")
     assert not any("train_size" in note for note in json.loads(runner.invoke(
         app, ["plan", "alexnet-svhn", "data.train_size=70000", "--json"]).stdout)["notes"])
 

@@ -51,8 +51,9 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
                on_quit: Callable[[], None] | None = None) -> tuple[Any, str]:
     """The worker group and a line saying where it runs. The dataset is opened here first, so a missing one fails
     in one line before a Ray cluster starts (and, for `absa train`, before a run directory exists). ``run_id``: the
-    Ray job carries it (and the preset) in its metadata. Ctrl-C is held while Ray starts (``held_interrupt``; a
-    second press quits, after ``on_quit``)."""
+    Ray job carries it (and the preset) in its metadata. Ctrl-C is held while ``ray.init`` runs (``held_interrupt``:
+    a KeyboardInterrupt inside Ray's half-built core worker crashed its exit hook; a second press quits, after
+    ``on_quit``)."""
     if config.logging.tensorboard:
         from absa_cli.run.tensorboard import check_available
 
@@ -78,8 +79,7 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
     from absa_cli.cluster.runtime import connect
 
     metadata = {"absa_run_id": run_id, "absa_preset": config.preset} if run_id else None
-    with held_interrupt(on_quit, said=HELD_FOR_RAY):  # Ray's core worker half built would crash at exit
-        where = connect(address, metadata=metadata)
+    where = connect(address, metadata=metadata, guard=lambda: held_interrupt(on_quit, said=HELD_FOR_RAY))
     joined = bool(address or os.environ.get("RAY_ADDRESS"))  # as connect decides: else a local cluster, no autoscaler
     return RayWorkerGroup(config, autoscaler=joined), where
 

@@ -252,8 +252,7 @@ def _distributed(config, options, state: dict, num_workers: int, address: str | 
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.cluster.runtime import connect
 
-    with held_interrupt(said=HELD_FOR_RAY):  # Ray's core worker half built would crash at exit (held_interrupt)
-        connect(address)
+    connect(address, guard=lambda: held_interrupt(said=HELD_FOR_RAY))  # Ctrl-C held inside ray.init (make_group)
     config.cluster.max_workers = num_workers
     group = RayWorkerGroup(config)
     try:

@@ -139,8 +139,9 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
                   f"{_f(info.get('resumes', 0))}")
     if info.get("error"):
         console.print(f"[red]error[/]: {_f(info['error'])}")
+    size = f"{config.data.train_size:,}" if config.data.train_size else "all"
     console.print(
-        f"[bold]config[/] preset {config.preset}; data {config.data.name} ({config.data.train_size or 'all'} train); "
+        f"[bold]config[/] preset {config.preset}; data {config.data.name} ({size} train); "
         f"model {config.model.name} (width {config.model.width}); {counted(config.epochs, 'epoch')}; policy "
         f"{config.policy.name}; SGD lr {config.optim.lr} momentum {config.optim.momentum} weight decay "
         f"{config.optim.weight_decay}; batch {config.batch.global_batch_size} → at most "

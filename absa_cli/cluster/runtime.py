@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import ray
 import ray.job_config
@@ -68,9 +68,13 @@ def check_reachable(address: str, timeout_s: float = 3.0, given: str = "--addres
                         f"start a local cluster") from None
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, metadata: dict[str, str] | None = None) -> str:
+def connect(address: str | None = None, num_cpus: int | None = None, metadata: dict[str, str] | None = None,
+            guard: Callable[[], ContextManager] = nullcontext) -> str:
     """Initialise Ray once per process; returns a one-line description of the cluster. ``metadata``: the job's
-    (``ray list jobs``, the dashboard), e.g. the run id; a job submitted through Ray Jobs keeps its own as well."""
+    (``ray list jobs``, the dashboard), e.g. the run id; a job submitted through Ray Jobs keeps its own as well.
+    ``guard``: what ``ray.init`` runs inside (the CLI holds Ctrl-C there: a KeyboardInterrupt raised while Ray builds
+    its core worker leaves one that crashes Ray's exit hook); the reachability check and the handshake before it
+    stay interruptible."""
     if ray.is_initialized():
         return "ray: already connected"
     job = ray.job_config.JobConfig(metadata=metadata or {})
@@ -81,7 +85,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, metadata: d
         if is_host_port(address) and handshake.ask(address).token:
             handshake.send_token()
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, job_config=job)
+            with guard():
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, job_config=job)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot connect to the Ray cluster at {address} ({first_line(exc, limit=200)}); check "
                             f"--address or RAY_ADDRESS, or leave both unset to start a local cluster") from None
@@ -94,7 +99,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, metadata: d
         if netns.entry_argv is not None:
             reaper.start()
         inside = os.environ.get(netns.ENV) == netns.INSIDE
-        with _quiet("ray._private.authentication.authentication_token_setup"):
+        with _quiet("ray._private.authentication.authentication_token_setup"), guard():
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      _node_ip_address=NAMESPACE_NODE_IP if inside else "127.0.0.1", logging_level=logging.WARNING,
                      log_to_driver=True, configure_logging=True, job_config=job)

@@ -143,8 +143,8 @@ def check_batch_fits(config: RunConfig, num_train_samples: int) -> None:
         fix = (f"set batch.global_batch_size and policy.max_global_batch to at most {num_train_samples}"
                if num_train_samples else "give it training samples")
         raise ConfigError(f"even the first global batch, batch.global_batch_size={first}, is larger than the "
-                          f"{num_train_samples} training samples of {config.data.name}; {fix}")
-    raise ConfigError(f"{field}={largest} is larger than the {num_train_samples} training samples of "
+                          f"{num_train_samples:,} training samples of {config.data.name}; {fix}")
+    raise ConfigError(f"{field}={largest} is larger than the {num_train_samples:,} training samples of "
                       f"{config.data.name}: no full global batch fits in an epoch; set {field} to at most "
                       f"{num_train_samples}")
 
@@ -155,16 +155,17 @@ def training_set_notes(config: RunConfig, num_train_samples: int, threshold: flo
     tail that does not fill a global batch)."""
     notes = []
     if config.data.train_size > num_train_samples:
-        notes.append(f"note: data.train_size={config.data.train_size} is more than the {num_train_samples} samples "
-                     f"{config.data.name}'s {config.data.train_split} split holds: all {num_train_samples} are used")
+        notes.append(f"note: data.train_size={config.data.train_size} is more than the {num_train_samples:,} "
+                     f"samples {config.data.name}'s {config.data.train_split} split holds: all {num_train_samples:,} "
+                     f"are used")
     probed = config.probe.batch_size * config.probe.num_batches
     if config.policy.name in ADAPTIVE_POLICIES and probed > num_train_samples:
-        notes.append(f"note: the curvature probe asks for probe.batch_size × probe.num_batches = {probed} samples, "
-                     f"more than the {num_train_samples} training samples: it reads all {num_train_samples}")
+        notes.append(f"note: the curvature probe asks for probe.batch_size × probe.num_batches = {probed:,} samples, "
+                     f"more than the {num_train_samples:,} training samples: it reads all {num_train_samples:,}")
     for batch in reachable_batches(config):
         dropped = num_train_samples % batch
         if dropped > threshold * num_train_samples:
-            notes.append(f"note: at global batch {batch} every epoch drops {dropped} of the {num_train_samples} "
+            notes.append(f"note: at global batch {batch} every epoch drops {dropped:,} of the {num_train_samples:,} "
                          f"training samples ({100 * dropped / num_train_samples:.0f}%: the tail that does not fill a "
                          f"batch; a new permutation each epoch picks other ones)")
     return notes
