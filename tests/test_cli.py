@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from absa_cli.cli.app import app
 from absa_cli.run.metrics import EPOCH_FIELDS
 
-from conftest import TINY, assert_user_error, audited_epochs, with_private_mounts
+from conftest import TINY, as_a_terminal_starts, assert_user_error, audited_epochs, with_private_mounts
 
 runner = CliRunner()
 
@@ -312,6 +313,7 @@ def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
     import socket
 
     from absa_cli import config as config_mod
+    from absa_cli.run import lock
     from absa_cli.run.checkpoint import CheckpointStore
     from absa_cli.run.rundir import RunDir, Status, checkpoint_name
 
@@ -343,6 +345,15 @@ def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):
         run.write_info(status=Status.RUNNING, pid=os.getpid(), host=socket.gethostname())
         assert epoch_cell() == "1/4"
     assert epoch_cell() == "1/4 +640 samples"  # `running (driver gone)`: a resume starts from it
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a resume holding the lock
+    try:
+        run.lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": driver.pid,
+                                             "pid_start": lock._process_start(driver.pid), "heartbeat": time.time()}))
+        assert epoch_cell() == "1/4"  # `resuming`: past that checkpoint too
+    finally:
+        driver.kill()
+        driver.wait()
+        run.lock_path.unlink()
     store.manifest_path.write_text("{")
     assert epoch_cell() == "1/4"
     one = RunDir.create(tmp_path, config_mod.load("quickstart", ["epochs=1"]))
@@ -464,3 +475,24 @@ def test_a_console_closed_mid_run_leaves_the_run_to_finish(tmp_path):
     run = tmp_path / first.split()[1]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert not (run / "lock.json").exists() and "Traceback" not in stderr and "Broken" not in stderr, stderr
+
+
+def test_a_stop_after_the_shared_console_closed_still_checkpoints(tmp_path):
+    """`absa train ... 2>&1 | head -1`, then Ctrl-C: the stop's own line goes to the same closed pipe. Written from
+    the signal handler, it raised BrokenPipeError into the training loop: the run ended `failed`, exit 1, with no
+    stop checkpoint (review)."""
+    process = subprocess.Popen(as_a_terminal_starts(
+        [sys.executable, "-m", "absa_cli", "train", "quickstart", "epochs=3", "--local", "--runs-dir",
+         str(tmp_path)]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = process.stdout.readline()
+    process.stdout.close()
+    run = tmp_path / first.split()[1]
+    deadline = time.monotonic() + 60
+    while not (run / "lock.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # training
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["checkpoint"], info
+    assert not (run / "lock.json").exists()

@@ -93,9 +93,9 @@ def test_a_job_on_a_head_without_absa_on_its_path_says_so_in_its_log(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def job(sandboxes):
+def job(request):
     pytest.importorskip("ray.job_submission", reason="needs ray[default] (absa's cluster extra)")
-    return sandboxes.result("submitted_job")[1]
+    return request.getfixturevalue("sandboxes").result("submitted_job")[1]  # after the skip: nothing started
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def test_a_second_ctrl_c_during_the_hold_quits_at_once_with_the_enclosing_line(t
 
 _PYRUN = """
 import ctypes, sys
-from absa_cli.cli.common import HELD, HELD_FOR_RAY, held_interrupt
+from absa_cli.cli.common import HELD, held_interrupt
 HOLD = {hold}
 code = b"import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**5): pass\\n"
 try:

@@ -146,13 +146,21 @@ class _Console:
 
         self._gone = True
         try:
+            broken = os.fstat(self._stream.fileno())
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
+            for fd in (1, 2):  # `2>&1 | head`: the other one writes to the same pipe (signal handlers' os.write too)
+                try:
+                    if os.path.samestat(os.fstat(fd), broken):
+                        os.dup2(devnull, fd)
+                except OSError:  # closed
+                    pass
             os.close(devnull)
         except (OSError, ValueError):  # not a file descriptor of its own (a test's capture): dropping is enough
             pass
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_stream":  # not set yet (a copy, an unpickling): no endless recursion
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 
@@ -160,7 +168,10 @@ def main() -> None:
     from absa_cli.cluster import netns
 
     netns.entry_argv = sys.argv[1:]  # this process is the absa command: it may re-run itself (netns.isolate)
-    sys.stdout, sys.stderr = _Console(sys.stdout), _Console(sys.stderr)
+    if sys.stdout is not None:  # None: started with it closed (`>&-`)
+        sys.stdout = _Console(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = _Console(sys.stderr)
     code: int | None = None
     try:
         app()

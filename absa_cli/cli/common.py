@@ -51,6 +51,15 @@ def interrupted(message: str) -> Iterator[None]:
         _QUIT_LINES.pop()
 
 
+def say(text: bytes) -> None:
+    """``text`` on stderr from a signal handler: ``os.write``, since a handler may run inside a write to
+    ``sys.stderr``, which is not reentrant; a console that has gone (a closed pipe) is no reason to fail there."""
+    try:
+        os.write(2, text)
+    except OSError:
+        pass
+
+
 _QUIT_LINES: list[str] = []  # the innermost `interrupted` block's line: what a second Ctrl-C during a hold prints
 HELD = b"Ctrl-C: stopping once the libraries have loaded (a few seconds); press it again to quit now\n"
 HELD_FOR_RAY = b"Ctrl-C: stopping once Ray has started (a few seconds); press it again to quit now\n"
@@ -67,9 +76,9 @@ def held_interrupt(on_quit: Callable[[], None] | None = None, said: bytes = HELD
     an unrelated error and a traceback instead of the one line. And one raised while an extension runs Python code
     through ``PyRun_*`` (as importing torch does) makes CPython end a ``python -m`` process by SIGINT at exit
     (status −2) even after absa handled it. The second press therefore ends the process without unwinding
-    (``os._exit``): nothing half-loaded runs again, and nothing was started yet that needs stopping. Outside the
-    main thread, where no handler can be set, or where Ctrl-C is ignored (a background job), the block simply
-    runs.
+    (``os._exit``): nothing half-loaded runs again, and nothing was started yet that needs stopping (but for a
+    local Ray cluster starting, which its reaper ends with the command; Linux). Outside the main thread, where no
+    handler can be set, or where Ctrl-C is ignored (a background job), the block simply runs.
 
     And for ``ray.init``: a KeyboardInterrupt raised while Ray builds its core worker (whose threads are already
     running) left one that Ray's exit hook tore down with a segmentation fault, exit code 139 instead of 130, in
@@ -83,13 +92,13 @@ def held_interrupt(on_quit: Callable[[], None] | None = None, said: bytes = HELD
     def hold(signum: int, frame: object) -> None:
         held.append(signum)
         if len(held) == 1:
-            os.write(2, said)  # os.write: a handler may run inside a write to sys.stderr, which is not reentrant
+            say(said)
             return
         try:
             if on_quit is not None:
                 on_quit()
         finally:  # whatever on_quit met (a lock file gone read-only): quit all the same, nothing unwinds
-            os.write(2, f"{_QUIT_LINES[-1] if _QUIT_LINES else 'interrupted'}\n".encode())
+            say(f"{_QUIT_LINES[-1] if _QUIT_LINES else 'interrupted'}\n".encode())
             os._exit(130)
 
     previous = signal.signal(signal.SIGINT, hold)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from absa_cli.cli.common import HELD_FOR_RAY, held_interrupt, load_libraries
+from absa_cli.cli.common import HELD_FOR_RAY, held_interrupt, load_libraries, say
 
 
 def private_network(config, address: str | None, local: bool) -> None:
@@ -181,8 +181,8 @@ class _Signals:
             raise KeyboardInterrupt
         self.controller.request_stop(signum)
         # os.write, not print: safe whatever the main thread was doing when the signal arrived
-        os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current step and checkpointing "
-                    f"(send it again to abort at once)\n".encode())
+        say(f"\n{signal.Signals(signum).name}: stopping after the current step and checkpointing "
+            f"(send it again to abort at once)\n".encode())
 
     @contextmanager
     def installed(self) -> Iterator[None]:
