@@ -9,7 +9,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import typer
 
@@ -108,6 +108,12 @@ def held_interrupt(on_quit: Callable[[], None] | None = None, said: bytes = HELD
         signal.signal(signal.SIGINT, previous)
         if held:  # also when the block failed: the Ctrl-C was pressed all the same
             signal.raise_signal(signal.SIGINT)  # the previous handler's turn: by default, KeyboardInterrupt here
+
+
+def held_for_ray(on_quit: Callable[[], None] | None = None) -> Callable[[], ContextManager[None]]:
+    """``connect``'s guard for the CLI: Ctrl-C held while ``ray.init`` runs (``held_interrupt``, whose docstring
+    says why), the first press told so, a second one quitting after ``on_quit``."""
+    return lambda: held_interrupt(on_quit, said=HELD_FOR_RAY)
 
 
 def load_libraries(*, ray: bool, dataset: str = "", on_quit: Callable[[], None] | None = None) -> None:

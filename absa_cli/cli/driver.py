@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from absa_cli.cli.common import HELD_FOR_RAY, held_interrupt, load_libraries, say
+from absa_cli.cli.common import held_for_ray, load_libraries, say
 
 
 def private_network(config, address: str | None, local: bool) -> None:
@@ -51,7 +51,7 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
                on_quit: Callable[[], None] | None = None) -> tuple[Any, str]:
     """The worker group and a line saying where it runs. The dataset is opened here first, so a missing one fails
     in one line before a Ray cluster starts (and, for `absa train`, before a run directory exists). ``run_id``: the
-    Ray job carries it (and the preset) in its metadata. Ctrl-C is held while ``ray.init`` runs (``held_interrupt``:
+    Ray job carries it (and the preset) in its metadata. Ctrl-C is held while ``ray.init`` runs (``held_for_ray``:
     a KeyboardInterrupt inside Ray's half-built core worker crashed its exit hook; a second press quits, after
     ``on_quit``)."""
     if config.logging.tensorboard:
@@ -79,7 +79,7 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
     from absa_cli.cluster.runtime import connect
 
     metadata = {"absa_run_id": run_id, "absa_preset": config.preset} if run_id else None
-    where = connect(address, metadata=metadata, guard=lambda: held_interrupt(on_quit, said=HELD_FOR_RAY))
+    where = connect(address, metadata=metadata, guard=held_for_ray(on_quit))
     joined = bool(address or os.environ.get("RAY_ADDRESS"))  # as connect decides: else a local cluster, no autoscaler
     return RayWorkerGroup(config, autoscaler=joined), where
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from absa_cli.cli.common import (HELD_FOR_RAY, complete_preset, held_interrupt, interrupted, report_console,
+from absa_cli.cli.common import (complete_preset, held_for_ray, held_interrupt, interrupted, report_console,
                                   user_errors)
 
 
@@ -252,7 +252,7 @@ def _distributed(config, options, state: dict, num_workers: int, address: str | 
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.cluster.runtime import connect
 
-    connect(address, guard=lambda: held_interrupt(said=HELD_FOR_RAY))  # Ctrl-C held inside ray.init (make_group)
+    connect(address, guard=held_for_ray())
     config.cluster.max_workers = num_workers
     group = RayWorkerGroup(config)
     try:
