@@ -286,6 +286,23 @@ def test_a_local_run_keeps_the_worker_count_its_batches_split_well_on(tmp_path):
     assert "this version" not in refused.stderr and "choose batch.global_batch_size" not in refused.stderr
 
 
+def test_runs_list_without_runs_is_a_hint_but_a_named_folder_that_is_not_there_is_an_error(tmp_path, monkeypatch):
+    """A fresh machine has no ./runs yet: `absa runs list` says how to start one, exit 0. A folder named with
+    --runs-dir or ABSA_RUNS_DIR that does not exist is a typo, not an empty registry: one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ABSA_RUNS_DIR", raising=False)
+    fresh = _invoke("runs", "list")
+    assert fresh.exit_code == 0 and "no runs in runs; start one with `absa train quickstart`" in fresh.stdout, \
+        fresh.output
+    (tmp_path / "empty").mkdir()
+    empty = _invoke("runs", "list", "--runs-dir", str(tmp_path / "empty"))
+    assert empty.exit_code == 0 and f"no runs in {tmp_path / 'empty'}" in empty.stdout, empty.output
+    monkeypatch.setenv("ABSA_RUNS_DIR", str(tmp_path / "typo"))
+    assert_user_error(_invoke("runs", "list"), f"runs directory {tmp_path / 'typo'} does not exist", "--runs-dir",
+                      "ABSA_RUNS_DIR")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "typo").exists()
+
+
 def test_runs_list_and_show_print_brackets_from_hand_edited_files_as_text(tmp_path):
     """run.json and metrics.jsonl are the user's files: `[/]` in them is text, not rich markup that ended
     `absa runs list` with a MarkupError (review)."""

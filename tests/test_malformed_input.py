@@ -83,6 +83,7 @@ CASES = {
         ["extra"],
         ["--bogus"],
         ["--runs-dir", "{file}"],
+        ["--runs-dir", "{tmp}/missing"],
     ],
     "runs show": [
         [],

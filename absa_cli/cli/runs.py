@@ -60,11 +60,17 @@ def list_runs(runs_dir: RunsDir = None) -> None:
     from absa_cli.errors import UserError
     from absa_cli.run.rundir import list_runs as find_runs, runs_root
 
+    import os
+
     root = runs_root(runs_dir)
-    if root.exists() and not root.is_dir():
-        with user_errors():
+    given = runs_dir is not None or bool(os.environ.get("ABSA_RUNS_DIR"))
+    with user_errors():  # a folder named on purpose that is not there is a typo; a missing ./runs is a fresh machine
+        if root.exists() and not root.is_dir():
             raise UserError(f"runs directory {root} is not a directory; pass the folder runs are in with "
                             f"--runs-dir (or set ABSA_RUNS_DIR)")
+        if given and not root.exists():
+            raise UserError(f"runs directory {root} does not exist; pass the folder runs are in with --runs-dir "
+                            f"(or set ABSA_RUNS_DIR)")
     runs = find_runs(root)
     if not runs:
         typer.echo(f"no runs in {root}; start one with `absa train quickstart`")
