@@ -418,10 +418,31 @@ def from_layers(layers: list[tuple[Any, str]], typed: dict[str, str] | None = No
     try:
         return OmegaConf.to_object(merged)  # runs every section's __post_init__ validation
     except ValueError as exc:
-        raise ConfigError(f"invalid config: {exc}") from None
+        origin = _set_by(str(exc), layers)
+        raise ConfigError(f"invalid config{f' (from {origin})' if origin else ''}: {exc}") from None
     except OmegaConfBaseException as exc:  # a value OmegaConf took at merge but cannot build, e.g. [[1]] for list[int]
         raise ConfigError(f"invalid config: {first_line(exc)}; write lists of plain values, e.g. "
                           f"optim.decay_epochs=[30,60]") from None
+
+
+_NAMED_KEY = re.compile(r"([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)(?:=| must | is )")
+
+
+def _set_by(message: str, layers: list[tuple[Any, str]]) -> str:
+    """Where the value a validation message opens with (``epochs must be > 0``, ``policy.name='x'``) came from: the
+    origin of the last layer that sets it, so the line says which file or command line to fix ('' when no layer
+    does, a schema default, or the message names no key first)."""
+    match = _NAMED_KEY.match(message)
+    if match is None:
+        return ""
+    for layer, origin in reversed(layers):
+        node = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer)
+        if OmegaConf.select(node, match.group(1), default=_UNSET, throw_on_missing=False) is not _UNSET:
+            return origin
+    return ""
+
+
+_UNSET = object()
 
 
 def _renamed_keys(layer: Any, origin: str) -> Any:

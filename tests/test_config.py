@@ -105,6 +105,24 @@ def test_overrides_that_omegaconf_or_yaml_would_misread_are_one_line(override, s
     assert says in message and "\n" not in message
 
 
+def test_a_value_out_of_range_is_blamed_on_the_layer_that_set_it():
+    """`epochs=0` said `invalid config: epochs must be > 0`, naming neither the command line nor the file to fix
+    (a type error and an unknown key named their origin; a range check did not)."""
+    with pytest.raises(ConfigError, match=r"^invalid config \(from the command line\): epochs must be > 0, got 0$"):
+        config_mod.load("quickstart", ["epochs=0"])
+    with pytest.raises(ConfigError, match=r"^invalid config \(from the command line\): policy.name='x'; choose"):
+        config_mod.load("quickstart", ["policy.name=x"])
+    saved = config_mod.to_yaml(config_mod.load("quickstart")).replace("\nepochs: 10\n", "\nepochs: -3\n")
+    with pytest.raises(ConfigError, match=r"^invalid config \(from the saved config\): epochs must be > 0, got -3"):
+        config_mod.from_yaml(saved)
+    run_config = config_mod.load("quickstart")
+    run_config.epochs = 0  # a run's config as a hand edit left it (attributes are not validated when set)
+    with pytest.raises(ConfigError, match=r"^invalid config \(from run x's config\): epochs must be > 0"):
+        config_mod.with_overrides(run_config, ["seed=3"], "run x's config")
+    with pytest.raises(ConfigError, match=r"\(from the command line\): optim.lr must be > 0"):  # the last layer
+        config_mod.with_overrides(run_config, ["optim.lr=-1"], "run x's config")
+
+
 @pytest.mark.parametrize("override, key, value", [
     ("data.root=007dir", "data.root", "007dir"), ("data.root=/data/007", "data.root", "/data/007"),
     ('data.root="007"', "data.root", "007"), ("probe.seed=0", "probe.seed", 0), ("optim.lr=0.005", "optim.lr", 0.005),
