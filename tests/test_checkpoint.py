@@ -61,7 +61,24 @@ def test_a_file_that_is_not_a_checkpoint_or_a_damaged_archive_is_named_in_one_li
     with pytest.raises(CheckpointError) as info:
         checkpoint.load(truncated)
     assert str(info.value).endswith("(PytorchStreamReader failed reading zip archive: failed finding central "
-                                    "directory); it is truncated, corrupted or not an absa checkpoint")
+                                    "directory); it is truncated, corrupted or not an absa checkpoint; pass another "
+                                    ".pt file from a run's checkpoints/ folder (`absa runs show RUN_ID` verifies "
+                                    "each), or the run's folder")
+
+
+@pytest.mark.parametrize(("state", "says"), [
+    ({"format_version": 2, "model": {}}, "has format 2, newer than this absa reads (format 1); use the absa version "
+                                         "that wrote it"),
+    ({"format_version": 1}, "is not an absa checkpoint (format 1); pass another .pt file from a run's checkpoints/"),
+    ([1, 2], "is not an absa checkpoint (format 1); pass another .pt file"),
+])
+def test_an_archive_that_is_not_an_absa_checkpoint_says_what_to_pass_instead(tmp_path, state, says):
+    """A loadable archive of another shape named no fix; one a newer absa wrote is not 'not an absa checkpoint'."""
+    path = tmp_path / "epoch-0001.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(info.value).startswith(f"checkpoint {path} ") and says in str(info.value), str(info.value)
 
 
 def test_code_carrying_pickle_is_refused_and_does_not_run(tmp_path):

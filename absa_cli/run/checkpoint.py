@@ -87,10 +87,16 @@ def load(path: Path) -> dict[str, Any]:
         except CheckpointError as exc:  # the folder may hold an older one that verifies: say how to use it
             raise CheckpointError(f"{exc}; pass an older checkpoint from {path.parent}, or that folder (or its run "
                                   f"directory) to read the newest one that verifies") from None
-    return _load_unverified(path)
+    return _load_unverified(path, fix=_ANOTHER)
 
 
-def _load_unverified(path: Path) -> dict[str, Any]:
+_ANOTHER = ("pass another .pt file from a run's checkpoints/ folder (`absa runs show RUN_ID` verifies each), or the "
+            "run's folder")
+
+
+def _load_unverified(path: Path, fix: str = "") -> dict[str, Any]:
+    """``load`` without the manifest check; ``fix`` ends the line for a file that is damaged or not absa's (a run's
+    own fallback to an older checkpoint says its own)."""
     import pickle
 
     import torch
@@ -116,10 +122,18 @@ def _load_unverified(path: Path) -> dict[str, Any]:
     except Exception as exc:  # RuntimeError, EOFError, OSError, ... for a damaged archive or an unreadable file
         reason = first_line(exc, limit=200).split(". ")[0]  # torch's first sentence; the rest is advice
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({reason}); "
-                              f"it is truncated, corrupted or not an absa checkpoint") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} is not an absa checkpoint (format {FORMAT_VERSION})")
+                              f"it is truncated, corrupted or not an absa checkpoint{_then(fix)}") from None
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {version}, newer than this absa reads (format "
+                              f"{FORMAT_VERSION}); use the absa version that wrote it")
+    if version != FORMAT_VERSION or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an absa checkpoint (format {FORMAT_VERSION}){_then(fix)}")
     return state
+
+
+def _then(fix: str) -> str:
+    return f"; {fix}" if fix else ""
 
 
 def check_identity(file: str, state: dict[str, Any], run_uid: str | None, run_id: str,
