@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -36,12 +37,24 @@ def test_calibrate_one_local_worker_writes_a_profile_plan_can_use(tmp_path):
     result = runner.invoke(app, ["calibrate", "quickstart", *SMALL, "--local", "-o", str(path)])
     assert result.exit_code == 0, result.output
     assert f"profile: {path}" in result.stdout and "use it: absa plan PRESET --profile" in result.stdout
+    assert not re.search(r"\de[-+]?\d", result.stdout), result.stdout  # a probe of 6 µs printed `6.08e-06 s`
+    assert re.search(r"evaluation [\d.]+ (ns|µs|ms) a test sample", result.stdout), result.stdout
     model = profiles.load(path)
     assert model.compute_s[1] > 0 and model.eval_s_per_sample > 0 and model.probe_s > 0 and model.start_s >= 0
     assert model.allreduce_bandwidth == float("inf")  # one worker: no all-reduce was timed
     assert "absa calibrate quickstart" in model.sources[0]
     plan = runner.invoke(app, ["plan", "quickstart", "--profile", str(path), "--json"])
     assert json.loads(plan.stdout)["time"]["cases"]["fixed"]["seconds"] > 0
+
+
+@pytest.mark.parametrize(("seconds", "reads"), [
+    (0, "0 s"), (4.12e-7, "412 ns"), (6.08e-6, "6.08 µs"), (0.0352, "35.2 ms"), (-2e-5, "-20 µs"), (4.5, "4.5 s"),
+    (599, "599 s"), (720, "12 min"), (11160, "3.1 h"),
+])
+def test_durations_read_in_the_unit_that_fits(seconds, reads):
+    from absa_cli.errors import duration
+
+    assert duration(seconds) == reads
 
 
 @pytest.mark.slow

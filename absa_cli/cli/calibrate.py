@@ -21,7 +21,7 @@ import typer
 
 from absa_cli.cli.common import (check_sample_log, check_schedule, complete_preset, complete_run_id, held_interrupt,
                                   interrupted, load_libraries, user_errors)
-from absa_cli.errors import counted, missing_folder
+from absa_cli.errors import counted, duration, missing_folder
 
 WARMUP = 6  # optimizer steps per point before timing (allocations, caches: the first ones are slower) ...
 CHUNKS, STEPS = 3, 2  # ... then this many chunks of this many steps, of which the median chunk counts
@@ -227,11 +227,10 @@ def _report(model, path: Path) -> None:
     bandwidth = ("—" if model.allreduce_bandwidth == float("inf")
                  else f"{model.allreduce_bandwidth / 1e9:.3g} GB/s")
     typer.echo(f"profile: {path} ({model.describe()}; gradient {model.gradient_bytes / 1e6:.3g} MB)")
-    typer.echo(f"  per micro-batch of b samples: compute {model.compute_s[0] * 1000:.3g} + "
-               f"{model.compute_s[1] * 1000:.3g}·b ms, data {model.data_s[0] * 1000:.3g} + "
-               f"{model.data_s[1] * 1000:.3g}·b ms")
-    typer.echo(f"  all-reduce: {model.allreduce_latency_s * 1e6:.3g} µs a hop, {bandwidth} a link; optimizer "
-               f"{model.optimizer_s * 1000:.3g} ms, rest {model.other_s * 1000:.3g} ms a step")
-    typer.echo(f"  per epoch: evaluation {model.eval_s_per_sample * 1e6:.3g} µs a test sample, probe "
-               f"{model.probe_s:.3g} s, rest {model.epoch_s:.3g} s; group start {model.start_s:.3g} s")
+    typer.echo(f"  per micro-batch of b samples: compute {duration(model.compute_s[0])} + "
+               f"{duration(model.compute_s[1])}·b, data {duration(model.data_s[0])} + {duration(model.data_s[1])}·b")
+    typer.echo(f"  all-reduce: {duration(model.allreduce_latency_s)} a hop, {bandwidth} a link; optimizer "
+               f"{duration(model.optimizer_s)}, rest {duration(model.other_s)} a step")
+    typer.echo(f"  per epoch: evaluation {duration(model.eval_s_per_sample)} a test sample, probe "
+               f"{duration(model.probe_s)}, rest {duration(model.epoch_s)}; group start {duration(model.start_s)}")
     typer.echo(f"  use it: absa plan PRESET --profile {path}; absa train PRESET cluster.profile={path}")

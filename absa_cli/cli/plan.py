@@ -21,7 +21,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from absa_cli.cli.common import check_schedule, complete_preset, report_console, user_errors
-from absa_cli.errors import counted
+from absa_cli.errors import counted, duration
 
 
 def plan(
@@ -220,12 +220,12 @@ def _print_time(console: Any, time: dict[str, Any] | None, max_workers: int) -> 
     table = Table("run", "wall time", "vs fixed", "worker-hours", f"held idle (of {max_workers})",
                   title=f"Time, from {escape(time['profile'])}", title_justify="left")
     for name, case in time["cases"].items():
-        table.add_row(names[name], _duration(case["seconds"]), _versus(fixed, case["seconds"]),
+        table.add_row(names[name], duration(case["seconds"]), _versus(fixed, case["seconds"]),
                       f"{case['worker_hours']:.3g}", f"{case['idle_worker_hours']:.3g}")
     console.print(table)
     for name, case in time["cases"].items():
         phases = "; ".join(f"{_span(p)}: {p['global_batch_size']:,} on {p['num_workers']} "
-                           f"({_duration(p['step_s'])} a step)" for p in case["phases"])
+                           f"({duration(p['step_s'])} a step)" for p in case["phases"])
         console.print(f"  {names[name]}: {phases}")
     console.print(f"Profile sources: {escape('; '.join(time['sources']) or 'not recorded')}")
 
@@ -249,11 +249,3 @@ def _versus(fixed_s: float, seconds: float) -> str:
 def _span(phase: dict[str, Any]) -> str:
     first, last = phase["first_epoch"], phase["last_epoch"]
     return f"epoch {first}" if first == last else f"epochs {first}–{last}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.3g} ms"
-    if seconds < 600:
-        return f"{seconds:.3g} s"
-    return f"{seconds / 3600:.3g} h" if seconds >= 7200 else f"{seconds / 60:.3g} min"
