@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from absa_cli import config as config_mod
-from absa_cli.run import plots
 from absa_cli.cli.app import app
+from absa_cli.run import plots
 from absa_cli.run.metrics import EPOCH_FIELDS
 
 from conftest import assert_user_error, with_private_mounts
@@ -158,6 +158,17 @@ def test_plot_by_epoch_default_name_and_a_run_without_probes(runs):
     result = runner.invoke(app, ["plot", "fixed-run", "--x", "epoch", "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output
     _assert_png(runs / "fixed-run" / "plot-epoch.png")
+
+
+def test_epoch_ticks_are_whole_epochs(tmp_path):
+    """A three-epoch run on `--x epoch` had ticks at 1.25, 1.5, 1.75, ...: an epoch is a whole number."""
+    import matplotlib.pyplot as plt
+
+    figure = plots.draw([plots.load_run(_write_run(tmp_path, "short", "absa", [128, 256, 256]))], "epoch")
+    figure.canvas.draw()
+    ticks = [tick for ax in figure.axes for tick in ax.get_xticks()]
+    plt.close(figure)
+    assert len(ticks) >= 3 and all(tick == int(tick) for tick in ticks), ticks
 
 
 def test_unknown_run(runs):

@@ -134,6 +134,14 @@ def _label(run_dir: Path) -> str:
 
 def render(runs: list[RunCurves], axis: str, path: Path) -> None:
     """Four panels sharing the x axis: batch and workers, LR, λ_max, accuracy; one colour per run."""
+    plt, _ = _pyplot()
+    figure = draw(runs, axis)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def draw(runs: list[RunCurves], axis: str):
+    """``render``'s figure, not yet saved."""
     plt, ticker = _pyplot()
     figure, panels = plt.subplots(2, 2, figsize=(13, 8), dpi=110, sharex=True, layout="constrained")
     (batch_ax, lr_ax), (eig_ax, acc_ax) = panels
@@ -166,10 +174,11 @@ def render(runs: list[RunCurves], axis: str, path: Path) -> None:
     _style(acc_ax, "accuracy (test solid, train dashed)", "linear")
     for ax in (eig_ax, acc_ax):
         ax.set_xlabel(X_AXES[axis])
+    if axis == "epoch":  # epochs are whole: no tick at 2.5 (the panels share the axis, so one locator sets all)
+        acc_ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     figure.suptitle(f"Training curves by {X_AXES[axis]}", fontsize=13)
     figure.legend(loc="outside lower center", ncol=1 if len(runs) > 2 else len(runs), frameon=False)
-    figure.savefig(path)
-    plt.close(figure)
+    return figure
 
 
 def check_output(path: Path, option: str, needs: str) -> None:
