@@ -85,3 +85,26 @@ def test_a_plain_epoch_line_says_where_a_resumed_epoch_starts():
     assert first == "epoch 2/4: 16 steps (resumed after step 9), global batch 64 = 1 worker × 64 per worker × 1 " \
                     "accumulation step"
     assert second.startswith("epoch 3/4: 16 steps, global batch 64")
+
+
+def test_a_loss_that_blows_up_prints_in_four_significant_digits_in_the_lines_and_the_panel():
+    """A loss of 1.056e10 printed as `10560000000.000` in the step lines and `10560000000.0000` in the epoch line
+    and the panel; a loss of a loss's size keeps its fixed places."""
+    import io
+
+    from rich.console import Console as RichConsole
+
+    from absa_cli.run.metrics import Console
+
+    out = io.StringIO()
+    console = Console(stream=out, force_plain=True)
+    console.chunk_done(10, 64, 1834.0, 2.3456)
+    console.chunk_done(20, 64, 1834.0, 1.056e10)
+    console.epoch_done({"epoch": 1, "train_loss": 1.056e10, "train_acc": 0.1, "test_acc": 0.1, "lr": 8.0,
+                        "global_batch_size": 128, "updates": 64, "epoch_s": 6.0})
+    small, large, epoch = (line.split(" ", 1)[1] for line in out.getvalue().splitlines())
+    assert small.endswith("1,834 samples/s  loss 2.346") and large.endswith("samples/s  loss 1.056e+10"), large
+    assert epoch.startswith("epoch 1: train loss 1.056e+10 acc 0.100 |"), epoch
+    panel = RichConsole(file=io.StringIO(), width=120, record=True)
+    panel.print(console.panel())
+    assert "loss 1.056e+10  acc 0.100" in panel.export_text()

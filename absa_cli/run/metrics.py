@@ -123,7 +123,7 @@ class Console:
     def chunk_done(self, steps_done: int, num_steps: int, samples_per_s: float, loss: float, **fields: Any) -> None:
         """After each chunk of steps; ``fields`` (lr, updates, train_acc, ...) go to the panel."""
         self.status(samples_per_s=samples_per_s, train_loss=loss, **fields)
-        rate = f"{samples_per_s:,.0f} samples/s  loss {loss:.3f}"
+        rate = f"{samples_per_s:,.0f} samples/s  loss {loss_text(loss, 3)}"
         if self.interactive and self._progress is not None:
             self._progress.update(self._task, completed=steps_done, rate=rate)
         else:
@@ -138,7 +138,7 @@ class Console:
                     policy=record.get("policy_reason"))
         curvature = f" | λ_max {eigenvalue:.4g} ({record['probe_s']:.1f}s)" if eigenvalue is not None else ""
         self.line(
-            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} | "
+            f"epoch {record['epoch']}: train loss {loss_text(record['train_loss'], 4)} acc {record['train_acc']:.3f} | "
             f"test acc {record['test_acc']:.3f} | batch {record['global_batch_size']} "
             f"lr {record['lr']:.4g} adv {record.get('adv_ratio', 0):.3g}{curvature} | "
             f"updates {record['updates']} | {record['epoch_s']:.1f}s")
@@ -180,7 +180,7 @@ class Console:
         grid.add_row("epoch", f"{s.get('epoch', '-')}/{s.get('num_epochs', '-')}", "updates", fmt(s.get("updates")))
         grid.add_row("geometry", str(s.get("geometry", "-")), "LR", fmt(s.get("lr"), ".4g"))
         grid.add_row("λ_max", self._curvature(), "adversarial", fmt(s.get("adv_ratio"), ".3g"))
-        grid.add_row("train", f"loss {fmt(s.get('train_loss'), '.4f')}  acc {fmt(s.get('train_acc'), '.3f')}",
+        grid.add_row("train", f"loss {loss_text(s.get('train_loss'), 4)}  acc {fmt(s.get('train_acc'), '.3f')}",
                      "test acc", fmt(s.get("test_acc"), ".3f"))
         grid.add_row("speed", f"{fmt(s.get('samples_per_s'), ',.0f')} samples/s", "", "")
         grid.add_row("policy", str(s.get("policy", "-")), "", "")
@@ -224,6 +224,14 @@ def fmt(value: Any, spec: str = "") -> str:
         return format(value, spec)
     except (TypeError, ValueError):
         return str(value)
+
+
+def loss_text(loss: Any, decimals: int) -> str:
+    """A loss with ``decimals`` places while it is a loss's size; one blowing up in four significant digits
+    (``1.056e+10``, not eleven digits and four zeros), as the collapse line gives it."""
+    if isinstance(loss, (int, float)) and abs(loss) >= 1e4:
+        return fmt(loss, ".4g")
+    return fmt(loss, f".{decimals}f")
 
 
 def _strip_markup(text: str) -> str:
