@@ -70,7 +70,18 @@ def sandboxes(request, tmp_path_factory):
 
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.gpu`` tests need CUDA: without it they are skipped, saying why (torch is imported only when
-    such a test was collected)."""
+    such a test was collected). A ``@pytest.mark.sandbox`` naming no scenario of tests/ray_sandbox.py stops the
+    session at collection, naming the test (it was a KeyError in every sandbox test, the scenarios being run
+    together)."""
+    import ray_sandbox
+
+    for item in items:
+        for marker in item.iter_markers("sandbox"):
+            name = marker.args[0] if len(marker.args) == 1 and not marker.kwargs else None
+            if not isinstance(name, str) or name not in ray_sandbox.SCENARIOS:
+                known = ", ".join(sorted(ray_sandbox.SCENARIOS))
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.sandbox{marker.args} names no scenario of "
+                                        f"tests/ray_sandbox.py; use one of {known}")
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
