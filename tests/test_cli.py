@@ -136,7 +136,7 @@ def test_a_read_only_runs_dir_is_one_line_before_a_ray_cluster_starts(tmp_path):
 def test_a_local_run_resumed_on_ray_says_it_is_no_longer_exact(tmp_path, ray_cluster):
     """A `--local` run may move to Ray workers on resume, but its numbers then drift (another thread count, another
     summation order): the resume says so, with the command that continues it exactly, instead of switching
-    silently (review)."""
+    silently (review). Moved back with --local, it says so the other way round (it did not)."""
     result = _invoke("train", "quickstart", *TINY, "--local", "--runs-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     (run,) = tmp_path.iterdir()
@@ -156,6 +156,14 @@ def test_a_local_run_resumed_on_ray_says_it_is_no_longer_exact(tmp_path, ray_clu
 
     most = config_mod.load("quickstart", TINY).cluster.max_workers
     assert most > 1 and info["max_workers"] == most  # --local's one worker was that command's, not the run's
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))  # and back to --local: said too
+    newest.write_bytes(newest.read_bytes()[:1000])
+    back = _invoke("resume", run.name, "--local", "--runs-dir", str(tmp_path))
+    assert back.exit_code == 0, back.output
+    assert (f"note: run {run.name} was trained on Ray workers; in this process its steps run on one worker with "
+            f"torch's default thread count, sum in another order, and its numbers drift from an uninterrupted run: "
+            f"`absa resume {run.name} --runs-dir {tmp_path}` continues it exactly") in back.stderr
+    assert "was trained with --local" not in back.stderr and json.loads((run / "run.json").read_text())["local"]
 
 
 def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_one_line(tmp_path):
