@@ -55,9 +55,20 @@ def _require_finite(section: Any, prefix: str) -> None:
             _require(math.isfinite(value), f"{prefix}{item.name} must be a finite number, got {value}")
 
 
-def _require(condition: bool, message: str) -> None:
+class _Invalid(ValueError):
+    """A value check that failed, and the keys whose values it compared: the layer that set any of them is the one
+    the message names (``from_layers``)."""
+
+    def __init__(self, message: str, keys: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+def _require(condition: bool, message: str, *keys: str) -> None:
+    """``message`` as a ``ValueError`` unless ``condition``; ``keys``: every key the check compares, where it compares
+    more than the one ``message`` opens with."""
     if not condition:
-        raise ValueError(message)
+        raise _Invalid(message, keys)
 
 
 def _switch(value: str) -> str:
@@ -98,12 +109,14 @@ class DataConfig:
         _require(self.subset in SUBSETS, f"data.subset={self.subset!r}; choose one of {', '.join(SUBSETS)}")
         splits = ("train", "extra", "train+extra") if self.name == "svhn" else ("train",)
         _require(self.train_split in splits,
-                 f"data.train_split={self.train_split!r} is not valid for {self.name}; use one of {splits}")
+                 f"data.train_split={self.train_split!r} is not valid for {self.name}; use one of {splits}",
+                 "data.train_split", "data.name")
         _require(self.on_device in AUTO_ON_OFF,
                  f"data.on_device={self.on_device!r}; choose one of {', '.join(AUTO_ON_OFF)}")
         _require(self.on_device != "on" or not catalog.DATASETS[self.name].streamed,
                  f"data.on_device=on: {self.name} is decoded from files batch by batch and cannot live on the "
-                 f"device; use data.on_device=auto (and data.loader_workers to decode ahead)")
+                 f"device; use data.on_device=auto (and data.loader_workers to decode ahead)", "data.on_device",
+                 "data.name")
         _require(self.loader_workers >= -1,
                  f"data.loader_workers must be >= 0, or -1 for auto, got {self.loader_workers}")
 
@@ -123,7 +136,8 @@ class ModelConfig:
                  f"model.name={self.name!r} is not a model; choose one of {', '.join(catalog.MODEL_NAMES)}")
         _require(self.width > 0, f"model.width must be > 0, got {self.width}")
         _require(self.width == 1.0 or self.name not in catalog.FIXED_WIDTH_MODELS,  # else every worker dies starting
-                 f"model.width={self.width:g}: {self.name} has fixed widths (torchvision's); use model.width=1.0")
+                 f"model.width={self.width:g}: {self.name} has fixed widths (torchvision's); use model.width=1.0",
+                 "model.width", "model.name")
 
 
 @dataclass
@@ -331,7 +345,8 @@ class RunConfig:
                      f"{name} must be a 64-bit integer (between -2**63 and 2**63 - 1), got {value}")
         _require(self.policy.max_global_batch >= self.batch.global_batch_size,
                  f"policy.max_global_batch={self.policy.max_global_batch} is below batch.global_batch_size="
-                 f"{self.batch.global_batch_size}; raise the cap or lower the starting batch")
+                 f"{self.batch.global_batch_size}; raise the cap or lower the starting batch",
+                 "policy.max_global_batch", "batch.global_batch_size")
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -418,7 +433,7 @@ def from_layers(layers: list[tuple[Any, str]], typed: dict[str, str] | None = No
     try:
         return OmegaConf.to_object(merged)  # runs every section's __post_init__ validation
     except ValueError as exc:
-        origin = _set_by(str(exc), layers)
+        origin = _set_by(str(exc), getattr(exc, "keys", ()), layers)
         raise ConfigError(f"invalid config{f' (from {origin})' if origin else ''}: {exc}") from None
     except OmegaConfBaseException as exc:  # a value OmegaConf took at merge but cannot build, e.g. [[1]] for list[int]
         raise ConfigError(f"invalid config: {first_line(exc)}; write lists of plain values, e.g. "
@@ -428,16 +443,15 @@ def from_layers(layers: list[tuple[Any, str]], typed: dict[str, str] | None = No
 _NAMED_KEY = re.compile(r"([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)(?:=| must | is )")
 
 
-def _set_by(message: str, layers: list[tuple[Any, str]]) -> str:
-    """Where the value a validation message opens with (``epochs must be > 0``, ``policy.name='x'``) came from: the
-    origin of the last layer that sets it, so the line says which file or command line to fix ('' when no layer
-    does, a schema default, or the message names no key first)."""
+def _set_by(message: str, keys: tuple[str, ...], layers: list[tuple[Any, str]]) -> str:
+    """Where a value that failed its check came from: the origin of the last layer that sets one of ``keys`` (the
+    values a check compares), else the key the message opens with (``epochs must be > 0``, ``policy.name='x'``), so
+    the line says which file or command line to fix ('' when no layer sets them: schema defaults)."""
     match = _NAMED_KEY.match(message)
-    if match is None:
-        return ""
+    keys = keys or ((match.group(1),) if match else ())
     for layer, origin in reversed(layers):
         node = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer)
-        if OmegaConf.select(node, match.group(1), default=_UNSET, throw_on_missing=False) is not _UNSET:
+        if any(OmegaConf.select(node, key, default=_UNSET, throw_on_missing=False) is not _UNSET for key in keys):
             return origin
     return ""
 

@@ -121,6 +121,12 @@ def test_a_value_out_of_range_is_blamed_on_the_layer_that_set_it():
         config_mod.with_overrides(run_config, ["seed=3"], "run x's config")
     with pytest.raises(ConfigError, match=r"\(from the command line\): optim.lr must be > 0"):  # the last layer
         config_mod.with_overrides(run_config, ["optim.lr=-1"], "run x's config")
+    # a check of two keys is blamed on the layer that set either: the preset's cap, the command line's batch
+    with pytest.raises(ConfigError, match=r"^invalid config \(from the command line\): policy.max_global_batch=1024 "
+                                          r"is below batch.global_batch_size=100000"):
+        config_mod.load("quickstart", ["batch.global_batch_size=100000"])
+    with pytest.raises(ConfigError, match=r"^invalid config \(from the command line\): model.width=0.5: resnet18"):
+        config_mod.load("quickstart", ["model.name=resnet18"])  # the preset's width, the command line's model
 
 
 @pytest.mark.parametrize("override, key, value", [
