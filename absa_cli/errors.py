@@ -54,11 +54,12 @@ def counted(count: int, noun: str) -> str:
 def duration(seconds: float) -> str:
     """A time in the unit that reads best, three significant digits: ``412 ns``, ``35.2 µs``, ``1.2 ms``, ``4.5 s``,
     ``12 min``, ``3.1 h`` (``6.08e-06 s`` is how a format spec alone writes 6 µs)."""
-    size = abs(seconds)
+    size = abs(float(f"{seconds:.3g}"))  # as printed: 0.9996 s is 1 s, not 1e+03 ms
     if size == 0:
         return "0 s"
     units = ((1e-6, 1e9, "ns"), (1e-3, 1e6, "µs"), (1, 1e3, "ms"), (600, 1, "s"), (7200, 1 / 60, "min"))
     for limit, scale, unit in units:
         if size < limit:
             return f"{seconds * scale:.3g} {unit}"
-    return f"{seconds / 3600:.3g} h"
+    hours = seconds / 3600
+    return f"{hours:.3g} h" if abs(hours) < 1000 else f"{hours:,.0f} h"

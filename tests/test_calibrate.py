@@ -50,6 +50,7 @@ def test_calibrate_one_local_worker_writes_a_profile_plan_can_use(tmp_path):
 @pytest.mark.parametrize(("seconds", "reads"), [
     (0, "0 s"), (4.12e-7, "412 ns"), (6.08e-6, "6.08 µs"), (0.0352, "35.2 ms"), (-2e-5, "-20 µs"), (4.5, "4.5 s"),
     (599, "599 s"), (720, "12 min"), (11160, "3.1 h"),
+    (0.9996, "1 s"), (9.9996e-4, "1 ms"), (9.996e-7, "1 µs"), (3.6e6, "1,000 h"),  # as rounded: not "1e+03 ms"
 ])
 def test_durations_read_in_the_unit_that_fits(seconds, reads):
     from absa_cli.errors import duration

@@ -160,7 +160,7 @@ def test_a_local_run_resumed_on_ray_says_it_is_no_longer_exact(tmp_path, ray_clu
     newest.write_bytes(newest.read_bytes()[:1000])
     back = _invoke("resume", run.name, "--local", "--runs-dir", str(tmp_path))
     assert back.exit_code == 0, back.output
-    assert (f"note: run {run.name} was trained on Ray workers; in this process its steps run on one worker with "
+    assert (f"note: run {run.name} last ran on Ray workers; in this process its steps run on one worker with "
             f"torch's default thread count, sum in another order, and its numbers drift from an uninterrupted run: "
             f"`absa resume {run.name} --runs-dir {tmp_path}` continues it exactly") in back.stderr
     assert "was trained with --local" not in back.stderr and json.loads((run / "run.json").read_text())["local"]
@@ -329,6 +329,17 @@ def test_runs_list_and_show_print_brackets_from_hand_edited_files_as_text(tmp_pa
     assert shown.exit_code == 0 and "bad [red]value[/] [/]" in shown.stdout and "from [bold]x[/]" in shown.stdout, \
         shown.output
     assert "lost 1 at sample 12,800: [/]" in shown.stdout, shown.stdout  # thousands grouped, as everywhere
+
+
+def test_runs_show_prints_a_blown_up_loss_in_four_significant_digits(tmp_path):
+    from absa_cli import config as config_mod
+    from absa_cli.run.rundir import RunDir
+
+    run = RunDir.create(tmp_path, config_mod.load("quickstart", []))
+    run.metrics_path.write_text('{"kind": "epoch", "epoch": 1, "updates": 64, "train_loss": 1.056e10, '
+                                '"train_acc": 0.1, "test_acc": 0.1, "lr": 8.0}\n')
+    shown = _invoke("runs", "show", run.id, "--runs-dir", str(tmp_path))
+    assert shown.exit_code == 0 and "train loss 1.056e+10 acc 0.1000" in shown.stdout, shown.output
 
 
 def test_runs_list_counts_the_samples_a_mid_epoch_checkpoint_holds(tmp_path):

@@ -195,7 +195,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
                 entries.append({"num_workers": workers, "per_worker_batch_size": b, "grad_accum_steps": 1,
                                 "steps": stats.steps, "step_s": {**split, "total": total,
                                                                  "other": max(total - sum(split.values()), 0.0)}})
-                typer.echo(f"calibrate: {counted(workers, 'worker')} × {b}: {total * 1000:.1f} ms a step", err=True)
+                typer.echo(f"calibrate: {counted(workers, 'worker')} × {b}: {duration(total)} a step", err=True)
         devices, num_parameters = " + ".join(group.devices()), group.num_parameters()
         group.resize(1)
         mark = time.perf_counter()

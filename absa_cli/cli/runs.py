@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -9,7 +10,7 @@ import typer
 
 from absa_cli.cli.common import complete_run_id, user_errors
 from absa_cli.errors import counted
-from absa_cli.run.metrics import fmt
+from absa_cli.run.metrics import fmt, loss_text
 
 def _f(value: Any, spec: str = "") -> str:
     """A value from run.json or metrics.jsonl as a cell: formatted, its brackets escaped (a hand-edited ``"[/]"`` is
@@ -59,8 +60,6 @@ def list_runs(runs_dir: RunsDir = None) -> None:
 
     from absa_cli.errors import UserError
     from absa_cli.run.rundir import list_runs as find_runs, runs_root
-
-    import os
 
     root = runs_root(runs_dir)
     given = runs_dir is not None or bool(os.environ.get("ABSA_RUNS_DIR"))
@@ -158,7 +157,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id (see `absa runs li
         last = epochs[-1]
         console.print(
             f"[bold]last epoch[/] {_f(last.get('epoch'))}: updates {_f(last.get('updates'))}, train loss "
-            f"{_f(last.get('train_loss'), '.4f')} acc {_f(last.get('train_acc'), '.4f')}, test acc "
+            f"{_f(loss_text(last.get('train_loss'), 4))} acc {_f(last.get('train_acc'), '.4f')}, test acc "
             f"{_f(last.get('test_acc'), '.4f')}, λ_max {_f(last.get('eigenvalue'), '.4g')}, lr "
             f"{_f(last.get('lr'), '.4g')}, policy: {_f(last.get('policy_reason') or '-')}")
     console.print(_checkpoint_table(run))

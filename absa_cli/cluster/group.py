@@ -30,7 +30,7 @@ from absa_cli.config import RunConfig
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.driver.contract import (Failure, GroupLost, Resized, ResizeResult, Shortfall, Unchanged,
                                       WorkerFailure)
-from absa_cli.errors import UserError, counted, first_line
+from absa_cli.errors import UserError, counted, duration, first_line
 
 class StopState(enum.Enum):
     """A stop request on its way to the workers: asked for by a signal handler, then sent by the main thread (no Ray
@@ -187,7 +187,7 @@ class RayWorkerGroup:
             if placed < len(pending):
                 starting = f" ({placed} placed, still starting)" if placed else ""
                 raise TimeoutError(f"{len(pending) - placed} of {counted(count, 'worker')} could not be placed within "
-                                   f"{waited:.3g} s{starting}")
+                                   f"{duration(waited)}{starting}")
             if self._stop is not StopState.NONE:
                 raise TimeoutError(f"a stop was requested while {placed} of {counted(count, 'worker')} started")
             if waited >= limit:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from absa_cli.config import ConfigError, RunConfig
 from absa_cli.decide.geometry import BatchGeometry
 from absa_cli.decide.throughput import StepModel, fastest_workers
-from absa_cli.errors import counted
+from absa_cli.errors import counted, duration
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ def _worth(model: StepModel | None, batch: int, max_workers: int, per_worker_max
     best, predicted = fastest_workers(model, batch, unlimited.num_workers, per_worker_max, BatchGeometry.plan)
     if best >= unlimited.num_workers:
         return unlimited.num_workers, ""
-    return best, (f"{model.describe()} predicts {predicted[best]:.4g} s a step on {best} and "
-                  f"{predicted[unlimited.num_workers]:.4g} s on {unlimited.num_workers}")
+    return best, (f"{model.describe()} predicts {duration(predicted[best])} a step on {best} and "
+                  f"{duration(predicted[unlimited.num_workers])} on {unlimited.num_workers}")
 
 
 def decide_membership(global_batch_size: int, next_global_batch_size: int | None, capacity: int, current: int,
