@@ -80,7 +80,8 @@ def pytest_collection_modifyitems(config, items):
             name = marker.args[0] if len(marker.args) == 1 and not marker.kwargs else None
             if not isinstance(name, str) or name not in ray_sandbox.SCENARIOS:
                 known = ", ".join(sorted(ray_sandbox.SCENARIOS))
-                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.sandbox{marker.args} names no scenario of "
+                given = ", ".join([*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())])
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.sandbox({given}) names no scenario of "
                                         f"tests/ray_sandbox.py; use one of {known}")
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:

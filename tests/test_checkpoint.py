@@ -49,11 +49,11 @@ class _Exploit:
 def test_a_file_that_is_not_a_checkpoint_or_a_damaged_archive_is_named_in_one_line(tmp_path):
     other = tmp_path / "metrics.jsonl"
     other.write_text("{}\n")
-    with pytest.raises(CheckpointError, match="it is not a PyTorch checkpoint archive; pass a .pt file"):
+    with pytest.raises(CheckpointError, match="it is not a PyTorch checkpoint archive; pass another .pt file"):
         checkpoint.load(other)
     for content in (b"", b"\0" * 4096):  # a write cut short by a crash or a full disk: not "not a checkpoint"
         (tmp_path / "epoch-0002.pt").write_bytes(content)
-        with pytest.raises(CheckpointError, match="it is empty \\(or zeros\\): a write was cut short"):
+        with pytest.raises(CheckpointError, match="it is empty \\(or zeros\\): a write was cut short; pass another "):
             checkpoint.load(tmp_path / "epoch-0002.pt")
     truncated = tmp_path / "epoch-0001.pt"
     torch.save({"format_version": 1, "model": {}}, truncated)

@@ -204,7 +204,12 @@ def test_resume_refuses_a_finished_run_and_ids_that_are_not_plain_names(finished
         assert result.exit_code == 2 and "not a plain name (1 to 128 letters" in result.output, bad
     assert "…(129 characters)" in result.output  # a long one is cut in the line, with its length
     result = runner.invoke(app, ["resume", "no-such-run", "--runs-dir", str(run.path.parent)])
-    assert result.exit_code == 2 and "no run 'no-such-run'" in result.output
+    assert result.exit_code == 2 and f"no run 'no-such-run' in {run.path.parent}; list runs" in result.output
+    typo = run.path.parent.parent / "typo"  # a --runs-dir that is not there is named as such, not searched
+    result = runner.invoke(app, ["resume", run.id, "--runs-dir", str(typo)])
+    assert_user_error(result, f"no run {run.id!r}: the runs directory {typo} does not exist; pass the folder runs are "
+                              f"in with --runs-dir (or set ABSA_RUNS_DIR)")
+    assert not typo.exists()
 
 
 def test_resuming_a_run_whose_last_checkpoint_is_the_final_epoch_just_finishes(finished, tmp_path):

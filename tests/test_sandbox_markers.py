@@ -25,7 +25,7 @@ def test_a_misspelt_sandbox_scenario_stops_collection_naming_it(tmp_path):
     typo = _collect(tmp_path, '"placment"')
     assert typo.returncode == 4, typo.stdout + typo.stderr  # pytest's usage error
     said = typo.stdout + typo.stderr
-    assert "test_marked.py::test_marked: @pytest.mark.sandbox('placment',) names no scenario" in said, said
+    assert "test_marked.py::test_marked: @pytest.mark.sandbox('placment') names no scenario" in said, said
     assert "use one of autoscaling, node_added_then_lost, placement" in said, said
     assert "KeyError" not in said
 

@@ -138,7 +138,7 @@ def resume(
                    f"Ray workers its steps sum in another order and its numbers drift from an uninterrupted run: "
                    f"`{resume_command(run, True)}` continues it exactly", err=True)
     if info.get("local") is False and local:  # the same, the other way round (a run from before the field: unsaid)
-        typer.echo(f"note: run {run.id} was trained on Ray workers; in this process its steps run on one worker with "
+        typer.echo(f"note: run {run.id} last ran on Ray workers; in this process its steps run on one worker with "
                    f"torch's default thread count, sum in another order, and its numbers drift from an uninterrupted "
                    f"run: `{resume_command(run, False)}` continues it exactly", err=True)
     if lock.took_over:  # a driver that was killed, or lost with its machine: say whose place this one takes

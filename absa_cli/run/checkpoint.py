@@ -106,10 +106,10 @@ def _load_unverified(path: Path, fix: str = "") -> dict[str, Any]:
             head = file.read(4)
         if head.strip(b"\0") == b"":  # a write cut short by a crash or a full disk
             raise CheckpointError(f"checkpoint {path} cannot be loaded safely: it is empty (or zeros): a write was "
-                                  f"cut short; use an older checkpoint")
+                                  f"cut short{_then(fix)}")
         if head[:2] != b"PK":  # torch.save writes a zip archive
             raise CheckpointError(f"checkpoint {path} cannot be loaded safely: it is not a PyTorch checkpoint "
-                                  f"archive; pass a .pt file from a run's checkpoints/ folder, or the run's folder")
+                                  f"archive{_then(fix)}")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never repeated here
         refused = _REFUSED.search(str(exc))

@@ -290,7 +290,11 @@ class RunDir:
 
 
 def no_run(run_id: str, runs_dir: Path) -> str:
-    """The line for a run id with no run behind it, the same from every command."""
+    """The line for a run id with no run behind it, the same from every command; a runs directory that is not there
+    at all (a mistyped --runs-dir) is named as such."""
+    if not Path(runs_dir).exists():
+        return (f"no run {run_id!r}: the runs directory {runs_dir} does not exist; pass the folder runs are in with "
+                f"--runs-dir (or set ABSA_RUNS_DIR)")
     return (f"no run {run_id!r} in {runs_dir}; list runs with `absa runs list` (or pass --runs-dir / set "
             f"ABSA_RUNS_DIR)")
 
