@@ -58,6 +58,13 @@ def test_durations_read_in_the_unit_that_fits(seconds, reads):
     assert duration(seconds) == reads
 
 
+def test_sizes_and_bandwidths_read_without_an_exponent():
+    """A gradient of 1.2 GB printed `1.23e+03 MB`."""
+    from absa_cli.cli.calibrate import _digits
+
+    assert [_digits(value) for value in (46.21, 999.4, 1234.5, 0.000123)] == ["46.2", "999", "1,234", "0.000123"]
+
+
 @pytest.mark.slow
 def test_calibrate_two_ray_workers_times_the_all_reduce(tmp_path, ray_cluster):
     path = tmp_path / "q2.json"

@@ -223,10 +223,14 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
                eval_s_per_sample=eval_s / test, probe_s=probe_s, epoch_s=checkpoint_s, start_s=start_s)
 
 
+def _digits(value: float) -> str:
+    """Three significant digits, never an exponent: 46.2, 1,234 (not 1.23e+03)."""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
 def _report(model, path: Path) -> None:
-    bandwidth = ("—" if model.allreduce_bandwidth == float("inf")
-                 else f"{model.allreduce_bandwidth / 1e9:.3g} GB/s")
-    typer.echo(f"profile: {path} ({model.describe()}; gradient {model.gradient_bytes / 1e6:.3g} MB)")
+    bandwidth = "—" if model.allreduce_bandwidth == float("inf") else f"{_digits(model.allreduce_bandwidth / 1e9)} GB/s"
+    typer.echo(f"profile: {path} ({model.describe()}; gradient {_digits(model.gradient_bytes / 1e6)} MB)")
     typer.echo(f"  per micro-batch of b samples: compute {duration(model.compute_s[0])} + "
                f"{duration(model.compute_s[1])}·b, data {duration(model.data_s[0])} + {duration(model.data_s[1])}·b")
     typer.echo(f"  all-reduce: {duration(model.allreduce_latency_s)} a hop, {bandwidth} a link; optimizer "
