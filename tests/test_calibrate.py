@@ -62,7 +62,8 @@ def test_sizes_and_bandwidths_read_without_an_exponent():
     """A gradient of 1.2 GB printed `1.23e+03 MB`."""
     from absa_cli.cli.calibrate import _digits
 
-    assert [_digits(value) for value in (46.21, 999.4, 1234.5, 0.000123)] == ["46.2", "999", "1,234", "0.000123"]
+    assert [_digits(value) for value in (46.21, 999.4, 999.6, 1234.5, 0.000123)] == ["46.2", "999", "1,000", "1,234",
+                                                                                    "0.000123"]
 
 
 @pytest.mark.slow

@@ -225,7 +225,7 @@ def _measure(preset: str, overrides: list[str], max_gpus: int | None, address: s
 
 def _digits(value: float) -> str:
     """Three significant digits, never an exponent: 46.2, 1,234 (not 1.23e+03)."""
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:.3g}" if abs(float(f"{value:.3g}")) < 1000 else f"{value:,.0f}"  # 999.6 rounds to 1,000
 
 
 def _report(model, path: Path) -> None:
