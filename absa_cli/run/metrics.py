@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -229,7 +230,7 @@ def fmt(value: Any, spec: str = "") -> str:
 def loss_text(loss: Any, decimals: int) -> str:
     """A loss with ``decimals`` places while it is a loss's size; one blowing up in four significant digits
     (``1.056e+10``, not eleven digits and four zeros), as the collapse line gives it."""
-    if isinstance(loss, (int, float)) and abs(loss) >= 1e4:
+    if isinstance(loss, numbers.Real) and not isinstance(loss, bool) and abs(loss) >= 1e4:  # numpy's too
         return fmt(loss, ".4g")
     return fmt(loss, f".{decimals}f")
 
