@@ -171,6 +171,8 @@ def test_a_run_list_shows_as_damaged_is_found_by_show_and_refused_by_resume_in_o
                      str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "summary: 1 epoch, " in result.stdout  # counted in words, not "1 epochs"
+    assert ("note: the LR decay after epoch 8 (optim.decay_epochs=[8]) never comes in 1 epoch; set "
+            "optim.decay_epochs for a shorter run\n") in result.stderr  # the preset's decay, out of reach
     (run,) = tmp_path.iterdir()
     assert "max_workers: 3" in (run / "config.yaml").read_text()  # the run's; --local's 1 was the command's
     (run / "config.yaml").unlink()

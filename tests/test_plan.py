@@ -123,6 +123,21 @@ def test_plan_counts_the_samples_the_run_would_train_on(args, samples):
     assert plan["fixed_updates"] == plan["epochs"] * (samples // 128)
 
 
+def test_plan_notes_lr_decays_and_a_warm_up_the_epochs_never_reach():
+    """A preset shortened with epochs= kept its decays, silently never applied (`epochs=10` of resnet18-imagenet,
+    which decays after 30, 60 and 80, trains at the full LR throughout)."""
+    def notes(*overrides: str) -> list[str]:
+        return json.loads(runner.invoke(app, ["plan", "resnet18-imagenet", *overrides, "--json"]).stdout)["notes"]
+
+    assert notes("epochs=20")[0] == ("note: the LR decays after epochs 30, 60 and 80 (optim.decay_epochs=[30, 60, "
+                                     "80]) never come in 20 epochs; set optim.decay_epochs for a shorter run")
+    assert notes("epochs=61")[0].startswith("note: the LR decay after epoch 80 (optim.decay_epochs=[30, 60, 80]) "
+                                            "never comes in 61 epochs")
+    assert not [note for note in notes("epochs=81") if "decay" in note]  # the last one comes before epoch 81
+    assert notes("epochs=3", "optim.warmup_epochs=5", "optim.decay_epochs=[]") == [
+        "note: optim.warmup_epochs=5 is longer than the run (3 epochs): the LR never reaches its full value"]
+
+
 def test_plan_notes_batches_whose_epochs_drop_a_large_tail():
     plan = json.loads(runner.invoke(app, ["plan", "quickstart", "data.train_size=1500", "--json"]).stdout)
     assert [note.split(" every")[0] for note in plan["notes"]] == ["note: at global batch 256",

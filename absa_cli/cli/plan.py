@@ -78,6 +78,7 @@ def build_plan(config, max_workers: int, model: Any = None, overrides: list[str]
     from absa_cli.decide.geometry import steps_in_epoch
     from absa_cli.decide.policy import check_batch_fits, training_set_notes, make_policy
     from absa_cli.decide.replay import schedule_bounds
+    from absa_cli.decide.schedule import schedule_notes
 
     spec = catalog.dataset_spec(config.data.name)
     num_samples = spec.train_size(config.data.train_split, config.data.train_size)
@@ -89,7 +90,8 @@ def build_plan(config, max_workers: int, model: Any = None, overrides: list[str]
              "slowest": _phases(config, bounds.slowest, bounds.slowest_growths, bounds.slowest_states, num_samples,
                                 max_workers)}
     return {
-        "notes": training_set_notes(config, num_samples), "lr_ramp_epochs": config.policy.lr_ramp_epochs,
+        "notes": [*schedule_notes(config.optim, config.epochs), *training_set_notes(config, num_samples)],
+        "lr_ramp_epochs": config.policy.lr_ramp_epochs,
         "preset": config.preset, "policy": config.policy.name, "start": make_policy(config).initial().reason,
         "dataset": spec.name, "num_train_samples": num_samples, "epochs": config.epochs, "max_workers": max_workers,
         "cases": cases,

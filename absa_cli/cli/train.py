@@ -42,6 +42,7 @@ def train(
     last. Ctrl-C stops after the current step with a checkpoint; `absa resume <run-id>` continues."""
     from absa_cli import config as config_mod
     from absa_cli.cli.driver import drive, make_group, private_network
+    from absa_cli.decide.schedule import schedule_notes
     from absa_cli.run.rundir import RunDir, check_run_id, check_writable, new_run_id, runs_root
 
     with user_errors(), interrupted(BEFORE_TRAINING):
@@ -69,6 +70,8 @@ def train(
         lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
         run.write_info(local=local)  # a resume without --local says what that changes
     typer.echo(f"run: {run.id}")
+    for note in schedule_notes(config.optim, config.epochs):  # once the run exists: an error stays one line
+        typer.echo(note, err=True)
     drive(config, run, group, lock, where, resume=False, local=local)
 
 
