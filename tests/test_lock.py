@@ -177,3 +177,27 @@ def test_a_folder_in_the_lock_files_place_is_judged_by_its_age_and_never_a_trace
     with pytest.raises(RunLocked, match=f"its lock file {path} cannot be removed .*remove it by hand") as info:
         RunLock(path, "run-d").acquire()
     assert "\n" not in str(info.value)
+
+
+def test_a_new_run_is_held_by_its_driver_from_the_moment_it_is_listed(tmp_path, monkeypatch):
+    """`absa train` takes the run's lock before run.json makes the folder a run: `runs list` never shows a run being
+    created as ``running (driver gone)`` (the window between creating the folder and taking the lock)."""
+    from absa_cli import config as config_mod
+    from absa_cli.cli.runs import _status
+    from absa_cli.run.rundir import RunDir, list_runs
+
+    seen = []
+    write_info = RunDir.write_info
+
+    def watched(self, **fields):
+        write_info(self, **fields)
+        seen.extend(_status(run)[0] for run in list_runs(tmp_path))  # what `runs list` shows right then
+
+    monkeypatch.setattr(RunDir, "write_info", watched)
+    run, held = RunDir.create_held(tmp_path, config_mod.load("quickstart", []))
+    try:
+        assert seen == ["running"]
+        assert lock.read(run.lock_path)["pid"] == os.getpid()
+    finally:
+        held.release()
+    assert _status(run)[0] == "running (driver gone)"  # and once the driver lets go without finishing, it says so

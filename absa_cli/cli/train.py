@@ -66,8 +66,7 @@ def train(
         run_id = run_id or new_run_id(config.preset or "run")  # drawn now: the Ray job carries it
         load_libraries(ray=not local, dataset=config.data.name)  # after the re-run, if any: it would load twice
         group, where = make_group(config, address, local, run_id)
-        run = RunDir.create(runs_root(runs_dir), _saved(config, most) if local else config, run_id=run_id)
-        lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
+        run, lock = RunDir.create_held(runs_root(runs_dir), _saved(config, most) if local else config, run_id=run_id)
         run.write_info(local=local)  # a resume without --local says what that changes
     typer.echo(f"run: {run.id}")
     for note in schedule_notes(config.optim, config.epochs):  # once the run exists: an error stays one line

@@ -122,6 +122,26 @@ class RunDir:
     def create(cls, runs_dir: Path, config: config_mod.RunConfig, run_id: str | None = None) -> "RunDir":
         """A new run directory; ``run_id``: a name drawn beforehand (``absa train --submit`` names the run before
         the job starts it), refused if taken."""
+        run = cls._made(runs_dir, config, run_id)
+        run._start(config)
+        return run
+
+    @classmethod
+    def create_held(cls, runs_dir: Path, config: config_mod.RunConfig,
+                    run_id: str | None = None) -> tuple["RunDir", RunLock]:
+        """``create``, with this process holding the run's lock before run.json makes the folder a run: `runs list`
+        never sees a new run without its driver (``running (driver gone)``)."""
+        run = cls._made(runs_dir, config, run_id)
+        lock = run.lock().acquire()  # a fresh directory: nobody else can hold it
+        try:
+            run._start(config)
+        except BaseException:
+            lock.release()
+            raise
+        return run, lock
+
+    @classmethod
+    def _made(cls, runs_dir: Path, config: config_mod.RunConfig, run_id: str | None) -> "RunDir":
         try:
             runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError:  # made unusable since it was checked: the same line as check_writable's
@@ -140,12 +160,13 @@ class RunDir:
                 run_id = drawn
             except FileExistsError:  # same second, same suffix: draw again
                 continue
-        run = cls(runs_dir / run_id)
-        run.checkpoints_dir.mkdir()
-        run.config_path.write_text(config_mod.to_yaml(config))
-        run.write_info(status=Status.RUNNING, preset=config.preset, host=socket.gethostname(), pid=os.getpid(),
-                       started_at=_now(), last_epoch=0, epochs=config.epochs, uid=secrets.token_hex(8))
-        return run
+        return cls(runs_dir / run_id)
+
+    def _start(self, config: config_mod.RunConfig) -> None:
+        self.checkpoints_dir.mkdir()
+        self.config_path.write_text(config_mod.to_yaml(config))
+        self.write_info(status=Status.RUNNING, preset=config.preset, host=socket.gethostname(), pid=os.getpid(),
+                        started_at=_now(), last_epoch=0, epochs=config.epochs, uid=secrets.token_hex(8))
 
     def uid(self) -> str | None:
         """The run's own id, drawn once at creation and kept in run.json: its checkpoints carry it, so a renamed
