@@ -105,6 +105,22 @@ def _kill_one_worker_after_step(group, audit, start: int) -> threading.Thread:
     return thread
 
 
+def test_the_training_sets_size_is_known_before_any_worker_starts(cluster):
+    """A resume checks its checkpoint's training-set size before the group starts a worker: the count the driver
+    read (make_group passes it) or, given none, the split opened on the driver; once workers run, theirs."""
+    from absa_cli.cluster.group import RayWorkerGroup
+
+    given, opened = RayWorkerGroup(_config(), num_train_samples=123), RayWorkerGroup(_config())
+    try:
+        assert (given.num_train_samples, opened.num_train_samples) == (123, 256)  # 256: TINY's data.train_size
+        assert not given.actors and not opened.actors
+        given.resize(1)
+        assert given.num_train_samples == 256
+    finally:
+        given.close()
+        opened.close()
+
+
 def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_path, one_thread):
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.worker.engine import Engine

@@ -26,10 +26,13 @@ class Restored:
 
 
 class Checkpoints:
-    def __init__(self, run: RunDir, keep_last: int, report: Callable[[str], None], config: Any) -> None:
+    def __init__(self, run: RunDir, keep_last: int, report: Callable[[str], None], config: Any,
+                 train_samples: Callable[[], int]) -> None:
         from absa_cli.config import fingerprint, identity
 
         self.run = run
+        self.train_samples = train_samples  # the training set's size now (the group's): what a checkpoint's
+        # position inside the epoch's permutation is a position in
         self.keep_last = keep_last
         self.uid = run.uid()
         self.keys = identity(config)
@@ -54,7 +57,8 @@ class Checkpoints:
             return self.saved_file
         state = {**group_state(), "epoch": progress.epoch, "samples_seen": progress.samples_seen,
                  "updates": progress.updates, "progress": progress.to_dict(), "policy": policy_state,
-                 "metrics_bytes": self.run.metrics_size(), "preset": preset, "run": self.owner}
+                 "metrics_bytes": self.run.metrics_size(), "preset": preset, "run": self.owner,
+                 "num_train_samples": self.train_samples()}
         self._store().save(name, state)
         self.saved_at, self.saved_file = progress.updates, name
         return name
@@ -91,9 +95,23 @@ class Checkpoints:
         if found is None:
             return None
         source, state = found
+        self._check_training_set(source, state)
         policy.load_state_dict(state["policy"])
         s = policy.state
         decision = Decision(global_batch_size=s.global_batch_size, adv_ratio=s.adv_ratio, probe_next=s.probe_next,
                             growth=None, reason=f"restored from {source}")
         moved = self.run.rewind_metrics(int(state["metrics_bytes"]))
         return Restored(source, Progress.from_dict(state["progress"]), decision, state, moved)
+
+    def _check_training_set(self, source: str, state: dict[str, Any]) -> None:
+        """One line (exit 2, before anything changes) for a training set that is not the size it was when the
+        checkpoint was written: the epoch's order is a permutation of its indices, so files added or removed since
+        would feed some samples twice and others never, and shift which file an index names. (A checkpoint from
+        before absa recorded the size is not checked.)"""
+        from absa_cli.errors import UserError
+
+        saved, now = state.get("num_train_samples"), self.train_samples()
+        if isinstance(saved, int) and saved != now:
+            raise UserError(f"run {self.run.id}: its training set has {now:,} samples now and had {saved:,} when "
+                            f"{source} was written (files added to or removed from the dataset since?); resume with "
+                            f"data.root=PATH naming the files it trained on, or start a new run")
