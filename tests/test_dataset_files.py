@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import socket
 import struct
 import urllib.error
@@ -188,6 +189,12 @@ def _then(action: Callable[[Path], object], relative: str) -> Callable[[Path], P
     return edit
 
 
+def _dangling(path: Path) -> None:
+    """A symbolic link to nothing in ``path``'s place (a disk not mounted, a moved copy)."""
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.symlink_to(path.parent / f"unmounted-{path.name}")
+
+
 def _v73(folder: Path) -> Path:
     path = folder / "train_32x32.mat"
     header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116) + b"\0" * 8 + b"\x00\x02IM"
@@ -332,6 +339,12 @@ BAD = {
                                    ["holds no image files: that class would never be trained"]),
     "tiny-empty-train-class": ("tinyimagenet", "train", _tiny(_then(_empty_folder, "train/n0200/images")),
                                BadDataError, ["holds no image files: that class would never be trained"]),
+    # a link to nothing was skipped: a class folder's shifted every later label, an image's shrank the split
+    "imagenet-dangling-class-link": ("imagenet", "train", _imagenet(_then(_dangling, "train/n01")), BadDataError,
+                                     ["is a symbolic link to", "unmounted-n01, which does not exist",
+                                      "mount or restore what it points to, or remove the link"]),
+    "tiny-dangling-image-link": ("tinyimagenet", "train", _tiny(_then(_dangling, "train/n0200/images/n0200_0.JPEG")),
+                                 BadDataError, ["unmounted-n0200_0.JPEG, which does not exist"]),
 }
 
 
@@ -494,6 +507,23 @@ def test_a_corrupt_jpeg_fails_its_batch_naming_the_file(tmp_path):
     with pytest.raises(UnreadableImageError) as caught:
         train.get_batch(torch.tensor([1]), None)
     assert_one_line(caught.value, f"cannot decode the image {broken}")
+
+
+def test_an_image_the_system_refuses_mid_run_names_that_fix_not_a_good_copy(tmp_path):
+    """Gone (deleted since the split was opened) or unreadable (permissions) is not undecodable: the fix differs."""
+    base = write_imagenet(tmp_path)
+    train = build_dataset("imagenet", "train", tmp_path)
+    gone = base / "train" / "n02" / "n02_0.JPEG"
+    gone.unlink()
+    with pytest.raises(UnreadableImageError) as caught:
+        train.get_batch(torch.tensor([1]), None)
+    assert_one_line(caught.value, f"cannot read the image {gone} (No such file or directory); restore it, or set "
+                                  f"data.root=DIR")
+    refused = base / "train" / "n01" / "n01_0.JPEG"  # the system's refusal, as root meets one (chmod would not)
+    replace_with_dir(refused)
+    with pytest.raises(UnreadableImageError) as caught:
+        train.get_batch(torch.tensor([0]), None)
+    assert_one_line(caught.value, f"cannot read the image {refused} (Is a directory); make it readable, or set")
 
 
 def test_a_corrupt_jpeg_met_by_a_prefetching_worker_process_keeps_its_one_line(tmp_path):

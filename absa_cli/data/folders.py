@@ -46,15 +46,27 @@ def _image_files(spec: DatasetSpec, directory: Path) -> list[Path]:
     are not images: macOS leaves a ``._<name>.JPEG`` of metadata beside every file it copies to another disk."""
     from torchvision.datasets.folder import IMG_EXTENSIONS  # here: torchvision costs every worker a second to import
 
-    names = [e.name for e in _listing(spec, directory)
-             if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMG_EXTENSIONS)]
-    return [directory / name for name in sorted(names)]
+    images = [e for e in _listing(spec, directory)
+              if not e.name.startswith(".") and e.name.lower().endswith(IMG_EXTENSIONS)]
+    _no_broken_link(spec, images)
+    return [directory / name for name in sorted(e.name for e in images if e.is_file())]
 
 
 def _subdirs(spec: DatasetSpec, directory: Path) -> list[str]:
     """Folders inside ``directory``, sorted; hidden ones (``.Trash-1000``, ``.ipynb_checkpoints``) are no class:
     counted as one, they shifted every label after them."""
-    return sorted(e.name for e in _listing(spec, directory) if e.is_dir() and not e.name.startswith("."))
+    entries = [e for e in _listing(spec, directory) if not e.name.startswith(".")]
+    _no_broken_link(spec, entries)
+    return sorted(e.name for e in entries if e.is_dir())
+
+
+def _no_broken_link(spec: DatasetSpec, entries: list[os.DirEntry]) -> None:
+    """A symbolic link to nothing (a disk not mounted, a moved copy) is neither a folder nor a file: skipped, a
+    class folder would shift every label after it, and an image would shrink the split."""
+    for entry in entries:
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            raise bad_data(spec, Path(entry.path), f"is a symbolic link to {os.readlink(entry.path)}, which does "
+                           f"not exist", fix="mount or restore what it points to, or remove the link")
 
 
 def _no_empty_class(spec: DatasetSpec, empty: list[Path]) -> None:
@@ -70,6 +82,10 @@ def _decode_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")  # a few TinyImageNet/ImageNet JPEGs are greyscale or CMYK
     except Exception as error:  # PIL's errors for a cut JPEG ("image file is truncated") do not name the file
+        if isinstance(error, OSError) and error.errno is not None:  # the system's refusal (permissions, I/O, gone)
+            fix = "restore it" if isinstance(error, FileNotFoundError) else "make it readable"
+            raise UnreadableImageError(f"cannot read the image {path} ({error.strerror or first_line(error)}); "
+                                       f"{fix}, or set data.root=DIR (or ABSA_DATA) to a readable copy") from error
         raise UnreadableImageError(f"cannot decode the image {path} ({first_line(error, typed=True)}); replace "
                                    f"it with a good copy") from error
 
