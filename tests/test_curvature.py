@@ -91,6 +91,18 @@ def test_power_iteration_and_lanczos_find_the_exact_top_eigenvalues(quadratic_ma
         torch.testing.assert_close(quadratic_matrix @ vector, value * vector, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_operator_gives_nan_from_both_methods_not_an_exception(quadratic_matrix, bad):
+    """A probe's NaN λ is ignored by the policy (docs/policy.md); Lanczos raised linalg.eigh's error instead."""
+    matrix = quadratic_matrix.clone()
+    matrix[3, 5] = matrix[5, 3] = bad
+    power = power_iteration(quadratic_operator(matrix), max_iter=20)
+    top = lanczos(quadratic_operator(matrix), k=2, max_iter=20, return_eigenvectors=True)
+    assert math.isnan(power.eigenvalues[0])
+    assert all(math.isnan(v) for v in top.eigenvalues) and len(top.eigenvalues) == 2 and not top.converged
+    assert top.hvp_count == top.iterations == 1 and bool(torch.isnan(top.eigenvectors[1]).all())
+
+
 def test_one_rademacher_probe_gives_the_exact_trace_of_a_diagonal_hessian():
     diagonal = torch.tensor(EIGENVALUES, dtype=DTYPE)
     result = hutchinson_trace(quadratic_operator(torch.diag(diagonal)), num_samples=1)

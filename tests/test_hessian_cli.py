@@ -272,3 +272,44 @@ def test_the_owner_line_writes_a_mid_epoch_position_as_the_console_counts_epochs
     assert owner_line(state) == "run quickstart-x (preset quickstart, config 0baed5b8), 1,344 samples into epoch 1"
     assert owner_line({**state, "samples_seen": 0}).endswith("config 0baed5b8), epoch 0")
     assert owner_line({**state, "samples_seen": "x"}).endswith("epoch 0")  # a hand-made state: no traceback
+
+
+def test_options_out_of_range_are_one_line_before_any_work(tmp_path):
+    """--tol inf (or 1e400) stopped at the second product and printed a wrong λ as converged; a seed past 64 bits
+    was torch's overflow traceback."""
+    missing = str(tmp_path / "missing.pt")
+    for args, says in ((["--tol", "1e400"], "--tol is a relative tolerance, from 0 up to (not including) 1, got inf"),
+                       (["--tol", "1"], "got 1; e.g. --tol 1e-4"), (["--tol", "nan"], "invalid value for '--tol'"),
+                       (["--seed", str(2 ** 64)], f"--seed must be a 64-bit integer (between -2**63 and 2**63 - 1), "
+                                                  f"got {2 ** 64}")):
+        result = runner.invoke(app, ["hessian", missing, *args])
+        assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+        assert result.stderr.startswith("error: ") and says in result.stderr, result.stderr
+
+
+def test_weights_that_are_not_finite_are_one_line(trained_checkpoint, tmp_path):
+    """Every product would be NaN (Lanczos raised linalg.eigh's error): named, exit 2."""
+    import torch
+
+    from absa_cli.run import checkpoint as checkpoint_mod
+
+    state = torch.load(trained_checkpoint, weights_only=True)
+    name = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    checkpoint_mod.save(tmp_path / "nan.pt", state)
+    result = runner.invoke(app, ["hessian", str(tmp_path / "nan.pt"), "--preset", "quickstart", *FAST])
+    assert result.exit_code == 2 and not result.stdout, result.output
+    assert result.stderr.splitlines()[-1] == (f"error: the checkpoint's weights are not finite: {name} holds NaN or "
+                                              f"infinite values; inspect an earlier checkpoint of the run")
+
+
+def test_a_top_k_past_the_distinct_eigenvalues_says_how_many_were_found(narrow_checkpoint):
+    """A tiny model's Hessian has many zero eigenvalues: Lanczos finds each distinct one once, so --top-k up to
+    the parameter count returned fewer values without a word."""
+    dim = json.loads(runner.invoke(app, ["hessian", str(narrow_checkpoint), "--json", *FAST]).stdout)["num_parameters"]
+    result = runner.invoke(app, ["hessian", str(narrow_checkpoint), "--json", "--top-k", str(dim), *FAST])
+    assert result.exit_code == 0, result.output
+    found = len(json.loads(result.stdout)["top_eigenvalues"])
+    assert found < dim
+    assert (f"note: --top-k {dim} asks for {dim:,} eigenvalues; {found:,} distinct ones were found before the Krylov "
+            f"space ran out") in result.stderr

@@ -122,6 +122,11 @@ def hessian(
     else:
         _print(result)
     _warn_unconverged(result)
+    found = len(result["top_eigenvalues"])
+    if found < options.top_k:  # single-vector Lanczos finds one copy of a repeated eigenvalue (a Hessian's zeros)
+        typer.echo(f"note: --top-k {options.top_k} asks for {options.top_k:,} eigenvalues; {found:,} distinct ones "
+                   f"were found before the Krylov space ran out: the rest repeat them (a repeated eigenvalue, such as "
+                   f"the many zeros of a model's Hessian, is found once)", err=True)
     asked = options.batch_size * options.num_batches
     if result["num_samples"] < asked:  # the probe draws from the training set, which had fewer
         typer.echo(f"note: --batch-size {options.batch_size} × --num-batches {options.num_batches} asks for "

@@ -13,6 +13,7 @@ needs 11–20, and the paper's setting (10 products, tol 1e-2) leaves power iter
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +85,7 @@ class Krylov:
     alphas: list[float]  # diagonal of T
     betas: list[float]  # betas[j] = ‖r_j‖; T's off-diagonal is betas[:-1], betas[-1] drives the residuals
     exhausted: bool  # the Krylov space is invariant under H (or is the whole space): Ritz values are exact
+    finite: bool = True  # False: a product was NaN or infinite (T has no eigenvalues to speak of); stopped there
 
     @property
     def steps(self) -> int:
@@ -119,6 +121,9 @@ def lanczos_tridiagonal(op: SymmetricOperator, start: torch.Tensor, max_steps: i
             w -= span.T @ (span @ w)
         beta = norm(w)
         krylov.betas.append(beta)
+        if not math.isfinite(krylov.alphas[-1]) or not math.isfinite(beta):
+            krylov.finite = False
+            break
         scale = max(max(abs(a) for a in krylov.alphas), max(krylov.betas))
         if beta <= 10 * eps * scale or j + 1 == op.dim:
             krylov.exhausted = True
@@ -163,6 +168,12 @@ def lanczos(op: SymmetricOperator, k: int = 1, max_iter: int = 30, tol: float = 
         return krylov.steps >= k and all(r <= tol * abs(v) for v, r in zip(values, residuals))
 
     krylov = lanczos_tridiagonal(op, start_vector(op, seed, start), max_iter, stop=small_enough)
+    if not krylov.finite:  # NaN, as power iteration gives (a probe's NaN is ignored: decide/policy.py)
+        nan = [math.nan] * k
+        return EigenResult(eigenvalues=nan, hvp_count=op.hvp_count - start_count, iterations=krylov.steps,
+                           converged=False, residuals=nan, history=[*history, math.nan],
+                           eigenvectors=[torch.full((op.dim,), math.nan, dtype=op.dtype, device=op.device)] * k
+                           if return_eigenvectors else None)
     values, residuals, vectors = top_k(krylov)
     converged = krylov.exhausted or all(r <= tol * abs(v) for v, r in zip(values, residuals))
     eigenvectors = None

@@ -44,9 +44,16 @@ class HessianOptions:
 
 def check_options(options: HessianOptions) -> None:
     """User errors in the options, found before any model, data or worker is built."""
+    from absa_cli.config import SEED_LIMIT
+
     if options.method == "power" and options.top_k != 1:
         raise UserError(f"--method power finds only the top eigenvalue; use --method lanczos for --top-k "
                         f"{options.top_k}")
+    if not 0 <= options.tol < 1:  # inf or 1e400 stopped at the second product and printed that as converged
+        raise UserError(f"--tol is a relative tolerance, from 0 up to (not including) 1, got {options.tol:g}; e.g. "
+                        f"--tol 1e-4")
+    if not -SEED_LIMIT <= options.seed < SEED_LIMIT:  # past it torch raised an overflow
+        raise UserError(f"--seed must be a 64-bit integer (between -2**63 and 2**63 - 1), got {options.seed}")
 
 
 def lanczos_iterations(options: HessianOptions) -> int:
@@ -85,6 +92,12 @@ def rebuild_model(config: RunConfig, state: dict[str, Any], fix: str = FIX) -> t
     if problem is not None:
         raise UserError(f"the checkpoint's weights do not fit {config.model.name} (model.width="
                         f"{config.model.width:g}) for {config.data.name}: {problem}; {fix}") from None
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:  # every product would be NaN: nothing to measure
+        more = f" (and {len(broken) - 1} more tensors)" if len(broken) > 1 else ""
+        raise UserError(f"the checkpoint's weights are not finite: {broken[0]} holds NaN or infinite values{more}; "
+                        f"inspect an earlier checkpoint of the run")
     return model
 
 
