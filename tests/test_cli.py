@@ -515,6 +515,22 @@ def test_a_console_closed_mid_run_leaves_the_run_to_finish(tmp_path):
     assert not (run / "lock.json").exists() and "Traceback" not in stderr and "Broken" not in stderr, stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a file every write to fails (ENOSPC)")
+def test_output_that_cannot_be_written_is_one_line_and_exit_1_and_the_run_finishes(tmp_path):
+    """`absa train ... > out.txt` on a disk that is full: it was a traceback at the first line, the run left
+    `running` and locked. Now the run goes on to its end (its records are in its directory, not on the console),
+    and the command ends saying that what it printed is lost."""
+    with open("/dev/full", "w") as full:
+        process = subprocess.run([sys.executable, "-m", "absa_cli", "train", "quickstart", *TINY, "--local",
+                                  "--runs-dir", str(tmp_path)], stdout=full, stderr=subprocess.PIPE, text=True,
+                                 timeout=120)
+    assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr
+    assert process.stderr.splitlines()[-1] == ("error: the output could not be written (No space left on device); "
+                                               "what this command printed is lost: write it where there is room")
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished" and not (run / "lock.json").exists()
+
+
 def test_a_stop_after_the_shared_console_closed_still_checkpoints(tmp_path):
     """`absa train ... 2>&1 | head -1`, then Ctrl-C: the stop's own line goes to the same closed pipe. Written from
     the signal handler, it raised BrokenPipeError into the training loop: the run ended `failed`, exit 1, with no

@@ -123,6 +123,7 @@ class _Console:
 
     def __init__(self, stream: Any) -> None:
         self._stream, self._gone = stream, False
+        self.failed: OSError | None = None  # a write the system refused (a full disk): said once the command ends
 
     def write(self, text: str) -> int:
         if not self._gone:
@@ -130,6 +131,8 @@ class _Console:
                 return self._stream.write(text)
             except BrokenPipeError:
                 self._close()
+            except OSError as error:
+                self._fail(error)
         return len(text)
 
     def flush(self) -> None:
@@ -138,6 +141,14 @@ class _Console:
                 self._stream.flush()
             except BrokenPipeError:
                 self._close()
+            except OSError as error:
+                self._fail(error)
+
+    def _fail(self, error: OSError) -> None:
+        """A file the output cannot be written to (``> /dev/full``, a disk that filled): dropped from then on like a
+        closed pipe, but not silently: ``main`` ends the command with one line and exit code 1."""
+        self.failed = error
+        self._close()
 
     def _close(self) -> None:
         """From now on nothing reaches the pipe, Python's own flush at exit included (the file descriptor now
@@ -177,6 +188,12 @@ def main() -> None:
         app()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        failed = getattr(sys.stdout, "failed", None)
+        if failed is not None:  # what the command printed is lost (a run's records are in its directory)
+            sys.stderr.write(f"error: the output could not be written ({failed.strerror or failed}); what this "
+                             f"command printed is lost: write it where there is room\n")
+            code = code or 1
+            raise SystemExit(code) from None
         raise
     finally:
         _quit_at_once_from_now(code)
