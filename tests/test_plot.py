@@ -6,6 +6,7 @@ size); user errors as one line with exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 import struct
@@ -184,8 +185,15 @@ def test_run_id_that_is_not_a_plain_name(runs):
 
 
 def test_run_without_metrics(runs):
+    """A folder that is no run says so as `absa runs show` does (it named no fix); a run that has written no record
+    yet says when it can be plotted."""
     (runs / "empty").mkdir()
-    assert_user_error(runner.invoke(app, ["plot", "empty", "--runs-dir", str(runs)]), "has no metrics file")
+    plotted = runner.invoke(app, ["plot", "empty", "--runs-dir", str(runs)])
+    assert_user_error(plotted, f"no run 'empty' in {runs}; list runs with `absa runs list`")
+    assert plotted.stderr == runner.invoke(app, ["runs", "show", "empty", "--runs-dir", str(runs)]).stderr
+    (runs / "empty" / "run.json").write_text("{}")
+    assert_user_error(runner.invoke(app, ["plot", "empty", "--runs-dir", str(runs)]),
+                      "run empty has no completed epoch yet (no ", "; plot it after its first epoch")
 
 
 def test_run_without_a_completed_epoch(runs):
@@ -253,6 +261,14 @@ def test_a_run_directory_that_cannot_be_written_asks_for_another_output(runs):
     assert result.returncode == 2 and not result.stdout, result.stderr
     assert result.stderr == (f"error: --output {run / 'plot.png'}: the folder {run} cannot be written (Read-only "
                              f"file system); choose another path with --output\n")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
+def test_a_folder_that_makes_no_files_is_not_called_missing(runs):
+    """mkdir in /proc fails with ENOENT: the line said "(No such file or directory)" of a folder that exists."""
+    result = runner.invoke(app, ["plot", "absa-run", "-o", "/proc/x.png", "--runs-dir", str(runs)])
+    assert_user_error(result, "error: --output /proc/x.png: the folder /proc cannot be written (no file can be "
+                              "created there); choose another path with --output")
 
 
 def test_bad_x_axis(runs):

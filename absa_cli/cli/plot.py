@@ -39,7 +39,7 @@ def plot(
         runs = []
         for run_id in run_ids:
             run_dir = root / check_run_id(run_id)
-            if not run_dir.is_dir():
+            if not any((run_dir / name).is_file() for name in ("run.json", "metrics.jsonl")):  # an empty folder too
                 raise UserError(no_run(run_id, root))
             runs.append(plots.load_run(run_dir))
         path = output or root / run_ids[0] / ("plot.png" if x is XAxis.updates else f"plot-{x.value}.png")

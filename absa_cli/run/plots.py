@@ -69,7 +69,8 @@ def load_run(run_dir: Path) -> RunCurves:
     """Read ``metrics.jsonl`` (and the policy from ``config.yaml``, for the label); ``UserError`` if nothing to plot."""
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
-        raise UserError(f"run {run_dir.name} has no metrics file {metrics}")
+        raise UserError(f"run {run_dir.name} has no completed epoch yet (no {metrics}); plot it after its first "
+                        f"epoch")
     by_epoch: dict[int, dict[str, Any]] = {}
     events: list[dict[str, Any]] = []
     for record in _records(metrics):

@@ -11,6 +11,7 @@ and ``manifest.json``). Records written after the checkpoint a resume starts fro
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import os
 import re
@@ -62,8 +63,9 @@ def check_writable(directory: Path, what: str = "runs directory", fix: str = "")
     try:
         with tempfile.TemporaryDirectory(dir=probe, prefix=".absa-write-check-"):
             pass
-    except OSError as exc:
-        raise UserError(f"{what} {directory} cannot be written ({exc.strerror or exc}); {fix}") from None
+    except OSError as exc:  # the folder exists: "No such file or directory" is a file system that makes none (/proc)
+        reason = "no file can be created there" if exc.errno == errno.ENOENT else exc.strerror or exc
+        raise UserError(f"{what} {directory} cannot be written ({reason}); {fix}") from None
     return Path(directory)
 
 
