@@ -313,6 +313,14 @@ class ClusterConfig:
 
 
 SEED_LIMIT = 2 ** 63
+
+
+def seed_problem(name: str, value: int) -> str | None:
+    """The line for a seed torch cannot take (past 64 bits it raised an overflow, or the seed wrapped); None if
+    it can. The config's seeds and `absa hessian --seed` say it alike."""
+    if -SEED_LIMIT <= value < SEED_LIMIT:
+        return None
+    return f"{name} must be a 64-bit integer (between -2**63 and 2**63 - 1), got {value}"
 MAX_EPOCHS = 100_000  # `absa plan` replays the rule epoch by epoch: 1e8 epochs took minutes and 12 GB
 
 
@@ -341,8 +349,8 @@ class RunConfig:
         _require(self.epochs <= MAX_EPOCHS, f"epochs must be at most {MAX_EPOCHS:,}, got {self.epochs:,}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         for name, value in (("seed", self.seed), ("data.seed", self.data.seed), ("probe.seed", self.probe.seed)):
-            _require(-SEED_LIMIT <= value < SEED_LIMIT,  # past it torch raised an overflow, or the seed wrapped
-                     f"{name} must be a 64-bit integer (between -2**63 and 2**63 - 1), got {value}")
+            problem = seed_problem(name, value)
+            _require(problem is None, problem or "")
         _require(self.policy.max_global_batch >= self.batch.global_batch_size,
                  f"policy.max_global_batch={self.policy.max_global_batch} is below batch.global_batch_size="
                  f"{self.batch.global_batch_size}; raise the cap or lower the starting batch",

@@ -65,6 +65,7 @@ class Stats:  # what the controller reads of ChunkStats / EvalStats / ProbeStats
 @dataclass
 class ScriptedGroup:
     num_train_samples: int = 256
+    files: str | None = None  # the training set's digest of its files (ImageDataset.identity)
     offered: int = 1  # the cluster's capacity: what ``capacity()`` reports
     events: dict[tuple[str, int], Any] = field(default_factory=dict)  # (method, n-th call) → Lose | LoseAll | NoRoom
     # probe readings per epoch, the last one repeated; a tuple: the probe's, then its rechecks' (policy.recheck)
@@ -106,6 +107,10 @@ class ScriptedGroup:
         return WorkerFailure(failure)
 
     # ---------------------------------------------------------------------------------- the contract
+
+    @property
+    def training_set(self) -> dict[str, Any]:
+        return {"samples": self.num_train_samples, "files": self.files}
 
     def capacity(self) -> int:
         return max(self.offered, self.num_workers)

@@ -105,17 +105,15 @@ def _kill_one_worker_after_step(group, audit, start: int) -> threading.Thread:
     return thread
 
 
-def test_the_training_sets_size_is_known_before_any_worker_starts(cluster):
-    """A resume checks its checkpoint's training-set size before the group starts a worker: the count the driver
-    read (make_group passes it) or, given none, the split opened on the driver; once workers run, theirs."""
+def test_the_training_set_is_known_before_any_worker_starts(cluster):
+    """A resume checks its checkpoint's training set before the group starts a worker: what the driver read
+    (make_group passes it) or, given nothing, the split opened on the driver."""
     from absa_cli.cluster.group import RayWorkerGroup
 
-    given, opened = RayWorkerGroup(_config(), num_train_samples=123), RayWorkerGroup(_config())
+    given, opened = RayWorkerGroup(_config(), training_set={"samples": 1}), RayWorkerGroup(_config())
     try:
-        assert (given.num_train_samples, opened.num_train_samples) == (123, 256)  # 256: TINY's data.train_size
+        assert given.training_set == {"samples": 1} and opened.training_set == {"samples": 256, "files": None}
         assert not given.actors and not opened.actors
-        given.resize(1)
-        assert given.num_train_samples == 256
     finally:
         given.close()
         opened.close()

@@ -283,7 +283,7 @@ def test_a_second_signal_aborts_and_says_what_is_left_to_resume_from(tmp_path, c
     assert ending.message == f"aborted; {kept}"
     assert sorted(p.name for p in run.checkpoints_dir.glob("*.pt")) == files
     # a resume aborted before it restored anything: the run's own checkpoints stand, untouched
-    fresh = Checkpoints(run, 3, report=print, config=controller.config, train_samples=lambda: 256)
+    fresh = Checkpoints(run, 3, report=print, config=controller.config, training_set=lambda: {})
     assert fresh.kept() == ("the last checkpoint stands" if files else kept)
 
 
@@ -307,25 +307,29 @@ def test_a_damaged_checkpoint_on_resume_is_a_refusal_that_leaves_the_run_as_it_w
     assert ending.message.startswith("error: ") and not again.resumed
 
 
-@pytest.mark.parametrize("now", [250, 300])
-def test_a_resume_onto_a_training_set_of_another_size_is_refused_before_anything_changes(tmp_path, now):
+@pytest.mark.parametrize("now, says", [
+    ({"num_train_samples": 250}, "has 250 samples now and had 256"),
+    ({"num_train_samples": 300}, "has 300 samples now and had 256"),
+    ({"files": "0123abcd"}, "names other files now than the 256 it named"),  # renamed, or a subset's folder changed
+])
+def test_a_resume_onto_another_training_set_is_refused_before_anything_changes(tmp_path, now, says):
     """The epoch's order is a permutation of the training set's indices: resumed mid-run on a set with files
-    removed or added since (data.root moved to another copy), it would feed some samples twice and others never.
-    The checkpoint keeps the size; a resume on another one is refused in one line, the run left as it was."""
-    controller, run, _ = _controller(tmp_path, ScriptedGroup(offered=2))
+    removed, added or renamed since (data.root moved to another copy), it would feed some samples twice and others
+    never. The checkpoint keeps what the set was; a resume on another is refused in one line, the run as it was."""
+    controller, run, _ = _controller(tmp_path, ScriptedGroup(offered=2, files="feedc0de"))
     controller.config.epochs = 1
     controller.train()
     controller.config.epochs = 3
     records = run.metrics_path.read_bytes()
-    again = Controller(controller.config, run, ScriptedGroup(offered=2, num_train_samples=now),
+    again = Controller(controller.config, run, ScriptedGroup(offered=2, **{"files": "feedc0de", **now}),
                        Console(stream=io.StringIO()))
     ending = again.train(resume=True)
     assert (ending.status, ending.exit_code, ending.put_back) == (None, 2, True)
-    assert ending.message == (f"error: run {run.id}: its training set has {now} samples now and had 256 when "
-                              f"epoch-0001.pt was written (files added to or removed from the dataset since?); "
-                              f"resume with data.root=PATH naming the files it trained on, or start a new run")
+    assert ending.message == (f"error: run {run.id}: its training set {says} when epoch-0001.pt was written (files "
+                              f"added to, removed from or renamed in the dataset since?); resume with data.root=PATH "
+                              f"naming the files it trained on, or start a new run")
     assert not again.resumed and run.metrics_path.read_bytes() == records
-    same = Controller(controller.config, run, ScriptedGroup(offered=2), Console(stream=io.StringIO()))
+    same = Controller(controller.config, run, ScriptedGroup(offered=2, files="feedc0de"), Console(stream=io.StringIO()))
     assert same.train(resume=True).status == Status.FINISHED  # on the same set it goes on
 
 

@@ -103,6 +103,13 @@ def test_a_non_finite_operator_gives_nan_from_both_methods_not_an_exception(quad
     assert top.hvp_count == top.iterations == 1 and bool(torch.isnan(top.eigenvectors[1]).all())
 
 
+def test_a_density_of_a_non_finite_operator_says_so(quadratic_matrix):
+    matrix = quadratic_matrix.clone()
+    matrix[3, 5] = matrix[5, 3] = math.nan
+    with pytest.raises(FloatingPointError, match="a Hessian-vector product was NaN or infinite"):
+        spectral_density(quadratic_operator(matrix), num_runs=1, num_steps=8)
+
+
 def test_one_rademacher_probe_gives_the_exact_trace_of_a_diagonal_hessian():
     diagonal = torch.tensor(EIGENVALUES, dtype=DTYPE)
     result = hutchinson_trace(quadratic_operator(torch.diag(diagonal)), num_samples=1)

@@ -15,8 +15,12 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -345,6 +349,8 @@ BAD = {
                                       "mount or restore what it points to, or remove the link"]),
     "tiny-dangling-image-link": ("tinyimagenet", "train", _tiny(_then(_dangling, "train/n0200/images/n0200_0.JPEG")),
                                  BadDataError, ["unmounted-n0200_0.JPEG, which does not exist"]),
+    "tiny-dangling-val-image-link": ("tinyimagenet", "test", _tiny(_then(_dangling, "val/images/val_1.JPEG")),
+                                     BadDataError, ["unmounted-val_1.JPEG, which does not exist"]),
 }
 
 
@@ -570,6 +576,43 @@ def test_a_corrupt_jpeg_mid_run_ends_the_run_in_one_line_and_it_stays_resumable(
     resumed = runner.invoke(app, ["resume", run.name, *[w for w in where if w.startswith("--") or w == "2"],
                                   "--runs-dir", str(runs)])
     assert resumed.exit_code == 0, resumed.output
+
+
+@pytest.mark.parametrize("where", [["--local"], ["--max-gpus", "2"]])
+def test_a_resume_onto_a_folder_whose_files_changed_is_refused_and_leaves_the_run_as_it_was(tmp_path, where, request):
+    """A run stopped with a checkpoint, then an image deleted (as for a corrupt one) or renamed: the epoch's order is
+    a permutation of the set's indices, so the resumed run fed some samples twice and others never, silently
+    (review). Refused in one line, exit 2, before a worker starts (on Ray: from what the driver reads)."""
+    if "--local" not in where:
+        request.getfixturevalue("ray_cluster")
+    root, runs = tmp_path / "data", tmp_path / "runs"
+    base = write_tiny(root)
+    for first in base.glob("train/*/images/*_0.JPEG"):  # 4 images a class: 8, two steps of 4
+        for i in (1, 2, 3):
+            (first.parent / first.name.replace("_0.", f"_{i}.")).write_bytes(first.read_bytes())
+    process = subprocess.Popen([sys.executable, "-m", "absa_cli", "train", "resnet18-tinyimagenet", "epochs=30",
+                                f"data.root={root}", "policy.name=fixed", "batch.global_batch_size=4",
+                                "policy.max_global_batch=4", "--local", "--runs-dir", str(runs)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*/checkpoints/epoch-0001.pt")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    (run,) = runs.iterdir()
+    image = base / "train" / "n0200" / "images" / "n0200_3.JPEG"
+    kept = image.read_bytes()
+    for change, says in ((image.unlink, "has 7 samples now and had 8"),
+                         (lambda: image.with_name("n0200_9.JPEG").write_bytes(kept), "names other files now than the 8")):
+        change()
+        before = (run / "run.json").read_text()
+        result = runner.invoke(app, ["resume", run.name, *where,
+                                     "--runs-dir", str(runs)])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert error.startswith(f"error: run {run.name}: its training set {says}") and "data.root=PATH" in error
+        assert (run / "run.json").read_text() == before and not (run / "lock.json").exists()
 
 
 # --- end to end: `absa train` stops before anything starts --------------------------------------------------------

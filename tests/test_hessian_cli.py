@@ -303,6 +303,21 @@ def test_weights_that_are_not_finite_are_one_line(trained_checkpoint, tmp_path):
                                               f"infinite values; inspect an earlier checkpoint of the run")
 
 
+def test_products_that_overflow_from_finite_weights_are_one_line_not_a_density_traceback():
+    """Finite weights whose logits overflow: every product is NaN, and trace and density had nothing to work on."""
+    import torch
+
+    from absa_cli.errors import UserError
+    from absa_cli.worker import hessian as hessian_mod
+
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.fill_(3e38)
+    batches = [(torch.ones(2, 4), torch.tensor([0, 1]))]
+    with pytest.raises(UserError, match=r"^the curvature at this checkpoint is not finite \(a Hessian-vector product"):
+        hessian_mod.analyse(model, batches, hessian_mod.HessianOptions(density=True, trace=True))
+
+
 def test_a_top_k_past_the_distinct_eigenvalues_says_how_many_were_found(narrow_checkpoint):
     """A tiny model's Hessian has many zero eigenvalues: Lanczos finds each distinct one once, so --top-k up to
     the parameter count returned fewer values without a word."""

@@ -32,19 +32,19 @@ def private_network(config, address: str | None, local: bool) -> None:
         typer.echo(note, err=True)
 
 
-def check_datasets(config) -> int:
+def check_datasets(config) -> dict[str, Any]:
     """Open (or download) both splits: a missing dataset, or a global batch larger than the training set, fails in
-    one line before anything starts. The training set's size."""
+    one line before anything starts. What checkpoints record of the training set (``ImageDataset.identity``)."""
     from absa_cli.data import open_split
     from absa_cli.decide.policy import check_batch_fits, training_set_notes
 
     data = config.data
-    num_train_samples = len(open_split(data, data.train_split))
-    check_batch_fits(config, num_train_samples)
-    for note in training_set_notes(config, num_train_samples):
+    train_set = open_split(data, data.train_split)
+    check_batch_fits(config, len(train_set))
+    for note in training_set_notes(config, len(train_set)):
         typer.echo(note, err=True)
     open_split(data, "test")
-    return num_train_samples
+    return train_set.identity()
 
 
 def make_group(config, address: str | None, local: bool, run_id: str | None = None,
@@ -74,14 +74,14 @@ def make_group(config, address: str | None, local: bool, run_id: str | None = No
         for note in training_set_notes(config, group.num_train_samples):
             typer.echo(note, err=True)
         return group, "local: one worker in this process"
-    num_train_samples = check_datasets(config)  # as the driver reads it: a resume checks it before a worker starts
+    training_set = check_datasets(config)  # as the driver reads it: a resume checks it before a worker starts
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.cluster.runtime import connect
 
     metadata = {"absa_run_id": run_id, "absa_preset": config.preset} if run_id else None
     where = connect(address, metadata=metadata, guard=held_for_ray(on_quit))
     joined = bool(address or os.environ.get("RAY_ADDRESS"))  # as connect decides: else a local cluster, no autoscaler
-    return RayWorkerGroup(config, autoscaler=joined, num_train_samples=num_train_samples), where
+    return RayWorkerGroup(config, autoscaler=joined, training_set=training_set), where
 
 
 def resume_command(run, local: bool) -> str:

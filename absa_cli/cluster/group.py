@@ -47,7 +47,7 @@ _START_ATTEMPT_S = 60.0  # one attempt to start workers; the driver keeps trying
 
 
 class RayWorkerGroup:
-    def __init__(self, config: RunConfig, autoscaler: bool = True, num_train_samples: int | None = None) -> None:
+    def __init__(self, config: RunConfig, autoscaler: bool = True, training_set: dict[str, Any] | None = None) -> None:
         self.config = config
         self.autoscaler = autoscaler  # False: a cluster absa started for the run, which has no autoscaler
         self.config_yaml = config_mod.to_yaml(config)
@@ -60,8 +60,8 @@ class RayWorkerGroup:
         self._serial = 0
         self.spares: list[Any] = []  # started ahead of a likely grow: importing torch overlaps training
         self.generation = 0
-        self._num_train_samples: int | None = None  # as the first worker reads it
-        self._driver_train_samples = num_train_samples  # as the driver read it (make_group): before any worker runs
+        self._num_train_samples: int | None = None
+        self._training_set = training_set  # as the driver read it (make_group), before any worker runs
         self.sample_log_dir = config.logging.sample_log_dir
         self._stop = StopState.NONE
         self._pending_state: dict | None = None  # a checkpoint the next start loads (restart)
@@ -78,15 +78,17 @@ class RayWorkerGroup:
 
     @property
     def num_train_samples(self) -> int:
-        if self._num_train_samples is None and not self.actors:  # before the first start: a resume's check
-            if self._driver_train_samples is None:
-                from absa_cli.data import open_split
-
-                self._driver_train_samples = len(open_split(self.config.data, self.config.data.train_split))
-            return self._driver_train_samples
         if self._num_train_samples is None:
             self._num_train_samples = ray.get(self.actors[0].num_train_samples.remote())
         return self._num_train_samples
+
+    @property
+    def training_set(self) -> dict[str, Any]:
+        if self._training_set is None:  # not given: read here, as make_group does
+            from absa_cli.data import open_split
+
+            self._training_set = open_split(self.config.data, self.config.data.train_split).identity()
+        return self._training_set
 
     def name(self, run_id: str) -> None:
         """Workers started from now on are named ``absa-<run id>-worker<N>`` (``ray list actors``); until then

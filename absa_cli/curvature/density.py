@@ -54,7 +54,10 @@ def spectral_density(op: SymmetricOperator, num_runs: int = 4, num_steps: int = 
     nodes, weights = [], []
     for _ in range(num_runs):
         start = gaussian(op.dim, gen, dtype=op.dtype, device=op.device)
-        values, vectors = ritz_pairs(lanczos_tridiagonal(op, start, num_steps))
+        krylov = lanczos_tridiagonal(op, start, num_steps)
+        if not krylov.finite:  # T holds NaN: no nodes to place (math.ceil of a NaN width raised further on)
+            raise FloatingPointError("a Hessian-vector product was NaN or infinite: no density to estimate")
+        values, vectors = ritz_pairs(krylov)
         nodes.append(values)
         weights.append(vectors[0] ** 2)
     theta, tau = torch.cat(nodes), torch.cat(weights) / num_runs

@@ -30,6 +30,12 @@ class ImageDataset(ABC):
     def __len__(self) -> int:
         return int(self.labels.numel())
 
+    def identity(self) -> dict[str, int | str | None]:
+        """What a checkpoint records of the training set, so that a resume onto another one is refused (the epoch's
+        order is a permutation of its indices): its size, and for a set of files which file and label each index
+        names (``files``: a digest; None for a set held in arrays, whose files hold it whole)."""
+        return {"samples": len(self), "files": None}
+
     @abstractmethod
     def get_batch(
         self, indices: torch.Tensor, aug_seeds: torch.Tensor | None

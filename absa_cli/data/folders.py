@@ -107,6 +107,16 @@ class FileImageDataset(ImageDataset):
         self.paths = paths
         self.labels = torch.tensor(labels, dtype=torch.int64)
 
+    def identity(self) -> dict[str, int | str | None]:
+        """Each index's file name and label, digested (not the folder: data.root may move to another copy): under
+        data.train_size a file added or removed changes which files the subset keeps, not how many."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels.tolist()):
+            digest.update(f"{label} {path.name}\n".encode())
+        return {"samples": len(self), "files": digest.hexdigest()[:16]}
+
     @abstractmethod
     def _load(self, index: int, aug_seed: int | None) -> torch.Tensor:
         """Sample ``index`` as uint8 ``3×S×S``; ``aug_seed`` drives any per-image augmentation."""
@@ -234,7 +244,9 @@ def load_tinyimagenet(
                             download_requested=download)
         _no_empty_class(spec, empty)
     else:
-        present = {entry.name for entry in _listing(spec, val_images)}
+        listed = _listing(spec, val_images)
+        _no_broken_link(spec, [entry for entry in listed if not entry.name.startswith(".")])
+        present = {entry.name for entry in listed}
         for filename, wnid in _read_val_annotations(spec, annotations):
             if wnid not in class_index:
                 raise bad_data(spec, annotations, f"labels {filename} with {wnid!r}, which is not in {wnids_file}",

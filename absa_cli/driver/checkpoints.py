@@ -27,12 +27,12 @@ class Restored:
 
 class Checkpoints:
     def __init__(self, run: RunDir, keep_last: int, report: Callable[[str], None], config: Any,
-                 train_samples: Callable[[], int]) -> None:
+                 training_set: Callable[[], dict[str, Any]]) -> None:
         from absa_cli.config import fingerprint, identity
 
         self.run = run
-        self.train_samples = train_samples  # the training set's size now (the group's): what a checkpoint's
-        # position inside the epoch's permutation is a position in
+        self.training_set = training_set  # the group's training set now (ImageDataset.identity): what a
+        # checkpoint's position inside the epoch's permutation is a position in
         self.keep_last = keep_last
         self.uid = run.uid()
         self.keys = identity(config)
@@ -58,7 +58,7 @@ class Checkpoints:
         state = {**group_state(), "epoch": progress.epoch, "samples_seen": progress.samples_seen,
                  "updates": progress.updates, "progress": progress.to_dict(), "policy": policy_state,
                  "metrics_bytes": self.run.metrics_size(), "preset": preset, "run": self.owner,
-                 "num_train_samples": self.train_samples()}
+                 "training_set": self.training_set()}
         self._store().save(name, state)
         self.saved_at, self.saved_file = progress.updates, name
         return name
@@ -104,14 +104,19 @@ class Checkpoints:
         return Restored(source, Progress.from_dict(state["progress"]), decision, state, moved)
 
     def _check_training_set(self, source: str, state: dict[str, Any]) -> None:
-        """One line (exit 2, before anything changes) for a training set that is not the size it was when the
-        checkpoint was written: the epoch's order is a permutation of its indices, so files added or removed since
-        would feed some samples twice and others never, and shift which file an index names. (A checkpoint from
-        before absa recorded the size is not checked.)"""
+        """One line (exit 2, before anything changes) for a training set that is not the one the checkpoint was
+        written on: the epoch's order is a permutation of its indices, so files added or removed since would feed
+        some samples twice and others never, and shift which file an index names. (A checkpoint from before absa
+        recorded it is not checked.)"""
         from absa_cli.errors import UserError
 
-        saved, now = state.get("num_train_samples"), self.train_samples()
-        if isinstance(saved, int) and saved != now:
-            raise UserError(f"run {self.run.id}: its training set has {now:,} samples now and had {saved:,} when "
-                            f"{source} was written (files added to or removed from the dataset since?); resume with "
-                            f"data.root=PATH naming the files it trained on, or start a new run")
+        saved, now = state.get("training_set"), self.training_set()
+        if not isinstance(saved, dict) or saved == now:
+            return
+        if saved.get("samples") != now["samples"]:
+            what = f"has {now['samples']:,} samples now and had {saved.get('samples'):,}"
+        else:  # same count: renamed or replaced files, or under data.train_size a folder that changed
+            what = f"names other files now than the {now['samples']:,} it named"
+        raise UserError(f"run {self.run.id}: its training set {what} when {source} was written (files added to, "
+                        f"removed from or renamed in the dataset since?); resume with data.root=PATH naming the "
+                        f"files it trained on, or start a new run")

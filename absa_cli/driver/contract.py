@@ -112,6 +112,11 @@ class WorkerGroup(Protocol):
     @property
     def num_train_samples(self) -> int: ...
 
+    @property
+    def training_set(self) -> dict[str, Any]:
+        """What checkpoints record of the training set (``ImageDataset.identity``), known before a worker starts:
+        a resume checks it first."""
+
     def capacity(self) -> int:
         """Workers the group could have now: its own, the spares it started ahead, and the cluster's free slots
         (0: not one worker could start now)."""

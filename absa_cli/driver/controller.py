@@ -57,7 +57,7 @@ class Controller:
         self.decision: Decision = self.policy.initial()
         self.checkpoints = Checkpoints(run, config.checkpoint.keep_last,
                                        report=lambda problem: console.line(f"[red]checkpoint[/]: {problem}"),
-                                       config=config, train_samples=lambda: group.num_train_samples)
+                                       config=config, training_set=lambda: group.training_set)
         self.last_record: dict[str, Any] | None = None
         self.resumed = False  # a resume found its checkpoint (or none to find): from here on, the run is running
         self.stop: outcome.StopRequest | None = None

@@ -7,6 +7,7 @@ accumulates instead.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ class LocalGroup:
     @property
     def num_train_samples(self) -> int:
         return self.engine.num_train_samples
+
+    @functools.cached_property
+    def training_set(self) -> dict[str, Any]:
+        return self.engine.train_set.identity()
 
     def train_chunk(self, epoch: int, samples_seen: int, lrs: list[float], geometry: BatchGeometry,
                     adv_ratio: float = 0.0) -> ChunkStats:

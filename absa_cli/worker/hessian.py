@@ -8,6 +8,7 @@ its run's config.yaml or a preset: cli/hessian.py), the weights come from a chec
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class HessianOptions:
 
 def check_options(options: HessianOptions) -> None:
     """User errors in the options, found before any model, data or worker is built."""
-    from absa_cli.config import SEED_LIMIT
+    from absa_cli.config import seed_problem
 
     if options.method == "power" and options.top_k != 1:
         raise UserError(f"--method power finds only the top eigenvalue; use --method lanczos for --top-k "
@@ -52,8 +53,9 @@ def check_options(options: HessianOptions) -> None:
     if not 0 <= options.tol < 1:  # inf or 1e400 stopped at the second product and printed that as converged
         raise UserError(f"--tol is a relative tolerance, from 0 up to (not including) 1, got {options.tol:g}; e.g. "
                         f"--tol 1e-4")
-    if not -SEED_LIMIT <= options.seed < SEED_LIMIT:  # past it torch raised an overflow
-        raise UserError(f"--seed must be a 64-bit integer (between -2**63 and 2**63 - 1), got {options.seed}")
+    problem = seed_problem("--seed", options.seed)
+    if problem:
+        raise UserError(problem)
 
 
 def lanczos_iterations(options: HessianOptions) -> int:
@@ -142,6 +144,9 @@ def analyse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tens
     else:
         eigen = lanczos(operator, k=options.top_k, max_iter=lanczos_iterations(options),
                         tol=options.tol, seed=options.seed)
+    if not all(math.isfinite(value) for value in eigen.eigenvalues):  # finite weights, yet the products overflow
+        raise UserError("the curvature at this checkpoint is not finite (a Hessian-vector product was NaN or "
+                        "infinite: the loss on the probe samples overflows?); inspect an earlier checkpoint of the run")
     # each eigenvalue with whether it met the tolerance (Lanczos: its own residual; power: the run's verdict)
     residuals = eigen.residuals or [None] * len(eigen.eigenvalues)
     pairs = sorted(((value, eigen.converged or (residual is not None and residual <= options.tol * abs(value)))
