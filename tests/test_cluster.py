@@ -119,6 +119,24 @@ def test_the_training_set_is_known_before_any_worker_starts(cluster):
         opened.close()
 
 
+def test_a_worker_that_reads_another_training_set_than_the_driver_is_one_line(cluster):
+    """Each node reads its own data.root: a node holding other files would train on other samples than the epoch's
+    plan names. Refused in one line (a user error, not a shortfall to wait out); the same set starts."""
+    from absa_cli.cluster.group import RayWorkerGroup
+    from absa_cli.errors import UserError
+
+    other, same = (RayWorkerGroup(_config(), training_set={"samples": n, "files": None}) for n in (255, 256))
+    try:
+        with pytest.raises(UserError, match=r"^the worker on node [0-9.]+ reads 256 training samples there, 255 on "
+                                            r"the driver \(data.root differs between the machines\?\); give every"):
+            other.resize(1)
+        assert not other.actors
+        assert same.resize(1).to_workers == 1
+    finally:
+        other.close()
+        same.close()
+
+
 def test_every_sample_exactly_once_across_grow_sigkill_and_shrink(cluster, tmp_path, one_thread):
     from absa_cli.cluster.group import RayWorkerGroup
     from absa_cli.worker.engine import Engine

@@ -176,6 +176,7 @@ class RayWorkerGroup:
             for actor, info in zip(actors, ray.get(futures)):  # surfaces an error raised while a worker started
                 self._workers[actor._actor_id.hex()] = info
                 self._check_device(info)
+                self._check_data(info)
         except Exception:
             for actor in actors:
                 self._kill(actor)
@@ -203,6 +204,17 @@ class RayWorkerGroup:
                 raise TimeoutError(f"{placed} of {counted(count, 'worker')} placed but not started within {named}: "
                                    f"their start-up (imports, data, model) is stuck or starved of CPU")
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(_STOP_POLL_S * 4, limit - waited))
+
+    def _check_data(self, info: dict[str, Any]) -> None:
+        """A node whose ``data.root`` holds other files than the driver read would train on other samples than the
+        epoch's plan names, silently: one line (a ``UserError``: no start attempt can fix it)."""
+        theirs, ours = info.get("training_set"), self._training_set
+        if ours is None or theirs is None or theirs == ours:
+            return
+        what = (f"{theirs['samples']:,} training samples there, {ours['samples']:,} on the driver"
+                if theirs["samples"] != ours["samples"] else "other training files there than on the driver")
+        raise UserError(f"the worker on node {info.get('node_ip')} reads {what} (data.root differs between the "
+                        f"machines?); give every node the same files at data.root")
 
     def _check_device(self, info: dict[str, Any]) -> None:
         """A worker that holds a GPU slot but sees no CUDA device trains on the CPU: say so, once per node."""
@@ -261,6 +273,8 @@ class RayWorkerGroup:
         if old == 0:  # the first generation (or a restart): nothing to keep
             try:
                 self.start(num_workers, self._pending_state, within_s)
+            except UserError:  # a node's data differs (_check_data): waiting cannot help
+                raise
             except Exception as exc:  # not placed in time, or failed to start: the driver waits or decides again
                 return Shortfall(requested=num_workers, available=0, reason=first_line(exc, typed=True))
             self._pending_state = None
@@ -268,6 +282,8 @@ class RayWorkerGroup:
                            placed=tuple(self._node(actor) for actor in self.actors))
         try:
             newcomers = self._start(num_workers - old) if num_workers > old else []
+        except UserError:
+            raise
         except Exception as exc:  # no room for them, or they died starting: keep the group
             return Shortfall(requested=num_workers, available=old, reason=first_line(exc, typed=True))
         for actor in self.actors[num_workers:]:

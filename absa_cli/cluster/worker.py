@@ -79,7 +79,8 @@ class WorkerActor:
         return {"pid": os.getpid(), "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                 "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.engine.device),
                 "device_name": device_name(self.engine.device),
-                "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()], "num_parameters": self.engine.num_parameters}
+                "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()], "num_parameters": self.engine.num_parameters,
+                "training_set": self.engine.train_set.identity()}
 
     def free_port(self) -> int:
         with socket.socket() as probe:
