@@ -58,6 +58,8 @@ class WorkerActor:
             torch.set_num_threads(threads)
         self.config = config_mod.from_yaml(config_yaml)
         self.engine = Engine(self.config, device=pick_device())
+        self.training_set = self.engine.train_set.identity()  # here, as a spare starts ahead, not in ready(): a grow
+        # waits for its newcomers' ready() (ImageNet's 1.28M file names take about a second to digest)
         self.generation = -1
 
     def __repr__(self) -> str:
@@ -80,7 +82,7 @@ class WorkerActor:
                 "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.engine.device),
                 "device_name": device_name(self.engine.device),
                 "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()], "num_parameters": self.engine.num_parameters,
-                "training_set": self.engine.train_set.identity()}
+                "training_set": self.training_set}
 
     def free_port(self) -> int:
         with socket.socket() as probe:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from absa_cli.config import RunConfig
+from absa_cli.config import RunConfig, seed_problem
 from absa_cli.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
 from absa_cli.data import open_split
 from absa_cli.data.order import probe_indices
@@ -45,8 +45,6 @@ class HessianOptions:
 
 def check_options(options: HessianOptions) -> None:
     """User errors in the options, found before any model, data or worker is built."""
-    from absa_cli.config import seed_problem
-
     if options.method == "power" and options.top_k != 1:
         raise UserError(f"--method power finds only the top eigenvalue; use --method lanczos for --top-k "
                         f"{options.top_k}")
